@@ -1,0 +1,986 @@
+"""clavis benchmark harness (driven by bench/run.sh; standard library only).
+
+Starts a local TLS upstream (nginx + a tiny SSE origin) for api.openai.com,
+the proxies under test (clavis, mitmproxy, a hudsucker program), and measures
+every scenario for every target, alternating targets, then writes a Markdown
+table to stdout and bench/RESULTS.md. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "api.openai.com"
+REAL_KEY = "sk-bench-REAL"
+PLACEHOLDER = "Bearer sk-placeholder-not-a-key"
+AGENT, AGENT_TOKEN = "bench", "bench-token"
+LARGE_BYTES = 50 * 1024 * 1024
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+BENCH = Path(__file__).resolve().parent.parent
+REPO = BENCH.parent
+OHA = BENCH / ".tools" / "bin" / "oha"
+VENV_PY = BENCH / ".venv" / "bin" / "python"
+MITMDUMP = BENCH / ".venv" / "bin" / "mitmdump"
+HUDSUCKER = BENCH / ".target-peers" / "release" / "hudsucker-inject"
+CLAVIS = REPO / "target" / "release" / "clavis"
+
+PROXY_CORE, LOAD_CORE = 0, 1
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def first_line(cmd: list[str]) -> str:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        out = (p.stdout or p.stderr).strip().splitlines()
+        return out[0].strip() if out else "?"
+    except (OSError, subprocess.SubprocessError):
+        return "unavailable"
+
+
+# ---------------------------------------------------------------- /proc probes
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime (fields 14, 15)
+
+
+def status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def proc_stat() -> dict[str, list[int]]:
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu"):
+            parts = line.split()
+            out[parts[0]] = [int(x) for x in parts[1:]]
+    return out
+
+
+def busy_and_steal(a: dict, b: dict, cpu: str) -> tuple[float, float]:
+    da = [y - x for x, y in zip(a[cpu], b[cpu])]
+    total = sum(da[:8]) or 1
+    idle = da[3] + da[4]
+    return 100.0 * (total - idle) / total, 100.0 * da[7] / total
+
+
+class RssSampler:
+    """Max VmRSS of a process, sampled every 50 ms while running."""
+
+    def __init__(self, pid: int | None):
+        self.pid, self.max_kib, self._stop = pid, 0, threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.max_kib = max(self.max_kib, status_kib(self.pid, "VmRSS"))
+            except OSError:
+                return
+            self._stop.wait(0.05)
+
+    def __enter__(self):
+        if self.pid:
+            self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self.pid:
+            self._t.join()
+            self.max_kib = max(self.max_kib, status_kib(self.pid, "VmRSS"))
+
+
+# ---------------------------------------------------------------- targets
+
+
+@dataclass
+class Target:
+    name: str
+    proxy_port: int | None = None  # None: direct to nginx
+    cacert: str = ""
+    proc: subprocess.Popen | None = None
+    error: str | None = None
+    idle_rss_kib: int | None = None
+    version: str = ""
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def auth(self) -> str:
+        # The agent holds a placeholder behind a proxy, the real key only direct.
+        return PLACEHOLDER if self.proxy_port else f"Bearer {REAL_KEY}"
+
+
+def proxy_basic() -> str:
+    return "Basic " + base64.b64encode(f"{AGENT}:{AGENT_TOKEN}".encode()).decode()
+
+
+# ---------------------------------------------------------------- raw HTTPS client (SSE, sanity)
+
+
+class Conn:
+    """One HTTP/1.1-over-TLS connection to api.openai.com, via a target."""
+
+    def __init__(self, t: Target, nginx_port: int):
+        if t.proxy_port:
+            s = socket.create_connection(("127.0.0.1", t.proxy_port), timeout=15)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.sendall(
+                f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n"
+                f"Proxy-Authorization: {proxy_basic()}\r\n\r\n".encode()
+            )
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise RuntimeError("proxy closed the connection during CONNECT")
+                head += chunk
+            status = head.split(b"\r\n", 1)[0]
+            if b" 200" not in status:
+                raise RuntimeError(f"CONNECT answered {status.decode(errors='replace')}")
+        else:
+            s = socket.create_connection(("127.0.0.1", nginx_port), timeout=15)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ctx = ssl.create_default_context(cafile=t.cacert)
+        ctx.set_alpn_protocols(["http/1.1"])
+        self.s = ctx.wrap_socket(s, server_hostname=HOST)
+        self.buf = b""
+
+    def close(self) -> None:
+        try:
+            self.s.close()
+        except OSError:
+            pass
+
+    def _fill(self) -> bool:
+        chunk = self.s.recv(262144)
+        if not chunk:
+            return False
+        self.buf += chunk
+        return True
+
+    def request(self, path: str, auth: str, tag: str) -> tuple[int, dict]:
+        self.s.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: {auth}\r\n"
+            f"Accept: */*\r\nX-Bench-Run: {tag}\r\n\r\n".encode()
+        )
+        while b"\r\n\r\n" not in self.buf:
+            if not self._fill():
+                raise RuntimeError("connection closed before response headers")
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        return status, headers
+
+    def body(self, headers: dict):
+        """Yield body pieces as they arrive (chunked, length or until close)."""
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            while True:
+                while b"\r\n" not in self.buf:
+                    if not self._fill():
+                        return
+                size_line, rest = self.buf.split(b"\r\n", 1)
+                size = int(size_line.split(b";")[0], 16)
+                self.buf = rest
+                if size == 0:
+                    while b"\r\n" not in self.buf:
+                        if not self._fill():
+                            return
+                    self.buf = self.buf.split(b"\r\n", 1)[1]
+                    return
+                remaining = size
+                while remaining:
+                    if not self.buf and not self._fill():
+                        return
+                    piece = self.buf[:remaining]
+                    self.buf = self.buf[len(piece):]
+                    remaining -= len(piece)
+                    yield piece
+                while len(self.buf) < 2:
+                    if not self._fill():
+                        return
+                self.buf = self.buf[2:]
+        elif "content-length" in headers:
+            remaining = int(headers["content-length"])
+            while remaining:
+                if not self.buf and not self._fill():
+                    return
+                piece = self.buf[:remaining]
+                self.buf = self.buf[len(piece):]
+                remaining -= len(piece)
+                yield piece
+        else:
+            while True:
+                if self.buf:
+                    piece, self.buf = self.buf, b""
+                    yield piece
+                if not self._fill():
+                    return
+
+
+def sse_events(conn: Conn, headers: dict):
+    """Yield (arrival_ns, event_json) for each complete SSE event."""
+    pending = b""
+    for piece in conn.body(headers):
+        now = time.time_ns()
+        pending += piece
+        while b"\n\n" in pending:
+            ev, pending = pending.split(b"\n\n", 1)
+            for line in ev.split(b"\n"):
+                if line.startswith(b"data:"):
+                    yield now, json.loads(line[5:])
+
+
+def sse_first_event(conn: Conn, t: Target, path: str, tag: str, t0: float) -> float:
+    status, headers = conn.request(path, t.auth, tag)
+    if status != 200:
+        raise RuntimeError(f"/sse answered {status}")
+    first = None
+    for _arrival, _ev in sse_events(conn, headers):
+        if first is None:
+            first = time.perf_counter() - t0
+    if first is None:
+        raise RuntimeError("no SSE event received")
+    return first
+
+
+def measure_sse(t: Target, nginx_port: int, tag: str, samples: int) -> dict:
+    cold, warm = [], []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        c = Conn(t, nginx_port)
+        try:
+            cold.append(sse_first_event(c, t, "/sse?n=1", tag, t0))
+        finally:
+            c.close()
+    c = Conn(t, nginx_port)
+    try:
+        sse_first_event(c, t, "/sse?n=1", tag, time.perf_counter())  # warm the path
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            warm.append(sse_first_event(c, t, "/sse?n=1", tag, t0))
+        status, headers = c.request("/sse?n=20&ms=100", t.auth, tag)
+        if status != 200:
+            raise RuntimeError(f"/sse answered {status}")
+        lat = [(arr - ev["t"]) / 1e9 for arr, ev in sse_events(c, headers)]
+    finally:
+        c.close()
+    if len(lat) != 20:
+        raise RuntimeError(f"SSE stream delivered {len(lat)} of 20 events")
+    return {
+        "ttfe_cold_p50": statistics.median(cold),
+        "ttfe_warm_p50": statistics.median(warm),
+        "event_p50": statistics.median(lat),
+        "event_max": max(lat),
+        "requests": 2 * samples + 2,
+    }
+
+
+def sanity(t: Target, nginx_port: int) -> None:
+    c = Conn(t, nginx_port)
+    try:
+        status, headers = c.request("/small", t.auth, f"{t.name}.sanity.0")
+        body = b"".join(c.body(headers))
+    finally:
+        c.close()
+    if status != 200:
+        raise RuntimeError(f"GET /small through {t.name} answered {status}: {body[:200]!r}")
+
+
+# ---------------------------------------------------------------- oha
+
+
+def oha(t: Target, nginx_port: int, path: str, conns: int, seconds: float, tag: str,
+        keepalive: bool = True, finish: bool = False) -> dict:
+    cmd = [
+        str(OHA), "--no-tui", "--output-format", "json", "-z", f"{seconds}s", "-c", str(conns),
+        "--cacert", t.cacert, "-H", f"Authorization: {t.auth}", "-H", f"X-Bench-Run: {tag}",
+    ]
+    if not keepalive:
+        cmd.append("--disable-keepalive")
+    if finish:  # let the request in flight at the deadline complete (and count)
+        cmd.append("--wait-ongoing-requests-after-deadline")
+    if t.proxy_port:
+        cmd += ["--no-pre-lookup", "-x", f"http://127.0.0.1:{t.proxy_port}",
+                "--proxy-header", f"Proxy-Authorization: {proxy_basic()}"]
+    else:
+        cmd += ["--connect-to", f"{HOST}:443:127.0.0.1:{nginx_port}"]
+    cmd.append(f"https://{HOST}{path}")
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+    if p.returncode != 0:
+        raise RuntimeError(f"oha failed ({p.returncode}): {p.stderr.strip()[:300]}")
+    return json.loads(p.stdout)
+
+
+def oha_numbers(j: dict) -> dict:
+    s = j["summary"]
+    codes = {int(k): v for k, v in (j.get("statusCodeDistribution") or {}).items()}
+    ok = codes.get(200, 0)
+    errors = {k: v for k, v in (j.get("errorDistribution") or {}).items()
+              if "deadline" not in k.lower()}
+    lp = j.get("latencyPercentiles") or {}
+    total = s.get("total") or 1
+    return {
+        "rps": ok / total,
+        "p50": lp.get("p50"),
+        "p99": lp.get("p99"),
+        "ok": ok,
+        "bad": sum(v for k, v in codes.items() if k != 200) + sum(errors.values()),
+        "errors": errors,
+        "codes": codes,
+        "total_s": total,
+        "size_per_sec": s.get("sizePerSec"),
+    }
+
+
+# ---------------------------------------------------------------- setup
+
+
+def make_certs(d: Path) -> None:
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run(["openssl", "req", "-x509", *ec, "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"),
+         "-days", "2", "-subj", "/CN=clavis bench test CA (throw-away)",
+         "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+    run(["openssl", "req", "-new", *ec, "-keyout", str(d / "upstream.key"),
+         "-out", str(d / "upstream.csr"), "-subj", f"/CN={HOST}"])
+    (d / "upstream.ext").write_text(
+        f"subjectAltName=DNS:{HOST}\nextendedKeyUsage=serverAuth\n"
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n")
+    run(["openssl", "x509", "-req", "-in", str(d / "upstream.csr"), "-CA", str(d / "ca.pem"),
+         "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "2", "-sha256",
+         "-extfile", str(d / "upstream.ext"), "-out", str(d / "upstream.pem")])
+    for k in ("ca.key", "upstream.key"):
+        os.chmod(d / k, 0o600)
+
+
+def small_json() -> str:
+    items = ",".join(f'{{"index":{i},"object":"embedding","score":0.{i:04d}}}' for i in range(40))
+    body = f'{{"object":"list","model":"bench-small","data":[{items}]'
+    body += ',"pad":"' + "x" * max(0, 1022 - len(body) - 8) + '"}'
+    return body
+
+
+def write_nginx_conf(d: Path, port: int, sse_port: int, data: Path) -> Path:
+    check = f'if ($http_authorization != "Bearer {REAL_KEY}") {{ return 401 \'{{"error":"credential not injected"}}\'; }}'
+    conf = f"""
+user root;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+daemon off;
+events {{ worker_connections 8192; }}
+http {{
+    client_body_temp_path {d}/nginx-tmp/body;
+    proxy_temp_path {d}/nginx-tmp/proxy;
+    fastcgi_temp_path {d}/nginx-tmp/fastcgi;
+    uwsgi_temp_path {d}/nginx-tmp/uwsgi;
+    scgi_temp_path {d}/nginx-tmp/scgi;
+    log_format bench '$connection $connection_requests $status $http_x_bench_run';
+    access_log {d}/access.log bench buffer=256k flush=1s;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    server_tokens off;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        server_name {HOST};
+        ssl_certificate {d}/upstream.pem;
+        ssl_certificate_key {d}/upstream.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        default_type application/json;
+        location = /small {{
+            {check}
+            return 200 '{small_json()}';
+        }}
+        location = /large {{
+            {check}
+            default_type application/octet-stream;
+            root {data};
+        }}
+        location = /sse {{
+            {check}
+            proxy_pass http://127.0.0.1:{sse_port};
+            proxy_buffering off;
+            proxy_read_timeout 60s;
+        }}
+        location / {{ return 404 '{{"error":"not found"}}'; }}
+    }}
+}}
+"""
+    path = d / "nginx.conf"
+    path.write_text(conf)
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (d / "nginx-tmp" / sub).mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def ensure_large(data: Path) -> None:
+    f = data / "large"
+    if f.exists() and f.stat().st_size == LARGE_BYTES:
+        return
+    data.mkdir(parents=True, exist_ok=True)
+    with open(f, "wb") as out:
+        for _ in range(LARGE_BYTES // (1 << 20)):
+            out.write(os.urandom(1 << 20))
+    os.chmod(f, 0o644)
+
+
+class Procs:
+    def __init__(self):
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, cmd: list[str], logfile: Path, core: int | None,
+              env: dict | None = None) -> subprocess.Popen:
+        def pin():
+            os.setsid()
+            if core is not None:
+                os.sched_setaffinity(0, {core})
+
+        out = open(logfile, "wb")
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             preexec_fn=pin, env={**os.environ, **(env or {})})
+        self.procs.append((name, p))
+        return p
+
+    def stop_all(self) -> None:
+        for _name, p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for _name, p in reversed(self.procs):
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def start_clavis(procs: Procs, d: Path, nginx_port: int) -> Target:
+    if os.environ.get("BENCH_CLAVIS_BUILD_FAILED"):
+        raise RuntimeError("`cargo build --release` failed (see run.sh output)")
+    if not CLAVIS.exists():
+        raise RuntimeError(f"{CLAVIS} does not exist")
+    port, admin = free_port(), free_port()
+    cd = d / "clavis"
+    cd.mkdir()
+    cfg = cd / "clavis.yaml"
+    cfg.write_text(f"""proxy:
+  listen: 127.0.0.1:{port}
+admin:
+  listen: 127.0.0.1:{admin}
+ca:
+  cert: {cd}/clavis-ca.pem
+  key: {cd}/clavis-ca.key
+  bundle: {cd}/clavis-ca-bundle.pem
+upstream:
+  extra_ca: ["{d}/ca.pem"]
+  resolve: {{"{HOST}:443": "127.0.0.1:{nginx_port}"}}
+services:
+  - name: bench-openai
+    connector: openai
+    credentials: {{api_key: "{REAL_KEY}"}}
+agents:
+  - name: {AGENT}
+    token: {AGENT_TOKEN}
+    services: ["*"]
+""")
+    t = Target("clavis", port, str(cd / "clavis-ca.pem"))
+    t.version = first_line([str(CLAVIS), "--version"])
+    t.proc = procs.start("clavis", [str(CLAVIS), "serve", "--config", str(cfg)], d / "clavis.log",
+                         PROXY_CORE, {"RUST_LOG": os.environ.get("BENCH_CLAVIS_LOG", "warn")})
+    deadline = time.monotonic() + 30
+    while True:
+        if t.proc.poll() is not None:
+            raise RuntimeError(f"clavis exited with {t.proc.returncode}; see {d}/clavis.log")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("clavis /readyz not 200 within 30 s")
+        time.sleep(0.05)
+    return t
+
+
+def start_mitmproxy(procs: Procs, d: Path, nginx_port: int) -> Target:
+    port = free_port()
+    conf = d / "mitmproxy"
+    conf.mkdir()
+    (conf / "mitmproxy-ca.pem").write_text((d / "ca.key").read_text() + (d / "ca.pem").read_text())
+    t = Target("mitmproxy", port, str(d / "ca.pem"))
+    t.version = first_line([str(MITMDUMP), "--version"])
+    t.proc = procs.start("mitmproxy", [
+        str(MITMDUMP), "-q", "--listen-host", "127.0.0.1", "--listen-port", str(port),
+        "--set", f"confdir={conf}", "--set", f"ssl_verify_upstream_trusted_ca={d}/ca.pem",
+        "--set", f"proxyauth={AGENT}:{AGENT_TOKEN}", "-s", str(BENCH / "lib" / "mitm_addon.py"),
+        "--set", f"bench_host={HOST}", "--set", f"bench_resolve=127.0.0.1:{nginx_port}",
+        "--set", f"bench_auth=Bearer {REAL_KEY}",
+    ], d / "mitmproxy.log", PROXY_CORE)
+    wait_port(port, t.proc)
+    return t
+
+
+def start_hudsucker(procs: Procs, d: Path, nginx_port: int) -> Target:
+    port = free_port()
+    t = Target("hudsucker", port, str(d / "ca.pem"))
+    t.proc = procs.start("hudsucker", [
+        str(HUDSUCKER), "--listen", f"127.0.0.1:{port}", "--ca-cert", f"{d}/ca.pem",
+        "--ca-key", f"{d}/ca.key", "--upstream-ca", f"{d}/ca.pem",
+        "--resolve", f"{HOST}:443=127.0.0.1:{nginx_port}", "--host", HOST,
+        "--auth-header", f"Bearer {REAL_KEY}", "--proxy-auth", f"{AGENT}:{AGENT_TOKEN}",
+    ], d / "hudsucker.log", PROXY_CORE)
+    wait_port(port, t.proc)
+    return t
+
+
+# ---------------------------------------------------------------- the run
+
+
+SCENARIOS = ["ka16", "ka64", "newconn", "large", "sse"]
+
+
+def measure(t: Target, scen: str, rnd: int, nginx_port: int, nginx_pid: int,
+            secs: float, sse_samples: int) -> dict:
+    tag = f"{t.name}.{scen}.{rnd}"
+    before = cpu_ticks(t.pid) if t.pid else None
+    ng_before = cpu_ticks(nginx_pid)
+    with RssSampler(t.pid) as rss:
+        if scen == "ka16":
+            r = oha_numbers(oha(t, nginx_port, "/small", 16, secs, tag))
+        elif scen == "ka64":
+            r = oha_numbers(oha(t, nginx_port, "/small", 64, secs, tag))
+        elif scen == "newconn":
+            r = oha_numbers(oha(t, nginx_port, "/small", 16, secs, tag, keepalive=False))
+        elif scen == "large":
+            r = oha_numbers(oha(t, nginx_port, "/large", 1, secs, tag, finish=True))
+            r["mbps"] = r["ok"] * LARGE_BYTES / r["total_s"] / 1e6
+        else:
+            r = measure_sse(t, nginx_port, tag, sse_samples)
+            r["ok"], r["bad"] = r["requests"], 0
+    r["rss_max_kib"] = rss.max_kib if t.pid else None
+    if before is not None:
+        r["cpu_us_per_req"] = (cpu_ticks(t.pid) - before) / CLK_TCK * 1e6 / max(1, r["ok"])
+    r["nginx_cpu_us_per_req"] = (cpu_ticks(nginx_pid) - ng_before) / CLK_TCK * 1e6 / max(1, r["ok"])
+    return r
+
+
+def nginx_worker_pid(master: int) -> int:
+    for _ in range(100):
+        try:
+            kids = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+            if kids:
+                return int(kids[0])
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return master
+
+
+def reuse_from_log(access_log: Path) -> dict[tuple[str, str], float]:
+    reqs: dict[tuple[str, str], int] = {}
+    conns: dict[tuple[str, str], set] = {}
+    for line in access_log.read_text(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) < 4 or parts[3].count(".") != 2:
+            continue
+        name, scen, _rnd = parts[3].split(".")
+        key = (name, scen)
+        reqs[key] = reqs.get(key, 0) + 1
+        conns.setdefault(key, set()).add(parts[0])
+    return {k: reqs[k] / len(conns[k]) for k in reqs}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="1 round of ~3 s scenarios")
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--seconds", type=float, default=None)
+    ap.add_argument("--targets", default="direct,clavis,mitmproxy,hudsucker")
+    ap.add_argument("--no-results-file", action="store_true")
+    a = ap.parse_args()
+    rounds = a.rounds or (1 if a.quick else 3)
+    secs = a.seconds or (3.0 if a.quick else 10.0)
+    sse_samples = 5 if a.quick else 15
+    wanted = [x.strip() for x in a.targets.split(",") if x.strip()]
+    started = time.monotonic()
+
+    cores = len(os.sched_getaffinity(0))
+    pinned = cores >= 2
+    global PROXY_CORE, LOAD_CORE
+    if not pinned:
+        PROXY_CORE = LOAD_CORE = None  # type: ignore[assignment]
+    else:
+        os.sched_setaffinity(0, {LOAD_CORE})  # this harness, oha, nginx, the SSE origin
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    d = BENCH / ".run" / stamp
+    d.mkdir(parents=True)
+    data = BENCH / ".run" / "data"
+    log(f"run directory {d}")
+    make_certs(d)
+    ensure_large(data)
+
+    procs = Procs()
+    results: dict[str, dict[str, list[dict]]] = {}
+    targets: list[Target] = []
+    try:
+        sse_port, nginx_port = free_port(), free_port()
+        procs.start("sse-origin", [sys.executable, str(BENCH / "lib" / "sse_upstream.py"), str(sse_port)],
+                    d / "sse-origin.log", LOAD_CORE)
+        wait_port(sse_port, None)
+        conf = write_nginx_conf(d, nginx_port, sse_port, data)
+        ng = procs.start("nginx", ["nginx", "-p", str(d), "-c", str(conf), "-e", str(d / "nginx-error.log")],
+                         d / "nginx.out", LOAD_CORE)
+        wait_port(nginx_port, ng)
+        nginx_pid = nginx_worker_pid(ng.pid)
+
+        # the upstream refuses a request without the injected credential
+        probe = Target("probe", None, str(d / "ca.pem"))
+        c = Conn(probe, nginx_port)
+        st, hd = c.request("/small", PLACEHOLDER, "probe.check.0")
+        b"".join(c.body(hd))
+        c.close()
+        if st != 401:
+            raise RuntimeError(f"nginx answered {st} without the credential; expected 401")
+
+        starters = {"clavis": start_clavis, "mitmproxy": start_mitmproxy, "hudsucker": start_hudsucker}
+        for name in wanted:
+            if name == "direct":
+                targets.append(Target("direct", None, str(d / "ca.pem"), version="(no proxy)"))
+                continue
+            try:
+                log(f"starting {name}")
+                t = starters[name](procs, d, nginx_port)
+                time.sleep(1.0)
+                t.idle_rss_kib = status_kib(t.pid, "VmRSS")
+                targets.append(t)
+            except Exception as e:  # noqa: BLE001 - a failing target is reported, not fatal
+                log(f"{name} could not start: {e}")
+                targets.append(Target(name, error=f"did not start: {e}"))
+        if "hudsucker" in wanted:
+            for t in targets:
+                if t.name == "hudsucker":
+                    t.version = "hudsucker " + hudsucker_crate_version()
+        for t in targets:
+            if t.error:
+                continue
+            try:
+                sanity(t, nginx_port)
+            except Exception as e:  # noqa: BLE001
+                t.error = f"sanity request failed: {e}"
+                log(f"{t.name}: {t.error}")
+
+        # warm-up (not measured): mint the leaf, fill pools, fault in memory
+        for t in targets:
+            if not t.error:
+                try:
+                    oha(t, nginx_port, "/small", 64, 1.0, f"{t.name}.warmup.0")
+                except Exception as e:  # noqa: BLE001
+                    t.error = f"warm-up failed: {e}"
+                    log(f"{t.name}: {t.error}")
+        bg0 = proc_stat()
+        time.sleep(2.0)  # nothing of ours runs: what the rest of the machine uses
+        bg1 = proc_stat()
+        stat0, load0 = bg1, os.getloadavg()
+        live = [t for t in targets if not t.error]
+        for rnd in range(rounds):
+            for si, scen in enumerate(SCENARIOS):
+                k = (rnd * len(SCENARIOS) + si) % max(1, len(live))
+                order = live[k:] + live[:k]  # rotate so no target always goes first
+                for t in order:
+                    if t.error:
+                        continue
+                    if t.proc and t.proc.poll() is not None:
+                        t.error = f"exited with {t.proc.returncode} during the run"
+                        continue
+                    log(f"round {rnd + 1}/{rounds} {scen:8s} {t.name}")
+                    try:
+                        r = measure(t, scen, rnd, nginx_port, nginx_pid, secs, sse_samples)
+                    except Exception as e:  # noqa: BLE001
+                        log(f"  {t.name} {scen} failed: {e}")
+                        r = {"failed": str(e)}
+                    results.setdefault(t.name, {}).setdefault(scen, []).append(r)
+                    if r.get("bad"):
+                        log(f"  {t.name} {scen}: {r['bad']} failed requests {r.get('codes')} {r.get('errors')}")
+                    time.sleep(0.5)
+        stat1, load1 = proc_stat(), os.getloadavg()
+        for t in targets:
+            if t.pid and t.proc.poll() is None:
+                t_hwm = status_kib(t.pid, "VmHWM")
+                results.setdefault(t.name, {})["_hwm_kib"] = t_hwm  # type: ignore[assignment]
+        time.sleep(1.5)  # nginx flushes its access log buffer every second
+    finally:
+        procs.stop_all()
+
+    reuse = reuse_from_log(d / "access.log")
+    elapsed = time.monotonic() - started
+    noise = {
+        "load_before": load0, "load_after": load1,
+        "cpu": {c: busy_and_steal(stat0, stat1, c) for c in ("cpu", "cpu0", "cpu1") if c in stat0},
+        "background": {c: busy_and_steal(bg0, bg1, c) for c in ("cpu0", "cpu1") if c in bg0},
+    }
+    (d / "results.json").write_text(json.dumps(
+        {"results": results, "reuse": {f"{k[0]}.{k[1]}": v for k, v in reuse.items()},
+         "noise": noise}, indent=1, default=str))
+    md = report(targets, results, reuse, noise, a.quick, rounds, secs, pinned, elapsed)
+    print(md)
+    if not a.no_results_file:
+        (BENCH / "RESULTS.md").write_text(md)
+        log("wrote bench/RESULTS.md")
+    log(f"done in {elapsed:.0f} s; raw data in {d}")
+    return 0
+
+
+def hudsucker_crate_version() -> str:
+    lock = BENCH / "peers" / "hudsucker-inject" / "Cargo.lock"
+    m = re.search(r'name = "hudsucker"\nversion = "([^"]+)"', lock.read_text() if lock.exists() else "")
+    return m.group(1) if m else "?"
+
+
+# ---------------------------------------------------------------- report
+
+
+def med(results, name, scen, key):
+    vals = [r[key] for r in results.get(name, {}).get(scen, [])
+            if isinstance(r, dict) and r.get(key) is not None and "failed" not in r]
+    return statistics.median(vals) if vals else None
+
+
+@dataclass
+class Row:
+    label: str
+    scen: str
+    key: str
+    unit: str
+    scale: float = 1.0
+    higher_better: bool = True
+    fmt: str = "{:.0f}"
+    proxy_only: bool = False
+    target: str = ""
+    check: object = None  # fn(clavis, direct, peers) -> bool | None
+    values: dict = field(default_factory=dict)
+
+
+def fmt_num(v, f):
+    return "—" if v is None else f.format(v)
+
+
+def report(targets, results, reuse, noise, quick, rounds, secs, pinned, elapsed) -> str:
+    names = [t.name for t in targets]
+
+    def rtarget(ratio_min=None, ratio_max=None, abs_max=None, vs=None, vs_max=None):
+        def chk(vals):
+            c = vals.get("clavis")
+            if c is None:
+                return None
+            ok = True
+            dv = vals.get("direct")
+            if ratio_min is not None:
+                if dv is None:
+                    return None
+                ok &= c >= ratio_min * dv
+            if ratio_max is not None:
+                if dv is None:
+                    return None
+                ok &= c <= ratio_max * dv
+            if abs_max is not None:
+                ok &= c <= abs_max
+            if vs is not None:
+                pv = vals.get(vs)
+                if pv is None:
+                    return None
+                ok &= c <= vs_max * pv
+            return ok
+        return chk
+
+    rows = [
+        Row("keep-alive /small, 16 conns: req/s", "ka16", "rps", "req/s", target="≥ 0.9× direct", check=rtarget(ratio_min=0.9)),
+        Row("keep-alive /small, 16 conns: p50", "ka16", "p50", "ms", 1e3, False, "{:.3f}"),
+        Row("keep-alive /small, 16 conns: p99", "ka16", "p99", "ms", 1e3, False, "{:.3f}", target="≤ 1.5× direct", check=rtarget(ratio_max=1.5)),
+        Row("keep-alive /small, 64 conns: req/s", "ka64", "rps", "req/s", target="≥ 0.9× direct", check=rtarget(ratio_min=0.9)),
+        Row("keep-alive /small, 64 conns: p50", "ka64", "p50", "ms", 1e3, False, "{:.3f}"),
+        Row("keep-alive /small, 64 conns: p99", "ka64", "p99", "ms", 1e3, False, "{:.3f}"),
+        Row("new connection + CONNECT per request (16 conc.): conn/s", "newconn", "rps", "conn/s", target="≥ 1.5× direct", check=rtarget(ratio_min=1.5)),
+        Row("new connection per request: p50", "newconn", "p50", "ms", 1e3, False, "{:.3f}"),
+        Row("new connection per request: p99", "newconn", "p99", "ms", 1e3, False, "{:.3f}"),
+        Row("/large (50 MiB, 1 conn): throughput", "large", "mbps", "MB/s", target="≥ 0.95× direct", check=rtarget(ratio_min=0.95)),
+        Row("SSE time to first event, cold (new conn)", "sse", "ttfe_cold_p50", "ms", 1e3, False, "{:.3f}"),
+        Row("SSE time to first event, warm", "sse", "ttfe_warm_p50", "ms", 1e3, False, "{:.3f}", target="≤ 0.5 ms", check=rtarget(abs_max=0.5)),
+        Row("SSE per-event latency p50", "sse", "event_p50", "ms", 1e3, False, "{:.3f}", target="≤ 1.2× direct", check=rtarget(ratio_max=1.2)),
+        Row("SSE per-event latency max (of 20)", "sse", "event_max", "ms", 1e3, False, "{:.3f}"),
+        Row("proxy CPU per request, keep-alive 16", "ka16", "cpu_us_per_req", "µs", 1, False, "{:.1f}", True, "≤ 20 µs and ≤ 0.7× hudsucker", rtarget(abs_max=20, vs="hudsucker", vs_max=0.7)),
+        Row("proxy CPU per request, keep-alive 64", "ka64", "cpu_us_per_req", "µs", 1, False, "{:.1f}", True),
+        Row("proxy CPU per request, new conn each", "newconn", "cpu_us_per_req", "µs", 1, False, "{:.1f}", True),
+        Row("upstream (nginx) CPU per request, keep-alive 16", "ka16", "nginx_cpu_us_per_req", "µs", 1, False, "{:.1f}"),
+        Row("proxy RSS idle", "_idle", "", "MiB", 1 / 1024, False, "{:.1f}", True, "≤ 8 MiB", rtarget(abs_max=8)),
+        Row("proxy RSS max during keep-alive 64", "ka64", "rss_max_kib", "MiB", 1 / 1024, False, "{:.1f}", True, "≤ 32 MiB", rtarget(abs_max=32)),
+        Row("proxy RSS max during /large", "large", "rss_max_kib", "MiB", 1 / 1024, False, "{:.1f}", True),
+        Row("proxy peak RSS (VmHWM, whole run)", "_hwm", "", "MiB", 1 / 1024, False, "{:.1f}", True),
+        Row("upstream reuse (requests ÷ upstream conns), keep-alive 16", "_reuse_ka16", "", "×", 1, True, "{:.1f}"),
+        Row("upstream reuse, new client conn per request", "_reuse_newconn", "", "×", 1, True, "{:.1f}"),
+    ]
+    tmap = {t.name: t for t in targets}
+    for row in rows:
+        for n in names:
+            if row.scen == "_idle":
+                v = tmap[n].idle_rss_kib
+            elif row.scen == "_hwm":
+                v = results.get(n, {}).get("_hwm_kib")
+            elif row.scen.startswith("_reuse_"):
+                v = reuse.get((n, row.scen[len("_reuse_"):]))
+            else:
+                v = med(results, n, row.scen, row.key)
+            if row.proxy_only and n == "direct":
+                v = None
+            row.values[n] = None if v is None else v * row.scale
+
+    peers = [n for n in names if n not in ("direct", "clavis")]
+    head = ["metric", *names]
+    if "clavis" in names:
+        head += [f"clavis ÷ {p}" for p in peers] + ["clavis target", "met?"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row.label if row.label.endswith(row.unit) else f"{row.label} ({row.unit})"]
+        dv = row.values.get("direct")
+        for n in names:
+            v = row.values.get(n)
+            s = fmt_num(v, row.fmt)
+            if v is not None and dv and n != "direct" and not row.scen.startswith("_reuse"):
+                s += f" ({v / dv:.2f}×)"
+            cells.append(s)
+        if "clavis" in names:
+            c = row.values.get("clavis")
+            for p in peers:
+                pv = row.values.get(p)
+                cells.append("—" if c is None or not pv else f"{c / pv:.2f}×")
+            cells.append(row.target or "")
+            ok = row.check(row.values) if row.check else None
+            cells.append("" if row.check is None else ("—" if ok is None else ("yes" if ok else "**no**")))
+        lines.append("| " + " | ".join(cells) + " |")
+
+    errs = []
+    for t in targets:
+        if t.error:
+            errs.append(f"- **{t.name}**: {t.error}")
+        for scen, rs in results.get(t.name, {}).items():
+            if not isinstance(rs, list):
+                continue
+            for i, r in enumerate(rs):
+                if "failed" in r:
+                    errs.append(f"- {t.name} {scen} round {i + 1} failed: {r['failed']}")
+                elif r.get("bad"):
+                    errs.append(f"- {t.name} {scen} round {i + 1}: {r['bad']} failed requests "
+                                f"(status {r.get('codes')}, errors {r.get('errors')})")
+
+    try:
+        commit = run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]).stdout.strip()
+    except subprocess.CalledProcessError:
+        commit = "(no commit yet)"
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"],
+                           capture_output=True, text=True).stdout.strip()
+    versions = [
+        f"clavis: {tmap['clavis'].version if 'clavis' in tmap else 'not run'}",
+        f"mitmproxy: {tmap['mitmproxy'].version if 'mitmproxy' in tmap else 'not run'}",
+        f"hudsucker peer: {tmap['hudsucker'].version if 'hudsucker' in tmap else 'not run'} (bench/peers/hudsucker-inject)",
+        f"oha: {first_line([str(OHA), '--version'])}",
+        f"nginx: {first_line(['nginx', '-v'])}",
+        f"openssl: {first_line(['openssl', 'version'])}",
+        f"rustc: {first_line(['rustc', '--version'])}",
+        f"python: {platform.python_version()}",
+        f"kernel: {platform.release()}",
+    ]
+    cpu = noise["cpu"]
+    mode = "quick (--quick)" if quick else "full"
+    out = [
+        "# clavis benchmark results",
+        "",
+        f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- commit: {commit}{' (with uncommitted changes in src/)' if dirty else ''}",
+        f"- mode: {mode}: {rounds} round(s), {secs:g} s per load scenario, targets alternating; "
+        f"figures are medians over rounds; the whole run took {elapsed / 60:.1f} min",
+        f"- pinning: {'proxy on core 0; oha, nginx, the SSE origin and the SSE client on core 1 (taskset / sched_setaffinity)' if pinned else 'none (fewer than 2 cores available)'}",
+        f"- machine: {os.cpu_count()} cores, {platform.machine()}",
+        "- tools: " + "; ".join(versions),
+        "",
+        "Each proxy MITMs `api.openai.com` with a minted leaf, replaces the agent's placeholder with "
+        f"`Authorization: Bearer {REAL_KEY}`, and forwards over TLS verified against the bench test CA "
+        "to a local nginx (HTTP/1.1), which answers 401 unless the header arrived. "
+        "`value (r×)`: r = ratio to direct. Latencies in ms, lower is better.",
+        "",
+        *lines,
+        "",
+        "## Machine noise",
+        "",
+        f"- load average before: {' '.join(f'{x:.2f}' for x in noise['load_before'])}; after: "
+        f"{' '.join(f'{x:.2f}' for x in noise['load_after'])}",
+    ]
+    out.append("- background before the run (2 s with every bench process idle): " + ", ".join(
+        f"{c} busy {b:.1f}% steal {st:.2f}%" for c, (b, st) in noise["background"].items()))
+    for c, (busy, steal) in cpu.items():
+        out.append(f"- {c if c != 'cpu' else 'all cpus'}: busy {busy:.1f}%, steal {steal:.2f}% over the measured part (/proc/stat)")
+    out.append("- other processes on the machine (e.g. compilers) add noise; compare ratios measured in the same run, not absolute figures across runs")
+    if errs:
+        out += ["", "## Failures and errors", "", *errs]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+//! The shared state (a cheap `Clone` handle) and [`serve`], which runs the
+//! proxy and admin ports until shutdown, then drains.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::proxy::Ctx;
+use crate::store::{Origin, Sealer, Store};
+use crate::tls::{verify, Ca, LeafCache};
+use crate::upstream::{Dialer, Upstream};
+
+pub struct Shared {
+    pub config: Config,
+    pub ca: Arc<Ca>,
+    pub certs: LeafCache,
+    pub store: Store,
+    pub audit: AuditLog,
+    pub upstream: Upstream,
+    pub tunnels: Arc<Semaphore>,
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    ready: AtomicBool,
+}
+
+/// A cheap handle to everything a request needs.
+#[derive(Clone)]
+pub struct State(Arc<Shared>);
+
+impl std::ops::Deref for State {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("CA: {0}")]
+    Ca(#[from] crate::tls::TlsError),
+    #[error("master key {path}: {message}")]
+    MasterKey { path: String, message: String },
+    #[error("audit file: {0}")]
+    Audit(std::io::Error),
+    #[error("service {name:?}: {message}")]
+    Service { name: String, message: String },
+}
+
+impl State {
+    /// Builds everything that does not need a socket: CA, store, agents,
+    /// audit, upstream client. `proxy_addr`/`admin_addr` are the bound ports
+    /// (never dialed as upstreams).
+    pub fn new(
+        config: Config,
+        proxy_addr: SocketAddr,
+        admin_addr: SocketAddr,
+    ) -> Result<State, StartError> {
+        let ca = Arc::new(Ca::load_or_create(&config.ca)?);
+        let certs = LeafCache::new(ca.clone(), config.limits.leaf_cache)?;
+        let sealer = match &config.store.master_key_file {
+            Some(path) => {
+                let err = |message: String| StartError::MasterKey {
+                    path: path.display().to_string(),
+                    message,
+                };
+                let bytes =
+                    zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| err(e.to_string()))?);
+                Sealer::from_file_bytes(&bytes).map_err(|e| err(e.to_string()))?
+            }
+            None => Sealer::random().map_err(|e| StartError::MasterKey {
+                path: "(generated)".into(),
+                message: e.to_string(),
+            })?,
+        };
+        let store = Store::new(sealer);
+        for s in &config.services {
+            let err = |e: crate::store::StoreError| StartError::Service {
+                name: s.name.clone(),
+                message: e.to_string(),
+            };
+            store
+                .add(&s.name, s.connector.clone(), s.default, Origin::Config)
+                .map_err(err)?;
+            if !s.credentials.is_empty() {
+                store
+                    .set_credentials(&s.name, &s.credentials, false)
+                    .map_err(err)?;
+            }
+        }
+        let tls = verify::client_config(&config.upstream.extra_ca)?;
+        let dialer = Dialer {
+            resolve: config.upstream.resolve.clone(),
+            allow_private: config.proxy.allow_private.clone(),
+            own: vec![proxy_addr, admin_addr],
+            connect_timeout: config.upstream.connect_timeout,
+        };
+        let upstream = Upstream::new(
+            dialer,
+            tls,
+            config.upstream.request_timeout,
+            config.limits.idle_timeout.0,
+        );
+        let audit = AuditLog::open(&config.audit).map_err(StartError::Audit)?;
+        let tunnels = Arc::new(Semaphore::new(config.limits.max_tunnels));
+        Ok(State(Arc::new(Shared {
+            config,
+            ca,
+            certs,
+            store,
+            audit,
+            upstream,
+            tunnels,
+            proxy_addr,
+            admin_addr,
+            ready: AtomicBool::new(false),
+        })))
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// Graceful shutdown for hyper connections: every watched connection holds a
+/// sender, so the drain ends when the last one finishes.
+#[derive(Clone)]
+pub struct Drain {
+    stop: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+}
+
+impl Drain {
+    /// Runs `conn` to completion; once shutdown starts it is asked to finish
+    /// its in-flight requests and close (h1: no keep-alive, h2: GOAWAY).
+    pub async fn watch<C: std::future::Future>(
+        &self,
+        conn: C,
+        shutdown: impl FnOnce(std::pin::Pin<&mut C>),
+    ) -> C::Output {
+        let _alive = self.alive.clone();
+        let mut stop = self.stop.clone();
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => return result,
+            _ = stop.wait_for(|s| *s) => {}
+        }
+        shutdown(conn.as_mut());
+        conn.await
+    }
+}
+
+/// Runs both ports until `shutdown` resolves, then stops accepting, lets
+/// in-flight exchanges finish within `limits.drain_timeout`, and ends tunnels.
+pub async fn serve(
+    state: State,
+    proxy: TcpListener,
+    admin: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (hard_tx, hard_rx) = watch::channel(false);
+    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    let ctx = Ctx {
+        state: state.clone(),
+        drain: Drain {
+            stop: stop_rx.clone(),
+            alive: alive_tx,
+        },
+        hard_stop: hard_rx,
+    };
+    let proxy_task = tokio::spawn(crate::proxy::serve(ctx.clone(), proxy, stop_rx.clone()));
+    let admin_task = tokio::spawn(crate::admin::serve(ctx, admin, stop_rx));
+    state.ready.store(true, Ordering::Relaxed);
+    tracing::info!(proxy = %state.proxy_addr, admin = %state.admin_addr, "clavis is ready");
+
+    shutdown.await;
+    state.ready.store(false, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    let _ = proxy_task.await;
+    let _ = admin_task.await;
+    let deadline = state.config.limits.drain_timeout.0;
+    tracing::info!(?deadline, "draining in-flight requests");
+    if tokio::time::timeout(deadline, alive_rx.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain deadline passed; closing remaining connections");
+    }
+    let _ = hard_tx.send(true);
+}
+
+/// No core dumps and no ptrace-by-same-UID reads of this process's memory
+/// (where the OS allows): the master key and plaintext credentials live here.
+pub fn harden_process() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) and setrlimit(RLIMIT_CORE, 0) take no
+    // pointers we own beyond a stack value and only lower privileges.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        let zero = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &zero);
+    }
+}

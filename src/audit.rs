@@ -1,0 +1,330 @@
+//! The audit log: who used which credential, when. A bounded in-memory ring,
+//! optionally mirrored to a JSON-lines file. A credential-using event is
+//! recorded *before* the credential is used; if it cannot be written, the use
+//! is refused (fail closed, as Vault does).
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde_json::json;
+
+use crate::config::AuditConfig;
+use crate::error::ProxyError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Inject,
+    Proxy,
+    Reveal,
+    Totp,
+    Search,
+    Read,
+    Store,
+    Delete,
+    Login,
+    Denied,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Inject => "inject",
+            Action::Proxy => "proxy",
+            Action::Reveal => "reveal",
+            Action::Totp => "totp",
+            Action::Search => "search",
+            Action::Read => "read",
+            Action::Store => "store",
+            Action::Delete => "delete",
+            Action::Login => "login",
+            Action::Denied => "denied",
+        }
+    }
+}
+
+/// Who acted: `proxy:<agent>`, `api:<agent>`, `mcp:<agent>` or `admin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    Proxy(Option<String>),
+    Api(String),
+    Mcp(String),
+    Admin,
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Actor::Proxy(Some(a)) => write!(f, "proxy:{a}"),
+            Actor::Proxy(None) => f.write_str("proxy:anonymous"),
+            Actor::Api(a) => write!(f, "api:{a}"),
+            Actor::Mcp(a) => write!(f, "mcp:{a}"),
+            Actor::Admin => f.write_str("admin"),
+        }
+    }
+}
+
+/// What happened, without secrets: method, host, path (never the query), and
+/// the upstream status once known.
+#[derive(Debug, Default)]
+pub struct Detail {
+    pub method: Option<String>,
+    pub host: Option<String>,
+    pub path: Option<String>,
+    pub note: Option<String>,
+    status: AtomicU16,
+}
+
+impl Detail {
+    pub fn request(method: &str, host: &str, path: &str) -> Detail {
+        Detail {
+            method: Some(method.to_owned()),
+            host: Some(host.to_owned()),
+            path: Some(path.to_owned()),
+            ..Detail::default()
+        }
+    }
+
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::Relaxed);
+    }
+
+    pub fn note(text: impl Into<String>) -> Detail {
+        Detail {
+            note: Some(text.into()),
+            ..Detail::default()
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Event {
+    pub time: SystemTime,
+    pub action: Action,
+    pub entry: String,
+    pub actor: String,
+    pub detail: Detail,
+}
+
+impl Event {
+    pub fn new(action: Action, entry: &str, actor: &Actor, detail: Detail) -> Event {
+        Event {
+            time: SystemTime::now(),
+            action,
+            entry: entry.to_owned(),
+            actor: actor.to_string(),
+            detail,
+        }
+    }
+
+    /// Fills in the status once the upstream answered (the in-memory copy).
+    pub fn set_status(&self, status: u16) {
+        self.detail.set_status(status);
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut detail = serde_json::Map::new();
+        let d = &self.detail;
+        for (k, v) in [
+            ("method", &d.method),
+            ("host", &d.host),
+            ("path", &d.path),
+            ("note", &d.note),
+        ] {
+            if let Some(v) = v {
+                detail.insert(k.into(), json!(v));
+            }
+        }
+        let status = d.status.load(Ordering::Relaxed);
+        if status != 0 {
+            detail.insert("status".into(), json!(status));
+        }
+        json!({
+            "time": humantime::format_rfc3339_millis(self.time).to_string(),
+            "action": self.action.as_str(),
+            "entry": self.entry,
+            "actor": self.actor,
+            "detail": detail,
+        })
+    }
+}
+
+pub struct AuditLog {
+    ring: Mutex<VecDeque<Arc<Event>>>,
+    cap: usize,
+    file: Option<Mutex<std::fs::File>>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("cap", &self.cap)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The most `GET /v1/audit` returns at once.
+pub const MAX_QUERY: usize = 1000;
+
+impl AuditLog {
+    pub fn open(cfg: &AuditConfig) -> std::io::Result<AuditLog> {
+        let file = match &cfg.file {
+            Some(path) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(path)?;
+                Some(Mutex::new(f))
+            }
+            None => None,
+        };
+        Ok(AuditLog {
+            ring: Mutex::new(VecDeque::with_capacity(cfg.ring.min(1024))),
+            cap: cfg.ring.max(1),
+            file,
+        })
+    }
+
+    /// Records an event; with a file configured, the line is written first,
+    /// and a failed write is [`ProxyError::AuditUnavailable`].
+    pub fn record(&self, event: Event) -> Result<Arc<Event>, ProxyError> {
+        if let Some(file) = &self.file {
+            let mut line = event.to_json().to_string();
+            line.push('\n');
+            let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
+            f.write_all(line.as_bytes()).map_err(|e| {
+                tracing::error!(error = %e, "audit file write failed; refusing credential use");
+                ProxyError::AuditUnavailable
+            })?;
+        }
+        let event = Arc::new(event);
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        if ring.len() >= self.cap {
+            ring.pop_front();
+        }
+        ring.push_back(event.clone());
+        Ok(event)
+    }
+
+    /// Newest first, filtered by exact actor and entry.
+    pub fn query(
+        &self,
+        limit: usize,
+        actor: Option<&str>,
+        entry: Option<&str>,
+    ) -> Vec<serde_json::Value> {
+        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        ring.iter()
+            .rev()
+            .filter(|e| actor.is_none_or(|a| e.actor == a))
+            .filter(|e| entry.is_none_or(|n| e.entry == n))
+            .take(limit.min(MAX_QUERY))
+            .map(|e| e.to_json())
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ring.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(ring: usize, file: Option<std::path::PathBuf>) -> AuditLog {
+        AuditLog::open(&AuditConfig { ring, file }).unwrap()
+    }
+
+    mod record {
+        use super::*;
+
+        #[test]
+        fn ring_is_bounded_and_newest_first() {
+            let a = log(2, None);
+            for i in 0..3 {
+                a.record(Event::new(
+                    Action::Inject,
+                    &format!("s{i}"),
+                    &Actor::Admin,
+                    Detail::default(),
+                ))
+                .unwrap();
+            }
+            let q = a.query(10, None, None);
+            assert_eq!(q.len(), 2);
+            assert_eq!(q[0]["entry"], "s2");
+        }
+
+        #[test]
+        fn writes_json_lines_with_escaped_fields() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("audit.jsonl");
+            let a = log(10, Some(path.clone()));
+            let detail = Detail::request("GET", "api.openai.com", "/v1/x\n{\"forged\":1}");
+            a.record(Event::new(
+                Action::Inject,
+                "svc",
+                &Actor::Proxy(Some("codex".into())),
+                detail,
+            ))
+            .unwrap();
+            let text = std::fs::read_to_string(path).unwrap();
+            assert_eq!(text.lines().count(), 1);
+            let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+            assert_eq!(v["actor"], "proxy:codex");
+            assert_eq!(v["action"], "inject");
+        }
+
+        #[test]
+        fn unwritable_file_fails_closed() {
+            let a = AuditLog {
+                ring: Mutex::new(VecDeque::new()),
+                cap: 10,
+                file: Some(Mutex::new(std::fs::File::open("/dev/null").unwrap())), // read-only handle
+            };
+            let r = a.record(Event::new(
+                Action::Inject,
+                "s",
+                &Actor::Admin,
+                Detail::default(),
+            ));
+            assert!(matches!(r, Err(ProxyError::AuditUnavailable)));
+            assert!(a.is_empty());
+        }
+    }
+
+    mod query {
+        use super::*;
+
+        #[test]
+        fn filters_by_actor_and_entry() {
+            let a = log(10, None);
+            a.record(Event::new(
+                Action::Inject,
+                "x",
+                &Actor::Admin,
+                Detail::default(),
+            ))
+            .unwrap();
+            a.record(Event::new(
+                Action::Inject,
+                "y",
+                &Actor::Api("bot".into()),
+                Detail::default(),
+            ))
+            .unwrap();
+            assert_eq!(a.query(10, Some("api:bot"), None).len(), 1);
+            assert_eq!(a.query(10, None, Some("x")).len(), 1);
+            assert_eq!(a.query(10, Some("admin"), Some("y")).len(), 0);
+        }
+    }
+}

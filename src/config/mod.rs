@@ -1,0 +1,406 @@
+//! Config: YAML → serde structs (unknown keys are errors) → `CLAVIS_*`
+//! overrides → [`validate`] → a typed [`Config`]. Every YAML call of the
+//! crate lives in this module.
+
+pub mod env;
+mod validate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use env::{Env, Interp, ProcessEnv};
+
+use crate::agent::Agents;
+use crate::connector::{user::UserConnector, Connector, Registry};
+use crate::secret::TokenDigest;
+use crate::store::Credentials;
+use crate::upstream::IpNet;
+
+/// One problem in the config, named by its key path (`services[2].connector`)
+/// and, where it can be found, its line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+    pub line: Option<usize>,
+}
+
+impl ConfigError {
+    pub fn at(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+            line: None,
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)?;
+        } else {
+            write!(f, "{}: {}", self.path, self.message)?;
+        }
+        if let Some(line) = self.line {
+            write!(f, " (line {line})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in one config, so `clavis check` can list them all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
+    }
+}
+
+/// A duration written the human way: `10s`, `5m`, `300ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!("{text:?} is not a duration like 10s or 5m: {e}"))
+            })
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+fn secs(n: u64) -> HumanDuration {
+    HumanDuration(Duration::from_secs(n))
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmatched {
+    #[default]
+    Tunnel,
+    Deny,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawProxy {
+    pub listen: Interp,
+    pub unmatched: Unmatched,
+    pub require_auth: bool,
+    pub allow_private: Vec<String>,
+}
+
+impl Default for RawProxy {
+    fn default() -> Self {
+        RawProxy {
+            listen: Interp("127.0.0.1:8080".into()),
+            unmatched: Unmatched::Tunnel,
+            require_auth: false,
+            allow_private: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    pub listen: Interp,
+    pub token: Option<Interp>,
+    pub allow_remote: bool,
+    /// Extra `Origin` values accepted besides loopback ones (MCP web clients).
+    pub allowed_origins: Vec<String>,
+    /// Extra `Host` names accepted besides loopback (pod and Service names).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            listen: Interp("127.0.0.1:1984".into()),
+            token: None,
+            allow_remote: false,
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Events kept in memory.
+    pub ring: usize,
+    /// JSON lines appended here; a failed write refuses the credential use.
+    pub file: Option<PathBuf>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            ring: 10_000,
+            file: None,
+        }
+    }
+}
+
+/// Resource bounds (threat model §4). Every one has a safe default.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_tunnels: usize,
+    pub header_read_timeout: HumanDuration,
+    pub tls_handshake_timeout: HumanDuration,
+    pub idle_timeout: HumanDuration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri_bytes: usize,
+    pub h2_max_streams: u32,
+    pub max_body_buffer: usize,
+    pub leaf_cache: usize,
+    pub admin_body: usize,
+    pub drain_timeout: HumanDuration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 4096,
+            max_tunnels: 2048,
+            header_read_timeout: secs(30),
+            tls_handshake_timeout: secs(10),
+            idle_timeout: secs(90),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            h2_max_streams: 100,
+            max_body_buffer: 10 * 1024 * 1024,
+            leaf_cache: 1024,
+            admin_body: 1024 * 1024,
+            drain_timeout: secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub bundle: PathBuf,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        CaConfig {
+            cert: "certs/clavis-ca.pem".into(),
+            key: "certs/clavis-ca.key".into(),
+            bundle: "certs/clavis-ca-bundle.pem".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub master_key_file: Option<PathBuf>,
+    pub snapshot: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstream {
+    pub extra_ca: Vec<PathBuf>,
+    pub resolve: BTreeMap<String, String>,
+    pub connect_timeout: HumanDuration,
+    pub request_timeout: HumanDuration,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        RawUpstream {
+            extra_ca: Vec::new(),
+            resolve: BTreeMap::new(),
+            connect_timeout: secs(10),
+            request_timeout: secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: String,
+    pub connector: String,
+    #[serde(default)]
+    pub credentials: BTreeMap<String, Interp>,
+    #[serde(default)]
+    pub default: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    pub name: String,
+    #[serde(default)]
+    pub token: Option<Interp>,
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    #[serde(default)]
+    pub services: Vec<String>,
+    #[serde(default)]
+    pub reveal: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub proxy: RawProxy,
+    pub admin: RawAdmin,
+    pub audit: AuditConfig,
+    pub limits: Limits,
+    pub ca: CaConfig,
+    pub store: StoreConfig,
+    pub upstream: RawUpstream,
+    pub services: Vec<RawService>,
+    pub connectors: Vec<UserConnector>,
+    pub agents: Vec<RawAgent>,
+}
+
+#[derive(Debug)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub unmatched: Unmatched,
+    pub require_auth: bool,
+    pub allow_private: Vec<IpNet>,
+}
+
+#[derive(Debug)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token: Option<TokenDigest>,
+    pub allow_remote: bool,
+    pub allowed_origins: Vec<String>,
+    pub allowed_hosts: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct UpstreamConfig {
+    pub extra_ca: Vec<PathBuf>,
+    /// `(host, port)` → socket address, like curl `--resolve`.
+    pub resolve: HashMap<(String, u16), SocketAddr>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+/// A service from the config file, with its credentials resolved.
+#[derive(Debug)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub connector: Arc<Connector>,
+    pub credentials: Credentials,
+    pub default: bool,
+}
+
+/// The validated config: every string already turned into its type.
+#[derive(Debug)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub audit: AuditConfig,
+    pub limits: Limits,
+    pub ca: CaConfig,
+    pub store: StoreConfig,
+    pub upstream: UpstreamConfig,
+    pub registry: Registry,
+    pub services: Vec<ServiceConfig>,
+    pub agents: Agents,
+}
+
+impl Config {
+    /// Parses and validates YAML text. `source` names it in messages.
+    pub fn from_yaml(text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
+        let raw = parse(text)?;
+        let raw = apply_overrides(raw, env)?;
+        validate::validate(raw, env).map_err(|mut errors| {
+            for e in &mut errors.0 {
+                e.line = e.line.or_else(|| validate::line_of(text, &e.path));
+            }
+            errors
+        })
+    }
+
+    /// Reads a config file; `None` means built-in defaults (plus `CLAVIS_*`).
+    pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigErrors> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|e| {
+                ConfigError::at("", format!("cannot read config file {}: {e}", p.display()))
+            })?,
+            None => String::new(),
+        };
+        Config::from_yaml(&text, env)
+    }
+}
+
+fn parse(text: &str) -> Result<RawConfig, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(RawConfig::default());
+    }
+    serde_yaml::from_str(text).map_err(|e| {
+        let line = e.location().map(|l| l.line());
+        // serde_yaml's message already starts with the key path when it knows it.
+        let mut message = e.to_string();
+        if let Some(pos) = message.rfind(" at line ") {
+            message.truncate(pos);
+        }
+        let (path, message) = match message.split_once(": ") {
+            Some((p, m)) if !p.contains(' ') => (p.to_owned(), m.to_owned()),
+            _ => (String::new(), message),
+        };
+        ConfigError {
+            path,
+            message,
+            line,
+        }
+    })
+}
+
+fn apply_overrides(mut raw: RawConfig, env: &dyn Env) -> Result<RawConfig, ConfigError> {
+    use env::override_section as o;
+    raw.proxy = o("proxy", raw.proxy, env)?;
+    raw.admin = o("admin", raw.admin, env)?;
+    raw.audit = o("audit", raw.audit, env)?;
+    raw.limits = o("limits", raw.limits, env)?;
+    raw.ca = o("ca", raw.ca, env)?;
+    raw.store = o("store", raw.store, env)?;
+    raw.upstream = o("upstream", raw.upstream, env)?;
+    Ok(raw)
+}

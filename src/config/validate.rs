@@ -1,0 +1,466 @@
+//! Raw config → typed [`Config`]: every error collected with its key path.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+use super::*;
+use crate::agent::Scope;
+use crate::connector::user;
+
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError::at(path, message));
+    }
+
+    fn take<T>(&mut self, r: Result<T, ConfigError>) -> Option<T> {
+        r.map_err(|e| self.0.push(e)).ok()
+    }
+}
+
+pub(super) fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigErrors> {
+    let mut errs = Errors(Vec::new());
+
+    let proxy_listen = errs
+        .take(addr(&raw.proxy.listen, env, "proxy.listen"))
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let mut allow_private = Vec::new();
+    for (i, cidr) in raw.proxy.allow_private.iter().enumerate() {
+        match IpNet::parse(cidr) {
+            Some(net) => allow_private.push(net),
+            None => errs.push(
+                format!("proxy.allow_private[{i}]"),
+                format!("{cidr:?} is not a CIDR like 10.0.0.0/8"),
+            ),
+        }
+    }
+
+    let admin_listen = errs
+        .take(addr(&raw.admin.listen, env, "admin.listen"))
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1984)));
+    if !admin_listen.ip().is_loopback() && !raw.admin.allow_remote {
+        errs.push(
+            "admin.listen",
+            format!("{admin_listen} is not a loopback address; set admin.allow_remote: true to expose the admin port"),
+        );
+    }
+    let admin_token = match &raw.admin.token {
+        Some(t) => errs.take(t.resolve(env, "admin.token")).and_then(|t| {
+            if t.expose().len() < 16 {
+                errs.push("admin.token", "must be at least 16 characters");
+                None
+            } else {
+                Some(TokenDigest::of(t.expose().as_bytes()))
+            }
+        }),
+        None => None,
+    };
+
+    let mut resolve = HashMap::new();
+    for (from, to) in &raw.upstream.resolve {
+        let path = format!("upstream.resolve.{from:?}");
+        let key = crate::proxy::headers::split_host_port(from)
+            .filter(|(_, port)| port.is_some())
+            .map(|(h, p)| (h, p.unwrap_or(443)));
+        match (key, to.parse::<SocketAddr>()) {
+            (Some(key), Ok(addr)) => {
+                resolve.insert(key, addr);
+            }
+            (None, _) => errs.push(
+                path,
+                "the key must be host:port, e.g. \"api.openai.com:443\"",
+            ),
+            (_, Err(_)) => errs.push(path, format!("{to:?} is not ip:port")),
+        }
+    }
+
+    let mut user_connectors = Vec::new();
+    for (i, spec) in raw.connectors.iter().enumerate() {
+        match user::build(spec) {
+            Ok(c) => user_connectors.push(c),
+            Err((key, msg)) => errs.push(format!("connectors[{i}].{key}"), msg),
+        }
+    }
+    let registry = match Registry::new(user_connectors) {
+        Ok(r) => r,
+        Err(msg) => {
+            errs.push("connectors", msg);
+            Registry::new(Vec::new()).unwrap_or_default()
+        }
+    };
+
+    let services = services(&raw.services, &registry, env, &mut errs);
+    let names: HashSet<&str> = raw.services.iter().map(|s| s.name.as_str()).collect();
+    let agents = agents(&raw.agents, &names, env, &mut errs);
+
+    if !errs.0.is_empty() {
+        return Err(ConfigErrors(errs.0));
+    }
+    Ok(Config {
+        proxy: ProxyConfig {
+            listen: proxy_listen,
+            unmatched: raw.proxy.unmatched,
+            require_auth: raw.proxy.require_auth,
+            allow_private,
+        },
+        admin: AdminConfig {
+            listen: admin_listen,
+            token: admin_token,
+            allow_remote: raw.admin.allow_remote,
+            allowed_origins: raw.admin.allowed_origins,
+            allowed_hosts: raw.admin.allowed_hosts,
+        },
+        audit: raw.audit,
+        limits: raw.limits,
+        ca: raw.ca,
+        store: raw.store,
+        upstream: UpstreamConfig {
+            extra_ca: raw.upstream.extra_ca,
+            resolve,
+            connect_timeout: raw.upstream.connect_timeout.0,
+            request_timeout: raw.upstream.request_timeout.0,
+        },
+        registry,
+        services,
+        agents: crate::agent::Agents::new(agents),
+    })
+}
+
+fn addr(value: &Interp, env: &dyn Env, path: &str) -> Result<SocketAddr, ConfigError> {
+    let text = value.resolve_plain(env, path)?;
+    text.parse().map_err(|_| {
+        ConfigError::at(
+            path,
+            format!("{text:?} is not ip:port, e.g. 127.0.0.1:8080"),
+        )
+    })
+}
+
+fn services(
+    raw: &[RawService],
+    registry: &Registry,
+    env: &dyn Env,
+    errs: &mut Errors,
+) -> Vec<ServiceConfig> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut defaults: HashMap<&str, &str> = HashMap::new();
+    for (i, s) in raw.iter().enumerate() {
+        let path = format!("services[{i}]");
+        if !valid_name(&s.name) {
+            errs.push(
+                format!("{path}.name"),
+                format!(
+                    "{:?} is not a service name (letters, digits, '-', '_', '.')",
+                    s.name
+                ),
+            );
+            continue;
+        }
+        if !seen.insert(s.name.as_str()) {
+            errs.push(
+                format!("{path}.name"),
+                format!("duplicate service name {:?}", s.name),
+            );
+            continue;
+        }
+        let Some(connector) = registry.get(&s.connector) else {
+            errs.push(
+                format!("{path}.connector"),
+                format!(
+                    "unknown connector {:?}; known: {}",
+                    s.connector,
+                    registry.names().join(", ")
+                ),
+            );
+            continue;
+        };
+        if s.default {
+            if let Some(other) = defaults.insert(&connector.name, &s.name) {
+                errs.push(
+                    format!("{path}.default"),
+                    format!(
+                        "{other:?} is already the default for connector {:?}",
+                        connector.name
+                    ),
+                );
+            }
+        }
+        let mut creds = Credentials::default();
+        for (field, value) in &s.credentials {
+            let fpath = format!("{path}.credentials.{field}");
+            if let Some(v) = errs.take(value.resolve(env, &fpath)) {
+                creds.insert(field.clone(), zeroize::Zeroizing::new(v.expose().clone()));
+            }
+        }
+        if !s.credentials.is_empty() {
+            if let Err(msg) = connector.validate(&creds) {
+                errs.push(format!("{path}.credentials"), msg);
+            }
+        }
+        out.push(ServiceConfig {
+            name: s.name.clone(),
+            connector: connector.clone(),
+            credentials: creds,
+            default: s.default,
+        });
+    }
+    out
+}
+
+fn agents(
+    raw: &[RawAgent],
+    services: &HashSet<&str>,
+    env: &dyn Env,
+    errs: &mut Errors,
+) -> Vec<crate::agent::Agent> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, a) in raw.iter().enumerate() {
+        let path = format!("agents[{i}]");
+        if !valid_name(&a.name) || a.name.contains(':') {
+            errs.push(
+                format!("{path}.name"),
+                format!(
+                    "{:?} is not an agent name (letters, digits, '-', '_', '.')",
+                    a.name
+                ),
+            );
+            continue;
+        }
+        if !seen.insert(a.name.as_str()) {
+            errs.push(
+                format!("{path}.name"),
+                format!("duplicate agent name {:?}", a.name),
+            );
+            continue;
+        }
+        let token = match (&a.token, &a.token_sha256) {
+            (Some(t), None) => errs
+                .take(t.resolve(env, &format!("{path}.token")))
+                .and_then(|t| {
+                    if t.expose().is_empty() {
+                        errs.push(format!("{path}.token"), "must not be empty");
+                        None
+                    } else {
+                        Some(TokenDigest::of(t.expose().as_bytes()))
+                    }
+                }),
+            (None, Some(hex)) => {
+                let d = TokenDigest::from_hex(hex);
+                if d.is_none() {
+                    errs.push(
+                        format!("{path}.token_sha256"),
+                        "must be 64 hex characters (SHA-256 of the token)",
+                    );
+                }
+                d
+            }
+            _ => {
+                errs.push(
+                    format!("{path}.token"),
+                    "set exactly one of token or token_sha256",
+                );
+                None
+            }
+        };
+        let scope = if a.services.iter().any(|s| s == "*") {
+            Scope::All
+        } else {
+            for (j, s) in a.services.iter().enumerate() {
+                if !services.contains(s.as_str()) {
+                    errs.push(
+                        format!("{path}.services[{j}]"),
+                        format!("no service named {s:?} in services"),
+                    );
+                }
+            }
+            Scope::Services(a.services.iter().cloned().collect())
+        };
+        if let Some(token) = token {
+            out.push(crate::agent::Agent {
+                name: a.name.clone(),
+                token,
+                scope,
+                reveal: a.reveal,
+            });
+        }
+    }
+    out
+}
+
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Best-effort line of a key path in the source: walks the path's keys down
+/// the YAML text by indentation (list indices pick the n-th `-` item).
+pub(super) fn line_of(text: &str, path: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut from = 0;
+    let mut found = None;
+    for segment in path.split('.') {
+        let (key, index) = match segment.split_once('[') {
+            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        let key = key.trim_matches('"');
+        let pos = (from..lines.len()).find(|&i| {
+            let l = lines[i].trim_start().trim_start_matches("- ");
+            l.starts_with(&format!("{key}:"))
+                || l.contains(&format!("{{ {key}:"))
+                || l.contains(&format!(", {key}:"))
+        })?;
+        found = Some(pos);
+        from = pos;
+        if let Some(n) = index {
+            let indent = lines
+                .iter()
+                .skip(pos + 1)
+                .find(|l| l.trim_start().starts_with('-'))?;
+            let indent = indent.len() - indent.trim_start().len();
+            let item = (pos + 1..lines.len())
+                .filter(|&i| {
+                    let l = lines[i];
+                    l.len() - l.trim_start().len() == indent && l.trim_start().starts_with('-')
+                })
+                .nth(n)?;
+            found = Some(item);
+            from = item;
+        }
+    }
+    found.map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> HashMap<String, String> {
+        [("OPENAI_API_KEY".to_string(), "sk-real".to_string())].into()
+    }
+
+    fn check(yaml: &str) -> Result<Config, ConfigErrors> {
+        Config::from_yaml(yaml, &env())
+    }
+
+    mod validate {
+        use super::*;
+
+        #[test]
+        fn empty_file_gives_defaults() {
+            let c = check("").unwrap();
+            assert_eq!(c.proxy.listen.to_string(), "127.0.0.1:8080");
+            assert_eq!(c.admin.listen.to_string(), "127.0.0.1:1984");
+            assert!(c.services.is_empty());
+        }
+
+        #[test]
+        fn two_line_openai_config() {
+            let c = check("services:\n  - { name: openai, connector: openai, credentials: { api_key: \"${OPENAI_API_KEY}\" } }\n").unwrap();
+            assert_eq!(c.services[0].credentials.get("api_key"), Some("sk-real"));
+        }
+
+        #[test]
+        fn unknown_key_is_named_with_line() {
+            let e = check("proxy:\n  lisen: 1.2.3.4:1\n").unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains("proxy") && msg.contains("lisen") && msg.contains("line 2"),
+                "{msg}"
+            );
+        }
+
+        #[test]
+        fn every_error_is_reported_with_path_and_line() {
+            let yaml = "\
+services:
+  - name: a
+    connector: openai
+  - name: b
+    connector: opnai
+agents:
+  - name: x
+    token: t
+    services: [nope]
+";
+            let e = check(yaml).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains("services[1].connector: unknown connector \"opnai\""),
+                "{msg}"
+            );
+            assert!(msg.contains("(line 5)"), "{msg}");
+            assert!(
+                msg.contains("agents[0].services[0]: no service named \"nope\""),
+                "{msg}"
+            );
+        }
+
+        #[test]
+        fn bad_prefix_names_field_not_value() {
+            let e = check("services:\n  - { name: a, connector: openai, credentials: { api_key: pk-secretvalue } }\n").unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains("api_key") && !msg.contains("secretvalue"),
+                "{msg}"
+            );
+        }
+
+        #[test]
+        fn unset_env_is_named() {
+            let e = check("services:\n  - { name: a, connector: openai, credentials: { api_key: \"${MISSING}\" } }\n").unwrap_err();
+            assert!(e
+                .to_string()
+                .contains("environment variable MISSING is not set"));
+        }
+
+        #[test]
+        fn env_overrides_sections() {
+            let env: HashMap<String, String> = [
+                (
+                    "CLAVIS_PROXY_LISTEN".to_string(),
+                    "127.0.0.1:9999".to_string(),
+                ),
+                ("CLAVIS_PROXY_REQUIRE_AUTH".to_string(), "true".to_string()),
+                (
+                    "CLAVIS_UPSTREAM_CONNECT_TIMEOUT".to_string(),
+                    "3s".to_string(),
+                ),
+            ]
+            .into();
+            let c = Config::from_yaml("", &env).unwrap();
+            assert_eq!(c.proxy.listen.port(), 9999);
+            assert!(c.proxy.require_auth);
+            assert_eq!(
+                c.upstream.connect_timeout,
+                std::time::Duration::from_secs(3)
+            );
+        }
+
+        #[test]
+        fn remote_admin_needs_opt_in() {
+            let e = check("admin:\n  listen: 0.0.0.0:1984\n").unwrap_err();
+            assert!(e.to_string().contains("allow_remote"));
+        }
+
+        #[test]
+        fn host_claimed_twice_is_an_error() {
+            let yaml = "connectors:\n  - name: mine\n    hosts: [api.openai.com]\n    inject: { headers: { X-Key: \"{k}\" } }\n    fields: [k]\n";
+            let e = check(yaml).unwrap_err();
+            assert!(e.to_string().contains("api.openai.com"), "{e}");
+        }
+
+        #[test]
+        fn resolve_keys_need_a_port() {
+            let e =
+                check("upstream:\n  resolve: { api.openai.com: \"127.0.0.1:1\" }\n").unwrap_err();
+            assert!(e.to_string().contains("host:port"), "{e}");
+        }
+    }
+}

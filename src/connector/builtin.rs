@@ -1,0 +1,174 @@
+//! The built-in connectors of SPEC §4.1, with the auth headers each API's
+//! official SDKs send (see docs/SPEC.md and the connector reference).
+
+use http::{HeaderName, HeaderValue, Method};
+
+use super::{Connector, FieldSpec, HostPattern, Inject, LiveCheck, Template};
+
+pub fn all() -> Vec<Connector> {
+    vec![openai(), anthropic(), github(), stripe(), brave_search()]
+}
+
+fn hosts(names: &[&str]) -> Vec<HostPattern> {
+    names
+        .iter()
+        .map(|h| HostPattern::Exact((*h).to_owned()))
+        .collect()
+}
+
+fn names(list: &[&'static str]) -> Vec<HeaderName> {
+    list.iter().map(|n| HeaderName::from_static(n)).collect()
+}
+
+/// One header: a literal prefix followed by the `api_key` field.
+fn header_inject(name: &'static str, prefix: &str) -> Inject {
+    Inject::Headers {
+        headers: vec![(
+            HeaderName::from_static(name),
+            Template::prefixed(prefix, "api_key"),
+        )],
+        query: Vec::new(),
+    }
+}
+
+fn bearer(name: &str, hosts_list: &[&str], prefixes: &[&'static str]) -> Connector {
+    Connector {
+        name: name.to_owned(),
+        hosts: hosts(hosts_list),
+        port: 443,
+        strip: names(&["authorization"]),
+        inject: header_inject("authorization", "Bearer "),
+        defaults: Vec::new(),
+        field_sets: vec![vec![FieldSpec::prefixed("api_key", prefixes)]],
+        live_check: None,
+    }
+}
+
+fn openai() -> Connector {
+    let mut c = bearer(
+        "openai",
+        &["api.openai.com", "us.api.openai.com", "eu.api.openai.com"],
+        &["sk-"],
+    );
+    // Azure-style `api-key` is stripped too, so no agent value rides along.
+    c.strip = names(&["authorization", "api-key"]);
+    c
+}
+
+fn anthropic() -> Connector {
+    Connector {
+        name: "anthropic".into(),
+        hosts: hosts(&["api.anthropic.com"]),
+        port: 443,
+        // SDKs send the key as x-api-key, or (newer releases, auth tokens) as
+        // Authorization: Bearer, or both at once.
+        strip: names(&["x-api-key", "authorization"]),
+        inject: header_inject("x-api-key", ""),
+        defaults: vec![(
+            HeaderName::from_static("anthropic-version"),
+            HeaderValue::from_static("2023-06-01"),
+        )],
+        field_sets: vec![vec![FieldSpec::prefixed("api_key", &["sk-ant-"])]],
+        live_check: None,
+    }
+}
+
+fn github() -> Connector {
+    let mut c = bearer(
+        "github",
+        &["api.github.com", "uploads.github.com"],
+        &["ghp_", "github_pat_", "gho_", "ghu_", "ghs_"],
+    );
+    c.live_check = Some(LiveCheck {
+        method: Method::GET,
+        path: "/user",
+    });
+    c
+}
+
+fn stripe() -> Connector {
+    let mut c = bearer(
+        "stripe",
+        &[
+            "api.stripe.com",
+            "files.stripe.com",
+            "connect.stripe.com",
+            "meter-events.stripe.com",
+        ],
+        &["sk_live_", "sk_test_", "rk_live_", "rk_test_"],
+    );
+    c.live_check = Some(LiveCheck {
+        method: Method::GET,
+        path: "/v1/balance",
+    });
+    c
+}
+
+fn brave_search() -> Connector {
+    Connector {
+        name: "brave-search".into(),
+        hosts: hosts(&["api.search.brave.com"]),
+        port: 443,
+        strip: names(&["x-subscription-token", "authorization"]),
+        inject: header_inject("x-subscription-token", ""),
+        defaults: Vec::new(),
+        field_sets: vec![vec![FieldSpec::any("api_key")]],
+        live_check: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Credentials;
+
+    fn creds(key: &str) -> Credentials {
+        Credentials::from_pairs([("api_key", key)])
+    }
+
+    mod validate {
+        use super::*;
+
+        #[test]
+        fn prefixes_per_connector() {
+            assert!(openai().validate(&creds("sk-proj-abc")).is_ok());
+            assert!(openai().validate(&creds("pk-abc")).is_err());
+            assert!(anthropic().validate(&creds("sk-ant-api03-x")).is_ok());
+            assert!(anthropic().validate(&creds("sk-x")).is_err());
+            assert!(github().validate(&creds("github_pat_x")).is_ok());
+            assert!(github().validate(&creds("ghr_x")).is_err());
+            assert!(stripe().validate(&creds("rk_test_x")).is_ok());
+            assert!(stripe().validate(&creds("pk_test_x")).is_err());
+            assert!(brave_search().validate(&creds("anything")).is_ok());
+            assert!(brave_search().validate(&creds("")).is_err());
+        }
+
+        #[test]
+        fn error_names_the_field_not_the_value() {
+            let e = openai().validate(&creds("pk-secret-value")).unwrap_err();
+            assert!(e.contains("api_key") && !e.contains("secret"), "{e}");
+            let e = openai()
+                .validate(&Credentials::from_pairs([("other", "x")]))
+                .unwrap_err();
+            assert_eq!(e, "missing credential field \"api_key\"");
+        }
+    }
+
+    mod inject {
+        use super::*;
+
+        #[test]
+        fn templates_render() {
+            let c = creds("sk-1");
+            for (connector, header, value) in [
+                (openai(), "authorization", "Bearer sk-1"),
+                (anthropic(), "x-api-key", "sk-1"),
+                (brave_search(), "x-subscription-token", "sk-1"),
+            ] {
+                let Inject::Headers { headers, .. } = &connector.inject;
+                assert_eq!(headers[0].0, header);
+                assert_eq!(headers[0].1.render(&c).unwrap().as_str(), value);
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! User-defined connectors (SPEC §4.2): the YAML shape, and its conversion to
+//! a [`Connector`] with every name, host and template checked once at load.
+
+use std::collections::BTreeMap;
+
+use http::HeaderName;
+use serde::{Deserialize, Serialize};
+
+use super::{Connector, FieldSpec, HostPattern, Inject, Template};
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConnector {
+    pub name: String,
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub strip: Vec<String>,
+    #[serde(default)]
+    pub inject: Option<InjectSpec>,
+    #[serde(default)]
+    pub sign: Option<serde_json::Value>,
+    #[serde(default)]
+    pub fields: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectSpec {
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+}
+
+/// Converts one `connectors[i]` entry; errors are `(key suffix, message)`.
+pub fn build(spec: &UserConnector) -> Result<Connector, (String, String)> {
+    let err = |key: &str, msg: String| (key.to_owned(), msg);
+    if spec.name.is_empty()
+        || !spec
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(err(
+            "name",
+            format!(
+                "{:?} is not a connector name (letters, digits, '-', '_')",
+                spec.name
+            ),
+        ));
+    }
+    if spec.hosts.is_empty() {
+        return Err(err("hosts", "at least one host is required".into()));
+    }
+    let hosts = spec
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| HostPattern::parse(h).map_err(|m| err(&format!("hosts[{i}]"), m)))
+        .collect::<Result<Vec<_>, _>>()?;
+    if spec.fields.is_empty() {
+        return Err(err(
+            "fields",
+            "list the credential fields the templates use".into(),
+        ));
+    }
+    let known: Vec<&str> = spec.fields.iter().map(String::as_str).collect();
+    let strip = spec
+        .strip
+        .iter()
+        .enumerate()
+        .map(|(i, h)| header_name(h).map_err(|m| err(&format!("strip[{i}]"), m)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let inject = match (&spec.inject, &spec.sign) {
+        (Some(inject), None) => build_inject(inject, &known)?,
+        (None, Some(_)) => {
+            return Err(err(
+                "sign",
+                "signing recipes are not supported by this build yet; use inject".into(),
+            ))
+        }
+        (Some(_), Some(_)) => {
+            return Err(err("inject", "set either inject or sign, not both".into()))
+        }
+        (None, None) => return Err(err("inject", "set inject (headers and/or query)".into())),
+    };
+    let mut strip = strip;
+    // Whatever clavis injects is stripped first, so an agent value never survives.
+    let Inject::Headers { headers, .. } = &inject;
+    for (name, _) in headers {
+        if !strip.contains(name) {
+            strip.push(name.clone());
+        }
+    }
+    Ok(Connector {
+        name: spec.name.clone(),
+        hosts,
+        port: spec.port.unwrap_or(443),
+        strip,
+        inject,
+        defaults: Vec::new(),
+        field_sets: vec![spec.fields.iter().map(|f| FieldSpec::any(f)).collect()],
+        live_check: None,
+    })
+}
+
+fn build_inject(spec: &InjectSpec, known: &[&str]) -> Result<Inject, (String, String)> {
+    if spec.headers.is_empty() && spec.query.is_empty() {
+        return Err(("inject".into(), "inject needs headers or query".into()));
+    }
+    let mut headers = Vec::new();
+    for (name, text) in &spec.headers {
+        let key = format!("inject.headers.{name}");
+        let header = header_name(name).map_err(|m| (key.clone(), m))?;
+        let template = Template::parse(text, known).map_err(|e| (key, e.to_string()))?;
+        headers.push((header, template));
+    }
+    let mut query = Vec::new();
+    for (name, text) in &spec.query {
+        let key = format!("inject.query.{name}");
+        let template = Template::parse(text, known).map_err(|e| (key, e.to_string()))?;
+        query.push((name.clone(), template));
+    }
+    Ok(Inject::Headers { headers, query })
+}
+
+fn header_name(text: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(text.as_bytes())
+        .map_err(|_| format!("{text:?} is not a valid HTTP header name"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> UserConnector {
+        UserConnector {
+            name: "internal-api".into(),
+            hosts: vec!["api.internal.example".into(), "*.svc.example".into()],
+            strip: vec!["Authorization".into()],
+            inject: Some(InjectSpec {
+                headers: [("X-Api-Key".to_string(), "{api_key}".to_string())].into(),
+                query: Default::default(),
+            }),
+            fields: vec!["api_key".into()],
+            ..Default::default()
+        }
+    }
+
+    mod build {
+        use super::*;
+
+        #[test]
+        fn accepts_the_spec_example() {
+            let c = build(&spec()).unwrap();
+            assert_eq!(c.hosts.len(), 2);
+            assert!(c.strip.contains(&HeaderName::from_static("x-api-key")));
+        }
+
+        #[test]
+        fn errors_name_the_key() {
+            let mut s = spec();
+            s.inject
+                .as_mut()
+                .unwrap()
+                .headers
+                .insert("X-Other".into(), "{secret}".into());
+            let (key, msg) = build(&s).unwrap_err();
+            assert_eq!(key, "inject.headers.X-Other");
+            assert!(msg.contains("{secret}"), "{msg}");
+
+            let mut s = spec();
+            s.hosts.push("*.com".into());
+            assert_eq!(build(&s).unwrap_err().0, "hosts[2]");
+
+            let mut s = spec();
+            s.strip.push("Bad Header".into());
+            assert_eq!(build(&s).unwrap_err().0, "strip[1]");
+        }
+    }
+}

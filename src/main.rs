@@ -1,0 +1,193 @@
+//! The `clavis` binary: parses the command line, sets up logging, and hands
+//! over to the library. Exit codes: 0 ok, 1 runtime failure, 2 bad config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use clavis::config::{Config, ProcessEnv};
+
+#[derive(Parser)]
+#[command(
+    name = "clavis",
+    version,
+    about = "Credential-injecting HTTPS proxy for AI agents"
+)]
+struct Cli {
+    /// Log format; default: text on a terminal, json otherwise.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy and the admin port until SIGINT/SIGTERM.
+    Serve {
+        /// Config file (default: ./clavis.yaml if present, else built-in defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Manage the clavis CA.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and report every error with its key and line.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create the CA if it does not exist yet.
+    Init,
+    /// Print the CA certificate (PEM) and its SHA-256 fingerprint.
+    Show,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("clavis: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_path(explicit: Option<PathBuf>) -> Option<PathBuf> {
+    explicit.or_else(|| {
+        let default = PathBuf::from("clavis.yaml");
+        default.exists().then_some(default)
+    })
+}
+
+fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
+    let path = config_path(path);
+    Config::load(path.as_deref(), &ProcessEnv).map_err(|errors| {
+        let name = path.map_or("built-in defaults".into(), |p| p.display().to_string());
+        eprintln!("clavis: invalid config ({name}):");
+        for e in &errors.0 {
+            eprintln!("  {e}");
+        }
+        ExitCode::from(2)
+    })
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Check { config } => {
+            if let Err(code) = load(config) {
+                return Ok(code);
+            }
+            eprintln!("config ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ca { command, config } => {
+            let config = match load(config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let ca = clavis::tls::Ca::load_or_create(&config.ca)?;
+            match command {
+                CaCommand::Init => eprintln!("CA ready at {}", config.ca.cert.display()),
+                CaCommand::Show => {
+                    use std::io::Write;
+                    let mut out = std::io::stdout().lock();
+                    write!(out, "{}", ca.cert_pem)?;
+                    writeln!(out, "SHA-256 fingerprint: {}", ca.fingerprint())?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve { config } => {
+            let config = match load(config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    clavis::app::harden_process();
+    let proxy = tokio::net::TcpListener::bind(config.proxy.listen)
+        .await
+        .with_context(|| format!("cannot listen on proxy.listen {}", config.proxy.listen))?;
+    let admin = tokio::net::TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on admin.listen {}", config.admin.listen))?;
+    let state = clavis::app::State::new(config, proxy.local_addr()?, admin.local_addr()?)?;
+    clavis::app::serve(state, proxy, admin, shutdown_signal()).await;
+    Ok(())
+}
+
+/// The first SIGINT/SIGTERM starts the drain; a second one exits at once.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutdown requested; a second signal exits at once");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        std::process::exit(130);
+    });
+}
+
+fn init_logging(format: Option<LogFormat>) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Text) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,381 @@
+//! One request, from agent to upstream and back, in pingora's phases:
+//! check destination (421) → choose service (403) → strip → open secret (503)
+//! → audit (fail closed) → inject → send over verified TLS (502/504) →
+//! stream back. The proxy port, `/v1/proxy` and MCP all call [`forward`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{header, Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+
+use super::headers;
+use crate::agent::Agent;
+use crate::app::State;
+use crate::audit::{Action, Actor, Detail, Event};
+use crate::body::{self, Body};
+use crate::connector::Connector;
+use crate::error::ProxyError;
+use crate::store::Service;
+
+/// Where requests go. Fixed by the CONNECT authority on the proxy port (or by
+/// the service on the admin port) and never by anything inside a request.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub connector: Arc<Connector>,
+}
+
+/// Who is asking.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub agent: Option<Arc<Agent>>,
+    pub actor: Actor,
+}
+
+impl Caller {
+    pub fn may_use(&self, service: &str) -> bool {
+        self.agent.as_ref().is_none_or(|a| a.may_use(service))
+    }
+
+    fn name(&self) -> &str {
+        self.agent.as_ref().map_or("anonymous", |a| a.name.as_str())
+    }
+}
+
+/// How the service is picked.
+#[derive(Debug, Clone, Copy)]
+pub enum Choice<'a> {
+    /// From a `clavis:<name>` placeholder, the agent's scope, or `default`.
+    FromRequest,
+    /// Named by the caller (`/v1/proxy/{name}`, MCP `proxy_request`).
+    Named(&'a str),
+}
+
+/// A request received inside a MITM'd tunnel: checked against the tunnel's
+/// destination, then forwarded.
+pub async fn tunneled(
+    state: State,
+    caller: Arc<Caller>,
+    target: Arc<Target>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let outcome = match check_inner(&target, &req) {
+        Ok(()) => {
+            forward(
+                &state,
+                &caller,
+                &target,
+                Choice::FromRequest,
+                req.map(body::boxed),
+            )
+            .await
+        }
+        Err(e) => {
+            deny(&state, &caller, &target, req.method(), req.uri(), &e);
+            Err(e)
+        }
+    };
+    Ok(outcome.unwrap_or_else(ProxyError::into_response))
+}
+
+/// The destination binding of every inner request (threat model T1).
+fn check_inner<B>(target: &Target, req: &Request<B>) -> Result<(), ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed(
+            "CONNECT inside a tunnel is not allowed".into(),
+        ));
+    }
+    let mismatch = |what: &str, value: &str| {
+        ProxyError::Misdirected(format!(
+            "{what} {value:?} does not match the tunnel's destination {}:{}; nothing was forwarded",
+            target.host, target.port
+        ))
+    };
+    if let Some(scheme) = req.uri().scheme_str() {
+        if scheme != "https" {
+            return Err(mismatch("scheme", scheme));
+        }
+    }
+    if let Some(authority) = req.uri().authority() {
+        if !headers::authority_matches(&target.host, target.port, authority.as_str()) {
+            return Err(mismatch("authority", authority.as_str()));
+        }
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err(ProxyError::BadRequest("more than one Host header".into())),
+        (Some(host), None) => {
+            let value = host.to_str().unwrap_or("<not text>");
+            if !headers::authority_matches(&target.host, target.port, value) {
+                return Err(mismatch("Host", value));
+            }
+        }
+        (None, None) if req.version() == Version::HTTP_11 => {
+            return Err(ProxyError::BadRequest(
+                "HTTP/1.1 request without Host".into(),
+            ))
+        }
+        (None, None) => {}
+    }
+    let h = req.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err(ProxyError::BadRequest(
+            "both Transfer-Encoding and Content-Length: ambiguous framing is refused".into(),
+        ));
+    }
+    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return Err(ProxyError::BadRequest(
+            "more than one Content-Length".into(),
+        ));
+    }
+    if let Some(upgrade) = h.get(header::UPGRADE) {
+        return Err(ProxyError::BadRequest(format!(
+            "protocol upgrade {:?} is not supported through clavis",
+            upgrade.to_str().unwrap_or("?")
+        )));
+    }
+    Ok(())
+}
+
+fn deny(
+    state: &State,
+    caller: &Caller,
+    target: &Target,
+    method: &Method,
+    uri: &Uri,
+    e: &ProxyError,
+) {
+    tracing::info!(
+        agent = caller.name(),
+        host = %target.host,
+        method = %method,
+        path = uri.path(),
+        status = e.status().as_u16(),
+        error = %e,
+        "denied"
+    );
+    let mut detail = Detail::request(method.as_str(), &target.host, uri.path());
+    detail.note = Some(e.to_string());
+    detail.set_status(e.status().as_u16());
+    // A denial that cannot be audited is still a denial: nothing to fail closed on.
+    let _ = state
+        .audit
+        .record(Event::new(Action::Denied, "", &caller.actor, detail));
+}
+
+/// Forwards one request with the credential injected. The request's own
+/// authority is ignored: the URI is rebuilt from `target`.
+pub async fn forward(
+    state: &State,
+    caller: &Caller,
+    target: &Target,
+    choice: Choice<'_>,
+    req: Request<Body>,
+) -> Result<Response<Body>, ProxyError> {
+    let mut log = ExchangeLog::new(caller, target, req.method(), req.uri().path());
+    let result = forward_logged(state, caller, target, choice, req, &mut log).await;
+    match &result {
+        Ok(response) => log.status = Some(response.status().as_u16()),
+        Err(e) => {
+            log.status = Some(e.status().as_u16());
+            log.error = Some(e.to_string());
+        }
+    }
+    result
+}
+
+async fn forward_logged(
+    state: &State,
+    caller: &Caller,
+    target: &Target,
+    choice: Choice<'_>,
+    req: Request<Body>,
+    log: &mut ExchangeLog,
+) -> Result<Response<Body>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    let service = match choose_service(state, caller, target, choice, &parts.headers) {
+        Ok(s) => s,
+        Err(e) => {
+            deny(state, caller, target, &parts.method, &parts.uri, &e);
+            return Err(e);
+        }
+    };
+    log.service = Some(service.name.clone());
+
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::strip_auth(&mut parts.headers, &target.connector.strip);
+    parts.headers.remove(header::HOST);
+    for (name, value) in &target.connector.defaults {
+        if !parts.headers.contains_key(name) {
+            parts.headers.insert(name.clone(), value.clone());
+        }
+    }
+    parts.uri = upstream_uri(target, &parts.uri)?;
+    parts.version = Version::HTTP_11;
+
+    let creds = state
+        .store
+        .open(&service)
+        .map_err(|e| ProxyError::Internal(e.to_string()))?
+        .ok_or_else(|| ProxyError::CredentialsMissing {
+            service: service.name.clone(),
+        })?;
+    let action = match caller.actor {
+        Actor::Proxy(_) => Action::Inject,
+        _ => Action::Proxy,
+    };
+    let event = state.audit.record(Event::new(
+        action,
+        &service.name,
+        &caller.actor,
+        Detail::request(parts.method.as_str(), &target.host, parts.uri.path()),
+    ))?;
+    target
+        .connector
+        .inject
+        .apply(&mut parts, creds.expose())
+        .map_err(|e| ProxyError::Internal(format!("service {:?}: {e}", service.name)))?;
+    drop(creds);
+
+    let response = state
+        .upstream
+        .send(&target.host, Request::from_parts(parts, body))
+        .await;
+    let status = match &response {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => e.status().as_u16(),
+    };
+    event.set_status(status);
+    let (mut parts, body) = response?.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, body::boxed(body)))
+}
+
+/// SPEC §3 step 2: placeholder, else the agent's only service for this
+/// connector, else the connector's `default`; always within the agent's scope.
+fn choose_service(
+    state: &State,
+    caller: &Caller,
+    target: &Target,
+    choice: Choice<'_>,
+    headers_in: &http::HeaderMap,
+) -> Result<Arc<Service>, ProxyError> {
+    let table = state.store.table();
+    let connector = &target.connector.name;
+    let named = match choice {
+        Choice::Named(n) => Some(n.to_owned()),
+        Choice::FromRequest => headers::placeholder(headers_in, &target.connector.strip),
+    };
+    if let Some(name) = named {
+        let service = table
+            .find(&name)
+            .filter(|s| s.connector.name == *connector)
+            .ok_or_else(|| {
+                ProxyError::Forbidden(format!("no service {name:?} for connector {connector:?}"))
+            })?;
+        if !caller.may_use(&service.name) {
+            return Err(ProxyError::Forbidden(format!(
+                "agent {:?} may not use service {:?}",
+                caller.name(),
+                service.name
+            )));
+        }
+        return Ok(service.clone());
+    }
+    let candidates: Vec<&Arc<Service>> = table
+        .for_connector(connector)
+        .iter()
+        .filter(|s| caller.may_use(&s.name))
+        .collect();
+    match candidates.as_slice() {
+        [only] => Ok((*only).clone()),
+        [] => Err(ProxyError::Forbidden(format!(
+            "agent {:?} has no service for connector {connector:?}",
+            caller.name()
+        ))),
+        several => several
+            .iter()
+            .find(|s| s.default)
+            .map(|s| (*s).clone())
+            .ok_or_else(|| {
+                let names: Vec<&str> = several.iter().map(|s| s.name.as_str()).collect();
+                ProxyError::Forbidden(format!(
+                    "several services for connector {connector:?} ({}) and none is default; send a placeholder key \"clavis:<service>\"",
+                    names.join(", ")
+                ))
+            }),
+    }
+}
+
+/// `https://{target}{path?query}`: the destination comes from the target only.
+fn upstream_uri(target: &Target, uri: &Uri) -> Result<Uri, ProxyError> {
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let text = if target.port == 443 {
+        format!("https://{}{pq}", target.host)
+    } else {
+        format!("https://{}:{}{pq}", target.host, target.port)
+    };
+    text.parse()
+        .map_err(|_| ProxyError::BadRequest("request target is not a valid URI path".into()))
+}
+
+/// The one info line per exchange, written when the exchange ends however it
+/// ends (answered, failed, or cancelled by the agent going away).
+struct ExchangeLog {
+    agent: String,
+    host: String,
+    method: String,
+    path: String,
+    service: Option<String>,
+    status: Option<u16>,
+    error: Option<String>,
+    started: Instant,
+}
+
+impl ExchangeLog {
+    fn new(caller: &Caller, target: &Target, method: &Method, path: &str) -> ExchangeLog {
+        ExchangeLog {
+            agent: caller.actor.to_string(),
+            host: target.host.clone(),
+            method: method.to_string(),
+            path: path.to_owned(),
+            service: None,
+            status: None,
+            error: None,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for ExchangeLog {
+    fn drop(&mut self) {
+        if self.service.is_none() {
+            return; // denied before a service was chosen: logged by `deny`
+        }
+        let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        match self.status {
+            Some(status) => tracing::info!(
+                agent = %self.agent,
+                service = self.service.as_deref().unwrap_or(""),
+                host = %self.host,
+                method = %self.method,
+                path = %self.path,
+                status,
+                latency_ms,
+                error = self.error.as_deref(),
+                "exchange"
+            ),
+            None => tracing::info!(
+                agent = %self.agent,
+                service = self.service.as_deref().unwrap_or(""),
+                host = %self.host,
+                method = %self.method,
+                path = %self.path,
+                latency_ms,
+                "exchange cancelled"
+            ),
+        }
+    }
+}

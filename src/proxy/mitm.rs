@@ -1,0 +1,79 @@
+//! Inside an intercepted tunnel: read the ClientHello, refuse an SNI that is
+//! not the CONNECT host, present a leaf minted for that host (ALPN h2 and
+//! http/1.1), then serve every request through [`exchange::tunneled`].
+
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_rustls::LazyConfigAcceptor;
+
+use super::exchange::{self, Caller, Target};
+use super::{headers, Ctx};
+
+pub async fn serve(
+    ctx: Ctx,
+    io: TokioIo<Upgraded>,
+    caller: Arc<Caller>,
+    target: Arc<Target>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let limits = &ctx.state.config.limits;
+    let handshake = limits.tls_handshake_timeout.0;
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    let start = match tokio::time::timeout(handshake, acceptor).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => return tracing::debug!(host = %target.host, error = %e, "bad ClientHello"),
+        Err(_) => return tracing::debug!(host = %target.host, "ClientHello timed out"),
+    };
+    // SNI is only checked against the CONNECT host, never used to choose anything.
+    if let Some(sni) = start.client_hello().server_name() {
+        let same = headers::split_host_port(sni)
+            .is_some_and(|(h, port)| port.is_none() && h == target.host);
+        if !same {
+            tracing::warn!(agent = %caller.actor, host = %target.host, sni, "TLS SNI differs from the CONNECT host; refused");
+            return;
+        }
+    }
+    let config = match ctx.state.certs.server_config(&target.host).await {
+        Ok(c) => c,
+        Err(e) => {
+            return tracing::error!(host = %target.host, error = %e, "cannot mint a leaf certificate")
+        }
+    };
+    let tls = match tokio::time::timeout(handshake, start.into_stream(config)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            return tracing::debug!(host = %target.host, error = %e, "TLS handshake failed")
+        }
+        Err(_) => return tracing::debug!(host = %target.host, "TLS handshake timed out"),
+    };
+
+    let state = ctx.state.clone();
+    let service = service_fn(move |req| {
+        exchange::tunneled(state.clone(), caller.clone(), target.clone(), req)
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.0)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_streams)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .initial_stream_window_size(1024 * 1024)
+        .initial_connection_window_size(4 * 1024 * 1024)
+        .max_pending_accept_reset_streams(20)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(60)));
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    if let Err(e) = ctx.drain.watch(conn, |c| c.graceful_shutdown()).await {
+        tracing::debug!(error = %e, "intercepted connection ended with error");
+    }
+}

@@ -1,0 +1,106 @@
+//! The proxy port: accept loop, one hyper HTTP/1 connection per client with
+//! upgrades (CONNECT), and the dispatch of each request:
+//! `auth → CONNECT (connect.rs) | absolute http:// (plain.rs) | 400`.
+
+pub mod auth;
+pub mod connect;
+pub mod exchange;
+pub mod headers;
+pub mod mitm;
+pub mod plain;
+
+use std::net::SocketAddr;
+
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::app::State;
+use crate::body::Body;
+use crate::error::ProxyError;
+
+/// What every connection task holds: the state, its graceful-shutdown watcher,
+/// its graceful-shutdown handle, and the signal that ends tunnels when the drain deadline passes.
+#[derive(Clone)]
+pub struct Ctx {
+    pub state: State,
+    pub drain: crate::app::Drain,
+    pub hard_stop: watch::Receiver<bool>,
+}
+
+/// Accepts until `stop` fires. Connections beyond `limits.max_connections`
+/// are closed at once.
+pub async fn serve(ctx: Ctx, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(
+        ctx.state.config.limits.max_connections,
+    ));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; closing");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            serve_connection(ctx, tcp, peer).await;
+        });
+    }
+}
+
+async fn serve_connection(ctx: Ctx, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+    let limits = &ctx.state.config.limits;
+    let service_ctx = ctx.clone();
+    let service = service_fn(move |req| handle(service_ctx.clone(), req));
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.0)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+    if let Err(e) = ctx.drain.watch(conn, |c| c.graceful_shutdown()).await {
+        tracing::debug!(%peer, error = %e, "proxy connection ended with error");
+    }
+}
+
+async fn handle(
+    ctx: Ctx,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let ctx = &ctx;
+    let result = async {
+        if req.uri().to_string().len() > ctx.state.config.limits.max_uri_bytes {
+            return Err(ProxyError::BadRequest("request target is too long".into()));
+        }
+        let caller = auth::identify(&ctx.state, req.headers())?;
+        if req.method() == Method::CONNECT {
+            connect::handle(ctx, caller, req).await
+        } else if req.uri().scheme().is_some() {
+            plain::handle(ctx, &caller, req).await
+        } else {
+            Err(ProxyError::BadRequest(
+                "this is a forward proxy: send CONNECT or an absolute http:// URL (set HTTPS_PROXY)".into(),
+            ))
+        }
+    }
+    .await;
+    Ok(result.unwrap_or_else(ProxyError::into_response))
+}

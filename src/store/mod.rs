@@ -1,0 +1,282 @@
+//! The sealed store: services and their credentials, held only as AES-256-GCM
+//! ciphertext. `open` is the one way to plaintext, and it returns a
+//! [`Secret`] that is wiped when the request that needed it is done.
+
+mod credentials;
+pub mod seal;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use ring::rand::{SecureRandom, SystemRandom};
+
+pub use credentials::Credentials;
+pub use seal::{SealError, Sealer};
+
+use crate::connector::Connector;
+use crate::secret::Secret;
+
+/// Where a service was defined: config services are rebuilt at every start,
+/// API services live in the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Config,
+    Api,
+}
+
+#[derive(Debug)]
+pub struct Service {
+    pub id: String,
+    pub name: String,
+    pub connector: Arc<Connector>,
+    pub default: bool,
+    pub origin: Origin,
+    pub created_at: SystemTime,
+    pub validated_at: Option<SystemTime>,
+    sealed: Option<Vec<u8>>,
+}
+
+impl Service {
+    pub fn has_credentials(&self) -> bool {
+        self.sealed.is_some()
+    }
+
+    /// Associated data: a ciphertext opens only in its own service's slot.
+    fn aad(id: &str, connector: &str) -> Vec<u8> {
+        format!("clavis/v1\0{id}\0{connector}").into_bytes()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("a service named {0:?} already exists")]
+    Duplicate(String),
+    #[error("no service {0:?}")]
+    NotFound(String),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("stored credentials for {0:?} are corrupt")]
+    Corrupt(String),
+}
+
+/// An immutable view of every service, swapped whole on each change, so the
+/// request path reads it without holding a lock.
+#[derive(Debug, Default)]
+pub struct Table {
+    list: Vec<Arc<Service>>,
+    by_name: HashMap<String, Arc<Service>>,
+    by_id: HashMap<String, Arc<Service>>,
+    by_connector: HashMap<String, Vec<Arc<Service>>>,
+}
+
+impl Table {
+    fn build(list: Vec<Arc<Service>>) -> Table {
+        let mut t = Table::default();
+        for s in &list {
+            t.by_name.insert(s.name.clone(), s.clone());
+            t.by_id.insert(s.id.clone(), s.clone());
+            t.by_connector
+                .entry(s.connector.name.clone())
+                .or_default()
+                .push(s.clone());
+        }
+        t.list = list;
+        t
+    }
+
+    pub fn all(&self) -> &[Arc<Service>] {
+        &self.list
+    }
+
+    /// By name, or by id.
+    pub fn find(&self, name_or_id: &str) -> Option<&Arc<Service>> {
+        self.by_name
+            .get(name_or_id)
+            .or_else(|| self.by_id.get(name_or_id))
+    }
+
+    pub fn for_connector(&self, connector: &str) -> &[Arc<Service>] {
+        self.by_connector
+            .get(connector)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+}
+
+pub struct Store {
+    sealer: Sealer,
+    table: RwLock<Arc<Table>>,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    pub fn new(sealer: Sealer) -> Store {
+        Store {
+            sealer,
+            table: RwLock::new(Arc::new(Table::default())),
+            rng: SystemRandom::new(),
+        }
+    }
+
+    /// The current services; cheap (one `Arc` clone).
+    pub fn table(&self) -> Arc<Table> {
+        match self.table.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn update<R>(
+        &self,
+        change: impl FnOnce(&mut Vec<Arc<Service>>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut guard = match self.table.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut list = guard.list.clone();
+        let out = change(&mut list)?;
+        *guard = Arc::new(Table::build(list));
+        Ok(out)
+    }
+
+    fn new_id(&self) -> Result<String, StoreError> {
+        let mut bytes = [0u8; 8];
+        self.rng.fill(&mut bytes).map_err(|_| SealError::Random)?;
+        Ok(format!(
+            "svc_{}",
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ))
+    }
+
+    /// Registers a service; the name must be new.
+    pub fn add(
+        &self,
+        name: &str,
+        connector: Arc<Connector>,
+        default: bool,
+        origin: Origin,
+    ) -> Result<Arc<Service>, StoreError> {
+        let id = self.new_id()?;
+        self.update(|list| {
+            if list.iter().any(|s| s.name == name) {
+                return Err(StoreError::Duplicate(name.to_owned()));
+            }
+            let service = Arc::new(Service {
+                id,
+                name: name.to_owned(),
+                connector,
+                default,
+                origin,
+                created_at: SystemTime::now(),
+                validated_at: None,
+                sealed: None,
+            });
+            list.push(service.clone());
+            Ok(service)
+        })
+    }
+
+    /// Seals and stores credentials for a service (replacing earlier ones).
+    pub fn set_credentials(
+        &self,
+        name_or_id: &str,
+        creds: &Credentials,
+        validated: bool,
+    ) -> Result<Arc<Service>, StoreError> {
+        self.update(|list| {
+            let slot = list
+                .iter_mut()
+                .find(|s| s.name == name_or_id || s.id == name_or_id)
+                .ok_or_else(|| StoreError::NotFound(name_or_id.to_owned()))?;
+            let aad = Service::aad(&slot.id, &slot.connector.name);
+            let sealed = self.sealer.seal(&aad, &creds.encode())?;
+            let service = Arc::new(Service {
+                id: slot.id.clone(),
+                name: slot.name.clone(),
+                connector: slot.connector.clone(),
+                default: slot.default,
+                origin: slot.origin,
+                created_at: slot.created_at,
+                validated_at: validated.then(SystemTime::now).or(slot.validated_at),
+                sealed: Some(sealed),
+            });
+            *slot = service.clone();
+            Ok(service)
+        })
+    }
+
+    pub fn remove(&self, name_or_id: &str) -> Result<Arc<Service>, StoreError> {
+        self.update(|list| {
+            let pos = list
+                .iter()
+                .position(|s| s.name == name_or_id || s.id == name_or_id)
+                .ok_or_else(|| StoreError::NotFound(name_or_id.to_owned()))?;
+            Ok(list.remove(pos))
+        })
+    }
+
+    /// Decrypts a service's credentials for one use. `Ok(None)`: none stored.
+    pub fn open(&self, service: &Service) -> Result<Option<Secret<Credentials>>, StoreError> {
+        let Some(sealed) = &service.sealed else {
+            return Ok(None);
+        };
+        let aad = Service::aad(&service.id, &service.connector.name);
+        let plain = self.sealer.open(&aad, sealed)?;
+        let creds =
+            Credentials::decode(&plain).ok_or_else(|| StoreError::Corrupt(service.name.clone()))?;
+        Ok(Some(Secret::new(creds)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connector::Registry;
+
+    fn store() -> (Store, Arc<Connector>) {
+        let r = Registry::new(Vec::new()).unwrap();
+        (
+            Store::new(Sealer::random().unwrap()),
+            r.get("openai").unwrap().clone(),
+        )
+    }
+
+    mod add {
+        use super::*;
+
+        #[test]
+        fn duplicate_names_are_refused() {
+            let (s, c) = store();
+            s.add("a", c.clone(), false, Origin::Api).unwrap();
+            assert!(matches!(
+                s.add("a", c, false, Origin::Api),
+                Err(StoreError::Duplicate(_))
+            ));
+        }
+    }
+
+    mod open {
+        use super::*;
+
+        #[test]
+        fn returns_what_was_stored() {
+            let (s, c) = store();
+            let svc = s.add("a", c, false, Origin::Api).unwrap();
+            assert!(s.open(&svc).unwrap().is_none());
+            let svc = s
+                .set_credentials("a", &Credentials::from_pairs([("api_key", "sk-1")]), false)
+                .unwrap();
+            let creds = s.open(&svc).unwrap().unwrap();
+            assert_eq!(creds.expose().get("api_key"), Some("sk-1"));
+            assert!(s.table().find(&svc.id).is_some());
+        }
+    }
+}

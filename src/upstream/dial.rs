@@ -1,0 +1,302 @@
+//! The one dialer for every path that opens a socket (MITM upstreams, tunnels,
+//! plain HTTP): `upstream.resolve` overrides, then DNS, then a check of every
+//! resolved address, so a name that resolves to loopback, a private range,
+//! link-local (cloud metadata) or clavis itself is refused at dial time.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+/// A CIDR block, `10.0.0.0/8` or `fd00::/8`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(text: &str) -> Option<IpNet> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
+            None => {
+                let a = text.parse::<IpAddr>().ok()?;
+                (a, if a.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(IpNet { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        fn bits_match(a: &[u8], b: &[u8], prefix: u8) -> bool {
+            let full = (prefix / 8) as usize;
+            let rest = prefix % 8;
+            if a[..full] != b[..full] {
+                return false;
+            }
+            rest == 0 || (a[full] ^ b[full]) >> (8 - rest) == 0
+        }
+        match (self.addr, canonical(ip)) {
+            (IpAddr::V4(n), IpAddr::V4(ip)) => bits_match(&n.octets(), &ip.octets(), self.prefix),
+            (IpAddr::V6(n), IpAddr::V6(ip)) => bits_match(&n.octets(), &ip.octets(), self.prefix),
+            _ => false,
+        }
+    }
+}
+
+/// IPv4-mapped and NAT64 IPv6 addresses as the IPv4 address they carry.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return IpAddr::V4(v4);
+            }
+            let s = v6.segments();
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let o = v6.octets();
+                return IpAddr::V4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+            }
+            IpAddr::V6(v6)
+        }
+        v4 => v4,
+    }
+}
+
+/// Loopback, private, link-local, CGNAT, ULA, unspecified, broadcast and
+/// multicast: addresses an agent must not reach through clavis.
+pub fn is_private(ip: IpAddr) -> bool {
+    match canonical(ip) {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10 CGNAT
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24 IETF
+                || o[0] >= 240
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // fc00::/7 ULA
+                || (s[0] & 0xffc0) == 0xfe80 // fe80::/10 link-local
+                || (s[0] & 0xffc0) == 0xfec0 // fec0::/10 site-local
+                || v6 == Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 1)
+                || s[..6] == [0, 0, 0, 0, 0, 0] // ::a.b.c.d IPv4-compatible
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("{host} resolves to {addr}, a private or local address clavis does not dial")]
+    Private { host: String, addr: IpAddr },
+    #[error("{host}:{port} is clavis itself")]
+    OwnPort { host: String, port: u16 },
+    #[error("cannot resolve {host}: {reason}")]
+    Resolve { host: String, reason: String },
+    #[error("cannot connect to {host}:{port}: {reason}")]
+    Connect {
+        host: String,
+        port: u16,
+        reason: String,
+    },
+    #[error("connecting to {host}:{port} timed out after {after:?}")]
+    Timeout {
+        host: String,
+        port: u16,
+        after: Duration,
+    },
+    #[error("TLS with {host} failed: {reason}")]
+    Tls { host: String, reason: String },
+}
+
+#[derive(Debug)]
+pub struct Dialer {
+    pub resolve: HashMap<(String, u16), SocketAddr>,
+    pub allow_private: Vec<IpNet>,
+    /// clavis's own listeners: never a destination.
+    pub own: Vec<SocketAddr>,
+    pub connect_timeout: Duration,
+}
+
+impl Dialer {
+    /// Resolves and connects within `connect_timeout`; every resolved address
+    /// is checked before it is dialed.
+    pub async fn dial(&self, host: &str, port: u16) -> Result<TcpStream, DialError> {
+        let after = self.connect_timeout;
+        let timeout = || DialError::Timeout {
+            host: host.to_owned(),
+            port,
+            after,
+        };
+        tokio::time::timeout(after, self.dial_inner(host, port))
+            .await
+            .map_err(|_| timeout())?
+    }
+
+    async fn dial_inner(&self, host: &str, port: u16) -> Result<TcpStream, DialError> {
+        // Operator-set overrides are trusted as they are (tests, split DNS).
+        if let Some(addr) = self.resolve.get(&(host.to_owned(), port)) {
+            return connect(host, *addr).await;
+        }
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((bare, port))
+            .await
+            .map_err(|e| DialError::Resolve {
+                host: host.to_owned(),
+                reason: e.to_string(),
+            })?
+            .collect();
+        let mut last = None;
+        for addr in addrs {
+            self.check(host, addr)?;
+            match connect(host, addr).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| DialError::Resolve {
+            host: host.to_owned(),
+            reason: "no addresses".into(),
+        }))
+    }
+
+    fn check(&self, host: &str, addr: SocketAddr) -> Result<(), DialError> {
+        let ip = canonical(addr.ip());
+        let is_own = self.own.iter().any(|own| {
+            own.port() == addr.port()
+                && (own.ip() == ip || own.ip().is_unspecified() || ip.is_loopback())
+        });
+        if is_own {
+            return Err(DialError::OwnPort {
+                host: host.to_owned(),
+                port: addr.port(),
+            });
+        }
+        if is_private(ip) && !self.allow_private.iter().any(|n| n.contains(ip)) {
+            return Err(DialError::Private {
+                host: host.to_owned(),
+                addr: ip,
+            });
+        }
+        Ok(())
+    }
+}
+
+async fn connect(host: &str, addr: SocketAddr) -> Result<TcpStream, DialError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| DialError::Connect {
+            host: host.to_owned(),
+            port: addr.port(),
+            reason: e.kind().to_string(),
+        })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    mod is_private {
+        use super::*;
+
+        #[test]
+        fn classifies_the_dangerous_ranges() {
+            for ip in [
+                "127.0.0.1",
+                "10.1.2.3",
+                "172.16.0.1",
+                "192.168.1.1",
+                "169.254.169.254",
+                "100.64.0.1",
+                "0.0.0.0",
+                "::1",
+                "fd00::1",
+                "fe80::1",
+                "::ffff:127.0.0.1",
+                "::ffff:169.254.169.254",
+                "64:ff9b::a9fe:a9fe",
+                "::",
+            ] {
+                assert!(is_private(ip.parse().unwrap()), "{ip}");
+            }
+            for ip in ["1.1.1.1", "104.18.7.192", "2606:4700::1111"] {
+                assert!(!is_private(ip.parse().unwrap()), "{ip}");
+            }
+        }
+    }
+
+    mod ip_net {
+        use super::*;
+
+        #[test]
+        fn contains_by_prefix() {
+            let n = IpNet::parse("10.0.0.0/8").unwrap();
+            assert!(n.contains("10.200.0.1".parse().unwrap()));
+            assert!(!n.contains("11.0.0.1".parse().unwrap()));
+            assert!(IpNet::parse("127.0.0.1")
+                .unwrap()
+                .contains("::ffff:127.0.0.1".parse().unwrap()));
+            assert!(IpNet::parse("10.0.0.0/33").is_none());
+            assert!(IpNet::parse("nope").is_none());
+        }
+    }
+
+    mod dial {
+        use super::*;
+
+        fn dialer() -> Dialer {
+            Dialer {
+                resolve: HashMap::new(),
+                allow_private: Vec::new(),
+                own: vec!["127.0.0.1:8080".parse().unwrap()],
+                connect_timeout: Duration::from_secs(2),
+            }
+        }
+
+        #[tokio::test]
+        async fn refuses_loopback_and_metadata() {
+            let d = dialer();
+            assert!(matches!(
+                d.dial("127.0.0.1", 9).await,
+                Err(DialError::Private { .. })
+            ));
+            assert!(matches!(
+                d.dial("localhost", 9).await,
+                Err(DialError::Private { .. })
+            ));
+            assert!(matches!(
+                d.dial("169.254.169.254", 80).await,
+                Err(DialError::Private { .. })
+            ));
+            assert!(matches!(
+                d.dial("127.0.0.1", 8080).await,
+                Err(DialError::OwnPort { .. })
+            ));
+        }
+
+        #[tokio::test]
+        async fn allow_private_opens_a_range_but_never_clavis() {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let mut d = dialer();
+            d.allow_private = vec![IpNet::parse("127.0.0.0/8").unwrap()];
+            assert!(d.dial("127.0.0.1", port).await.is_ok());
+            assert!(matches!(
+                d.dial("127.0.0.1", 8080).await,
+                Err(DialError::OwnPort { .. })
+            ));
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Test kit: a test CA minted at run time, fake TLS upstreams on loopback that
+//! record exactly what they received, clavis started on port 0, and clients
+//! that go through its proxy port the way agents do.
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::sync::oneshot;
+
+pub use upstream::{Seen, Upstream};
+
+/// A CA for fake upstreams, created fresh for each test (no committed keys).
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    pub pem: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "clavis test upstream CA");
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("upstream-ca.pem"), cert.pem()).unwrap();
+        TestCa {
+            issuer: Issuer::new(params, key),
+            pem: cert.pem(),
+            dir,
+        }
+    }
+
+    pub fn pem_path(&self) -> PathBuf {
+        self.dir.path().join("upstream-ca.pem")
+    }
+
+    /// A TLS server config for `hosts`, offering h2 and http/1.1.
+    pub fn server_config(&self, hosts: &[&str]) -> Arc<rustls::ServerConfig> {
+        let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+/// A running clavis on port 0.
+pub struct Clavis {
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub state: clavis::app::State,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Builds a clavis config: the YAML given, plus CA paths in a temp dir.
+pub struct ClavisBuilder {
+    yaml: String,
+    env: HashMap<String, String>,
+}
+
+impl Clavis {
+    pub fn builder(yaml: &str) -> ClavisBuilder {
+        ClavisBuilder {
+            yaml: yaml.to_owned(),
+            env: HashMap::new(),
+        }
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca/clavis-ca.pem")
+    }
+
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.ca_path()).unwrap()
+    }
+
+    pub fn proxy_url(&self, agent: Option<(&str, &str)>) -> String {
+        match agent {
+            Some((name, token)) => format!("http://{name}:{token}@{}", self.proxy),
+            None => format!("http://{}", self.proxy),
+        }
+    }
+
+    /// An HTTPS client going through the proxy, trusting the clavis CA only.
+    pub fn client(&self, agent: Option<(&str, &str)>) -> reqwest::Client {
+        self.client_builder(agent).build().unwrap()
+    }
+
+    pub fn client_builder(&self, agent: Option<(&str, &str)>) -> reqwest::ClientBuilder {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(self.ca_pem().as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .proxy(reqwest::Proxy::all(self.proxy_url(agent)).unwrap())
+            .redirect(reqwest::redirect::Policy::none())
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Clavis {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl ClavisBuilder {
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.insert(name.into(), value.into());
+        self
+    }
+
+    /// Starts clavis with `upstream.resolve` pointing each `host:443` at
+    /// `upstream` and trusting `ca` (pass `None` to leave it untrusted).
+    pub async fn start(self, upstream: Option<&Upstream>, ca: Option<&TestCa>) -> Clavis {
+        let dir = tempfile::tempdir().unwrap();
+        let mut yaml = self.yaml.clone();
+        if !yaml.contains("ca:") {
+            yaml.push_str(&format!(
+                "\nca:\n  cert: {d}/ca/clavis-ca.pem\n  key: {d}/ca/clavis-ca.key\n  bundle: {d}/ca/clavis-ca-bundle.pem\n",
+                d = dir.path().display()
+            ));
+        }
+        if !yaml.contains("upstream:") {
+            yaml.push_str("\nupstream:\n");
+            if let Some(ca) = ca {
+                yaml.push_str(&format!("  extra_ca: [\"{}\"]\n", ca.pem_path().display()));
+            }
+            yaml.push_str("  connect_timeout: 2s\n  request_timeout: 5s\n  resolve:\n");
+            if let Some(up) = upstream {
+                for host in &up.hosts {
+                    yaml.push_str(&format!("    \"{host}:443\": \"{}\"\n", up.addr));
+                }
+                if let Some(plain) = up.plain_addr {
+                    yaml.push_str(&format!("    \"plain.test.example:80\": \"{plain}\"\n"));
+                }
+            }
+            yaml.push_str("    \"unreachable.test.example:443\": \"127.0.0.1:1\"\n");
+        }
+        let config = clavis::config::Config::from_yaml(&yaml, &self.env)
+            .unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"));
+        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (proxy_addr, admin_addr) = (proxy.local_addr().unwrap(), admin.local_addr().unwrap());
+        let state = clavis::app::State::new(config, proxy_addr, admin_addr).unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(clavis::app::serve(state.clone(), proxy, admin, async {
+            let _ = rx.await;
+        }));
+        Clavis {
+            proxy: proxy_addr,
+            admin: admin_addr,
+            dir,
+            state,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+}
+
+/// Opens a raw CONNECT tunnel and returns the socket after the proxy's answer
+/// (status code and the socket).
+pub async fn connect_raw(
+    proxy: SocketAddr,
+    target: &str,
+    extra_headers: &str,
+) -> (u16, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra_headers}\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).await.unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, s)
+}
+
+/// TLS over a tunnel with a chosen SNI, trusting `ca_pem`; ALPN as given.
+pub async fn tls_over(
+    stream: tokio::net::TcpStream,
+    sni: &str,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    connector.connect(name, stream).await
+}
+
+/// Sends one raw HTTP/1.1 request over an established stream and returns the
+/// whole response as text (the server must close or send Content-Length).
+pub async fn raw_exchange<S>(stream: &mut S, request: &str) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
+            .await
+        {
+            Ok(Ok(n)) => n,
+            _ => break,
+        };
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head.lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+            });
+            if len.is_some_and(|len| body.len() >= len) {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The usual config: one service per built-in header connector, with the
+/// real keys below, and two agents.
+pub const REAL_OPENAI: &str = "sk-REAL-openai-0123456789abcdef";
+pub const REAL_ANTHROPIC: &str = "sk-ant-REAL-anthropic-0123456789";
+pub const REAL_GITHUB: &str = "ghp_REALgithub0123456789abcdef";
+pub const REAL_STRIPE: &str = "sk_test_REALstripe0123456789";
+pub const REAL_BRAVE: &str = "BSA-REAL-brave-0123456789";
+
+pub fn standard_yaml() -> String {
+    format!(
+        r#"
+services:
+  - {{ name: my-openai, connector: openai, credentials: {{ api_key: "{REAL_OPENAI}" }} }}
+  - {{ name: my-anthropic, connector: anthropic, credentials: {{ api_key: "{REAL_ANTHROPIC}" }} }}
+  - {{ name: my-github, connector: github, credentials: {{ api_key: "{REAL_GITHUB}" }} }}
+  - {{ name: my-stripe, connector: stripe, credentials: {{ api_key: "{REAL_STRIPE}" }} }}
+  - {{ name: my-brave, connector: brave-search, credentials: {{ api_key: "{REAL_BRAVE}" }} }}
+agents:
+  - {{ name: codex, token: codex-token, services: ["*"] }}
+  - {{ name: narrow, token: narrow-token, services: [my-github] }}
+"#
+    )
+}
+
+pub const ALL_HOSTS: &[&str] = &[
+    "api.openai.com",
+    "api.anthropic.com",
+    "api.github.com",
+    "uploads.github.com",
+    "api.stripe.com",
+    "api.search.brave.com",
+    "echo.test.example",
+];

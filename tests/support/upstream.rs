@@ -1,0 +1,271 @@
+//! The echo upstream: a TLS server (h1 and h2) that records every request and
+//! answers with what it received as JSON, plus a few scripted routes.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+
+use super::TestCa;
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub host: String,
+    pub method: String,
+    pub path: String,
+    pub version: String,
+    pub headers: Vec<(String, String)>,
+    pub body_len: usize,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hosts: Vec<String>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// A plain-HTTP echo for tunnel tests.
+    pub plain_addr: Option<SocketAddr>,
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Upstream {
+    pub async fn start(ca: &TestCa, hosts: &[&str]) -> Upstream {
+        let config = ca.server_config(hosts);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let (s, c) = (seen.clone(), connections.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                let seen = s.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |req| handle(seen.clone(), req));
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let plain_addr = plain.local_addr().unwrap();
+        let s = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = plain.accept().await else {
+                    return;
+                };
+                let seen = s.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| handle(seen.clone(), req));
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            seen,
+            plain_addr: Some(plain_addr),
+            connections,
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen()
+            .last()
+            .cloned()
+            .expect("upstream saw no request")
+    }
+}
+
+fn full(b: impl Into<Bytes>) -> BoxBody {
+    http_body_util::Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn query_param(req: &Request<Incoming>, key: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        (k == key).then(|| v.parse().ok()).flatten()
+    })
+}
+
+async fn handle(
+    seen: Arc<Mutex<Vec<Seen>>>,
+    req: Request<Incoming>,
+) -> Result<Response<BoxBody>, std::convert::Infallible> {
+    let path = req.uri().path().to_owned();
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            req.headers()
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let mut record = Seen {
+        host,
+        method: req.method().to_string(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        version: format!("{:?}", req.version()),
+        headers,
+        body_len: 0,
+    };
+    let sse_n = query_param(&req, "n").unwrap_or(5);
+    let gap = Duration::from_millis(query_param(&req, "gap_ms").unwrap_or(200));
+    let bytes_n = query_param(&req, "n").unwrap_or(0);
+
+    match path.as_str() {
+        "/sse" => {
+            seen.lock().unwrap().push(record);
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+            tokio::spawn(async move {
+                for i in 0..sse_n {
+                    let ev = format!("data: {{\"i\":{i}}}\n\n");
+                    if tx.send(Ok(Frame::data(Bytes::from(ev)))).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(gap).await;
+                }
+            });
+            let body = StreamBody::new(tokio_stream_from(rx)).boxed();
+            return Ok(Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body)
+                .unwrap());
+        }
+        "/bytes" => {
+            seen.lock().unwrap().push(record);
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                let mut left = bytes_n as usize;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if tx.send(Ok(Frame::data(chunk.slice(..n)))).await.is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
+            });
+            return Ok(Response::builder()
+                .header("content-length", bytes_n.to_string())
+                .body(StreamBody::new(tokio_stream_from(rx)).boxed())
+                .unwrap());
+        }
+        "/slow" => {
+            seen.lock().unwrap().push(record.clone());
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        "/redirect" => {
+            seen.lock().unwrap().push(record);
+            return Ok(Response::builder()
+                .status(302)
+                .header("location", "https://evil.test/steal")
+                .body(full(""))
+                .unwrap());
+        }
+        _ => {}
+    }
+    // Echo: count the body without holding it (uploads can be large).
+    let mut body = req.into_body();
+    let mut len = 0usize;
+    let mut text = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map(|f| f.into_data()) {
+            if let Ok(d) = data {
+                len += d.len();
+                if text.len() < 64 * 1024 {
+                    text.extend_from_slice(&d[..d.len().min(64 * 1024 - text.len())]);
+                }
+            }
+        } else {
+            break;
+        }
+    }
+    record.body_len = len;
+    let json = serde_json::json!({
+        "method": record.method,
+        "path": record.path,
+        "host": record.host,
+        "version": record.version,
+        "headers": record.headers,
+        "body_len": len,
+        "body": String::from_utf8_lossy(&text),
+    });
+    seen.lock().unwrap().push(record);
+    let status = path
+        .strip_prefix("/status/")
+        .and_then(|s| s.parse::<u16>().ok())
+        .unwrap_or(200);
+    Ok(Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(full(json.to_string()))
+        .unwrap())
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
