@@ -164,13 +164,14 @@ impl ClavisBuilder {
     pub async fn start(self, upstream: Option<&Upstream>, ca: Option<&TestCa>) -> Clavis {
         let dir = tempfile::tempdir().unwrap();
         let mut yaml = self.yaml.clone();
-        if !yaml.contains("ca:") {
+        // A top-level `ca:` block only (`extra_ca:` under `upstream:` is not one).
+        if !yaml.lines().any(|l| l.starts_with("ca:")) {
             yaml.push_str(&format!(
                 "\nca:\n  cert: {d}/ca/clavis-ca.pem\n  key: {d}/ca/clavis-ca.key\n  bundle: {d}/ca/clavis-ca-bundle.pem\n",
                 d = dir.path().display()
             ));
         }
-        if !yaml.contains("upstream:") {
+        if !yaml.lines().any(|l| l.starts_with("upstream:")) {
             yaml.push_str("\nupstream:\n");
             if let Some(ca) = ca {
                 yaml.push_str(&format!("  extra_ca: [\"{}\"]\n", ca.pem_path().display()));
