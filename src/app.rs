@@ -25,6 +25,9 @@ pub struct Shared {
     pub tunnels: Arc<Semaphore>,
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The admin bearer token's digest (configured, or generated at start).
+    pub admin_token: crate::secret::TokenDigest,
+    pub admin_throttle: crate::admin::auth::Throttle,
     ready: AtomicBool,
 }
 
@@ -47,6 +50,10 @@ pub enum StartError {
     MasterKey { path: String, message: String },
     #[error("audit file: {0}")]
     Audit(std::io::Error),
+    #[error("admin token: {0}")]
+    AdminToken(String),
+    #[error("store: {0}")]
+    Snapshot(String),
     #[error("service {name:?}: {message}")]
     Service { name: String, message: String },
 }
@@ -77,7 +84,12 @@ impl State {
                 message: e.to_string(),
             })?,
         };
-        let store = Store::new(sealer);
+        let snapshot = config
+            .store
+            .snapshot
+            .clone()
+            .map(crate::store::Snapshot::new);
+        let store = Store::new(sealer, snapshot);
         for s in &config.services {
             let err = |e: crate::store::StoreError| StartError::Service {
                 name: s.name.clone(),
@@ -91,6 +103,12 @@ impl State {
                     .set_credentials(&s.name, &s.credentials, false)
                     .map_err(err)?;
             }
+        }
+        let restored = store
+            .restore(&config.registry)
+            .map_err(|e| StartError::Snapshot(e.to_string()))?;
+        if restored > 0 {
+            tracing::info!(services = restored, "restored services from the snapshot");
         }
         let tls = verify::client_config(&config.upstream.extra_ca)?;
         let dialer = Dialer {
@@ -107,6 +125,10 @@ impl State {
         );
         let audit = AuditLog::open(&config.audit).map_err(StartError::Audit)?;
         let tunnels = Arc::new(Semaphore::new(config.limits.max_tunnels));
+        let admin_token = match config.admin.token {
+            Some(digest) => digest,
+            None => generate_admin_token(&config)?,
+        };
         Ok(State(Arc::new(Shared {
             config,
             ca,
@@ -117,6 +139,8 @@ impl State {
             tunnels,
             proxy_addr,
             admin_addr,
+            admin_token,
+            admin_throttle: Default::default(),
             ready: AtomicBool::new(false),
         })))
     }
@@ -124,6 +148,37 @@ impl State {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }
+}
+
+/// Without a configured admin token, clavis makes one and writes it to
+/// `admin.token` beside the CA key (0600). The path is logged, never the token.
+fn generate_admin_token(config: &Config) -> Result<crate::secret::TokenDigest, StartError> {
+    use ring::rand::SecureRandom;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = config
+        .ca
+        .key
+        .parent()
+        .map(|d| d.join("admin.token"))
+        .unwrap_or_else(|| "admin.token".into());
+    let err = |e: std::io::Error| StartError::AdminToken(format!("{}: {e}", path.display()));
+    let mut bytes = zeroize::Zeroizing::new([0u8; 24]);
+    ring::rand::SystemRandom::new()
+        .fill(bytes.as_mut())
+        .map_err(|_| StartError::AdminToken("system random generator failed".into()))?;
+    let token =
+        zeroize::Zeroizing::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(err)?;
+    f.write_all(token.as_bytes()).map_err(err)?;
+    tracing::info!(path = %path.display(), "generated an admin token (admin.token is not set)");
+    Ok(crate::secret::TokenDigest::of(token.as_bytes()))
 }
 
 /// Graceful shutdown for hyper connections: every watched connection holds a

@@ -122,7 +122,7 @@ impl ProxyError {
         })
     }
 
-    pub fn into_response(self) -> Response<Body> {
+    pub fn response(self) -> Response<Body> {
         let status = self.status();
         let bytes = self.to_json().to_string();
         let mut response = Response::new(body::full(bytes));
@@ -142,16 +142,22 @@ impl ProxyError {
     }
 }
 
+impl axum::response::IntoResponse for ProxyError {
+    fn into_response(self) -> axum::response::Response {
+        self.response().map(axum::body::Body::new)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    mod into_response {
+    mod response {
         use super::*;
 
         #[test]
         fn proxy_auth_carries_the_basic_challenge() {
-            let r = ProxyError::ProxyAuthRequired.into_response();
+            let r = ProxyError::ProxyAuthRequired.response();
             assert_eq!(r.status(), 407);
             assert_eq!(
                 r.headers()[header::PROXY_AUTHENTICATE],

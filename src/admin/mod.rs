@@ -1,30 +1,66 @@
-//! The admin port: health, readiness and the CA files (the management REST
-//! API and MCP mount here too). The agent shares the pod's localhost, so the
-//! port treats every caller as hostile.
+//! The admin port: public health/CA routes, then the authenticated REST API
+//! (`/v1/...`) behind [`auth::authenticate`]. The agent shares the pod's
+//! localhost, so the port treats every caller as hostile.
 
-use axum::extract::State as AxumState;
+pub mod api_proxy;
+pub mod auth;
+mod json;
+mod live_check;
+pub mod services;
+
+use std::net::SocketAddr;
+
+use axum::extract::{Query, State as AxumState};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app::State;
+use crate::error::ProxyError;
 use crate::proxy::Ctx;
+use auth::Principal;
 
 pub fn router(state: State) -> Router {
+    let api = Router::new()
+        .route("/v1/services", post(services::create).get(services::list))
+        .route(
+            "/v1/services/{key}",
+            get(services::get_one).delete(services::delete),
+        )
+        .route(
+            "/v1/services/{key}/credentials",
+            post(services::store_credentials),
+        )
+        .route("/v1/services/{key}/token", get(services::token))
+        .route("/v1/proxy/{name}", post(api_proxy::handle))
+        .route("/v1/audit", get(audit))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/livez", get(healthz))
         .route("/readyz", get(readyz))
         .route("/ca.pem", get(ca_pem))
         .route("/ca-bundle.pem", get(ca_bundle))
+        .route("/openapi.json", get(openapi))
+        .merge(api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.config.limits.admin_body,
+        ))
         .with_state(state)
 }
 
 pub async fn serve(ctx: Ctx, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-    let app = router(ctx.state.clone());
+    let app = router(ctx.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let shutdown = async move {
         let _ = stop.changed().await;
     };
@@ -34,6 +70,14 @@ pub async fn serve(ctx: Ctx, listener: TcpListener, mut stop: watch::Receiver<bo
     {
         tracing::error!(error = %e, "admin server failed");
     }
+}
+
+async fn not_found() -> ProxyError {
+    ProxyError::NotFound("no such route; see GET /openapi.json".into())
+}
+
+async fn method_not_allowed() -> ProxyError {
+    ProxyError::MethodNotAllowed("method not allowed on this route".into())
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -65,4 +109,40 @@ async fn ca_bundle(AxumState(state): AxumState<State>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "application/x-pem-file")],
         state.ca.bundle_pem.clone(),
     )
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("../../docs/openapi.json"),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    limit: Option<usize>,
+    actor: Option<String>,
+    entry: Option<String>,
+}
+
+async fn audit(
+    AxumState(state): AxumState<State>,
+    Extension(who): Extension<Principal>,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ProxyError> {
+    who.require_admin()?;
+    let Query(q) = query.map_err(|e| ProxyError::BadRequest(e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > crate::audit::MAX_QUERY {
+        return Err(ProxyError::BadRequest(format!(
+            "limit must be 1..={}",
+            crate::audit::MAX_QUERY
+        )));
+    }
+    Ok(Json(Value::Array(state.audit.query(
+        limit,
+        q.actor.as_deref(),
+        q.entry.as_deref(),
+    ))))
 }

@@ -5,6 +5,8 @@
 pub mod env;
 mod validate;
 
+pub use validate::valid_name;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -90,6 +90,12 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigEr
         }
     };
 
+    if raw.store.snapshot.is_some() && raw.store.master_key_file.is_none() {
+        errs.push(
+            "store.snapshot",
+            "needs store.master_key_file: without it every start has a new key and could not read the snapshot",
+        );
+    }
     let services = services(&raw.services, &registry, env, &mut errs);
     let names: HashSet<&str> = raw.services.iter().map(|s| s.name.as_str()).collect();
     let agents = agents(&raw.agents, &names, env, &mut errs);

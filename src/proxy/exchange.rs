@@ -77,7 +77,7 @@ pub async fn tunneled(
             Err(e)
         }
     };
-    Ok(outcome.unwrap_or_else(ProxyError::into_response))
+    Ok(outcome.unwrap_or_else(ProxyError::response))
 }
 
 /// The destination binding of every inner request (threat model T1).

@@ -102,5 +102,5 @@ async fn handle(
         }
     }
     .await;
-    Ok(result.unwrap_or_else(ProxyError::into_response))
+    Ok(result.unwrap_or_else(ProxyError::response))
 }

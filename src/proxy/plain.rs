@@ -60,7 +60,7 @@ pub async fn handle(
 }
 
 async fn refuse(host: std::sync::Arc<str>) -> Result<Response<Body>, std::convert::Infallible> {
-    Ok(plaintext_refused(&host).into_response())
+    Ok(plaintext_refused(&host).response())
 }
 
 /// `CONNECT claimed-host:80` (Node's env proxy tunnels even http:// URLs):

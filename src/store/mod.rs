@@ -4,15 +4,19 @@
 
 mod credentials;
 pub mod seal;
+pub mod snapshot;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use ring::rand::{SecureRandom, SystemRandom};
 
 pub use credentials::Credentials;
 pub use seal::{SealError, Sealer};
+pub use snapshot::{Snapshot, SnapshotError};
+
+use snapshot::Record;
 
 use crate::connector::Connector;
 use crate::secret::Secret;
@@ -25,7 +29,7 @@ pub enum Origin {
     Api,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Service {
     pub id: String,
     pub name: String,
@@ -40,6 +44,26 @@ pub struct Service {
 impl Service {
     pub fn has_credentials(&self) -> bool {
         self.sealed.is_some()
+    }
+
+    fn record(&self) -> Record {
+        use base64::Engine;
+        Record {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            connector: self.connector.name.clone(),
+            default: self.default,
+            origin: match self.origin {
+                Origin::Config => "config".into(),
+                Origin::Api => "api".into(),
+            },
+            created_at: snapshot::unix(self.created_at),
+            validated_at: self.validated_at.map(snapshot::unix),
+            sealed: self
+                .sealed
+                .as_ref()
+                .map(|s| base64::engine::general_purpose::STANDARD.encode(s)),
+        }
     }
 
     /// Associated data: a ciphertext opens only in its own service's slot.
@@ -58,6 +82,8 @@ pub enum StoreError {
     Seal(#[from] SealError),
     #[error("stored credentials for {0:?} are corrupt")]
     Corrupt(String),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
 }
 
 /// An immutable view of every service, swapped whole on each change, so the
@@ -108,6 +134,10 @@ pub struct Store {
     sealer: Sealer,
     table: RwLock<Arc<Table>>,
     rng: SystemRandom,
+    snapshot: Option<Snapshot>,
+    /// Serializes changes, so each one is written to the snapshot before it
+    /// becomes visible, without holding the read path's lock during I/O.
+    writer: Mutex<()>,
 }
 
 impl std::fmt::Debug for Store {
@@ -117,11 +147,13 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    pub fn new(sealer: Sealer) -> Store {
+    pub fn new(sealer: Sealer, snapshot: Option<Snapshot>) -> Store {
         Store {
             sealer,
             table: RwLock::new(Arc::new(Table::default())),
             rng: SystemRandom::new(),
+            snapshot,
+            writer: Mutex::new(()),
         }
     }
 
@@ -133,18 +165,110 @@ impl Store {
         }
     }
 
+    /// Applies a change: persisted first (when a snapshot is configured),
+    /// then made visible. A failed write changes nothing, in memory or on disk.
     fn update<R>(
         &self,
         change: impl FnOnce(&mut Vec<Arc<Service>>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let mut guard = match self.table.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let mut list = guard.list.clone();
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut list = self.table().list.clone();
         let out = change(&mut list)?;
-        *guard = Arc::new(Table::build(list));
+        if let Some(snapshot) = &self.snapshot {
+            let records: Vec<Record> = list.iter().map(|s| s.record()).collect();
+            snapshot.write(&self.sealer, &records)?;
+        }
+        let table = Arc::new(Table::build(list));
+        match self.table.write() {
+            Ok(mut g) => *g = table,
+            Err(poisoned) => *poisoned.into_inner() = table,
+        }
         Ok(out)
+    }
+
+    /// Loads the snapshot at start, after the config services were added.
+    /// The config wins on a name clash (with a warning), except that a config
+    /// service without credentials takes the ones stored through the API.
+    /// Any unreadable record refuses the whole start.
+    pub fn restore(&self, registry: &crate::connector::Registry) -> Result<usize, StoreError> {
+        let Some(snapshot) = &self.snapshot else {
+            return Ok(0);
+        };
+        let records = snapshot.load(&self.sealer)?;
+        let registry_of = |name: &str| self.table().find(name).cloned();
+        let mut restored = 0;
+        let mut list = self.table().list.clone();
+        for r in records {
+            let creds = match r.sealed_bytes() {
+                Some(sealed) => {
+                    let aad = Service::aad(&r.id, &r.connector);
+                    let plain = self.sealer.open(&aad, &sealed)?;
+                    Some(
+                        Credentials::decode(&plain)
+                            .ok_or_else(|| StoreError::Corrupt(r.name.clone()))?,
+                    )
+                }
+                None => None,
+            };
+            match registry_of(&r.name) {
+                Some(existing) => {
+                    if existing.has_credentials() || creds.is_none() {
+                        if r.origin() == Origin::Api {
+                            tracing::warn!(service = %r.name, "the config file defines this service too; the config wins");
+                        }
+                        continue;
+                    }
+                    if existing.connector.name != r.connector {
+                        tracing::warn!(service = %r.name, "stored credentials belong to another connector; ignored");
+                        continue;
+                    }
+                    let Some(slot) = list.iter_mut().find(|s| s.name == r.name) else {
+                        continue;
+                    };
+                    let sealed = match &creds {
+                        Some(c) => Some(
+                            self.sealer
+                                .seal(&Service::aad(&slot.id, &slot.connector.name), &c.encode())?,
+                        ),
+                        None => None,
+                    };
+                    *slot = Arc::new(Service {
+                        sealed,
+                        validated_at: r.validated_at.map(snapshot::from_unix),
+                        ..slot.as_ref().clone()
+                    });
+                    restored += 1;
+                }
+                None if r.origin() == Origin::Config => {
+                    tracing::warn!(service = %r.name, "service removed from the config file; its stored credentials are dropped");
+                }
+                None => {
+                    let Some(connector) = registry.get(&r.connector).cloned() else {
+                        return Err(StoreError::Corrupt(format!(
+                            "{} (unknown connector {:?})",
+                            r.name, r.connector
+                        )));
+                    };
+                    list.push(Arc::new(Service {
+                        id: r.id.clone(),
+                        name: r.name.clone(),
+                        connector,
+                        default: r.default,
+                        origin: Origin::Api,
+                        created_at: snapshot::from_unix(r.created_at),
+                        validated_at: r.validated_at.map(snapshot::from_unix),
+                        sealed: r.sealed_bytes(),
+                    }));
+                    restored += 1;
+                }
+            }
+        }
+        let table = Arc::new(Table::build(list));
+        match self.table.write() {
+            Ok(mut g) => *g = table,
+            Err(poisoned) => *poisoned.into_inner() = table,
+        }
+        Ok(restored)
     }
 
     fn new_id(&self) -> Result<String, StoreError> {

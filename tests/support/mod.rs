@@ -1,7 +1,7 @@
 //! Test kit: a test CA minted at run time, fake TLS upstreams on loopback that
 //! record exactly what they received, clavis started on port 0, and clients
 //! that go through its proxy port the way agents do.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod upstream;
 
@@ -14,6 +14,7 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsage
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::oneshot;
 
+#[allow(unused_imports)]
 pub use upstream::{Seen, Upstream};
 
 /// A CA for fake upstreams, created fresh for each test (no committed keys).
@@ -72,6 +73,12 @@ impl TestCa {
     }
 }
 
+/// A client for the admin port (plain HTTP, no proxy).
+pub fn admin_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
 /// A running clavis on port 0.
 pub struct Clavis {
     pub proxy: SocketAddr,
@@ -86,6 +93,8 @@ pub struct Clavis {
 pub struct ClavisBuilder {
     yaml: String,
     env: HashMap<String, String>,
+    request_timeout: String,
+    resolve: Vec<(String, String)>,
 }
 
 impl Clavis {
@@ -93,6 +102,8 @@ impl Clavis {
         ClavisBuilder {
             yaml: yaml.to_owned(),
             env: HashMap::new(),
+            request_timeout: "5s".to_owned(),
+            resolve: Vec::new(),
         }
     }
 
@@ -117,6 +128,17 @@ impl Clavis {
     }
 
     pub fn client_builder(&self, agent: Option<(&str, &str)>) -> reqwest::ClientBuilder {
+        self.client_builder_alpn(agent, &[b"h2", b"http/1.1"])
+    }
+
+    /// As [`Clavis::client_builder`], offering only `alpn` inside the tunnel
+    /// (reqwest's `http1_only` alone still negotiates h2 over a preconfigured
+    /// TLS config that offers it).
+    pub fn client_builder_alpn(
+        &self,
+        agent: Option<(&str, &str)>,
+        alpn: &[&[u8]],
+    ) -> reqwest::ClientBuilder {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         use rustls::pki_types::pem::PemObject;
@@ -128,7 +150,7 @@ impl Clavis {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        tls.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
         reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .proxy(reqwest::Proxy::all(self.proxy_url(agent)).unwrap())
@@ -159,6 +181,19 @@ impl ClavisBuilder {
         self
     }
 
+    /// `upstream.request_timeout` of the generated `upstream:` block (default 5s).
+    pub fn request_timeout(mut self, t: &str) -> Self {
+        self.request_timeout = t.to_owned();
+        self
+    }
+
+    /// An extra `upstream.resolve` entry in the generated block; it replaces
+    /// the kit's own entry for the same `host:port`.
+    pub fn resolve(mut self, host_port: &str, addr: &str) -> Self {
+        self.resolve.push((host_port.to_owned(), addr.to_owned()));
+        self
+    }
+
     /// Starts clavis with `upstream.resolve` pointing each `host:443` at
     /// `upstream` and trusting `ca` (pass `None` to leave it untrusted).
     pub async fn start(self, upstream: Option<&Upstream>, ca: Option<&TestCa>) -> Clavis {
@@ -176,16 +211,25 @@ impl ClavisBuilder {
             if let Some(ca) = ca {
                 yaml.push_str(&format!("  extra_ca: [\"{}\"]\n", ca.pem_path().display()));
             }
-            yaml.push_str("  connect_timeout: 2s\n  request_timeout: 5s\n  resolve:\n");
+            yaml.push_str(&format!(
+                "  connect_timeout: 2s\n  request_timeout: {}\n  resolve:\n",
+                self.request_timeout
+            ));
+            let mut entries: Vec<(String, String)> = Vec::new();
             if let Some(up) = upstream {
                 for host in &up.hosts {
-                    yaml.push_str(&format!("    \"{host}:443\": \"{}\"\n", up.addr));
+                    entries.push((format!("{host}:443"), up.addr.to_string()));
                 }
                 if let Some(plain) = up.plain_addr {
-                    yaml.push_str(&format!("    \"plain.test.example:80\": \"{plain}\"\n"));
+                    entries.push(("plain.test.example:80".into(), plain.to_string()));
                 }
             }
-            yaml.push_str("    \"unreachable.test.example:443\": \"127.0.0.1:1\"\n");
+            entries.push(("unreachable.test.example:443".into(), "127.0.0.1:1".into()));
+            entries.retain(|(k, _)| !self.resolve.iter().any(|(r, _)| r == k));
+            entries.extend(self.resolve.iter().cloned());
+            for (k, v) in entries {
+                yaml.push_str(&format!("    \"{k}\": \"{v}\"\n"));
+            }
         }
         let config = clavis::config::Config::from_yaml(&yaml, &self.env)
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"));
@@ -234,6 +278,48 @@ pub async fn connect_raw(
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     (status, s)
+}
+
+/// Sends `request` (a raw proxy request, e.g. a CONNECT) on a new connection
+/// to the proxy and returns the response head as text (up to the blank line)
+/// and the socket, positioned at the first byte after the head.
+pub async fn send_head(proxy: SocketAddr, request: &str) -> (String, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).await.unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    (String::from_utf8_lossy(&head).into_owned(), s)
+}
+
+/// The status code of a raw HTTP response (0 if there is none).
+pub fn status_of(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The value of header `name` (case-insensitive) in a raw HTTP response head.
+pub fn header_of<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    let head = response.split("\r\n\r\n").next()?;
+    head.lines().skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// The body of a raw HTTP response, parsed as JSON (panics if it is not).
+pub fn json_of(response: &str) -> serde_json::Value {
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {response}"))
 }
 
 /// TLS over a tunnel with a chosen SNI, trusting `ca_pem`; ALPN as given.

@@ -1,0 +1,47 @@
+//! JSON in and out of the admin API: strict content type, capped bodies,
+//! parse errors with their position, shape errors naming the field.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{header, HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::error::ProxyError;
+
+pub fn parse<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<T, ProxyError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ProxyError::PayloadTooLarge { limit }
+        } else {
+            ProxyError::BadRequest(format!("cannot read request body: {rejection}"))
+        }
+    })?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime != "application/json" && !mime.ends_with("+json") {
+        return Err(ProxyError::UnsupportedMediaType(format!(
+            "send Content-Type: application/json (got {:?})",
+            if content_type.is_empty() {
+                "nothing"
+            } else {
+                content_type
+            }
+        )));
+    }
+    serde_json::from_slice(&body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ProxyError::Unprocessable(e.to_string()),
+        _ => ProxyError::BadRequest(format!("malformed JSON: {e}")),
+    })
+}

@@ -1,0 +1,235 @@
+//! The sealed snapshot: every service and its sealed credentials, written
+//! atomically (temp file, fsync, rename, fsync of the directory) after each
+//! change and loaded at start. The whole file is sealed once more under the
+//! master key with its header as associated data, so a flipped byte, a
+//! truncation or another key is detected, and clavis refuses to start rather
+//! than run half-loaded or overwrite what it could not read.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use super::{Origin, Sealer};
+
+const MAGIC: &[u8; 16] = b"CLAVIS-SNAPSHOT\0";
+const VERSION: u32 = 1;
+const HEADER: usize = 16 + 4 + 8 + 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot {path}: {message}")]
+    Invalid { path: String, message: String },
+    #[error("snapshot {path}: cannot write: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// One service as persisted. `sealed` is the per-service ciphertext, already
+/// bound to `id` and `connector` by its own associated data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    pub name: String,
+    pub connector: String,
+    pub default: bool,
+    pub origin: String,
+    pub created_at: u64,
+    pub validated_at: Option<u64>,
+    pub sealed: Option<String>,
+}
+
+impl Record {
+    pub fn origin(&self) -> Origin {
+        if self.origin == "config" {
+            Origin::Config
+        } else {
+            Origin::Api
+        }
+    }
+
+    pub fn sealed_bytes(&self) -> Option<Vec<u8>> {
+        self.sealed
+            .as_ref()
+            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+    }
+}
+
+pub fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+pub fn from_unix(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    path: PathBuf,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Snapshot {
+    pub fn new(path: PathBuf) -> Snapshot {
+        Snapshot {
+            path,
+            generation: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn invalid(&self, message: impl Into<String>) -> SnapshotError {
+        SnapshotError::Invalid {
+            path: self.path.display().to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// Reads the records; a missing file is an empty store.
+    pub fn load(&self, sealer: &Sealer) -> Result<Vec<Record>, SnapshotError> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.invalid(format!("cannot read: {e}"))),
+        };
+        if bytes.len() < HEADER || &bytes[..16] != MAGIC {
+            return Err(self.invalid("not a clavis snapshot (bad magic or truncated)"));
+        }
+        let version = u32::from_be_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
+        if version != VERSION {
+            return Err(self.invalid(format!("unsupported snapshot version {version}")));
+        }
+        if bytes[20..28] != sealer.key_id() {
+            return Err(self.invalid(
+                "sealed under another master key; start with the store.master_key_file that wrote it",
+            ));
+        }
+        let mut generation = [0u8; 8];
+        generation.copy_from_slice(&bytes[28..36]);
+        let plain = sealer
+            .open(&bytes[..HEADER], &bytes[HEADER..])
+            .map_err(|_| {
+                self.invalid("failed authentication: the file is corrupt or was tampered with")
+            })?;
+        let records: Vec<Record> = serde_json::from_slice(&plain)
+            .map_err(|e| self.invalid(format!("unreadable records: {e}")))?;
+        self.generation.store(
+            u64::from_be_bytes(generation),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        Ok(records)
+    }
+
+    /// Writes all records atomically; on error the old file is untouched.
+    pub fn write(&self, sealer: &Sealer, records: &[Record]) -> Result<(), SnapshotError> {
+        let werr = |source| SnapshotError::Write {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let mut header = Vec::with_capacity(HEADER);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&VERSION.to_be_bytes());
+        header.extend_from_slice(&sealer.key_id());
+        header.extend_from_slice(&generation.to_be_bytes());
+        let json = zeroize::Zeroizing::new(
+            serde_json::to_vec(records).map_err(|e| werr(std::io::Error::other(e)))?,
+        );
+        let sealed = sealer
+            .seal(&header, &json)
+            .map_err(|e| werr(std::io::Error::other(e.to_string())))?;
+        let tmp = tmp_path(&self.path);
+        let result = (|| {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&header)?;
+            f.write_all(&sealed)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map_err(werr)
+    }
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str) -> Record {
+        Record {
+            id: format!("svc_{name}"),
+            name: name.into(),
+            connector: "openai".into(),
+            default: false,
+            origin: "api".into(),
+            created_at: 1,
+            validated_at: None,
+            sealed: Some("AAAA".into()),
+        }
+    }
+
+    mod load {
+        use super::*;
+
+        #[test]
+        fn round_trip_and_missing_file() {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Snapshot::new(dir.path().join("snap"));
+            let key = Sealer::new(&[1u8; 32]).unwrap();
+            assert!(s.load(&key).unwrap().is_empty());
+            s.write(&key, &[record("a"), record("b")]).unwrap();
+            let again = Snapshot::new(dir.path().join("snap"));
+            let r = again.load(&key).unwrap();
+            assert_eq!(r.len(), 2);
+            assert_eq!(r[1].name, "b");
+        }
+
+        #[test]
+        fn refuses_other_key_flipped_byte_and_truncation() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("snap");
+            let s = Snapshot::new(path.clone());
+            let key = Sealer::new(&[1u8; 32]).unwrap();
+            s.write(&key, &[record("a")]).unwrap();
+            let e = s.load(&Sealer::new(&[2u8; 32]).unwrap()).unwrap_err();
+            assert!(e.to_string().contains("another master key"), "{e}");
+            let mut bytes = std::fs::read(&path).unwrap();
+            let last = bytes.len() - 5;
+            bytes[last] ^= 0x40;
+            std::fs::write(&path, &bytes).unwrap();
+            let e = s.load(&key).unwrap_err();
+            assert!(e.to_string().contains("tampered"), "{e}");
+            std::fs::write(&path, &bytes[..20]).unwrap();
+            assert!(s.load(&key).unwrap_err().to_string().contains("truncated"));
+            // A refused snapshot is left as it was.
+            assert_eq!(std::fs::read(&path).unwrap().len(), 20);
+        }
+    }
+}

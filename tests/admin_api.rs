@@ -1,0 +1,425 @@
+//! The management REST API: the four calls existing clients make, scopes,
+//! and every error status.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::*;
+
+const ADMIN: &str = "admin-token-0123456789abcdef";
+
+async fn setup(extra: &str) -> (TestCa, Upstream, Clavis) {
+    let ca = TestCa::new();
+    let up = Upstream::start(&ca, ALL_HOSTS).await;
+    let yaml = format!(
+        "admin: {{ token: \"{ADMIN}\" }}\n{}\n{extra}",
+        standard_yaml().replace(
+            "  - { name: narrow, token: narrow-token, services: [my-github] }",
+            "  - { name: narrow, token: narrow-token, services: [my-github] }\n  - { name: revealer, token: revealer-token, services: [my-openai], reveal: true }"
+        )
+    );
+    let clavis = Clavis::builder(&yaml).start(Some(&up), Some(&ca)).await;
+    (ca, up, clavis)
+}
+
+fn api(clavis: &Clavis) -> String {
+    format!("http://{}", clavis.admin)
+}
+
+fn http() -> reqwest::Client {
+    admin_client()
+}
+
+#[tokio::test]
+async fn register_store_reveal_and_proxy() {
+    let (_ca, up, clavis) = setup("").await;
+    let c = http();
+    let r = c
+        .post(format!("{}/v1/services", api(&clavis)))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "my-anthropic2", "connector_name": "anthropic"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let created: Value = r.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["connector_name"], "anthropic");
+    assert!(created["created_at"].as_str().unwrap().ends_with('Z'));
+
+    let r = c
+        .post(format!("{}/v1/services/{id}/credentials", api(&clavis)))
+        .bearer_auth(ADMIN)
+        .json(&json!({"token_type": "api_key", "data": {"api_key": "sk-ant-stored-by-api-123"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"status": "stored", "validated": false})
+    );
+
+    let r = c
+        .get(format!("{}/v1/services/my-anthropic2/token", api(&clavis)))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["access_token"],
+        "sk-ant-stored-by-api-123"
+    );
+
+    let r = c
+        .post(format!("{}/v1/proxy/my-anthropic2", api(&clavis)))
+        .bearer_auth(ADMIN)
+        .json(&json!({"method": "POST", "path": "/v1/messages", "body": {"model": "claude", "max_tokens": 5}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.host, "api.anthropic.com");
+    assert_eq!(seen.header("x-api-key"), Some("sk-ant-stored-by-api-123"));
+    assert_eq!(seen.header("content-type"), Some("application/json"));
+    assert_eq!(seen.body_len, r#"{"max_tokens":5,"model":"claude"}"#.len());
+
+    let audit: Value = c
+        .get(format!("{}/v1/audit?limit=10", api(&clavis)))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, vec!["proxy", "reveal", "store"]);
+    assert_eq!(audit[0]["actor"], "admin");
+    assert_eq!(audit[0]["detail"]["status"], 200);
+    assert!(!audit.to_string().contains("sk-ant-stored"));
+}
+
+#[tokio::test]
+async fn agents_see_their_scope_only() {
+    let (_ca, up, clavis) = setup("").await;
+    let c = http();
+    let list: Value = c
+        .get(format!("{}/v1/services", api(&clavis)))
+        .bearer_auth("narrow-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["my-github"]);
+    assert!(!list.to_string().contains(REAL_GITHUB));
+    let get = |key: &'static str, token: &'static str| {
+        let c = c.clone();
+        let url = format!("{}/v1/services/{key}", api(&clavis));
+        async move { c.get(url).bearer_auth(token).send().await.unwrap().status() }
+    };
+    assert_eq!(get("my-openai", "narrow-token").await, 404);
+    assert_eq!(get("my-github", "narrow-token").await, 200);
+    // Agent on admin-only routes: 403; non-reveal agent reading a token: 403.
+    let r = c
+        .post(format!("{}/v1/services", api(&clavis)))
+        .bearer_auth("narrow-token")
+        .json(&json!({"name": "x", "connector_name": "openai"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c
+        .get(format!("{}/v1/services/my-github/token", api(&clavis)))
+        .bearer_auth("narrow-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c
+        .get(format!("{}/v1/services/my-openai/token", api(&clavis)))
+        .bearer_auth("revealer-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["access_token"],
+        REAL_OPENAI
+    );
+    // /v1/proxy outside scope: 404 and nothing sent.
+    let before = up.seen().len();
+    let r = c
+        .post(format!("{}/v1/proxy/my-openai", api(&clavis)))
+        .bearer_auth("narrow-token")
+        .json(&json!({"path": "/v1/models"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(up.seen().len(), before);
+    let r = c
+        .post(format!("{}/v1/proxy/my-github", api(&clavis)))
+        .bearer_auth("narrow-token")
+        .json(&json!({"path": "/user", "params": {"per_page": 5}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().path, "/user?per_page=5");
+    assert_eq!(
+        up.last().header("authorization"),
+        Some(format!("Bearer {REAL_GITHUB}").as_str())
+    );
+}
+
+#[tokio::test]
+async fn error_statuses() {
+    let (_ca, _up, clavis) = setup("").await;
+    let c = http();
+    let url = |p: &str| format!("{}{p}", api(&clavis));
+    let post = |path: &str, ctype: &str, body: &str| {
+        c.post(url(path))
+            .bearer_auth(ADMIN)
+            .header("content-type", ctype.to_owned())
+            .body(body.to_owned())
+    };
+    assert_eq!(
+        c.get(url("/v1/services")).send().await.unwrap().status(),
+        401
+    );
+    assert_eq!(
+        c.get(url("/v1/services"))
+            .bearer_auth("nope")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        c.get(url("/v1/services?token=x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let r = post(
+        "/v1/services",
+        "application/json",
+        r#"{"name":"a","connector_name":"opnai"}"#,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("opnai"));
+    let r = post(
+        "/v1/services",
+        "application/json",
+        r#"{"name":"my-openai","connector_name":"openai"}"#,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 409);
+    let r = post(
+        "/v1/services",
+        "application/json",
+        r#"{"name": "a", "connector_name"#,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("column"));
+    let r = post(
+        "/v1/services",
+        "text/plain",
+        r#"{"name":"a","connector_name":"openai"}"#,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 415);
+    let big = format!(
+        r#"{{"name":"{}","connector_name":"openai"}}"#,
+        "a".repeat(2 * 1024 * 1024)
+    );
+    let r = post("/v1/services", "application/json", &big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = post(
+        "/v1/services/my-openai/credentials",
+        "application/json",
+        r#"{"token_type":"api_key","data":{"api_key":"pk-wrong"}}"#,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 422);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("api_key") && !body.contains("pk-wrong"),
+        "{body}"
+    );
+    let r = post(
+        "/v1/services/my-openai/credentials",
+        "application/json",
+        r#"{"token_type":"api_key","data":{}}"#,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("missing credential field \\\"api_key\\\""));
+    assert_eq!(
+        c.get(url("/v1/services/nope"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        c.get(url("/v1/nope"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        c.put(url("/v1/services"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
+    let r = c
+        .get(url("/v1/services"))
+        .bearer_auth(ADMIN)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c
+        .get(url("/v1/services"))
+        .bearer_auth(ADMIN)
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c
+        .get(url("/v1/audit?limit=100000"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .delete(url("/v1/services/my-stripe"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        c.get(url("/v1/services/my-stripe"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn repeated_auth_failures_are_throttled() {
+    let (_ca, _up, clavis) = setup("").await;
+    let c = http();
+    let url = format!("{}/v1/services", api(&clavis));
+    for _ in 0..10 {
+        assert_eq!(
+            c.get(&url)
+                .bearer_auth("wrong")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
+    }
+    assert_eq!(
+        c.get(&url)
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+    assert_eq!(
+        c.get(&url)
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+}
+
+#[tokio::test]
+async fn live_check_rejects_a_bad_github_token() {
+    let (_ca, up, clavis) = setup("").await;
+    let _ = &up;
+    let c = http();
+    // The echo upstream answers 200 for /user: the credential validates.
+    let r = c
+        .post(format!(
+            "{}/v1/services/my-github/credentials",
+            api(&clavis)
+        ))
+        .bearer_auth(ADMIN)
+        .json(&json!({"token_type": "api_key", "data": {"api_key": "ghp_newtoken123"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"status": "stored", "validated": true})
+    );
+    assert_eq!(up.last().path, "/user");
+    assert_eq!(
+        up.last().header("authorization"),
+        Some("Bearer ghp_newtoken123")
+    );
+}

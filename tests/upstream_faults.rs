@@ -1,0 +1,155 @@
+//! When the upstream fails, the agent gets clavis's own JSON error with the
+//! fitting status (502 unreachable, 504 timeout), never a secret, and never
+//! an unverified upstream.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// A loopback port with nothing listening on it.
+async fn closed_port() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
+}
+
+#[tokio::test]
+async fn upstream_down_is_502_without_secrets() {
+    let ca = TestCa::new();
+    let closed = closed_port().await;
+    // A whole `upstream:` block written here, so the kit adds none.
+    let yaml = format!(
+        "{}
+upstream:
+  extra_ca: [\"{}\"]
+  connect_timeout: 2s
+  request_timeout: 5s
+  resolve:
+    \"api.openai.com:443\": \"{closed}\"
+",
+        standard_yaml(),
+        ca.pem_path().display()
+    );
+    let clavis = Clavis::builder(&yaml).start(None, Some(&ca)).await;
+    let r = clavis
+        .client(Some(("codex", "codex-token")))
+        .post("https://api.openai.com/v1/chat/completions")
+        .bearer_auth("placeholder")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers().get("content-type").unwrap(), "application/json");
+    let text = r.text().await.unwrap();
+    assert!(!text.contains(REAL_OPENAI), "{text}");
+    assert!(!text.contains("placeholder"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        json["error"]["type"], "clavis_upstream_unreachable",
+        "{text}"
+    );
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("api.openai.com"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn silent_upstream_is_504_after_request_timeout() {
+    let ca = TestCa::new();
+    let up = Upstream::start(&ca, ALL_HOSTS).await;
+    let clavis = Clavis::builder(&standard_yaml())
+        .request_timeout("1s")
+        .start(Some(&up), Some(&ca))
+        .await;
+    let client = clavis.client(Some(("codex", "codex-token")));
+    // Connections and the leaf certificate are ready before the clock starts.
+    let r = client
+        .get("https://api.openai.com/v1/models")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let started = Instant::now();
+    let r = client
+        .get("https://api.openai.com/slow")
+        .bearer_auth("placeholder")
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status(), 504);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains(REAL_OPENAI), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["error"]["type"], "clavis_upstream_timeout", "{text}");
+    assert!(
+        took >= Duration::from_millis(900) && took <= Duration::from_secs(3),
+        "504 after {took:?}, request_timeout is 1s"
+    );
+    assert_eq!(up.last().path, "/slow");
+}
+
+#[tokio::test]
+async fn untrusted_upstream_certificate_is_502_then_trusted_is_200() {
+    let ca = TestCa::new();
+    let up = Upstream::start(&ca, ALL_HOSTS).await;
+
+    let untrusting = Clavis::builder(&standard_yaml())
+        .start(Some(&up), None)
+        .await;
+    let r = untrusting
+        .client(Some(("codex", "codex-token")))
+        .get("https://api.openai.com/v1/models")
+        .bearer_auth("placeholder")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains(REAL_OPENAI), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        json["error"]["type"], "clavis_upstream_unreachable",
+        "{text}"
+    );
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("certificate"),
+        "{text}"
+    );
+    assert!(
+        up.seen().is_empty(),
+        "a request crossed an unverified TLS connection"
+    );
+    untrusting.stop().await;
+
+    let trusting = Clavis::builder(&standard_yaml())
+        .start(Some(&up), Some(&ca))
+        .await;
+    let r = trusting
+        .client(Some(("codex", "codex-token")))
+        .get("https://api.openai.com/v1/models")
+        .bearer_auth("placeholder")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.seen().len(), 1);
+    assert_eq!(
+        up.last().header("authorization"),
+        Some(format!("Bearer {REAL_OPENAI}").as_str())
+    );
+}
