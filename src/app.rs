@@ -28,6 +28,7 @@ pub struct Shared {
     /// The admin bearer token's digest (configured, or generated at start).
     pub admin_token: crate::secret::TokenDigest,
     pub admin_throttle: crate::admin::auth::Throttle,
+    pub metrics: crate::metrics::Metrics,
     ready: AtomicBool,
 }
 
@@ -68,7 +69,12 @@ impl State {
         admin_addr: SocketAddr,
     ) -> Result<State, StartError> {
         let ca = Arc::new(Ca::load_or_create(&config.ca)?);
-        let certs = LeafCache::new(ca.clone(), config.limits.leaf_cache)?;
+        let metrics = crate::metrics::Metrics::new();
+        let certs = LeafCache::new(
+            ca.clone(),
+            config.limits.leaf_cache,
+            metrics.certs_issued.clone(),
+        )?;
         let sealer = match &config.store.master_key_file {
             Some(path) => {
                 let err = |message: String| StartError::MasterKey {
@@ -141,6 +147,7 @@ impl State {
             admin_addr,
             admin_token,
             admin_throttle: Default::default(),
+            metrics,
             ready: AtomicBool::new(false),
         })))
     }

@@ -35,6 +35,7 @@ pub mod body;
 pub mod config;
 pub mod connector;
 pub mod error;
+pub mod metrics;
 pub mod proxy;
 pub mod secret;
 pub mod store;

@@ -50,6 +50,7 @@ pub fn router(state: State) -> Router {
         .route("/ca.pem", get(ca_pem))
         .route("/ca-bundle.pem", get(ca_bundle))
         .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -108,6 +109,20 @@ async fn ca_bundle(AxumState(state): AxumState<State>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/x-pem-file")],
         state.ca.bundle_pem.clone(),
+    )
+}
+
+async fn metrics(AxumState(state): AxumState<State>) -> impl IntoResponse {
+    let m = &state.metrics;
+    let open_tunnels = state.config.limits.max_tunnels - state.tunnels.available_permits();
+    m.tunnels_active.set(open_tunnels as i64);
+    m.cert_cache_entries.set(state.certs.len() as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.render(),
     )
 }
 

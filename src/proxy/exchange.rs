@@ -176,11 +176,30 @@ pub async fn forward(
 ) -> Result<Response<Body>, ProxyError> {
     let mut log = ExchangeLog::new(caller, target, req.method(), req.uri().path());
     let result = forward_logged(state, caller, target, choice, req, &mut log).await;
+    let connector = &target.connector.name;
     match &result {
-        Ok(response) => log.status = Some(response.status().as_u16()),
+        Ok(response) => {
+            log.status = Some(response.status().as_u16());
+            state.metrics.outcome(connector, "injected");
+            state
+                .metrics
+                .duration
+                .get_or_create(&crate::metrics::ConnectorLabel {
+                    connector: connector.clone(),
+                })
+                .observe(log.started.elapsed().as_secs_f64());
+        }
         Err(e) => {
             log.status = Some(e.status().as_u16());
             log.error = Some(e.to_string());
+            let outcome = match e.fault() {
+                crate::error::Fault::Agent => "denied",
+                _ => "error",
+            };
+            state.metrics.outcome(connector, outcome);
+            if matches!(e, ProxyError::AuditUnavailable) {
+                state.metrics.audit_failures.inc();
+            }
         }
     }
     result

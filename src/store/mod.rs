@@ -368,7 +368,7 @@ mod tests {
     fn store() -> (Store, Arc<Connector>) {
         let r = Registry::new(Vec::new()).unwrap();
         (
-            Store::new(Sealer::random().unwrap()),
+            Store::new(Sealer::random().unwrap(), None),
             r.get("openai").unwrap().clone(),
         )
     }

@@ -34,6 +34,7 @@ pub struct LeafCache {
     ticketer: Arc<dyn rustls::server::ProducesTickets>,
     cache: DashMap<String, Arc<OnceCell<Leaf>>>,
     cap: usize,
+    issued: prometheus_client::metrics::counter::Counter,
 }
 
 impl std::fmt::Debug for LeafCache {
@@ -45,7 +46,11 @@ impl std::fmt::Debug for LeafCache {
 }
 
 impl LeafCache {
-    pub fn new(ca: Arc<Ca>, cap: usize) -> Result<LeafCache, TlsError> {
+    pub fn new(
+        ca: Arc<Ca>,
+        cap: usize,
+        issued: prometheus_client::metrics::counter::Counter,
+    ) -> Result<LeafCache, TlsError> {
         Ok(LeafCache {
             ca,
             key: KeyPair::generate()?,
@@ -53,6 +58,7 @@ impl LeafCache {
             ticketer: rustls::crypto::ring::Ticketer::new()?,
             cache: DashMap::new(),
             cap: cap.max(1),
+            issued,
         })
     }
 
@@ -116,6 +122,7 @@ impl LeafCache {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         config.session_storage = self.sessions.clone();
         config.ticketer = self.ticketer.clone();
+        self.issued.inc();
         tracing::debug!(
             host,
             micros = started.elapsed().as_micros() as u64,

@@ -1,0 +1,150 @@
+//! Prometheus metrics: counters and histograms updated on the request path,
+//! gauges read at scrape time. Labels come from a closed vocabulary
+//! (connector names, outcomes, error kinds), never from request data.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub connector: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectorLabel {
+    pub connector: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Version {
+    pub version: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<Outcome, Counter>,
+    pub duration: Family<ConnectorLabel, Histogram>,
+    pub tunnels_active: Gauge,
+    pub cert_cache_entries: Gauge,
+    pub certs_issued: Counter,
+    pub audit_failures: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("clavis");
+        let requests = Family::<Outcome, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests through the injection path by connector and outcome (injected, denied, error)",
+            requests.clone(),
+        );
+        let duration = Family::<ConnectorLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ])
+        });
+        registry.register_with_unit(
+            "request_duration",
+            "Time from request to upstream response head",
+            prometheus_client::registry::Unit::Seconds,
+            duration.clone(),
+        );
+        let tunnels_active = Gauge::default();
+        registry.register(
+            "tunnels_active",
+            "Open CONNECT tunnels",
+            tunnels_active.clone(),
+        );
+        let cert_cache_entries = Gauge::default();
+        registry.register(
+            "cert_cache_entries",
+            "Leaf certificates cached",
+            cert_cache_entries.clone(),
+        );
+        let certs_issued = Counter::default();
+        registry.register(
+            "certs_issued",
+            "Leaf certificates minted",
+            certs_issued.clone(),
+        );
+        let audit_failures = Counter::default();
+        registry.register(
+            "audit_failures",
+            "Audit writes that failed (the credential was not used)",
+            audit_failures.clone(),
+        );
+        let build = Family::<Version, Gauge>::default();
+        build
+            .get_or_create(&Version {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "clavis version", build);
+        Metrics {
+            registry,
+            requests,
+            duration,
+            tunnels_active,
+            cert_cache_entries,
+            certs_issued,
+            audit_failures,
+        }
+    }
+
+    pub fn outcome(&self, connector: &str, outcome: &'static str) {
+        self.requests
+            .get_or_create(&Outcome {
+                connector: connector.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    mod render {
+        use super::*;
+
+        #[test]
+        fn exposes_counters_with_prefix() {
+            let m = Metrics::new();
+            m.outcome("openai", "injected");
+            let text = m.render();
+            assert!(
+                text.contains(r#"clavis_requests_total{connector="openai",outcome="injected"} 1"#),
+                "{text}"
+            );
+            assert!(text.contains("clavis_build_info"));
+        }
+    }
+}
