@@ -90,13 +90,10 @@ impl State {
                 message: e.to_string(),
             })?,
         };
-        let snapshot = config
-            .store
-            .snapshot
-            .clone()
-            .map(crate::store::Snapshot::new);
-        let store = Store::new(sealer, snapshot);
-        for s in &config.services {
+        let mut config = config;
+        let store = Store::new(sealer);
+        // Config credentials are sealed here and their plaintext dropped.
+        for s in std::mem::take(&mut config.services) {
             let err = |e: crate::store::StoreError| StartError::Service {
                 name: s.name.clone(),
                 message: e.to_string(),
@@ -109,11 +106,15 @@ impl State {
                     .set_credentials(&s.name, &s.credentials, false)
                     .map_err(err)?;
             }
+            let name = s.name.clone();
+            store.set_entry(&name, s.entry).map_err(err)?;
         }
-        let restored = store
-            .restore(&config.registry)
-            .map_err(|e| StartError::Snapshot(e.to_string()))?;
-        if restored > 0 {
+        // Loaded after the config services, so the config wins on a clash
+        // and nothing is written before the snapshot was read.
+        if let Some(path) = config.store.snapshot.clone() {
+            let restored = store
+                .restore(crate::store::Snapshot::new(path), &config.registry)
+                .map_err(|e| StartError::Snapshot(e.to_string()))?;
             tracing::info!(services = restored, "restored services from the snapshot");
         }
         let tls = verify::client_config(&config.upstream.extra_ca)?;

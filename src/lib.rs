@@ -40,4 +40,5 @@ pub mod proxy;
 pub mod secret;
 pub mod store;
 pub mod tls;
+pub mod totp;
 pub mod upstream;

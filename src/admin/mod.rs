@@ -4,6 +4,7 @@
 
 pub mod api_proxy;
 pub mod auth;
+pub mod entries;
 mod json;
 mod live_check;
 pub mod services;
@@ -39,6 +40,11 @@ pub fn router(state: State) -> Router {
         .route("/v1/services/{key}/token", get(services::token))
         .route("/v1/proxy/{name}", post(api_proxy::handle))
         .route("/v1/audit", get(audit))
+        .route("/api/entries", get(entries::list_route))
+        .route("/api/entries/{key}", get(entries::read_route))
+        .route("/api/search", get(entries::search_route))
+        .route("/api/ext/totp/{key}", get(entries::totp_route))
+        .route("/api/generate", get(entries::generate_route))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

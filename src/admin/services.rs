@@ -59,6 +59,22 @@ pub struct Create {
     connector_name: String,
     #[serde(default)]
     default: bool,
+    #[serde(default)]
+    notes: String,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    fields: Vec<CreateField>,
+}
+
+#[derive(Deserialize)]
+pub struct CreateField {
+    name: String,
+    value: String,
+    #[serde(default)]
+    sensitive: bool,
 }
 
 pub async fn create(
@@ -96,9 +112,30 @@ pub async fn create(
             connector.name
         )));
     }
+    let mut entry = crate::store::NewEntry {
+        notes: req.notes,
+        url: req.url,
+        username: req.username,
+        fields: Vec::new(),
+    };
+    for f in req.fields {
+        if !crate::config::valid_name(&f.name) {
+            return Err(ProxyError::Unprocessable(format!(
+                "fields: {:?} is not a field name",
+                f.name
+            )));
+        }
+        entry
+            .fields
+            .push((f.name, crate::secret::Secret::new(f.value), f.sensitive));
+    }
     let service = state
         .store
         .add(&req.name, connector.clone(), req.default, Origin::Api)
+        .map_err(store_error)?;
+    let service = state
+        .store
+        .set_entry(&service.id, entry)
         .map_err(store_error)?;
     let v = view(&service);
     Ok((
@@ -183,10 +220,14 @@ pub async fn store_credentials(
         };
         creds.insert(field, zeroize::Zeroizing::new(text));
     }
-    service
-        .connector
-        .validate(&creds)
-        .map_err(ProxyError::Unprocessable)?;
+    // A TOTP-only entry carries no connector credential to validate.
+    let totp_only = creds.names().all(|n| n.starts_with("totp_"));
+    if !totp_only {
+        service
+            .connector
+            .validate(&creds)
+            .map_err(ProxyError::Unprocessable)?;
+    }
     // Audited before the live check, which is the credential's first use.
     state.audit.record(Event::new(
         Action::Store,
@@ -197,7 +238,7 @@ pub async fn store_credentials(
             creds.names().collect::<Vec<_>>().join(",")
         )),
     ))?;
-    let validated = super::live_check::run(&state, &service, &creds).await?;
+    let validated = !totp_only && super::live_check::run(&state, &service, &creds).await?;
     state
         .store
         .set_credentials(&service.id, &creds, validated)

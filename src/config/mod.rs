@@ -266,6 +266,24 @@ pub struct RawService {
     pub credentials: BTreeMap<String, Interp>,
     #[serde(default)]
     pub default: bool,
+    #[serde(default)]
+    pub notes: String,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Custom entry fields; `sensitive: true` ones are sealed and never shown.
+    #[serde(default)]
+    pub fields: Vec<RawField>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawField {
+    pub name: String,
+    pub value: Interp,
+    #[serde(default)]
+    pub sensitive: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -330,6 +348,7 @@ pub struct ServiceConfig {
     pub connector: Arc<Connector>,
     pub credentials: Credentials,
     pub default: bool,
+    pub entry: crate::store::NewEntry,
 }
 
 /// The validated config: every string already turned into its type.

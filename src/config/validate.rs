@@ -205,11 +205,29 @@ fn services(
                 errs.push(format!("{path}.credentials"), msg);
             }
         }
+        let mut entry = crate::store::NewEntry {
+            notes: s.notes.clone(),
+            url: s.url.clone(),
+            username: s.username.clone(),
+            fields: Vec::new(),
+        };
+        for (j, f) in s.fields.iter().enumerate() {
+            let fpath = format!("{path}.fields[{j}]");
+            if !valid_name(&f.name) {
+                errs.push(
+                    format!("{fpath}.name"),
+                    format!("{:?} is not a field name", f.name),
+                );
+            } else if let Some(v) = errs.take(f.value.resolve(env, &format!("{fpath}.value"))) {
+                entry.fields.push((f.name.clone(), v, f.sensitive));
+            }
+        }
         out.push(ServiceConfig {
             name: s.name.clone(),
             connector: connector.clone(),
             credentials: creds,
             default: s.default,
+            entry,
         });
     }
     out

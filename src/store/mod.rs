@@ -38,7 +38,52 @@ pub struct Service {
     pub origin: Origin,
     pub created_at: SystemTime,
     pub validated_at: Option<SystemTime>,
+    /// What the entries API shows: notes, URL, username, custom fields.
+    pub entry: Entry,
     sealed: Option<Vec<u8>>,
+}
+
+/// A service seen as a vault entry. Sensitive field values are sealed like
+/// credentials and never shown; the others are plain metadata.
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    pub notes: String,
+    pub url: Option<String>,
+    pub username: Option<String>,
+    pub fields: Vec<EntryField>,
+}
+
+#[derive(Clone)]
+pub struct EntryField {
+    pub name: String,
+    /// `None` for sensitive fields: their value exists only sealed.
+    pub value: Option<String>,
+    sealed: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for EntryField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntryField")
+            .field("name", &self.name)
+            .field("sensitive", &self.sensitive())
+            .finish()
+    }
+}
+
+impl EntryField {
+    pub fn sensitive(&self) -> bool {
+        self.sealed.is_some()
+    }
+}
+
+/// Entry metadata as given by the config file or the API, before sealing.
+#[derive(Debug, Default)]
+pub struct NewEntry {
+    pub notes: String,
+    pub url: Option<String>,
+    pub username: Option<String>,
+    /// `(name, value, sensitive)`.
+    pub fields: Vec<(String, crate::secret::Secret<String>, bool)>,
 }
 
 impl Service {
@@ -63,7 +108,50 @@ impl Service {
                 .sealed
                 .as_ref()
                 .map(|s| base64::engine::general_purpose::STANDARD.encode(s)),
+            entry: snapshot::RecordEntry {
+                notes: self.entry.notes.clone(),
+                url: self.entry.url.clone(),
+                username: self.entry.username.clone(),
+                fields: self
+                    .entry
+                    .fields
+                    .iter()
+                    .map(|f| snapshot::RecordField {
+                        name: f.name.clone(),
+                        value: f.value.clone(),
+                        sealed: f
+                            .sealed
+                            .as_ref()
+                            .map(|s| base64::engine::general_purpose::STANDARD.encode(s)),
+                    })
+                    .collect(),
+            },
         }
+    }
+
+    fn entry_from(record: &snapshot::RecordEntry) -> Entry {
+        use base64::Engine;
+        Entry {
+            notes: record.notes.clone(),
+            url: record.url.clone(),
+            username: record.username.clone(),
+            fields: record
+                .fields
+                .iter()
+                .map(|f| EntryField {
+                    name: f.name.clone(),
+                    value: f.value.clone(),
+                    sealed: f
+                        .sealed
+                        .as_ref()
+                        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok()),
+                })
+                .collect(),
+        }
+    }
+
+    fn field_aad(id: &str, field: &str) -> Vec<u8> {
+        format!("clavis/v1/field\0{id}\0{field}").into_bytes()
     }
 
     /// Associated data: a ciphertext opens only in its own service's slot.
@@ -134,7 +222,9 @@ pub struct Store {
     sealer: Sealer,
     table: RwLock<Arc<Table>>,
     rng: SystemRandom,
-    snapshot: Option<Snapshot>,
+    /// Set once the snapshot was loaded: changes before that (the config
+    /// services at start) are not written, so they cannot overwrite it.
+    snapshot: std::sync::OnceLock<Snapshot>,
     /// Serializes changes, so each one is written to the snapshot before it
     /// becomes visible, without holding the read path's lock during I/O.
     writer: Mutex<()>,
@@ -147,12 +237,12 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    pub fn new(sealer: Sealer, snapshot: Option<Snapshot>) -> Store {
+    pub fn new(sealer: Sealer) -> Store {
         Store {
             sealer,
             table: RwLock::new(Arc::new(Table::default())),
             rng: SystemRandom::new(),
-            snapshot,
+            snapshot: std::sync::OnceLock::new(),
             writer: Mutex::new(()),
         }
     }
@@ -174,7 +264,7 @@ impl Store {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut list = self.table().list.clone();
         let out = change(&mut list)?;
-        if let Some(snapshot) = &self.snapshot {
+        if let Some(snapshot) = self.snapshot.get() {
             let records: Vec<Record> = list.iter().map(|s| s.record()).collect();
             snapshot.write(&self.sealer, &records)?;
         }
@@ -190,10 +280,12 @@ impl Store {
     /// The config wins on a name clash (with a warning), except that a config
     /// service without credentials takes the ones stored through the API.
     /// Any unreadable record refuses the whole start.
-    pub fn restore(&self, registry: &crate::connector::Registry) -> Result<usize, StoreError> {
-        let Some(snapshot) = &self.snapshot else {
-            return Ok(0);
-        };
+    pub fn restore(
+        &self,
+        snapshot: Snapshot,
+        registry: &crate::connector::Registry,
+    ) -> Result<usize, StoreError> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let records = snapshot.load(&self.sealer)?;
         let registry_of = |name: &str| self.table().find(name).cloned();
         let mut restored = 0;
@@ -257,6 +349,7 @@ impl Store {
                         origin: Origin::Api,
                         created_at: snapshot::from_unix(r.created_at),
                         validated_at: r.validated_at.map(snapshot::from_unix),
+                        entry: Service::entry_from(&r.entry),
                         sealed: r.sealed_bytes(),
                     }));
                     restored += 1;
@@ -268,6 +361,7 @@ impl Store {
             Ok(mut g) => *g = table,
             Err(poisoned) => *poisoned.into_inner() = table,
         }
+        let _ = self.snapshot.set(snapshot);
         Ok(restored)
     }
 
@@ -301,6 +395,7 @@ impl Store {
                 origin,
                 created_at: SystemTime::now(),
                 validated_at: None,
+                entry: Entry::default(),
                 sealed: None,
             });
             list.push(service.clone());
@@ -323,14 +418,48 @@ impl Store {
             let aad = Service::aad(&slot.id, &slot.connector.name);
             let sealed = self.sealer.seal(&aad, &creds.encode())?;
             let service = Arc::new(Service {
-                id: slot.id.clone(),
-                name: slot.name.clone(),
-                connector: slot.connector.clone(),
-                default: slot.default,
-                origin: slot.origin,
-                created_at: slot.created_at,
                 validated_at: validated.then(SystemTime::now).or(slot.validated_at),
                 sealed: Some(sealed),
+                ..slot.as_ref().clone()
+            });
+            *slot = service.clone();
+            Ok(service)
+        })
+    }
+
+    /// Replaces a service's entry metadata, sealing its sensitive fields.
+    pub fn set_entry(&self, name_or_id: &str, new: NewEntry) -> Result<Arc<Service>, StoreError> {
+        self.update(|list| {
+            let slot = list
+                .iter_mut()
+                .find(|s| s.name == name_or_id || s.id == name_or_id)
+                .ok_or_else(|| StoreError::NotFound(name_or_id.to_owned()))?;
+            let mut fields = Vec::with_capacity(new.fields.len());
+            for (name, value, sensitive) in new.fields {
+                let field = if sensitive {
+                    let aad = Service::field_aad(&slot.id, &name);
+                    EntryField {
+                        sealed: Some(self.sealer.seal(&aad, value.expose().as_bytes())?),
+                        value: None,
+                        name,
+                    }
+                } else {
+                    EntryField {
+                        value: Some(value.expose().clone()),
+                        sealed: None,
+                        name,
+                    }
+                };
+                fields.push(field);
+            }
+            let service = Arc::new(Service {
+                entry: Entry {
+                    notes: new.notes,
+                    url: new.url,
+                    username: new.username,
+                    fields,
+                },
+                ..slot.as_ref().clone()
             });
             *slot = service.clone();
             Ok(service)
@@ -368,7 +497,7 @@ mod tests {
     fn store() -> (Store, Arc<Connector>) {
         let r = Registry::new(Vec::new()).unwrap();
         (
-            Store::new(Sealer::random().unwrap(), None),
+            Store::new(Sealer::random().unwrap()),
             r.get("openai").unwrap().clone(),
         )
     }

@@ -41,6 +41,30 @@ pub struct Record {
     pub created_at: u64,
     pub validated_at: Option<u64>,
     pub sealed: Option<String>,
+    #[serde(default)]
+    pub entry: RecordEntry,
+}
+
+/// Entry metadata as persisted; sensitive values stay sealed (base64).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RecordEntry {
+    #[serde(default)]
+    pub notes: String,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub fields: Vec<RecordField>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordField {
+    pub name: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub sealed: Option<String>,
 }
 
 impl Record {
@@ -192,6 +216,7 @@ mod tests {
             created_at: 1,
             validated_at: None,
             sealed: Some("AAAA".into()),
+            entry: RecordEntry::default(),
         }
     }
 

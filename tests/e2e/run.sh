@@ -8,6 +8,7 @@
 # Env:   CLAVIS_BIN=path     use this binary instead of `cargo build --release`
 #        E2E_VERBOSE=1       print every step's output, not only failures'
 #        E2E_KEEP_TMP=1      keep the temp dir (always kept when a step failed)
+#        E2E_SKIP=REGEX      skip the steps whose name matches (extended regex), e.g. 'scrubbed'
 #
 # Prints PASS/FAIL per step, then "N passed, M failed"; exits non-zero on any failure.
 set -euo pipefail
@@ -37,6 +38,7 @@ unset OPENAI_API_KEY OPENAI_BASE_URL OPENAI_ORG_ID OPENAI_PROJECT_ID ANTHROPIC_A
 
 PASSED=0
 FAILED=0
+SKIPPED=0
 FAILED_STEPS=()
 SUMMARY_DONE=0
 PIDS=()
@@ -54,6 +56,11 @@ indent() { sed 's/^/      /'; }
 step() {
     local name=$1 out rc=0
     shift
+    if [[ -n "${E2E_SKIP:-}" && $name =~ $E2E_SKIP ]]; then
+        SKIPPED=$((SKIPPED + 1))
+        printf 'SKIP  %s\n' "$name"
+        return 0
+    fi
     if declare -F "$1" >/dev/null; then
         out=$("$@" 2>&1) || rc=$? # shell functions bound their own commands' time
     else
@@ -76,7 +83,11 @@ summary() {
         echo "failed steps:"
         printf '  - %s\n' "${FAILED_STEPS[@]}"
     fi
-    echo "$PASSED passed, $FAILED failed"
+    if ((SKIPPED > 0)); then
+        echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"
+    else
+        echo "$PASSED passed, $FAILED failed"
+    fi
 }
 
 cleanup() {

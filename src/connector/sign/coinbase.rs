@@ -8,8 +8,8 @@ use rustls_pki_types::PrivateKeyDer;
 use zeroize::Zeroizing;
 
 use super::{
-    header, hex, parse_pem, required, sec1_p256_to_pkcs8, unescape_newlines, unix_secs,
-    SignError, SignInput, Signed,
+    header, hex, parse_pem, required, sec1_p256_to_pkcs8, unescape_newlines, unix_secs, SignError,
+    SignInput, Signed,
 };
 use crate::store::Credentials;
 
@@ -80,7 +80,10 @@ pub fn parse_secret(secret: &str) -> Result<Option<CdpKey>, SignError> {
         return Ok(None);
     }
     let raw = Zeroizing::new(STANDARD.decode(trimmed).map_err(|_| {
-        SignError::bad_key(SECRET, "looks like a base64 Ed25519 key but is not valid base64")
+        SignError::bad_key(
+            SECRET,
+            "looks like a base64 Ed25519 key but is not valid base64",
+        )
     })?);
     // Like the SDK: a 64-byte secret is seed‖public key, only the seed is used.
     let seed = match raw.len() {
@@ -114,7 +117,9 @@ fn parse_pem_key(pem: &str) -> Result<CdpKey, SignError> {
             }
             EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, bytes, &rng)
                 .map(CdpKey::Es256)
-                .map_err(|_| SignError::bad_key(SECRET, "PKCS#8 key is neither Ed25519 nor EC P-256"))
+                .map_err(|_| {
+                    SignError::bad_key(SECRET, "PKCS#8 key is neither Ed25519 nor EC P-256")
+                })
         }
         _ => Err(SignError::bad_key(
             SECRET,
@@ -205,7 +210,8 @@ mod tests {
     // Fake keys from the coinbase-advanced-py tests (connectors.md §10.1).
     const KEY: &str = "organizations/test-organization/apiKeys/test-api-key";
     const EC: &str = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIKwf3Uox30cRWzRBOPoPOH5p0Gpb0Dt8zUKXUEM5fMkGoAoGCCqGSM49\nAwEHoUQDQgAEbAtpLlSZYVOwYICz+uEyxcS29vRIujiES/gQ1DC7FV4zK4JuYE9v\nqDyGZQYjdXHLM7I6f/QnnOITL+dXYWBHRA==\n-----END EC PRIVATE KEY-----\n";
-    const ED_64: &str = "k0BUni0p0vZG1BdpVjS6ogBJ7kxm630AJ2dN+tuputDOKsRAwgyrpEQLeBtS1znTmzPX6Xr2eOWpzx6nW8knkA==";
+    const ED_64: &str =
+        "k0BUni0p0vZG1BdpVjS6ogBJ7kxm630AJ2dN+tuputDOKsRAwgyrpEQLeBtS1znTmzPX6Xr2eOWpzx6nW8knkA==";
     const ED_PKCS8: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJNAVJ4tKdL2RtQXaVY0uqIASe5MZut9ACdnTfrbqbrQ\n-----END PRIVATE KEY-----\n";
     const ED_SEED: &str = "k0BUni0p0vZG1BdpVjS6ogBJ7kxm630AJ2dN+tuputA=";
     const ED_PUB: &str = "zirEQMIMq6REC3gbUtc505sz1+l69njlqc8ep1vJJ5A=";
@@ -242,7 +248,12 @@ mod tests {
         assert_eq!(parts.len(), 3);
         let json = |p: &str| serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).unwrap()).unwrap();
         let sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
-        (json(parts[0]), json(parts[1]), format!("{}.{}", parts[0], parts[1]), sig)
+        (
+            json(parts[0]),
+            json(parts[1]),
+            format!("{}.{}", parts[0], parts[1]),
+            sig,
+        )
     }
 
     fn bearer(signed: &Signed) -> String {
@@ -275,7 +286,12 @@ mod tests {
 
         #[test]
         fn all_ed25519_encodings_give_the_same_key() {
-            for secret in [ED_64, ED_PKCS8, ED_SEED, "k0BUni0p0vZG1BdpVjS6ogBJ7kxm630AJ2dN+tuputA=\n"] {
+            for secret in [
+                ED_64,
+                ED_PKCS8,
+                ED_SEED,
+                "k0BUni0p0vZG1BdpVjS6ogBJ7kxm630AJ2dN+tuputA=\n",
+            ] {
                 match parse_secret(secret) {
                     Ok(Some(CdpKey::EdDsa(k))) => {
                         assert_eq!(STANDARD.encode(k.public_key().as_ref()), ED_PUB, "{secret}")
@@ -320,7 +336,8 @@ mod tests {
                 panic!("seed did not parse")
             };
             let uri = format!("GET api.coinbase.com{PATH}");
-            let jwt = jwt_with_nonce(KEY, &key, Some(&uri), 1_700_000_000, &"0".repeat(64)).unwrap();
+            let jwt =
+                jwt_with_nonce(KEY, &key, Some(&uri), 1_700_000_000, &"0".repeat(64)).unwrap();
             assert_eq!(jwt, "eyJhbGciOiJFZERTQSIsImtpZCI6Im9yZ2FuaXphdGlvbnMvdGVzdC1vcmdhbml6YXRpb24vYXBpS2V5cy90ZXN0LWFwaS1rZXkiLCJub25jZSI6IjAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAiLCJ0eXAiOiJKV1QifQ.eyJzdWIiOiJvcmdhbml6YXRpb25zL3Rlc3Qtb3JnYW5pemF0aW9uL2FwaUtleXMvdGVzdC1hcGkta2V5IiwiaXNzIjoiY2RwIiwibmJmIjoxNzAwMDAwMDAwLCJleHAiOjE3MDAwMDAxMjAsInVyaSI6IkdFVCBhcGkuY29pbmJhc2UuY29tL2FwaS92My9icm9rZXJhZ2UvYWNjb3VudHMifQ.mzotK28Xii4EuzURc7DBeP1Xp7RKlamKqtWi2hEkA61-KO5MztIfYzA_F8DhZhb6tb1ypbl-0e-kWsXEKNypCg");
         }
 
@@ -355,7 +372,10 @@ mod tests {
             assert_eq!(claims["nbf"], 1_700_000_000);
             assert_eq!(claims["exp"], 1_700_000_120);
             // The query (limit=5) is not part of the uri claim.
-            assert_eq!(claims["uri"], "GET api.coinbase.com/api/v3/brokerage/accounts");
+            assert_eq!(
+                claims["uri"],
+                "GET api.coinbase.com/api/v3/brokerage/accounts"
+            );
             assert_eq!(sig.len(), 64, "raw r||s");
             UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, pair.public_key().as_ref())
                 .verify(signed.as_bytes(), &sig)
@@ -369,7 +389,10 @@ mod tests {
                 let (head, claims, signed, sig) = decode(&bearer(&sign_with(secret, 1)));
                 assert_eq!(head["alg"], "EdDSA");
                 assert_eq!(head["kid"], KEY);
-                assert_eq!(claims["uri"], "GET api.coinbase.com/api/v3/brokerage/accounts");
+                assert_eq!(
+                    claims["uri"],
+                    "GET api.coinbase.com/api/v3/brokerage/accounts"
+                );
                 UnparsedPublicKey::new(&ED25519, &public)
                     .verify(signed.as_bytes(), &sig)
                     .unwrap();
@@ -385,16 +408,37 @@ mod tests {
 
         #[test]
         fn legacy_hmac_matches_vectors() {
-            let creds = Credentials::from_pairs([("api_key", "g3BLnUYMOQsIo9V5"), ("api_secret", LEGACY_SECRET)]);
+            let creds = Credentials::from_pairs([
+                ("api_key", "g3BLnUYMOQsIo9V5"),
+                ("api_secret", LEGACY_SECRET),
+            ]);
             let h = http::HeaderMap::new();
             let get = sign(&creds, &input("GET", PATH, b"", &h, 1_667_500_462)).unwrap();
-            let value = |s: &Signed, n: &str| s.iter().find(|(k, _)| k == n).unwrap().1.to_str().unwrap().to_owned();
+            let value = |s: &Signed, n: &str| {
+                s.iter()
+                    .find(|(k, _)| k == n)
+                    .unwrap()
+                    .1
+                    .to_str()
+                    .unwrap()
+                    .to_owned()
+            };
             assert_eq!(value(&get, "cb-access-key"), "g3BLnUYMOQsIo9V5");
             assert_eq!(value(&get, "cb-access-timestamp"), "1667500462");
-            assert_eq!(value(&get, "cb-access-sign"), "240bfe4ba26bcbe0d5e54efa1a3a5e21e565aabee8b9407ef5565f1d81cf5178");
+            assert_eq!(
+                value(&get, "cb-access-sign"),
+                "240bfe4ba26bcbe0d5e54efa1a3a5e21e565aabee8b9407ef5565f1d81cf5178"
+            );
             let body = br#"{"product_id":"BTC-USD"}"#;
-            let post = sign(&creds, &input("POST", "/api/v3/brokerage/orders", body, &h, 1_667_500_462)).unwrap();
-            assert_eq!(value(&post, "cb-access-sign"), "cdc8b1b079fe55ed0c55de1cc430ef977a36808b19f7d3bd39b22c8185c35d63");
+            let post = sign(
+                &creds,
+                &input("POST", "/api/v3/brokerage/orders", body, &h, 1_667_500_462),
+            )
+            .unwrap();
+            assert_eq!(
+                value(&post, "cb-access-sign"),
+                "cdc8b1b079fe55ed0c55de1cc430ef977a36808b19f7d3bd39b22c8185c35d63"
+            );
         }
 
         #[test]

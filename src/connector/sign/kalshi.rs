@@ -130,7 +130,15 @@ mod tests {
                 .ok()
                 .filter(|o| o.status.success())
         };
-        run(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "k8.pem"])?;
+        run(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "k8.pem",
+        ])?;
         run(&["pkey", "-in", "k8.pem", "-traditional", "-out", "k1.pem"])?;
         run(&["pkey", "-in", "k8.pem", "-pubout", "-out", "pub.pem"])?;
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
@@ -142,7 +150,14 @@ mod tests {
         std::fs::write(dir.join("msg"), msg).unwrap();
         std::fs::write(dir.join("sig"), sig).unwrap();
         Command::new("openssl")
-            .args(["dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32"])
+            .args([
+                "dgst",
+                "-sha256",
+                "-sigopt",
+                "rsa_padding_mode:pss",
+                "-sigopt",
+                "rsa_pss_saltlen:32",
+            ])
             .args(["-verify", "pub.pem", "-signature", "sig", "msg"])
             .current_dir(dir)
             .output()
@@ -154,7 +169,10 @@ mod tests {
 
         #[test]
         fn matches_the_documented_string_and_drops_the_query() {
-            assert_eq!(message("1703123456789", "GET", BALANCE), "1703123456789GET/trade-api/v2/portfolio/balance");
+            assert_eq!(
+                message("1703123456789", "GET", BALANCE),
+                "1703123456789GET/trade-api/v2/portfolio/balance"
+            );
             assert_eq!(
                 message("1", "GET", "/trade-api/v2/portfolio/orders?limit=5"),
                 "1GET/trade-api/v2/portfolio/orders"
@@ -171,7 +189,8 @@ mod tests {
             assert!(parse_key(ec).is_err());
             let e = parse_key("not a pem SECRETVALUE").err().unwrap();
             assert!(!e.to_string().contains("SECRETVALUE"), "{e}");
-            let bad = "-----BEGIN RSA PRIVATE KEY-----\nMIIBSECRET\n-----END RSA PRIVATE KEY-----\n";
+            let bad =
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIBSECRET\n-----END RSA PRIVATE KEY-----\n";
             let e = parse_key(bad).err().unwrap();
             assert!(!format!("{e} {e:?}").contains("SECRET"), "{e}");
         }
@@ -206,15 +225,25 @@ mod tests {
                 let KalshiKey::Rsa(pair) = parse_key(pem).unwrap() else {
                     panic!("not parsed as RSA")
                 };
-                let s = sign_at(pem, "POST", "/trade-api/v2/portfolio/orders", 1_703_123_456_789);
+                let s = sign_at(
+                    pem,
+                    "POST",
+                    "/trade-api/v2/portfolio/orders",
+                    1_703_123_456_789,
+                );
                 assert_eq!(value(&s, "kalshi-access-timestamp"), "1703123456789");
-                let sig = STANDARD.decode(value(&s, "kalshi-access-signature")).unwrap();
+                let sig = STANDARD
+                    .decode(value(&s, "kalshi-access-signature"))
+                    .unwrap();
                 assert_eq!(sig.len(), 256);
                 let msg = "1703123456789POST/trade-api/v2/portfolio/orders";
                 UnparsedPublicKey::new(&RSA_PSS_2048_8192_SHA256, pair.public_key().as_ref())
                     .verify(msg.as_bytes(), &sig)
                     .unwrap();
-                assert!(openssl_verifies(dir, msg, &sig), "openssl rejects the PSS signature");
+                assert!(
+                    openssl_verifies(dir, msg, &sig),
+                    "openssl rejects the PSS signature"
+                );
             }
         }
 

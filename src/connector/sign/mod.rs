@@ -60,10 +60,7 @@ impl SignError {
 }
 
 /// A credential field that must be present and non-empty.
-fn required<'c>(
-    creds: &'c crate::store::Credentials,
-    field: &str,
-) -> Result<&'c str, SignError> {
+fn required<'c>(creds: &'c crate::store::Credentials, field: &str) -> Result<&'c str, SignError> {
     creds
         .get(field)
         .filter(|v| !v.is_empty())
@@ -97,8 +94,9 @@ fn hex(bytes: &[u8]) -> String {
 /// A header from a static lowercase name and a value that may not be a valid
 /// header value (a key id with a newline); the error names only the header.
 fn header(name: &'static str, value: &str) -> Result<(HeaderName, HeaderValue), SignError> {
-    let value =
+    let mut value =
         HeaderValue::from_str(value).map_err(|_| SignError::BadHeaderValue(name.to_owned()))?;
+    value.set_sensitive(true);
     Ok((HeaderName::from_static(name), value))
 }
 

@@ -1,0 +1,284 @@
+//! The agent-facing entries view (SPEC §5 `/api/...`): services as vault
+//! entries, search, TOTP codes and password generation. Shared by the REST
+//! routes below and the MCP tools, each call audited with its actor.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State as AxumState};
+use axum::{Extension, Json};
+use ring::rand::SecureRandom;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::auth::Principal;
+use super::services::visible;
+use crate::app::State;
+use crate::audit::{Action, Actor, Detail, Event};
+use crate::error::ProxyError;
+use crate::store::Service;
+use crate::totp::{Totp, TotpError};
+
+/// An entry as agents see it: credentials never, sensitive fields redacted.
+pub fn view(s: &Service) -> Value {
+    let mut fields = Map::new();
+    for f in &s.entry.fields {
+        let v = match &f.value {
+            Some(value) if !f.sensitive() => json!({"value": value, "l2": false}),
+            _ => json!({"value": "[REDACTED]", "l2": true}),
+        };
+        fields.insert(f.name.clone(), v);
+    }
+    json!({
+        "id": s.id,
+        "name": s.name,
+        "connector": s.connector.name,
+        "hosts": s.connector.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+        "notes": s.entry.notes,
+        "url": s.entry.url,
+        "username": s.entry.username,
+        "fields": fields,
+        "has_credentials": s.has_credentials(),
+    })
+}
+
+fn audit(
+    state: &State,
+    action: Action,
+    entry: &str,
+    actor: &Actor,
+    detail: Detail,
+) -> Result<(), ProxyError> {
+    state
+        .audit
+        .record(Event::new(action, entry, actor, detail))
+        .map(|_| ())
+}
+
+pub fn list(state: &State, who: &Principal, actor: &Actor) -> Result<Vec<Value>, ProxyError> {
+    audit(state, Action::Read, "", actor, Detail::note("list"))?;
+    Ok(state
+        .store
+        .table()
+        .all()
+        .iter()
+        .filter(|s| who.sees(&s.name))
+        .map(|s| view(s))
+        .collect())
+}
+
+pub fn read(state: &State, who: &Principal, actor: &Actor, key: &str) -> Result<Value, ProxyError> {
+    let service = visible(state, who, key)?;
+    audit(state, Action::Read, &service.name, actor, Detail::default())?;
+    Ok(view(&service))
+}
+
+/// Case-insensitive match over name, connector, hosts, notes and field
+/// names; never over credential or field values.
+fn matches(s: &Service, needle: &str) -> bool {
+    let hit = |text: &str| text.to_lowercase().contains(needle);
+    hit(&s.name)
+        || hit(&s.connector.name)
+        || s.connector.hosts.iter().any(|h| hit(&h.to_string()))
+        || hit(&s.entry.notes)
+        || s.entry.fields.iter().any(|f| hit(&f.name))
+}
+
+pub fn search(
+    state: &State,
+    who: &Principal,
+    actor: &Actor,
+    query: &str,
+) -> Result<Vec<Value>, ProxyError> {
+    if query.len() > 256 {
+        return Err(ProxyError::BadRequest(
+            "q must be at most 256 characters".into(),
+        ));
+    }
+    audit(
+        state,
+        Action::Search,
+        "",
+        actor,
+        Detail::note(format!("q={query}")),
+    )?;
+    let needle = query.to_lowercase();
+    Ok(state
+        .store
+        .table()
+        .all()
+        .iter()
+        .filter(|s| who.sees(&s.name) && matches(s, &needle))
+        .map(|s| view(s))
+        .collect())
+}
+
+pub fn totp(state: &State, who: &Principal, actor: &Actor, key: &str) -> Result<Value, ProxyError> {
+    let service = visible(state, who, key)?;
+    let creds = state
+        .store
+        .open(&service)
+        .map_err(|e| ProxyError::Internal(e.to_string()))?
+        .ok_or_else(|| {
+            ProxyError::NotFound(format!("service {:?} has no TOTP secret", service.name))
+        })?;
+    let totp = Totp::from_credentials(creds.expose()).map_err(|e| match e {
+        TotpError::NoSecret => {
+            ProxyError::NotFound(format!("service {:?} has no TOTP secret", service.name))
+        }
+        other => ProxyError::Unprocessable(format!("service {:?}: {other}", service.name)),
+    })?;
+    drop(creds);
+    audit(state, Action::Totp, &service.name, actor, Detail::default())?;
+    let (code, expires_in) = totp.now();
+    Ok(json!({"code": code, "period": totp.period, "expires_in": expires_in}))
+}
+
+const LOWER: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
+const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+const DIGITS: &[u8] = b"0123456789";
+const SYMBOLS: &[u8] = b"!@#$%^&*()-_=+[]{};:,.?/~";
+
+/// A random password from the OS CSPRNG, every character class present.
+pub fn generate(length: usize, symbols: bool) -> Result<Value, ProxyError> {
+    if !(8..=128).contains(&length) {
+        return Err(ProxyError::BadRequest(format!(
+            "length must be 8 to 128, got {length}"
+        )));
+    }
+    let mut classes = vec![LOWER, UPPER, DIGITS];
+    if symbols {
+        classes.push(SYMBOLS);
+    }
+    let alphabet: Vec<u8> = classes.concat();
+    let rng = ring::rand::SystemRandom::new();
+    loop {
+        let mut out = String::with_capacity(length);
+        while out.len() < length {
+            let mut b = [0u8; 1];
+            rng.fill(&mut b)
+                .map_err(|_| ProxyError::Internal("random generator failed".into()))?;
+            // Rejection sampling: no modulo bias.
+            let limit = 256 - 256 % alphabet.len();
+            if (b[0] as usize) < limit {
+                out.push(alphabet[b[0] as usize % alphabet.len()] as char);
+            }
+        }
+        if classes.iter().all(|c| out.bytes().any(|b| c.contains(&b))) {
+            return Ok(json!({"password": out, "length": length}));
+        }
+    }
+}
+
+pub async fn list_route(
+    AxumState(state): AxumState<State>,
+    Extension(who): Extension<Principal>,
+) -> Result<Json<Value>, ProxyError> {
+    Ok(Json(Value::Array(list(&state, &who, &who.actor())?)))
+}
+
+pub async fn read_route(
+    AxumState(state): AxumState<State>,
+    Extension(who): Extension<Principal>,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ProxyError> {
+    Ok(Json(read(&state, &who, &who.actor(), &key)?))
+}
+
+#[derive(Deserialize)]
+pub struct SearchQuery {
+    q: String,
+}
+
+pub async fn search_route(
+    AxumState(state): AxumState<State>,
+    Extension(who): Extension<Principal>,
+    query: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ProxyError> {
+    let Query(q) = query.map_err(|_| ProxyError::BadRequest("missing query parameter q".into()))?;
+    Ok(Json(Value::Array(search(
+        &state,
+        &who,
+        &who.actor(),
+        &q.q,
+    )?)))
+}
+
+pub async fn totp_route(
+    AxumState(state): AxumState<State>,
+    Extension(who): Extension<Principal>,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ProxyError> {
+    Ok(Json(totp(&state, &who, &who.actor(), &key)?))
+}
+
+#[derive(Deserialize)]
+pub struct GenerateQuery {
+    length: Option<String>,
+    symbols: Option<String>,
+}
+
+pub async fn generate_route(
+    query: Result<Query<GenerateQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ProxyError> {
+    let Query(q) = query.map_err(|e| ProxyError::BadRequest(e.body_text()))?;
+    let length = match q.length.as_deref() {
+        None => 32,
+        Some(l) => l.parse().map_err(|_| {
+            ProxyError::BadRequest(format!("length must be a number 8 to 128, got {l:?}"))
+        })?,
+    };
+    let symbols = match q.symbols.as_deref() {
+        None | Some("true") | Some("1") => true,
+        Some("false") | Some("0") => false,
+        Some(other) => {
+            return Err(ProxyError::BadRequest(format!(
+                "symbols must be true or false, got {other:?}"
+            )))
+        }
+    };
+    Ok(Json(generate(length, symbols)?))
+}
+
+/// For tests and MCP: the services a principal sees, as `Arc`s.
+pub fn visible_services(state: &State, who: &Principal) -> Vec<Arc<Service>> {
+    state
+        .store
+        .table()
+        .all()
+        .iter()
+        .filter(|s| who.sees(&s.name))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    mod generate {
+        use super::*;
+
+        #[test]
+        fn every_class_and_length() {
+            for len in [8, 32, 128] {
+                let v = generate(len, true).unwrap();
+                let p = v["password"].as_str().unwrap();
+                assert_eq!(p.len(), len);
+                for class in [LOWER, UPPER, DIGITS, SYMBOLS] {
+                    assert!(p.bytes().any(|b| class.contains(&b)), "{p}");
+                }
+            }
+            let p = generate(16, false).unwrap()["password"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert!(p.bytes().all(|b| b.is_ascii_alphanumeric()));
+        }
+
+        #[test]
+        fn bounds() {
+            assert!(generate(7, true).is_err());
+            assert!(generate(129, true).is_err());
+        }
+    }
+}
