@@ -27,5 +27,5 @@ where
     B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
-    body.map_err(Into::into).boxed()
+    body.map_err(|e| -> BoxError { e.into() }).boxed()
 }

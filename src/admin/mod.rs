@@ -7,6 +7,7 @@ pub mod auth;
 pub mod entries;
 mod json;
 mod live_check;
+pub mod mcp;
 pub mod services;
 
 use std::net::SocketAddr;
@@ -45,6 +46,7 @@ pub fn router(state: State) -> Router {
         .route("/api/search", get(entries::search_route))
         .route("/api/ext/totp/{key}", get(entries::totp_route))
         .route("/api/generate", get(entries::generate_route))
+        .nest_service("/mcp", mcp::service(state.clone()))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

@@ -44,6 +44,8 @@ pub enum SignError {
     BadHeaderValue(String),
     #[error("the request body is not UTF-8 but the signing message includes {{body}}")]
     BodyNotUtf8,
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
     #[error("the system clock is before 1970")]
     Clock,
     #[error("the signing operation failed")]

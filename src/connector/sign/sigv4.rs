@@ -32,7 +32,7 @@ const OWN: [&str; 5] = [
 /// request carries (S3 refuses unsigned `x-amz-*` headers; botocore signs them).
 pub fn sign(key: &SigV4Key, input: &SignInput) -> Result<Signed, SignError> {
     let date = amz_date(input.now)?;
-    let payload = hex(digest(&SHA256, input.body).as_ref());
+    let payload = payload_hash(input)?;
     let mut signed: Vec<(String, String)> = vec![
         ("host".into(), input.host.into()),
         ("x-amz-date".into(), date.clone()),
@@ -70,6 +70,24 @@ pub fn sign(key: &SigV4Key, input: &SignInput) -> Result<Signed, SignError> {
         out.push(header("x-amz-security-token", token)?);
     }
     Ok(out)
+}
+
+/// The body's hex SHA-256, unless the agent's SDK chose an unsigned payload
+/// (S3 over HTTPS, aws-chunked uploads with a trailing checksum): that choice
+/// is kept, since the body framing depends on it. Chunk-signed uploads chain
+/// every chunk to the SDK's own signature and cannot be re-signed here.
+fn payload_hash(input: &SignInput) -> Result<String, SignError> {
+    match input
+        .headers
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(v @ ("UNSIGNED-PAYLOAD" | "STREAMING-UNSIGNED-PAYLOAD-TRAILER")) => Ok(v.to_owned()),
+        Some(v) if v.starts_with("STREAMING-") => Err(SignError::Unsupported(
+            "chunk-signed aws-chunked uploads; configure the SDK for unsigned or whole-body payloads",
+        )),
+        _ => Ok(hex(digest(&SHA256, input.body).as_ref())),
+    }
 }
 
 /// The `Authorization` value signing exactly `headers` (lowercase names,
@@ -126,7 +144,8 @@ fn canonical_request(
             )
         })
         .collect();
-    sorted.sort();
+    // By name only: a repeated header keeps its values in request order.
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let mut block = String::new();
     let mut names: Vec<&str> = Vec::new();
     for (name, value) in &sorted {
@@ -143,12 +162,17 @@ fn canonical_request(
         block.push('\n');
     }
     let signed_names = names.join(";");
+    // S3 requires the payload line to equal a signed x-amz-content-sha256.
+    let payload = match sorted.iter().find(|(n, _)| n == "x-amz-content-sha256") {
+        Some((_, v)) => v.clone(),
+        None => hex(digest(&SHA256, input.body).as_ref()),
+    };
     let canonical = format!(
         "{}\n{}\n{}\n{block}\n{signed_names}\n{}",
         input.method,
         canonical_uri(input.path, service),
         canonical_query(input.query),
-        hex(digest(&SHA256, input.body).as_ref())
+        payload
     );
     (canonical, signed_names)
 }
@@ -532,6 +556,68 @@ mod tests {
             )
             .unwrap();
             assert_eq!(auth, expected);
+        }
+
+        #[test]
+        fn keeps_unsigned_payload_modes_and_refuses_chunk_signing() {
+            let mut h = http::HeaderMap::new();
+            h.insert("x-amz-content-sha256", "UNSIGNED-PAYLOAD".parse().unwrap());
+            let req = input(
+                "PUT",
+                "b.s3.amazonaws.com",
+                "/k",
+                "",
+                &h,
+                b"data",
+                AUG_30_2015,
+            );
+            let s = sign(&iam_key("s3"), &req).unwrap();
+            assert_eq!(get(&s, "x-amz-content-sha256"), Some("UNSIGNED-PAYLOAD"));
+            let expected = authorization(
+                &iam_key("s3"),
+                &req,
+                "20150830T123600Z",
+                &[
+                    ("host", "b.s3.amazonaws.com"),
+                    ("x-amz-content-sha256", "UNSIGNED-PAYLOAD"),
+                    ("x-amz-date", "20150830T123600Z"),
+                ],
+            )
+            .unwrap();
+            assert_eq!(get(&s, "authorization"), Some(expected.as_str()));
+            h.insert(
+                "x-amz-content-sha256",
+                "STREAMING-AWS4-HMAC-SHA256-PAYLOAD".parse().unwrap(),
+            );
+            let req = input(
+                "PUT",
+                "b.s3.amazonaws.com",
+                "/k",
+                "",
+                &h,
+                b"data",
+                AUG_30_2015,
+            );
+            assert!(matches!(
+                sign(&iam_key("s3"), &req),
+                Err(SignError::Unsupported(_))
+            ));
+        }
+
+        #[test]
+        fn repeated_headers_keep_request_order() {
+            let h = http::HeaderMap::new();
+            let req = input("GET", "h", "/", "", &h, b"", AUG_30_2015);
+            let (canonical, names) = canonical_request(
+                &req,
+                "svc",
+                &[("x-amz-meta-a", "2"), ("host", "h"), ("x-amz-meta-a", "1")],
+            );
+            assert_eq!(names, "host;x-amz-meta-a");
+            assert!(
+                canonical.contains("host:h\nx-amz-meta-a:2,1\n"),
+                "{canonical}"
+            );
         }
 
         #[test]
