@@ -29,6 +29,7 @@ pub struct Shared {
     pub admin_token: crate::secret::TokenDigest,
     pub admin_throttle: crate::admin::auth::Throttle,
     pub metrics: crate::metrics::Metrics,
+    pub sessions: crate::connector::session::Sessions,
     ready: AtomicBool,
 }
 
@@ -136,6 +137,10 @@ impl State {
             Some(digest) => digest,
             None => generate_admin_token(&config)?,
         };
+        let sessions = crate::connector::session::Sessions::new(
+            config.limits.session_idle.0,
+            config.limits.session_max_age.0,
+        );
         Ok(State(Arc::new(Shared {
             config,
             ca,
@@ -148,6 +153,7 @@ impl State {
             admin_addr,
             admin_token,
             admin_throttle: Default::default(),
+            sessions,
             metrics,
             ready: AtomicBool::new(false),
         })))

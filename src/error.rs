@@ -47,6 +47,8 @@ pub enum ProxyError {
     AuditUnavailable,
     #[error("upstream {host} unreachable: {reason}")]
     UpstreamUnreachable { host: String, reason: String },
+    #[error("service {service:?}: login failed: {reason}")]
+    LoginFailed { service: String, reason: String },
     #[error("upstream {host} did not answer within {after:?}")]
     UpstreamTimeout {
         host: String,
@@ -73,7 +75,7 @@ impl ProxyError {
             BadRequest(_) => StatusCode::BAD_REQUEST,
             TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             CredentialsMissing { .. } | AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            UpstreamUnreachable { .. } | LoginFailed { .. } => StatusCode::BAD_GATEWAY,
             UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -99,6 +101,7 @@ impl ProxyError {
             AuditUnavailable => "audit_unavailable",
             UpstreamUnreachable { .. } => "upstream_unreachable",
             UpstreamTimeout { .. } => "upstream_timeout",
+            LoginFailed { .. } => "login_failed",
             Internal(_) => "internal",
         }
     }
@@ -106,7 +109,9 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         use ProxyError::*;
         match self {
-            UpstreamUnreachable { .. } | UpstreamTimeout { .. } => Fault::Upstream,
+            UpstreamUnreachable { .. } | UpstreamTimeout { .. } | LoginFailed { .. } => {
+                Fault::Upstream
+            }
             CredentialsMissing { .. } | AuditUnavailable | Internal(_) => Fault::Clavis,
             _ => Fault::Agent,
         }

@@ -33,7 +33,7 @@ pub async fn run(
     );
     connector
         .inject
-        .apply(&mut parts, creds)
+        .apply(&mut parts, host, creds, b"")
         .map_err(|e| ProxyError::Unprocessable(e.to_string()))?;
     match state
         .upstream

@@ -190,6 +190,9 @@ pub struct Limits {
     pub leaf_cache: usize,
     pub admin_body: usize,
     pub drain_timeout: HumanDuration,
+    /// Login sessions (Kalshi email + password): idle and absolute lifetimes.
+    pub session_idle: HumanDuration,
+    pub session_max_age: HumanDuration,
 }
 
 impl Default for Limits {
@@ -208,6 +211,8 @@ impl Default for Limits {
             leaf_cache: 1024,
             admin_body: 1024 * 1024,
             drain_timeout: secs(10),
+            session_idle: secs(30 * 60),
+            session_max_age: secs(24 * 3600),
         }
     }
 }

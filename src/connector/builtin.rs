@@ -6,7 +6,15 @@ use http::{HeaderName, HeaderValue, Method};
 use super::{Connector, FieldSpec, HostPattern, Inject, LiveCheck, Template};
 
 pub fn all() -> Vec<Connector> {
-    vec![openai(), anthropic(), github(), stripe(), brave_search()]
+    vec![
+        openai(),
+        anthropic(),
+        github(),
+        stripe(),
+        brave_search(),
+        kalshi(),
+        coinbase(),
+    ]
 }
 
 fn hosts(names: &[&str]) -> Vec<HostPattern> {
@@ -117,6 +125,55 @@ fn brave_search() -> Connector {
     }
 }
 
+fn kalshi() -> Connector {
+    Connector {
+        name: "kalshi".into(),
+        hosts: hosts(&[
+            "external-api.kalshi.com",
+            "api.elections.kalshi.com",
+            "external-api.demo.kalshi.co",
+            "demo-api.kalshi.co",
+        ]),
+        port: 443,
+        // The SDK signs with its throw-away key; every part of that is dropped.
+        strip: names(&[
+            "kalshi-access-key",
+            "kalshi-access-timestamp",
+            "kalshi-access-signature",
+            "authorization",
+        ]),
+        inject: Inject::Kalshi,
+        defaults: Vec::new(),
+        field_sets: vec![
+            vec![FieldSpec::any("api_key_id"), FieldSpec::any("private_key")],
+            vec![FieldSpec::any("email"), FieldSpec::any("password")],
+        ],
+        live_check: None,
+    }
+}
+
+fn coinbase() -> Connector {
+    Connector {
+        name: "coinbase".into(),
+        hosts: hosts(&["api.coinbase.com"]),
+        port: 443,
+        strip: names(&[
+            "authorization",
+            "cb-access-key",
+            "cb-access-sign",
+            "cb-access-timestamp",
+            "cb-access-passphrase",
+        ]),
+        inject: Inject::Coinbase,
+        defaults: Vec::new(),
+        field_sets: vec![vec![
+            FieldSpec::any("api_key"),
+            FieldSpec::any("api_secret"),
+        ]],
+        live_check: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,7 +222,9 @@ mod tests {
                 (anthropic(), "x-api-key", "sk-1"),
                 (brave_search(), "x-subscription-token", "sk-1"),
             ] {
-                let Inject::Headers { headers, .. } = &connector.inject;
+                let Inject::Headers { headers, .. } = &connector.inject else {
+                    panic!("{} is a header connector", connector.name)
+                };
                 assert_eq!(headers[0].0, header);
                 assert_eq!(headers[0].1.render(&c).unwrap().as_str(), value);
             }

@@ -2,6 +2,8 @@
 
 use http::{request::Parts, HeaderName, HeaderValue, Uri};
 
+use super::sign::recipe::Recipe;
+use super::sign::{coinbase, kalshi, SignError, SignInput};
 use super::Template;
 use crate::store::Credentials;
 
@@ -12,6 +14,25 @@ pub enum Inject {
         headers: Vec<(HeaderName, Template)>,
         query: Vec<(String, Template)>,
     },
+    /// Coinbase: a fresh CDP JWT per request, or the legacy HMAC scheme,
+    /// chosen by the form of `api_secret`.
+    Coinbase,
+    /// Kalshi: a per-request signature from `api_key_id` + `private_key`, or
+    /// a login session from `email` + `password`.
+    Kalshi,
+    /// A user-defined signing recipe (HMAC or AWS SigV4).
+    Recipe(Recipe),
+}
+
+/// What the exchange must do before [`Inject::apply`] for these credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Headers only; the body streams.
+    Stream,
+    /// The signature covers the body: buffer it (capped) first.
+    BufferBody,
+    /// A session token from a login (Kalshi email + password).
+    Session,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -22,14 +43,52 @@ pub enum InjectError {
     BadHeaderValue(String),
     #[error("request target cannot carry the injected query parameters")]
     BadUri,
+    #[error(transparent)]
+    Sign(#[from] SignError),
 }
 
 impl Inject {
-    /// Adds the credential to a request whose agent-supplied auth has already
-    /// been stripped. Header values are marked sensitive, so HPACK never
-    /// indexes them.
-    pub fn apply(&self, parts: &mut Parts, creds: &Credentials) -> Result<(), InjectError> {
+    pub fn plan(&self, creds: &Credentials) -> Plan {
         match self {
+            Inject::Headers { .. } => Plan::Stream,
+            Inject::Coinbase => {
+                let hmac = creds
+                    .get("api_secret")
+                    .is_some_and(coinbase::is_legacy_hmac_secret);
+                if hmac {
+                    Plan::BufferBody
+                } else {
+                    Plan::Stream
+                }
+            }
+            Inject::Kalshi if creds.get("private_key").is_some() => Plan::Stream,
+            Inject::Kalshi => Plan::Session,
+            Inject::Recipe(r) if r.needs_body() => Plan::BufferBody,
+            Inject::Recipe(_) => Plan::Stream,
+        }
+    }
+
+    /// Headers a signer sets, beyond the connector's strip list: stripped
+    /// first so the agent's copies never survive.
+    pub fn extra_strip(&self) -> Vec<HeaderName> {
+        match self {
+            Inject::Recipe(r) => r.header_names(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Adds the credential to a request whose agent-supplied auth has already
+    /// been stripped. `host` is the destination (signatures cover it) and
+    /// `body` the buffered body when [`Inject::plan`] asked for it. Header
+    /// values are marked sensitive, so HPACK never indexes them.
+    pub fn apply(
+        &self,
+        parts: &mut Parts,
+        host: &str,
+        creds: &Credentials,
+        body: &[u8],
+    ) -> Result<(), InjectError> {
+        let signed = match self {
             Inject::Headers { headers, query } => {
                 for (name, template) in headers {
                     let value = template
@@ -44,9 +103,29 @@ impl Inject {
                 if !query.is_empty() {
                     parts.uri = with_query(&parts.uri, query, creds)?;
                 }
-                Ok(())
+                return Ok(());
             }
+            Inject::Coinbase => coinbase::sign(creds, &sign_input(parts, host, body))?,
+            Inject::Kalshi => kalshi::sign(creds, &sign_input(parts, host, body))?,
+            Inject::Recipe(recipe) => recipe.sign(creds, &sign_input(parts, host, body))?,
+        };
+        for (name, mut value) in signed {
+            value.set_sensitive(true);
+            parts.headers.insert(name, value);
         }
+        Ok(())
+    }
+}
+
+fn sign_input<'a>(parts: &'a Parts, host: &'a str, body: &'a [u8]) -> SignInput<'a> {
+    SignInput {
+        method: parts.method.as_str(),
+        host,
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        headers: &parts.headers,
+        body,
+        now: std::time::SystemTime::now(),
     }
 }
 
@@ -133,7 +212,7 @@ mod tests {
             };
             let creds = Credentials::from_pairs([("api_key", "a b&c")]);
             let mut p = parts("https://h.example/x?key=placeholder&q=1");
-            inject.apply(&mut p, &creds).unwrap();
+            inject.apply(&mut p, "h.example", &creds, b"").unwrap();
             assert_eq!(
                 p.uri.path_and_query().unwrap().as_str(),
                 "/x?q=1&key=a%20b%26c"
@@ -151,7 +230,12 @@ mod tests {
             };
             let mut p = parts("https://h.example/");
             inject
-                .apply(&mut p, &Credentials::from_pairs([("api_key", "v")]))
+                .apply(
+                    &mut p,
+                    "h.example",
+                    &Credentials::from_pairs([("api_key", "v")]),
+                    b"",
+                )
                 .unwrap();
             assert!(p.headers["x-key"].is_sensitive());
         }
@@ -167,7 +251,12 @@ mod tests {
             };
             let mut p = parts("https://h.example/");
             let e = inject
-                .apply(&mut p, &Credentials::from_pairs([("other", "v")]))
+                .apply(
+                    &mut p,
+                    "h.example",
+                    &Credentials::from_pairs([("other", "v")]),
+                    b"",
+                )
                 .unwrap_err();
             assert_eq!(e.to_string(), "credential field \"api_key\" is missing");
         }
@@ -183,7 +272,7 @@ mod tests {
             };
             let mut p = parts("https://h.example/");
             let creds = Credentials::from_pairs([("api_key", "a\r\nx-evil: 1")]);
-            assert!(inject.apply(&mut p, &creds).is_err());
+            assert!(inject.apply(&mut p, "h.example", &creds, b"").is_err());
         }
     }
 }

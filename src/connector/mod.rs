@@ -4,6 +4,7 @@
 
 mod builtin;
 pub mod inject;
+pub mod session;
 pub mod sign;
 pub mod template;
 pub mod user;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use http::HeaderName;
 use serde::{Deserialize, Serialize};
 
+use super::sign::recipe::{self, RecipeSpec};
 use super::{Connector, FieldSpec, HostPattern, Inject, Template};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -20,7 +21,7 @@ pub struct UserConnector {
     #[serde(default)]
     pub inject: Option<InjectSpec>,
     #[serde(default)]
-    pub sign: Option<serde_json::Value>,
+    pub sign: Option<RecipeSpec>,
     #[serde(default)]
     pub fields: Vec<String>,
 }
@@ -75,12 +76,7 @@ pub fn build(spec: &UserConnector) -> Result<Connector, (String, String)> {
         .collect::<Result<Vec<_>, _>>()?;
     let inject = match (&spec.inject, &spec.sign) {
         (Some(inject), None) => build_inject(inject, &known)?,
-        (None, Some(_)) => {
-            return Err(err(
-                "sign",
-                "signing recipes are not supported by this build yet; use inject".into(),
-            ))
-        }
+        (None, Some(sign)) => Inject::Recipe(recipe::build(sign, &known)?),
         (Some(_), Some(_)) => {
             return Err(err("inject", "set either inject or sign, not both".into()))
         }
@@ -88,10 +84,13 @@ pub fn build(spec: &UserConnector) -> Result<Connector, (String, String)> {
     };
     let mut strip = strip;
     // Whatever clavis injects is stripped first, so an agent value never survives.
-    let Inject::Headers { headers, .. } = &inject;
-    for (name, _) in headers {
-        if !strip.contains(name) {
-            strip.push(name.clone());
+    let injected: Vec<HeaderName> = match &inject {
+        Inject::Headers { headers, .. } => headers.iter().map(|(n, _)| n.clone()).collect(),
+        other => other.extra_strip(),
+    };
+    for name in injected {
+        if !strip.contains(&name) {
+            strip.push(name);
         }
     }
     Ok(Connector {

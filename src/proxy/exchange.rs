@@ -14,7 +14,8 @@ use crate::agent::Agent;
 use crate::app::State;
 use crate::audit::{Action, Actor, Detail, Event};
 use crate::body::{self, Body};
-use crate::connector::Connector;
+use crate::connector::inject::Plan;
+use crate::connector::{session, Connector, Inject};
 use crate::error::ProxyError;
 use crate::store::Service;
 
@@ -222,9 +223,18 @@ async fn forward_logged(
         }
     };
     log.service = Some(service.name.clone());
+    let inject = &target.connector.inject;
+    if matches!(inject, Inject::Kalshi) && parts.uri.path() == session::KALSHI_LOGIN_PATH {
+        let e = ProxyError::Forbidden(
+            "the login endpoint is reserved to clavis, which holds the session".into(),
+        );
+        deny(state, caller, target, &parts.method, &parts.uri, &e);
+        return Err(e);
+    }
 
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::strip_auth(&mut parts.headers, &target.connector.strip);
+    headers::strip_auth(&mut parts.headers, &inject.extra_strip());
     parts.headers.remove(header::HOST);
     for (name, value) in &target.connector.defaults {
         if !parts.headers.contains_key(name) {
@@ -241,6 +251,25 @@ async fn forward_logged(
         .ok_or_else(|| ProxyError::CredentialsMissing {
             service: service.name.clone(),
         })?;
+    let plan = inject.plan(creds.expose());
+    // A signature over the body, or a replay after a refused session token,
+    // needs the whole body: buffered up to the limit, everything else streams.
+    let mut streaming = Some(body);
+    let buffered = match (plan, streaming.take()) {
+        (Plan::Stream, body) => {
+            streaming = body;
+            None
+        }
+        (Plan::BufferBody | Plan::Session, body) => {
+            let limit = state.config.limits.max_body_buffer;
+            let body = body.unwrap_or_else(body::empty);
+            Some(
+                session::collect_capped(body, limit)
+                    .await
+                    .map_err(|()| ProxyError::PayloadTooLarge { limit })?,
+            )
+        }
+    };
     let action = match caller.actor {
         Actor::Proxy(_) => Action::Inject,
         _ => Action::Proxy,
@@ -251,17 +280,27 @@ async fn forward_logged(
         &caller.actor,
         Detail::request(parts.method.as_str(), &target.host, parts.uri.path()),
     ))?;
-    target
-        .connector
-        .inject
-        .apply(&mut parts, creds.expose())
-        .map_err(|e| ProxyError::Internal(format!("service {:?}: {e}", service.name)))?;
-    drop(creds);
-
-    let response = state
-        .upstream
-        .send(&target.host, Request::from_parts(parts, body))
-        .await;
+    let response = match (plan, buffered) {
+        (Plan::Session, Some(bytes)) => {
+            drop(creds);
+            session_exchange(state, caller, target, &service, parts, bytes).await
+        }
+        (_, buffered) => {
+            let bytes = buffered.as_deref().unwrap_or(&[]);
+            inject
+                .apply(&mut parts, &target.host, creds.expose(), bytes)
+                .map_err(|e| ProxyError::Internal(format!("service {:?}: {e}", service.name)))?;
+            drop(creds);
+            let body = match buffered {
+                Some(bytes) => body::full(bytes),
+                None => streaming.unwrap_or_else(body::empty),
+            };
+            state
+                .upstream
+                .send(&target.host, Request::from_parts(parts, body))
+                .await
+        }
+    };
     let status = match &response {
         Ok(r) => r.status().as_u16(),
         Err(e) => e.status().as_u16(),
@@ -270,6 +309,68 @@ async fn forward_logged(
     let (mut parts, body) = response?.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body::boxed(body)))
+}
+
+/// A session-authenticated exchange: bearer token from the shared login; on a
+/// 401 the session is renewed (single flight) and the request replayed once.
+async fn session_exchange(
+    state: &State,
+    caller: &Caller,
+    target: &Target,
+    service: &Service,
+    parts: http::request::Parts,
+    bytes: bytes::Bytes,
+) -> Result<Response<Incoming>, ProxyError> {
+    let sessions = &state.sessions;
+    let (token, generation) = sessions
+        .token(state, service, &target.host, &caller.actor, None)
+        .await?;
+    let first = with_bearer(&parts, &token)?;
+    let response = state
+        .upstream
+        .send(
+            &target.host,
+            Request::from_parts(first, body::full(bytes.clone())),
+        )
+        .await?;
+    if response.status() != http::StatusCode::UNAUTHORIZED {
+        return Ok(response);
+    }
+    tracing::info!(service = %service.name, "session token refused; logging in again");
+    let (token, _) = sessions
+        .token(
+            state,
+            service,
+            &target.host,
+            &caller.actor,
+            Some(generation),
+        )
+        .await?;
+    let again = with_bearer(&parts, &token)?;
+    state
+        .upstream
+        .send(&target.host, Request::from_parts(again, body::full(bytes)))
+        .await
+}
+
+/// A copy of the request head with `Authorization: Bearer <token>` (sensitive).
+fn with_bearer(
+    parts: &http::request::Parts,
+    token: &crate::secret::Secret<String>,
+) -> Result<http::request::Parts, ProxyError> {
+    let (mut copy, ()) = Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.clone())
+        .version(parts.version)
+        .body(())
+        .map_err(|e| ProxyError::Internal(e.to_string()))?
+        .into_parts();
+    copy.headers = parts.headers.clone();
+    let mut value = http::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        .map_err(|_| ProxyError::Internal("session token is not a header value".into()))?;
+    value.set_sensitive(true);
+    copy.headers.insert(header::AUTHORIZATION, value);
+    Ok(copy)
 }
 
 /// SPEC §3 step 2: placeholder, else the agent's only service for this

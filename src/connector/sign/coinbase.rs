@@ -63,6 +63,12 @@ pub fn sign(creds: &Credentials, input: &SignInput) -> Result<Signed, SignError>
     }
 }
 
+/// Cheap check of the scheme without parsing the key: the legacy HMAC scheme
+/// signs the body, so the proxy must buffer it. Mirrors [`parse_secret`].
+pub fn is_legacy_hmac_secret(secret: &str) -> bool {
+    matches!(parse_secret(secret), Ok(None))
+}
+
 /// `None` means "plain string": the legacy HMAC scheme. A secret that looks
 /// like a PEM or base64 key but does not parse is an error, as in the SDK,
 /// rather than silently becoming an HMAC secret that upstream will reject.

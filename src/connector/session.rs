@@ -1,0 +1,204 @@
+//! Login sessions (Kalshi `email` + `password`): clavis logs in, keeps the
+//! token sealed in memory, and sends `Authorization: Bearer <token>`. One
+//! login at a time per service, shared by every request; a new login on
+//! expiry (idle or absolute) or when the upstream answers 401, at most one
+//! per [`RELOGIN_BACKOFF`], so a misbehaving upstream cannot cause a login
+//! storm that locks the account.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use http::{header, HeaderValue, Method, Request};
+use http_body_util::BodyExt;
+
+use crate::app::State;
+use crate::audit::{Action, Actor, Detail, Event};
+use crate::body;
+use crate::error::ProxyError;
+use crate::secret::Secret;
+use crate::store::Service;
+
+/// The login endpoint, relative to the connector's host. Agents may not call it.
+pub const KALSHI_LOGIN_PATH: &str = "/trade-api/v2/login";
+pub const RELOGIN_BACKOFF: Duration = Duration::from_secs(20);
+
+struct Token {
+    value: Secret<String>,
+    generation: u64,
+    obtained: Instant,
+    last_used: Instant,
+}
+
+#[derive(Default)]
+struct Slot {
+    current: std::sync::Mutex<Option<Token>>,
+    /// Held while logging in: the single flight.
+    login: tokio::sync::Mutex<Option<Instant>>,
+}
+
+pub struct Sessions {
+    slots: DashMap<String, Arc<Slot>>,
+    idle: Duration,
+    max_age: Duration,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("services", &self.slots.len())
+            .finish()
+    }
+}
+
+impl Sessions {
+    pub fn new(idle: Duration, max_age: Duration) -> Sessions {
+        Sessions {
+            slots: DashMap::new(),
+            idle,
+            max_age,
+        }
+    }
+
+    /// Forgets a service's session (its credentials changed or it was deleted).
+    pub fn forget(&self, service_id: &str) {
+        self.slots.remove(service_id);
+    }
+
+    fn slot(&self, service: &Service) -> Arc<Slot> {
+        self.slots.entry(service.id.clone()).or_default().clone()
+    }
+
+    fn valid(&self, slot: &Slot, stale: Option<u64>) -> Option<(Secret<String>, u64)> {
+        let mut current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
+        let token = current.as_mut()?;
+        let fresh =
+            token.last_used.elapsed() < self.idle && token.obtained.elapsed() < self.max_age;
+        if !fresh || Some(token.generation) == stale {
+            return None;
+        }
+        token.last_used = Instant::now();
+        Some((token.value.clone(), token.generation))
+    }
+
+    /// A valid token, logging in when there is none, it expired, or it is
+    /// `stale` (the generation the upstream just refused with 401).
+    pub async fn token(
+        &self,
+        state: &State,
+        service: &Service,
+        host: &str,
+        actor: &Actor,
+        stale: Option<u64>,
+    ) -> Result<(Secret<String>, u64), ProxyError> {
+        let slot = self.slot(service);
+        if let Some(t) = self.valid(&slot, stale) {
+            return Ok(t);
+        }
+        let mut last_login = slot.login.lock().await;
+        // Someone else may have logged in while this request waited.
+        if let Some(t) = self.valid(&slot, stale) {
+            return Ok(t);
+        }
+        if stale.is_some() && last_login.is_some_and(|at| at.elapsed() < RELOGIN_BACKOFF) {
+            return Err(ProxyError::LoginFailed {
+                service: service.name.clone(),
+                reason: "the upstream refused a fresh session token; not logging in again so soon"
+                    .into(),
+            });
+        }
+        *last_login = Some(Instant::now());
+        let value = login(state, service, host, actor).await?;
+        let mut current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = current.as_ref().map_or(1, |t| t.generation + 1);
+        *current = Some(Token {
+            value: value.clone(),
+            generation,
+            obtained: Instant::now(),
+            last_used: Instant::now(),
+        });
+        Ok((value, generation))
+    }
+}
+
+/// `POST /trade-api/v2/login {"email","password"}` → `{"token": ...}`.
+async fn login(
+    state: &State,
+    service: &Service,
+    host: &str,
+    actor: &Actor,
+) -> Result<Secret<String>, ProxyError> {
+    let failed = |reason: String| ProxyError::LoginFailed {
+        service: service.name.clone(),
+        reason,
+    };
+    let creds = state
+        .store
+        .open(service)
+        .map_err(|e| ProxyError::Internal(e.to_string()))?
+        .ok_or_else(|| ProxyError::CredentialsMissing {
+            service: service.name.clone(),
+        })?;
+    let creds = creds.expose();
+    let (Some(email), Some(password)) = (creds.get("email"), creds.get("password")) else {
+        return Err(failed("credentials need email and password".into()));
+    };
+    let body = zeroize::Zeroizing::new(
+        serde_json::json!({"email": email, "password": password}).to_string(),
+    );
+    let event = state.audit.record(Event::new(
+        Action::Login,
+        &service.name,
+        actor,
+        Detail::request("POST", host, KALSHI_LOGIN_PATH),
+    ))?;
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(format!("https://{host}{KALSHI_LOGIN_PATH}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json")
+        .body(body::full(Bytes::copy_from_slice(body.as_bytes())))
+        .map_err(|e| ProxyError::Internal(e.to_string()))?;
+    let response = state.upstream.send(host, request).await?;
+    let status = response.status();
+    event.set_status(status.as_u16());
+    if !status.is_success() {
+        tracing::warn!(service = %service.name, status = status.as_u16(), "login refused");
+        return Err(failed(format!(
+            "{host} answered {} to the login",
+            status.as_u16()
+        )));
+    }
+    let bytes = collect_capped(response.into_body(), 64 * 1024)
+        .await
+        .map_err(|_| failed("unreadable login answer".into()))?;
+    let parsed: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| failed("login answer is not JSON".into()))?;
+    let token = parsed
+        .get("token")
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.is_empty() && HeaderValue::from_str(t).is_ok())
+        .ok_or_else(|| failed("login answer has no usable token".into()))?;
+    tracing::info!(service = %service.name, "logged in");
+    Ok(Secret::new(token.to_owned()))
+}
+
+/// Reads a body up to `limit` bytes (frame by frame, so nothing past the
+/// limit is buffered).
+pub async fn collect_capped<B>(mut body: B, limit: usize) -> Result<Bytes, ()>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ())?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(());
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
+}
