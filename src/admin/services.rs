@@ -221,7 +221,8 @@ pub async fn store_credentials(
         creds.insert(field, zeroize::Zeroizing::new(text));
     }
     // A TOTP-only entry carries no connector credential to validate.
-    let totp_only = creds.names().all(|n| n.starts_with("totp_"));
+    let totp_only =
+        creds.get("totp_secret").is_some() && creds.names().all(|n| n.starts_with("totp_"));
     if !totp_only {
         service
             .connector

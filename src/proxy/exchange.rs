@@ -9,7 +9,7 @@ use std::time::Instant;
 use http::{header, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
-use super::headers;
+use super::{headers, scrub};
 use crate::agent::Agent;
 use crate::app::State;
 use crate::audit::{Action, Actor, Detail, Event};
@@ -280,10 +280,11 @@ async fn forward_logged(
         &caller.actor,
         Detail::request(parts.method.as_str(), &target.host, parts.uri.path()),
     ))?;
+    let mut patterns = scrub::Patterns::from_credentials(creds.expose());
     let response = match (plan, buffered) {
         (Plan::Session, Some(bytes)) => {
             drop(creds);
-            session_exchange(state, caller, target, &service, parts, bytes).await
+            session_exchange(state, caller, target, &service, parts, bytes, &mut patterns).await
         }
         (_, buffered) => {
             let bytes = buffered.as_deref().unwrap_or(&[]);
@@ -308,7 +309,27 @@ async fn forward_logged(
     event.set_status(status);
     let (mut parts, body) = response?.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, body::boxed(body)))
+    let on_hit = {
+        let (state, actor, entry, host) = (
+            state.clone(),
+            caller.actor.clone(),
+            service.name.clone(),
+            target.host.clone(),
+        );
+        Box::new(move |hits: usize| {
+            tracing::warn!(service = %entry, host = %host, hits, "upstream echoed the credential; masked");
+            let detail = Detail::note(format!(
+                "upstream {host} echoed the credential; {hits} occurrence(s) masked"
+            ));
+            let _ = state
+                .audit
+                .record(Event::new(Action::Denied, &entry, &actor, detail));
+        })
+    };
+    Ok(Response::from_parts(
+        parts,
+        scrub::scrub(body::boxed(body), patterns, on_hit),
+    ))
 }
 
 /// A session-authenticated exchange: bearer token from the shared login; on a
@@ -320,11 +341,13 @@ async fn session_exchange(
     service: &Service,
     parts: http::request::Parts,
     bytes: bytes::Bytes,
+    patterns: &mut scrub::Patterns,
 ) -> Result<Response<Incoming>, ProxyError> {
     let sessions = &state.sessions;
     let (token, generation) = sessions
         .token(state, service, &target.host, &caller.actor, None)
         .await?;
+    patterns.add(token.expose().as_bytes());
     let first = with_bearer(&parts, &token)?;
     let response = state
         .upstream
@@ -346,6 +369,7 @@ async fn session_exchange(
             Some(generation),
         )
         .await?;
+    patterns.add(token.expose().as_bytes());
     let again = with_bearer(&parts, &token)?;
     state
         .upstream

@@ -8,6 +8,7 @@ pub mod exchange;
 pub mod headers;
 pub mod mitm;
 pub mod plain;
+pub mod scrub;
 
 use std::net::SocketAddr;
 

@@ -1,0 +1,304 @@
+//! The response scrubber: when an upstream echoes the credential clavis just
+//! injected (raw, base64, percent- or hex-encoded, split across chunks), the
+//! bytes are masked before they reach the agent. The mask keeps the length
+//! (`[REDACTED]` padded with `*`), so `Content-Length` stays true and SSE
+//! keeps streaming; only a possible partial match at a chunk's end is held
+//! back, never a whole event.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use zeroize::Zeroizing;
+
+use crate::body::{Body, BoxError};
+use crate::store::Credentials;
+
+/// Shorter values (flags, digits, regions) would mask innocent text.
+const MIN_SECRET: usize = 10;
+const MASK: &[u8] = b"[REDACTED]";
+
+/// The encoded forms of one exchange's secrets; wiped on drop.
+pub struct Patterns {
+    list: Vec<Zeroizing<Vec<u8>>>,
+    longest: usize,
+}
+
+impl std::fmt::Debug for Patterns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Patterns({})", self.list.len())
+    }
+}
+
+impl Patterns {
+    pub fn new() -> Patterns {
+        Patterns {
+            list: Vec::new(),
+            longest: 0,
+        }
+    }
+
+    pub fn from_credentials(creds: &Credentials) -> Patterns {
+        let mut p = Patterns::new();
+        for name in creds.names() {
+            if let Some(value) = creds.get(name) {
+                p.add(value.as_bytes());
+            }
+        }
+        p
+    }
+
+    /// Adds a secret in every form an echo endpoint might use.
+    pub fn add(&mut self, secret: &[u8]) {
+        if secret.len() < MIN_SECRET {
+            return;
+        }
+        let mut forms: Vec<Vec<u8>> = vec![secret.to_vec()];
+        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        forms.push(hex.to_uppercase().into_bytes());
+        forms.push(hex.into_bytes());
+        let pct = crate::connector::inject::percent_encode(&String::from_utf8_lossy(secret));
+        forms.push(pct.into_bytes());
+        // Base64 at each of the three alignments it can have inside a longer
+        // encoded value (e.g. `Basic base64(user:secret)`): only the
+        // characters fully determined by the secret.
+        for engine in [
+            &base64::engine::general_purpose::STANDARD,
+            &base64::engine::general_purpose::URL_SAFE,
+        ] {
+            for k in 0..3usize {
+                let mut padded = vec![0u8; k];
+                padded.extend_from_slice(secret);
+                let enc = engine.encode(&padded).into_bytes();
+                let start = (8 * k).div_ceil(6);
+                let end = (8 * (k + secret.len())) / 6;
+                if end > start && end <= enc.len() {
+                    forms.push(enc[start..end].to_vec());
+                }
+            }
+        }
+        for form in forms {
+            if form.len() >= MIN_SECRET
+                && !self.list.iter().any(|p| p.as_slice() == form.as_slice())
+            {
+                self.longest = self.longest.max(form.len());
+                self.list.push(Zeroizing::new(form));
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Masks every complete match in place; returns how many were masked.
+    fn mask(&self, data: &mut [u8]) -> usize {
+        let mut hits = 0;
+        for p in &self.list {
+            let finder = memchr::memmem::Finder::new(p.as_slice());
+            let mut at = 0;
+            while let Some(i) = finder.find(&data[at..]) {
+                let start = at + i;
+                for (j, b) in data[start..start + p.len()].iter_mut().enumerate() {
+                    *b = MASK.get(j).copied().unwrap_or(b'*');
+                }
+                hits += 1;
+                at = start + p.len();
+            }
+        }
+        hits
+    }
+
+    /// The length of the longest suffix of `data` that could begin a match.
+    fn partial_suffix(&self, data: &[u8]) -> usize {
+        let mut keep = 0;
+        for p in &self.list {
+            let max = (p.len() - 1).min(data.len());
+            for k in (keep + 1..=max).rev() {
+                if data[data.len() - k..] == p[..k] {
+                    keep = k;
+                    break;
+                }
+            }
+        }
+        keep
+    }
+}
+
+impl Default for Patterns {
+    fn default() -> Self {
+        Patterns::new()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body with the exchange's secrets masked.
+    pub struct Scrubbed {
+        #[pin]
+        inner: Body,
+        patterns: Patterns,
+        held: BytesMut,
+        on_hit: Option<Box<dyn FnOnce(usize) + Send + Sync>>,
+        done: bool,
+    }
+}
+
+/// Wraps `body`; `on_hit` runs once, on the first masked echo.
+pub fn scrub(body: Body, patterns: Patterns, on_hit: Box<dyn FnOnce(usize) + Send + Sync>) -> Body {
+    if patterns.is_empty() {
+        return body;
+    }
+    http_body_util::BodyExt::boxed(Scrubbed {
+        inner: body,
+        patterns,
+        held: BytesMut::new(),
+        on_hit: Some(on_hit),
+        done: false,
+    })
+}
+
+impl HttpBody for Scrubbed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        loop {
+            if *this.done {
+                return Poll::Ready(None);
+            }
+            let frame = match this.inner.as_mut().poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(f) => f,
+            };
+            let (data, last) = match frame {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => (data, false),
+                    Err(trailers) => {
+                        // Trailers end the data: flush what was held first.
+                        if this.held.is_empty() {
+                            return Poll::Ready(Some(Ok(trailers)));
+                        }
+                        *this.done = true;
+                        let rest = this.held.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
+                    }
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => (Bytes::new(), true),
+            };
+            this.held.extend_from_slice(&data);
+            let hits = this.patterns.mask(this.held);
+            if hits > 0 {
+                if let Some(f) = this.on_hit.take() {
+                    f(hits);
+                }
+            }
+            let keep = if last {
+                0
+            } else {
+                this.patterns.partial_suffix(this.held)
+            };
+            let ready = this.held.len() - keep;
+            if last {
+                *this.done = true;
+            }
+            if ready > 0 {
+                return Poll::Ready(Some(Ok(Frame::data(this.held.split_to(ready).freeze()))));
+            }
+            if last {
+                return Poll::Ready(None);
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // Masking keeps lengths, so the upstream's exact size stays exact.
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    const SECRET: &str = "sk-REAL-secret-0123456789";
+
+    async fn run(chunks: Vec<&'static [u8]>) -> (Vec<u8>, usize) {
+        let stream = futures_util::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, BoxError>(Frame::data(Bytes::from_static(c)))),
+        );
+        let body = http_body_util::StreamBody::new(stream).boxed();
+        let mut p = Patterns::new();
+        p.add(SECRET.as_bytes());
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let h = hits.clone();
+        let body = scrub(
+            body,
+            p,
+            Box::new(move |n| {
+                h.store(n, std::sync::atomic::Ordering::SeqCst);
+            }),
+        );
+        let out = body.collect().await.unwrap().to_bytes().to_vec();
+        (out, hits.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    mod scrub {
+        use super::*;
+
+        #[tokio::test]
+        async fn masks_raw_split_across_chunks_keeping_length() {
+            let (out, hits) = run(vec![
+                b"{\"auth\":\"Bearer sk-REAL-se",
+                b"cret-0123456789\"}",
+            ])
+            .await;
+            let text = String::from_utf8(out).unwrap();
+            assert!(!text.contains("secret-0123"), "{text}");
+            assert!(text.contains("[REDACTED]"));
+            assert_eq!(
+                text.len(),
+                "{\"auth\":\"Bearer sk-REAL-secret-0123456789\"}".len()
+            );
+            assert_eq!(hits, 1);
+        }
+
+        #[tokio::test]
+        async fn masks_encoded_forms() {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(format!("user:{SECRET}"));
+            let hex: String = SECRET.bytes().map(|b| format!("{b:02x}")).collect();
+            let body = format!("{b64} {hex} sk-REAL-secret-0123456789");
+            let leaked: &'static str = Box::leak(body.into_boxed_str());
+            let (out, _) = run(vec![leaked.as_bytes()]).await;
+            let text = String::from_utf8(out).unwrap();
+            assert!(!text.contains(&hex) && !text.contains(SECRET), "{text}");
+            let core =
+                &base64::engine::general_purpose::STANDARD.encode(format!("user:{SECRET}"))[8..30];
+            assert!(!text.contains(core), "{text}");
+        }
+
+        #[tokio::test]
+        async fn holds_back_only_a_possible_prefix() {
+            let mut p = Patterns::new();
+            p.add(SECRET.as_bytes());
+            assert_eq!(p.partial_suffix(b"data: {}\n\n"), 0);
+            assert_eq!(p.partial_suffix(b"xx sk-RE"), 5);
+            let (out, hits) = run(vec![b"data: 1\n\n", b"data: 2\n\n"]).await;
+            assert_eq!(out, b"data: 1\n\ndata: 2\n\n");
+            assert_eq!(hits, 0);
+        }
+    }
+}
