@@ -103,7 +103,10 @@ async fn register_store_reveal_and_proxy() {
     // The echo upstream sends the injected key back: the scrubber masks it
     // and records the event (newest first).
     assert_eq!(actions, vec!["denied", "proxy", "reveal", "store"]);
-    assert!(audit[0]["detail"]["note"].as_str().unwrap().contains("echoed"));
+    assert!(audit[0]["detail"]["note"]
+        .as_str()
+        .unwrap()
+        .contains("echoed"));
     assert_eq!(audit[1]["actor"], "admin");
     assert_eq!(audit[1]["detail"]["status"], 200);
     assert!(!audit.to_string().contains("sk-ant-stored"));

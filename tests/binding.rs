@@ -2,6 +2,10 @@
 //! CONNECT authority alone decides where a request goes; anything inside the
 //! tunnel that disagrees with it is refused and nothing reaches the upstream.
 
+// Helpers here are not `#[test]` functions, so clippy.toml's
+// allow-*-in-tests does not reach them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::Duration;

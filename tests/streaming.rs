@@ -1,6 +1,10 @@
 //! Responses stream back as they arrive (SSE event by event), and large
 //! bodies flow through in both directions without being buffered.
 
+// Helpers here are not `#[test]` functions, so clippy.toml's
+// allow-*-in-tests does not reach them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::{Duration, Instant};

@@ -76,16 +76,24 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigEr
     }
 
     let mut user_connectors = Vec::new();
+    let mut positions = Vec::new();
     for (i, spec) in raw.connectors.iter().enumerate() {
         match user::build(spec) {
-            Ok(c) => user_connectors.push(c),
+            Ok(c) => {
+                user_connectors.push(c);
+                positions.push(i);
+            }
             Err((key, msg)) => errs.push(format!("connectors[{i}].{key}"), msg),
         }
     }
     let registry = match Registry::new(user_connectors) {
         Ok(r) => r,
-        Err(msg) => {
-            errs.push("connectors", msg);
+        Err(e) => {
+            let path = match e.user_index.and_then(|i| positions.get(i)) {
+                Some(i) => format!("connectors[{i}].{}", e.key),
+                None => "connectors".into(),
+            };
+            errs.push(path, e.message);
             Registry::new(Vec::new()).unwrap_or_default()
         }
     };

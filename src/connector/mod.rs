@@ -186,6 +186,15 @@ fn check_set(set: &[FieldSpec], creds: &Credentials) -> Result<(), String> {
     Ok(())
 }
 
+/// A name or host claimed twice; `user_index` is the position among the
+/// user-defined connectors given to [`Registry::new`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimError {
+    pub user_index: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
 /// Every connector, built-in and user-defined, indexed by host.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -198,31 +207,53 @@ pub struct Registry {
 impl Registry {
     /// The built-in connectors plus `user`; a host claimed twice or a reused
     /// name is an error naming both.
-    pub fn new(user: Vec<Connector>) -> Result<Registry, String> {
+    pub fn new(user: Vec<Connector>) -> Result<Registry, ClaimError> {
         let mut registry = Registry::default();
-        for connector in builtin::all().into_iter().chain(user) {
-            registry.add(connector)?;
+        for connector in builtin::all() {
+            registry
+                .add(connector)
+                .map_err(|(key, message)| ClaimError {
+                    user_index: None,
+                    key,
+                    message,
+                })?;
+        }
+        for (i, connector) in user.into_iter().enumerate() {
+            registry
+                .add(connector)
+                .map_err(|(key, message)| ClaimError {
+                    user_index: Some(i),
+                    key,
+                    message,
+                })?;
         }
         Ok(registry)
     }
 
-    fn add(&mut self, connector: Connector) -> Result<(), String> {
+    /// Errors are `(key within the connector, message)`.
+    fn add(&mut self, connector: Connector) -> Result<(), (String, String)> {
         let connector = Arc::new(connector);
         if self.by_name.contains_key(&connector.name) {
-            return Err(format!(
-                "connector name {:?} is already taken (built-in names cannot be redefined)",
-                connector.name
+            return Err((
+                "name".into(),
+                format!(
+                    "connector name {:?} is already taken (built-in names cannot be redefined)",
+                    connector.name
+                ),
             ));
         }
-        for host in &connector.hosts {
+        for (j, host) in connector.hosts.iter().enumerate() {
             let (map, key) = match host {
                 HostPattern::Exact(h) => (&mut self.exact, h.clone()),
                 HostPattern::Wildcard(s) => (&mut self.wildcard, s[1..].to_owned()),
             };
             if let Some(other) = map.get(&key) {
-                return Err(format!(
-                    "host {host} is claimed by both {:?} and {:?}",
-                    other.name, connector.name
+                return Err((
+                    format!("hosts[{j}]"),
+                    format!(
+                        "host {host} is claimed by both {:?} and {:?}",
+                        other.name, connector.name
+                    ),
                 ));
             }
             map.insert(key, connector.clone());

@@ -131,13 +131,25 @@ fn check_inner<B>(target: &Target, req: &Request<B>) -> Result<(), ProxyError> {
             "more than one Content-Length".into(),
         ));
     }
-    if let Some(upgrade) = h.get(header::UPGRADE) {
+    if let Some(upgrade) = h.get(header::UPGRADE).filter(|_| !is_websocket(req)) {
         return Err(ProxyError::BadRequest(format!(
             "protocol upgrade {:?} is not supported through clavis",
             upgrade.to_str().unwrap_or("?")
         )));
     }
     Ok(())
+}
+
+/// An HTTP/1.1 `GET` asking to upgrade to `websocket`: the only upgrade
+/// that passes (credential injected on the upgrade request).
+fn is_websocket<B>(req: &Request<B>) -> bool {
+    req.method() == Method::GET
+        && req.version() == Version::HTTP_11
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
 }
 
 fn deny(
@@ -232,9 +244,30 @@ async fn forward_logged(
         return Err(e);
     }
 
+    let websocket = parts.method == Method::GET
+        && parts.version == Version::HTTP_11
+        && parts
+            .headers
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    let client_upgrade = if websocket {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::strip_auth(&mut parts.headers, &target.connector.strip);
     headers::strip_auth(&mut parts.headers, &inject.extra_strip());
+    if websocket {
+        parts.headers.insert(
+            header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+        parts
+            .headers
+            .insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    }
     parts.headers.remove(header::HOST);
     for (name, value) in &target.connector.defaults {
         if !parts.headers.contains_key(name) {
@@ -296,10 +329,16 @@ async fn forward_logged(
                 Some(bytes) => body::full(bytes),
                 None => streaming.unwrap_or_else(body::empty),
             };
-            state
-                .upstream
-                .send(&target.host, Request::from_parts(parts, body))
-                .await
+            let request = Request::from_parts(parts, body);
+            if let Some(client_upgrade) = client_upgrade {
+                let response = state.upstream.send_upgrade(&target.host, request).await;
+                let status = response
+                    .as_ref()
+                    .map_or_else(|e| e.status().as_u16(), |r| r.status().as_u16());
+                event.set_status(status);
+                return bridge_websocket(response?, client_upgrade);
+            }
+            state.upstream.send(&target.host, request).await
         }
     };
     let status = match &response {
@@ -330,6 +369,34 @@ async fn forward_logged(
         parts,
         scrub::scrub(body::boxed(body), patterns, on_hit),
     ))
+}
+
+/// Answers the client with the upstream's `101` and joins the two upgraded
+/// streams in a task; any other answer goes back as it is.
+fn bridge_websocket(
+    mut response: Response<Incoming>,
+    client: hyper::upgrade::OnUpgrade,
+) -> Result<Response<Body>, ProxyError> {
+    if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        let (mut parts, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        return Ok(Response::from_parts(parts, body::boxed(body)));
+    }
+    let upstream = hyper::upgrade::on(&mut response);
+    tokio::spawn(async move {
+        match tokio::try_join!(client, upstream) {
+            Ok((client, upstream)) => {
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    tracing::debug!(error = %e, "websocket closed with error");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let (parts, _) = response.into_parts();
+    Ok(Response::from_parts(parts, body::empty()))
 }
 
 /// A session-authenticated exchange: bearer token from the shared login; on a

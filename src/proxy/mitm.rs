@@ -72,7 +72,7 @@ pub async fn serve(
         .initial_connection_window_size(4 * 1024 * 1024)
         .max_pending_accept_reset_streams(20)
         .keep_alive_interval(Some(std::time::Duration::from_secs(60)));
-    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     if let Err(e) = ctx.drain.watch(conn, |c| c.graceful_shutdown()).await {
         tracing::debug!(error = %e, "intercepted connection ended with error");
     }

@@ -29,6 +29,9 @@ use crate::error::ProxyError;
 pub struct Upstream {
     client: Client<Connector, Body>,
     dialer: Arc<Dialer>,
+    /// ALPN http/1.1 only: a websocket upgrade needs an HTTP/1.1 connection
+    /// of its own, never a pooled (possibly h2) one.
+    upgrade_tls: TlsConnector,
     request_timeout: Duration,
 }
 
@@ -46,6 +49,8 @@ impl Upstream {
         idle_timeout: Duration,
     ) -> Upstream {
         let dialer = Arc::new(dialer);
+        let mut h1_only = (*tls).clone();
+        h1_only.alpn_protocols = vec![b"http/1.1".to_vec()];
         let connector = Connector {
             dialer: dialer.clone(),
             tls: TlsConnector::from(tls),
@@ -61,8 +66,59 @@ impl Upstream {
         Upstream {
             client,
             dialer,
+            upgrade_tls: TlsConnector::from(Arc::new(h1_only)),
             request_timeout,
         }
+    }
+
+    /// Sends an upgrade request (websocket) on a fresh HTTP/1.1 connection
+    /// and returns the answer; on `101` the caller takes the upgraded stream
+    /// with `hyper::upgrade::on(&mut response)`.
+    pub async fn send_upgrade(
+        &self,
+        host: &str,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let after = self.request_timeout;
+        let work = async {
+            let port = req.uri().port_u16().unwrap_or(443);
+            let tcp = self
+                .dialer
+                .dial(host, port)
+                .await
+                .map_err(|e| dial_error(&e))?;
+            let name = ServerName::try_from(host.to_owned()).map_err(|_| {
+                ProxyError::UpstreamUnreachable {
+                    host: host.to_owned(),
+                    reason: "not a valid TLS server name".into(),
+                }
+            })?;
+            let tls = self.upgrade_tls.connect(name, tcp).await.map_err(|e| {
+                dial_error(&DialError::Tls {
+                    host: host.to_owned(),
+                    reason: e.to_string(),
+                })
+            })?;
+            let unreachable = |e: hyper::Error| ProxyError::UpstreamUnreachable {
+                host: host.to_owned(),
+                reason: e.to_string(),
+            };
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(unreachable)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upgraded upstream connection ended");
+                }
+            });
+            sender.send_request(req).await.map_err(unreachable)
+        };
+        tokio::time::timeout(after, work)
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout {
+                host: host.to_owned(),
+                after,
+            })?
     }
 
     pub fn dialer(&self) -> &Dialer {

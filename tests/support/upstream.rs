@@ -51,6 +51,50 @@ pub struct Upstream {
     /// A plain-HTTP echo for tunnel tests.
     pub plain_addr: Option<SocketAddr>,
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// The scripted Kalshi email + password login (see [`KalshiLogin`]).
+    pub kalshi: Arc<KalshiLogin>,
+}
+
+/// The email and password the scripted Kalshi login accepts.
+pub const KALSHI_EMAIL: &str = "trader@kalshi.test.example";
+pub const KALSHI_PASSWORD: &str = "REAL-kalshi-password-0123";
+
+/// A scripted Kalshi session server, on every host of the upstream:
+/// `POST /trade-api/v2/login` with `{"email","password"}` answers
+/// `{"member_id","token"}` (a new token each time; 401 for a wrong password),
+/// and any other `/trade-api/v2/...` request without `KALSHI-ACCESS-KEY`
+/// answers 401 unless it carries `Authorization: Bearer <the latest token>`
+/// (then it is echoed as usual).
+#[derive(Debug, Default)]
+pub struct KalshiLogin {
+    /// The JSON bodies of every login attempt, in order.
+    pub logins: Mutex<Vec<serde_json::Value>>,
+    issued: std::sync::atomic::AtomicU64,
+    valid: Mutex<Option<String>>,
+    /// Delay before the login answers (to widen races in concurrency tests).
+    pub login_delay_ms: std::sync::atomic::AtomicU64,
+}
+
+impl KalshiLogin {
+    pub fn login_count(&self) -> usize {
+        self.logins.lock().unwrap().len()
+    }
+
+    /// The token currently accepted, if any.
+    pub fn current(&self) -> Option<String> {
+        self.valid.lock().unwrap().clone()
+    }
+
+    /// The current token stops being accepted (as if the session expired
+    /// upstream); the next login issues a new one.
+    pub fn revoke(&self) {
+        *self.valid.lock().unwrap() = None;
+    }
+
+    pub fn set_login_delay(&self, ms: u64) {
+        self.login_delay_ms
+            .store(ms, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Upstream {
@@ -61,7 +105,8 @@ impl Upstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let (s, c) = (seen.clone(), connections.clone());
+        let kalshi = Arc::new(KalshiLogin::default());
+        let (s, c, k) = (seen.clone(), connections.clone(), kalshi.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -70,13 +115,16 @@ impl Upstream {
                 c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let acceptor = acceptor.clone();
                 let seen = s.clone();
+                let kalshi = k.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let svc = hyper::service::service_fn(move |req| handle(seen.clone(), req));
+                    let svc = hyper::service::service_fn(move |req| {
+                        handle_kalshi(seen.clone(), kalshi.clone(), req)
+                    });
                     let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
+                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                         .await;
                 });
             }
@@ -104,6 +152,7 @@ impl Upstream {
             seen,
             plain_addr: Some(plain_addr),
             connections,
+            kalshi,
         }
     }
 
@@ -175,6 +224,26 @@ async fn handle(
     let bytes_n = query_param(&req, "n").unwrap_or(0);
 
     match path.as_str() {
+        "/ws" => {
+            // A raw echo after 101: enough to prove the bridge, no frame parsing.
+            seen.lock().unwrap().push(record);
+            let mut req = req;
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = on_upgrade.await {
+                    let mut io = TokioIo::new(upgraded);
+                    let (mut r, mut w) = tokio::io::split(&mut io);
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+            return Ok(Response::builder()
+                .status(101)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+                .body(full(""))
+                .unwrap());
+        }
         "/sse" => {
             seen.lock().unwrap().push(record);
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
@@ -243,6 +312,25 @@ async fn handle(
         }
     }
     record.body_len = len;
+    // `/digest/...`: what arrived, with header values as SHA-256 digests, so a
+    // test can check the exact credential without the answer echoing it.
+    if path.starts_with("/digest") {
+        use sha2::Digest;
+        let digests: Vec<(String, String)> = record
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let d = sha2::Sha256::digest(v.as_bytes());
+                (k.clone(), d.iter().map(|b| format!("{b:02x}")).collect())
+            })
+            .collect();
+        let json = serde_json::json!({"path": record.path, "header_sha256": digests});
+        seen.lock().unwrap().push(record);
+        return Ok(Response::builder()
+            .header("content-type", "application/json")
+            .body(full(json.to_string()))
+            .unwrap());
+    }
     let json = serde_json::json!({
         "method": record.method,
         "path": record.path,
@@ -262,6 +350,97 @@ async fn handle(
         .header("content-type", "application/json")
         .body(full(json.to_string()))
         .unwrap())
+}
+
+/// The Kalshi session routes of [`KalshiLogin`], in front of [`handle`].
+async fn handle_kalshi(
+    seen: Arc<Mutex<Vec<Seen>>>,
+    kalshi: Arc<KalshiLogin>,
+    req: Request<Incoming>,
+) -> Result<Response<BoxBody>, std::convert::Infallible> {
+    use std::sync::atomic::Ordering;
+    let path = req.uri().path().to_owned();
+    if !path.starts_with("/trade-api/v2/") || req.headers().contains_key("kalshi-access-key") {
+        return handle(seen, req).await;
+    }
+    let record = Seen {
+        host: req
+            .headers()
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_default(),
+        method: req.method().to_string(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        version: format!("{:?}", req.version()),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body_len: 0,
+    };
+    let json = |status: u16, value: serde_json::Value| {
+        Ok(Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(full(value.to_string()))
+            .unwrap())
+    };
+    if path == "/trade-api/v2/login" {
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let mut record = record;
+        record.body_len = body.len();
+        seen.lock().unwrap().push(record);
+        let parsed: serde_json::Value =
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        kalshi.logins.lock().unwrap().push(parsed.clone());
+        let delay = kalshi.login_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if parsed["email"] != KALSHI_EMAIL || parsed["password"] != KALSHI_PASSWORD {
+            return json(
+                401,
+                serde_json::json!({"error": {"code": "invalid_credentials", "message": "bad email or password"}}),
+            );
+        }
+        let n = kalshi.issued.fetch_add(1, Ordering::SeqCst) + 1;
+        let token = format!("kalshi-session-{n}");
+        *kalshi.valid.lock().unwrap() = Some(token.clone());
+        return json(
+            200,
+            serde_json::json!({"member_id": "member-0001", "token": token}),
+        );
+    }
+    let expected = kalshi.current().map(|t| format!("Bearer {t}"));
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    if expected.is_none() || given != expected.as_deref() {
+        seen.lock().unwrap().push(record);
+        return json(
+            401,
+            serde_json::json!({"error": {"code": "authentication_error", "message": "session expired"}}),
+        );
+    }
+    handle(seen, req).await
 }
 
 fn tokio_stream_from(
