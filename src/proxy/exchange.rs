@@ -224,7 +224,7 @@ async fn forward_logged(
     target: &Target,
     choice: Choice<'_>,
     req: Request<Body>,
-    log: &mut ExchangeLog,
+    log: &mut ExchangeLog<'_>,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let service = match choose_service(state, caller, target, choice, &parts.headers) {
@@ -234,7 +234,7 @@ async fn forward_logged(
             return Err(e);
         }
     };
-    log.service = Some(service.name.clone());
+    log.service = Some(service.clone());
     let inject = &target.connector.inject;
     if matches!(inject, Inject::Kalshi) && parts.uri.path() == session::KALSHI_LOGIN_PATH {
         let e = ProxyError::Forbidden(
@@ -534,23 +534,23 @@ fn upstream_uri(target: &Target, uri: &Uri) -> Result<Uri, ProxyError> {
 
 /// The one info line per exchange, written when the exchange ends however it
 /// ends (answered, failed, or cancelled by the agent going away).
-struct ExchangeLog {
-    agent: String,
-    host: String,
-    method: String,
+struct ExchangeLog<'a> {
+    caller: &'a Caller,
+    target: &'a Target,
+    method: Method,
     path: String,
-    service: Option<String>,
+    service: Option<Arc<Service>>,
     status: Option<u16>,
     error: Option<String>,
     started: Instant,
 }
 
-impl ExchangeLog {
-    fn new(caller: &Caller, target: &Target, method: &Method, path: &str) -> ExchangeLog {
+impl<'a> ExchangeLog<'a> {
+    fn new(caller: &'a Caller, target: &'a Target, method: &Method, path: &str) -> ExchangeLog<'a> {
         ExchangeLog {
-            agent: caller.actor.to_string(),
-            host: target.host.clone(),
-            method: method.to_string(),
+            caller,
+            target,
+            method: method.clone(),
             path: path.to_owned(),
             service: None,
             status: None,
@@ -560,17 +560,17 @@ impl ExchangeLog {
     }
 }
 
-impl Drop for ExchangeLog {
+impl Drop for ExchangeLog<'_> {
     fn drop(&mut self) {
-        if self.service.is_none() {
+        let Some(service) = &self.service else {
             return; // denied before a service was chosen: logged by `deny`
-        }
+        };
         let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         match self.status {
             Some(status) => tracing::info!(
-                agent = %self.agent,
-                service = self.service.as_deref().unwrap_or(""),
-                host = %self.host,
+                agent = %self.caller.actor,
+                service = %service.name,
+                host = %self.target.host,
                 method = %self.method,
                 path = %self.path,
                 status,
@@ -579,9 +579,9 @@ impl Drop for ExchangeLog {
                 "exchange"
             ),
             None => tracing::info!(
-                agent = %self.agent,
-                service = self.service.as_deref().unwrap_or(""),
-                host = %self.host,
+                agent = %self.caller.actor,
+                service = %service.name,
+                host = %self.target.host,
                 method = %self.method,
                 path = %self.path,
                 latency_ms,

@@ -46,6 +46,10 @@ pub fn split_host_port(text: &str) -> Option<(String, Option<u16>)> {
 /// Does an inner `Host` / `:authority` / absolute-URI authority name the
 /// tunnel's destination? The port may be omitted when it is the scheme default.
 pub fn authority_matches(host: &str, port: u16, value: &str) -> bool {
+    // Fast path for the common exact form; `host` is already normalized.
+    if port == 443 && value.len() == host.len() && value.eq_ignore_ascii_case(host) {
+        return true;
+    }
     match split_host_port(value) {
         Some((h, p)) => h == host && p.unwrap_or(443) == port,
         None => false,

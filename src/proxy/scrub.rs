@@ -16,6 +16,15 @@ use zeroize::Zeroizing;
 use crate::body::{Body, BoxError};
 use crate::store::Credentials;
 
+fn hex(bytes: &[u8], digits: &[u8; 16]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(digits[(b >> 4) as usize]);
+        out.push(digits[(b & 15) as usize]);
+    }
+    out
+}
+
 /// Shorter values (flags, digits, regions) would mask innocent text.
 const MIN_SECRET: usize = 10;
 const MASK: &[u8] = b"[REDACTED]";
@@ -55,37 +64,40 @@ impl Patterns {
         if secret.len() < MIN_SECRET {
             return;
         }
-        let mut forms: Vec<Vec<u8>> = vec![secret.to_vec()];
-        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-        forms.push(hex.to_uppercase().into_bytes());
-        forms.push(hex.into_bytes());
+        self.push(secret.to_vec());
+        self.push(hex(secret, b"0123456789abcdef"));
+        self.push(hex(secret, b"0123456789ABCDEF"));
         let pct = crate::connector::inject::percent_encode(&String::from_utf8_lossy(secret));
-        forms.push(pct.into_bytes());
+        self.push(pct.into_bytes());
         // Base64 at each of the three alignments it can have inside a longer
         // encoded value (e.g. `Basic base64(user:secret)`): only the
         // characters fully determined by the secret.
-        for engine in [
-            &base64::engine::general_purpose::STANDARD,
-            &base64::engine::general_purpose::URL_SAFE,
-        ] {
-            for k in 0..3usize {
-                let mut padded = vec![0u8; k];
-                padded.extend_from_slice(secret);
-                let enc = engine.encode(&padded).into_bytes();
-                let start = (8 * k).div_ceil(6);
-                let end = (8 * (k + secret.len())) / 6;
+        let mut padded = Zeroizing::new(Vec::with_capacity(secret.len() + 2));
+        for k in 0..3usize {
+            padded.clear();
+            padded.resize(k, 0);
+            padded.extend_from_slice(secret);
+            let start = (8 * k).div_ceil(6);
+            let end = (8 * (k + secret.len())) / 6;
+            for engine in [
+                &base64::engine::general_purpose::STANDARD,
+                &base64::engine::general_purpose::URL_SAFE,
+            ] {
+                let mut enc = engine.encode(padded.as_slice()).into_bytes();
                 if end > start && end <= enc.len() {
-                    forms.push(enc[start..end].to_vec());
+                    enc.truncate(end);
+                    enc.drain(..start);
+                    self.push(enc);
                 }
             }
         }
-        for form in forms {
-            if form.len() >= MIN_SECRET
-                && !self.list.iter().any(|p| p.as_slice() == form.as_slice())
-            {
-                self.longest = self.longest.max(form.len());
-                self.list.push(Zeroizing::new(form));
-            }
+    }
+
+    fn push(&mut self, form: Vec<u8>) {
+        let form = Zeroizing::new(form);
+        if form.len() >= MIN_SECRET && !self.list.iter().any(|p| p.as_slice() == form.as_slice()) {
+            self.longest = self.longest.max(form.len());
+            self.list.push(form);
         }
     }
 
@@ -113,11 +125,15 @@ impl Patterns {
 
     /// The length of the longest suffix of `data` that could begin a match.
     fn partial_suffix(&self, data: &[u8]) -> usize {
+        let Some(&last) = data.last() else {
+            return 0;
+        };
         let mut keep = 0;
         for p in &self.list {
             let max = (p.len() - 1).min(data.len());
             for k in (keep + 1..=max).rev() {
-                if data[data.len() - k..] == p[..k] {
+                // Cheap filter first: the candidate prefix must end with `last`.
+                if p[k - 1] == last && data[data.len() - k..] == p[..k] {
                     keep = k;
                     break;
                 }
