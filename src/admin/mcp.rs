@@ -60,6 +60,24 @@ fn schema(v: Value) -> Arc<JsonObject> {
     }
 }
 
+/// `{"<key>": [entry…]}`: the shape of list_services and search_entries.
+fn entry_list(key: &str) -> Arc<JsonObject> {
+    schema(json!({
+        "type": "object",
+        "properties": {key: {"type": "array", "items": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string"}, "name": {"type": "string"}, "connector": {"type": "string"},
+                "hosts": {"type": "array", "items": {"type": "string"}}, "notes": {"type": "string"},
+                "url": {"type": ["string", "null"]}, "username": {"type": ["string", "null"]},
+                "fields": {"type": "object"}, "has_credentials": {"type": "boolean"}
+            },
+            "required": ["id", "name", "connector", "hosts"]
+        }}},
+        "required": [key]
+    }))
+}
+
 fn service_arg() -> Value {
     json!({"type": "string", "description": "service name or id"})
 }
@@ -71,17 +89,24 @@ fn tools(who: &Principal) -> Vec<Tool> {
             "list_services",
             "List the services (API credentials held by clavis) this agent may use. Never returns secrets.",
             schema(json!({"type": "object", "properties": {}, "additionalProperties": false})),
-        ),
+        )
+        .with_raw_output_schema(entry_list("services")),
         Tool::new(
             "search_entries",
             "Search entries by name, connector, host, notes or field names (case-insensitive).",
             schema(json!({"type": "object", "properties": {"query": {"type": "string", "maxLength": 256}}, "required": ["query"], "additionalProperties": false})),
-        ),
+        )
+        .with_raw_output_schema(entry_list("entries")),
         Tool::new(
             "get_totp",
             "Current one-time code (RFC 6238) of a service whose credentials hold a TOTP secret.",
             schema(json!({"type": "object", "properties": {"service": service_arg()}, "required": ["service"], "additionalProperties": false})),
-        ),
+        )
+        .with_raw_output_schema(schema(json!({
+            "type": "object",
+            "properties": {"code": {"type": "string"}, "period": {"type": "integer"}, "expires_in": {"type": "integer"}},
+            "required": ["code", "period", "expires_in"]
+        }))),
         Tool::new(
             "proxy_request",
             "Call the service's API with the real credential injected by clavis. The agent never sees the credential.",
@@ -108,7 +133,12 @@ fn tools(who: &Principal) -> Vec<Tool> {
             "generate_password",
             "A random password from the OS CSPRNG (8-128 characters, every character class present).",
             schema(json!({"type": "object", "properties": {"length": {"type": "integer", "minimum": 8, "maximum": 128}, "symbols": {"type": "boolean"}}, "additionalProperties": false})),
-        ),
+        )
+        .with_raw_output_schema(schema(json!({
+            "type": "object",
+            "properties": {"password": {"type": "string"}, "length": {"type": "integer"}},
+            "required": ["password", "length"]
+        }))),
     ];
     let reveal = match who {
         Principal::Admin => true,
@@ -119,7 +149,12 @@ fn tools(who: &Principal) -> Vec<Tool> {
             "get_token",
             "Read a service's raw secret. Only for agents allowed to reveal; every call is audited.",
             schema(json!({"type": "object", "properties": {"service": service_arg()}, "required": ["service"], "additionalProperties": false})),
-        ));
+        )
+        .with_raw_output_schema(schema(json!({
+            "type": "object",
+            "properties": {"access_token": {"type": "string"}, "token_type": {"type": "string"}, "expires_at": {}},
+            "required": ["access_token", "token_type"]
+        }))));
     }
     tools
 }

@@ -9,6 +9,8 @@ use crate::store::Credentials;
 enum Part {
     Lit(String),
     Field(String),
+    /// `base64(username:password)`, for HTTP Basic auth.
+    Basic(Box<Template>, Box<Template>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,25 +87,52 @@ impl Template {
         Template { parts }
     }
 
+    /// `Basic base64(<user>:<pass>)` from two templates.
+    pub fn basic(user: &Template, pass: &Template) -> Template {
+        Template {
+            parts: vec![
+                Part::Lit("Basic ".into()),
+                Part::Basic(Box::new(user.clone()), Box::new(pass.clone())),
+            ],
+        }
+    }
+
     /// The credential fields this template reads.
-    pub fn fields(&self) -> impl Iterator<Item = &str> {
-        self.parts.iter().filter_map(|p| match p {
-            Part::Field(f) => Some(f.as_str()),
-            Part::Lit(_) => None,
-        })
+    pub fn fields(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        Box::new(
+            self.parts
+                .iter()
+                .flat_map(|p| -> Box<dyn Iterator<Item = &str> + '_> {
+                    match p {
+                        Part::Field(f) => Box::new(std::iter::once(f.as_str())),
+                        Part::Lit(_) => Box::new(std::iter::empty()),
+                        Part::Basic(u, w) => Box::new(u.fields().chain(w.fields())),
+                    }
+                }),
+        )
     }
 
     /// Renders with `lookup` supplying each placeholder; `None` names the
     /// missing field.
     pub fn render_with<'a>(
         &'a self,
-        lookup: impl Fn(&str) -> Option<&'a str>,
+        lookup: impl Fn(&str) -> Option<&'a str> + Copy,
     ) -> Result<Zeroizing<String>, &'a str> {
         let mut out = Zeroizing::new(String::with_capacity(64));
         for part in &self.parts {
             match part {
                 Part::Lit(s) => out.push_str(s),
                 Part::Field(f) => out.push_str(lookup(f).ok_or(f.as_str())?),
+                Part::Basic(user, pass) => {
+                    use base64::Engine;
+                    let mut pair = user.render_with(lookup)?;
+                    pair.push(':');
+                    pair.push_str(&pass.render_with(lookup)?);
+                    let encoded = Zeroizing::new(
+                        base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()),
+                    );
+                    out.push_str(&encoded);
+                }
             }
         }
         Ok(out)
@@ -138,6 +167,21 @@ mod tests {
                 e.to_string(),
                 "unknown placeholder {api_kye}; known: api_key"
             );
+        }
+
+        #[test]
+        fn basic_encodes_user_and_password() {
+            let u = Template::parse("{id}", &["id", "secret"]).unwrap();
+            let p = Template::parse("{secret}", &["id", "secret"]).unwrap();
+            let t = Template::basic(&u, &p);
+            let out = t
+                .render_with(|f| match f {
+                    "id" => Some("Aladdin"),
+                    _ => Some("open sesame"),
+                })
+                .unwrap();
+            assert_eq!(out.as_str(), "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+            assert_eq!(t.fields().collect::<Vec<_>>(), vec!["id", "secret"]);
         }
 
         #[test]

@@ -33,6 +33,16 @@ pub struct InjectSpec {
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub query: BTreeMap<String, String>,
+    /// `Authorization: Basic base64(username:password)`.
+    #[serde(default)]
+    pub basic: Option<BasicSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicSpec {
+    pub username: String,
+    pub password: String,
 }
 
 /// Converts one `connectors[i]` entry; errors are `(key suffix, message)`.
@@ -106,8 +116,11 @@ pub fn build(spec: &UserConnector) -> Result<Connector, (String, String)> {
 }
 
 fn build_inject(spec: &InjectSpec, known: &[&str]) -> Result<Inject, (String, String)> {
-    if spec.headers.is_empty() && spec.query.is_empty() {
-        return Err(("inject".into(), "inject needs headers or query".into()));
+    if spec.headers.is_empty() && spec.query.is_empty() && spec.basic.is_none() {
+        return Err((
+            "inject".into(),
+            "inject needs headers, query or basic".into(),
+        ));
     }
     let mut headers = Vec::new();
     for (name, text) in &spec.headers {
@@ -121,6 +134,24 @@ fn build_inject(spec: &InjectSpec, known: &[&str]) -> Result<Inject, (String, St
         let key = format!("inject.query.{name}");
         let template = Template::parse(text, known).map_err(|e| (key, e.to_string()))?;
         query.push((name.clone(), template));
+    }
+    if let Some(b) = &spec.basic {
+        {
+            let user = Template::parse(&b.username, known)
+                .map_err(|e| ("inject.basic.username".to_owned(), e.to_string()))?;
+            let pass = Template::parse(&b.password, known)
+                .map_err(|e| ("inject.basic.password".to_owned(), e.to_string()))?;
+            if headers
+                .iter()
+                .any(|(n, _)| n == http::header::AUTHORIZATION)
+            {
+                return Err((
+                    "inject.basic".into(),
+                    "basic sets Authorization; do not set it in inject.headers too".into(),
+                ));
+            }
+            headers.push((http::header::AUTHORIZATION, Template::basic(&user, &pass)));
+        }
     }
     Ok(Inject::Headers { headers, query })
 }
@@ -156,6 +187,38 @@ mod tests {
             let c = build(&spec()).unwrap();
             assert_eq!(c.hosts.len(), 2);
             assert!(c.strip.contains(&HeaderName::from_static("x-api-key")));
+        }
+
+        #[test]
+        fn basic_auth_is_injected_and_stripped() {
+            let mut s = spec();
+            s.fields = vec!["client_id".into(), "client_secret".into()];
+            s.inject = Some(InjectSpec {
+                basic: Some(BasicSpec {
+                    username: "{client_id}".into(),
+                    password: "{client_secret}".into(),
+                }),
+                ..Default::default()
+            });
+            let c = build(&s).unwrap();
+            assert!(c.strip.contains(&http::header::AUTHORIZATION));
+            let mut parts = http::Request::builder()
+                .uri("https://api.internal.example/")
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0;
+            let creds = crate::store::Credentials::from_pairs([
+                ("client_id", "Aladdin"),
+                ("client_secret", "open sesame"),
+            ]);
+            c.inject
+                .apply(&mut parts, "api.internal.example", &creds, b"")
+                .unwrap();
+            assert_eq!(
+                parts.headers["authorization"],
+                "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+            );
         }
 
         #[test]
