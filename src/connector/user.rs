@@ -173,6 +173,7 @@ mod tests {
             inject: Some(InjectSpec {
                 headers: [("X-Api-Key".to_string(), "{api_key}".to_string())].into(),
                 query: Default::default(),
+                basic: None,
             }),
             fields: vec!["api_key".into()],
             ..Default::default()

@@ -61,8 +61,17 @@ pub async fn tunneled(
     caller: Arc<Caller>,
     target: Arc<Target>,
     req: Request<Incoming>,
+    ambiguous_framing: bool,
 ) -> Result<Response<Body>, std::convert::Infallible> {
-    let outcome = match check_inner(&target, &req) {
+    let checked = if ambiguous_framing {
+        Err(ProxyError::BadRequest(
+            "ambiguous framing (Transfer-Encoding with Content-Length, or differing Content-Length values) is refused"
+                .into(),
+        ))
+    } else {
+        check_inner(&target, &req)
+    };
+    let outcome = match checked {
         Ok(()) => {
             forward(
                 &state,

@@ -12,7 +12,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::exchange::{self, Caller, Target};
-use super::{headers, Ctx};
+use super::{framing, headers, Ctx};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub async fn serve(
     ctx: Ctx,
@@ -53,8 +54,21 @@ pub async fn serve(
     };
 
     let state = ctx.state.clone();
+    let h1 = tls.get_ref().1.alpn_protocol() != Some(b"h2");
+    let verdicts = Arc::new(framing::Verdicts::default());
+    let io = framing::Guard::new(tls, verdicts.clone(), h1);
+    // HTTP/1 requests are served in order, so the n-th call is the n-th head.
+    let served = AtomicU64::new(0);
     let service = service_fn(move |req| {
-        exchange::tunneled(state.clone(), caller.clone(), target.clone(), req)
+        let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+        let ambiguous = h1 && verdicts.is_ambiguous(n);
+        exchange::tunneled(
+            state.clone(),
+            caller.clone(),
+            target.clone(),
+            req,
+            ambiguous,
+        )
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -72,7 +86,7 @@ pub async fn serve(
         .initial_connection_window_size(4 * 1024 * 1024)
         .max_pending_accept_reset_streams(20)
         .keep_alive_interval(Some(std::time::Duration::from_secs(60)));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(e) = ctx.drain.watch(conn, |c| c.graceful_shutdown()).await {
         tracing::debug!(error = %e, "intercepted connection ended with error");
     }

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod connect;
 pub mod exchange;
+pub mod framing;
 pub mod headers;
 pub mod mitm;
 pub mod plain;
