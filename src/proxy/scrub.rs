@@ -106,18 +106,26 @@ impl Patterns {
     }
 
     /// Masks every complete match in place; returns how many were masked.
+    /// Candidates come from a SIMD scan for each pattern's first byte, so a
+    /// small frame costs no searcher set-up.
     fn mask(&self, data: &mut [u8]) -> usize {
         let mut hits = 0;
         for p in &self.list {
-            let finder = memchr::memmem::Finder::new(p.as_slice());
             let mut at = 0;
-            while let Some(i) = finder.find(&data[at..]) {
+            while let Some(i) = memchr::memchr(p[0], &data[at..]) {
                 let start = at + i;
-                for (j, b) in data[start..start + p.len()].iter_mut().enumerate() {
-                    *b = MASK.get(j).copied().unwrap_or(b'*');
+                if data.len() - start < p.len() {
+                    break;
                 }
-                hits += 1;
-                at = start + p.len();
+                if data[start..start + p.len()] == p[..] {
+                    for (j, b) in data[start..start + p.len()].iter_mut().enumerate() {
+                        *b = MASK.get(j).copied().unwrap_or(b'*');
+                    }
+                    hits += 1;
+                    at = start + p.len();
+                } else {
+                    at = start + 1;
+                }
             }
         }
         hits
