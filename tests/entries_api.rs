@@ -8,8 +8,6 @@
 
 mod support;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde_json::{json, Value};
 use support::*;
 
@@ -27,24 +25,6 @@ const BETA_SENSITIVE: &str = "pin-nebula-sensitive-4711";
 const ALPHA_SEED: &[u8] = b"12345678901234567890";
 /// RFC 6238's SHA-256 seed, given to bob's service as an otpauth:// URI.
 const BETA_SEED: &[u8] = b"12345678901234567890123456789012";
-
-fn base32(bytes: &[u8]) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut out = String::new();
-    let (mut buf, mut bits) = (0u64, 0);
-    for b in bytes {
-        buf = (buf << 8) | u64::from(*b);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(A[((buf >> bits) & 31) as usize] as char);
-        }
-    }
-    if bits > 0 {
-        out.push(A[((buf << (5 - bits)) & 31) as usize] as char);
-    }
-    out
-}
 
 /// Every string that must never appear in an answer.
 fn secrets() -> Vec<String> {
@@ -366,13 +346,6 @@ fn rfc6238(seed: &[u8], alg: ring::hmac::Algorithm, digits: u32, period: u64, un
         u64::from(bin) % 10u64.pow(digits),
         width = digits as usize
     )
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 /// Fetches the TOTP answer and checks it against the reference for the time

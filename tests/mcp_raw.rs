@@ -10,8 +10,6 @@
 
 mod support;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde_json::{json, Value};
 use support::*;
 
@@ -35,24 +33,6 @@ const BASE_TOOLS: &[&str] = &[
     "proxy_request",
     "generate_password",
 ];
-
-fn base32(bytes: &[u8]) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut out = String::new();
-    let (mut buf, mut bits) = (0u64, 0);
-    for b in bytes {
-        buf = (buf << 8) | u64::from(*b);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(A[((buf >> bits) & 31) as usize] as char);
-        }
-    }
-    if bits > 0 {
-        out.push(A[((buf << (5 - bits)) & 31) as usize] as char);
-    }
-    out
-}
 
 fn yaml() -> String {
     let totp = base32(SEED);
@@ -332,13 +312,6 @@ fn totp_candidates(unix: &[u64]) -> Vec<String> {
             format!("{:06}", bin % 1_000_000)
         })
         .collect()
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 fn no_secret(v: &Value) {

@@ -7,6 +7,8 @@
 // allow-*-in-tests does not reach them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -19,14 +21,6 @@ const ADMIN: &str = "admin-token-persist-0123456789";
 const KEY_A: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0";
 const KEY_B: &str = "a0b1c2d3e4f5061728394a5b6c7d8e9ffedcba98765432100123456789abcdef";
 const CONFIG_KEY: &str = "sk-config-defined-0123456789";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -54,8 +48,8 @@ impl Setup {
         std::fs::write(dir.path().join("key-b"), KEY_B).unwrap();
         Setup {
             dir,
-            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            proxy: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            admin: SocketAddr::from(([127, 0, 0, 1], support::free_port())),
+            proxy: SocketAddr::from(([127, 0, 0, 1], support::free_port())),
             config_service,
         }
     }

@@ -120,14 +120,6 @@ fn leak_detector_finds_every_form() {
     assert!(leaks(b"nothing to see").is_empty());
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Proc {
     child: Child,
     dir: tempfile::TempDir,

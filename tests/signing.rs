@@ -13,12 +13,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use ring::signature::{
     UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, ED25519, RSA_PSS_2048_8192_SHA256,
 };
 use serde_json::Value;
-use sha2::Sha256;
 use support::*;
 
 const KALSHI_HOST: &str = "external-api.kalshi.com";
@@ -116,28 +114,11 @@ fn ec_public_point(dir: &Path, pem: &str) -> Vec<u8> {
     point
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-}
-
-fn hmac_hex(secret: &str, message: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(message.as_bytes());
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// No header the agent sent (all marked with `AGENT`) reached the upstream.
@@ -379,7 +360,7 @@ fn check_jwt(seen: &Seen, alg: &str, uri: &str, verify: impl Fn(&[u8], &[u8]) ->
     assert_eq!(claims["iss"], "cdp");
     assert_eq!(claims["uri"], uri);
     let nbf = claims["nbf"].as_u64().expect("nbf");
-    assert!(nbf.abs_diff(now_secs()) <= 30, "nbf {nbf} is not now");
+    assert!(nbf.abs_diff(unix_now()) <= 30, "nbf {nbf} is not now");
     assert_eq!(claims["exp"].as_u64(), Some(nbf + 120));
     let signature = URL_SAFE_NO_PAD.decode(parts[2]).expect("signature");
     let signed = format!("{}.{}", parts[0], parts[1]);
@@ -480,7 +461,7 @@ async fn coinbase_legacy_hmac_matches_an_independent_hmac() {
     let ts = seen.all("cb-access-timestamp");
     assert_eq!(ts.len(), 1);
     let secs: u64 = ts[0].parse().expect("integer seconds");
-    assert!(secs.abs_diff(now_secs()) <= 30);
+    assert!(secs.abs_diff(unix_now()) <= 30);
     let expected = hmac_hex(
         CB_HMAC_SECRET,
         &format!("{}POST/api/v3/brokerage/orders{body}", ts[0]),

@@ -10,9 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hmac::{Hmac, Mac};
 use serde_json::Value;
-use sha2::Sha256;
 use support::*;
 
 const REAL_HDR: &str = "REAL-header-key-0123";
@@ -142,16 +140,6 @@ async fn query_connector_replaces_the_agents_key() {
     )
     .await;
     assert_eq!(up.last().path, "/v1/list?key=REAL-query%20key%26%3D0123");
-}
-
-fn hmac_hex(secret: &str, message: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(message.as_bytes());
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[tokio::test]

@@ -14,7 +14,6 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
 VENV="$HERE/.venv"
 PY="$VENV/bin/python"
 
@@ -36,130 +35,15 @@ unset OPENAI_API_KEY OPENAI_BASE_URL OPENAI_ORG_ID OPENAI_PROJECT_ID ANTHROPIC_A
       HTTPS_PROXY https_proxy HTTP_PROXY http_proxy NO_PROXY no_proxy SSL_CERT_FILE REQUESTS_CA_BUNDLE \
       NODE_EXTRA_CA_CERTS NODE_OPTIONS 2>/dev/null || true
 
-PASSED=0
-FAILED=0
-SKIPPED=0
-FAILED_STEPS=()
-SUMMARY_DONE=0
-PIDS=()
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/clavis-e2e.XXXXXX")
-
-log() { printf '== %s\n' "$*"; }
-
-pass() { PASSED=$((PASSED + 1)); printf 'PASS  %s\n' "$1"; }
-fail() { FAILED=$((FAILED + 1)); FAILED_STEPS+=("$1"); printf 'FAIL  %s\n' "$1"; }
-
-indent() { sed 's/^/      /'; }
-
-# step NAME CMD...: runs CMD (90 s cap), PASS on exit 0. Output shown on failure
-# (and always with E2E_VERBOSE=1).
-step() {
-    local name=$1 out rc=0
-    shift
-    if [[ -n "${E2E_SKIP:-}" && $name =~ $E2E_SKIP ]]; then
-        SKIPPED=$((SKIPPED + 1))
-        printf 'SKIP  %s\n' "$name"
-        return 0
-    fi
-    if declare -F "$1" >/dev/null; then
-        out=$("$@" 2>&1) || rc=$? # shell functions bound their own commands' time
-    else
-        out=$(timeout -k 5 90 "$@" 2>&1) || rc=$?
-    fi
-    if ((rc == 0)); then
-        pass "$name"
-        if [[ -n "${E2E_VERBOSE:-}" && -n "$out" ]]; then indent <<<"$out"; fi
-    else
-        fail "$name"
-        { [[ -n "$out" ]] && tail -n 40 <<<"$out"; ((rc == 124)) && echo "(timed out)"; echo "(exit $rc)"; } | indent
-    fi
-    return 0
-}
-
-summary() {
-    SUMMARY_DONE=1
-    echo
-    if ((FAILED > 0)); then
-        echo "failed steps:"
-        printf '  - %s\n' "${FAILED_STEPS[@]}"
-    fi
-    if ((SKIPPED > 0)); then
-        echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"
-    else
-        echo "$PASSED passed, $FAILED failed"
-    fi
-}
-
-cleanup() {
-    local rc=$?
-    set +e
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null
-    done
-    if ((SUMMARY_DONE == 0)); then
-        # Aborted before the end (a setup command failed under set -e).
-        fail "script aborted (exit $rc) before all steps ran"
-        summary
-        rc=1
-    fi
-    if ((FAILED > 0)) || [[ -n "${E2E_KEEP_TMP:-}" ]]; then
-        echo "artifacts kept in $TMP (clavis.log, upstream-record.jsonl, clavis.yaml)"
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Stops here (summary printed by the EXIT trap) when setup cannot go on.
-abort() {
-    fail "$1"
-    shift
-    if (($# > 0)); then printf '%s\n' "$@" | indent; fi
-    summary
-    exit 1
-}
-
-free_ports() { # prints N distinct free loopback ports
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
+e2e_init clavis-e2e "clavis.log, upstream-record.jsonl, clavis.yaml"
 
 # ---------------------------------------------------------------- 1. build
-if [[ -n "${CLAVIS_BIN:-}" ]]; then
-    log "using CLAVIS_BIN=$CLAVIS_BIN"
-else
-    log "cargo build --release"
-    if ! (cd "$ROOT" && cargo build --release 2>&1 | tail -n 30); then
-        abort "build clavis (cargo build --release)"
-    fi
-    CLAVIS_BIN="$ROOT/target/release/clavis"
-fi
-[[ -x "$CLAVIS_BIN" ]] || abort "clavis binary at $CLAVIS_BIN" "not found or not executable"
-pass "clavis binary available ($CLAVIS_BIN)"
+clavis_binary --release
 
 # ---------------------------------------------------------------- 2. clients
-log "python venv $VENV"
-REQ_HASH=$(sha256sum "$HERE/requirements.txt" | cut -d' ' -f1)
-if [[ ! -x "$PY" || "$(cat "$VENV/.e2e-requirements" 2>/dev/null)" != "$REQ_HASH" ]]; then
-    if [[ ! -x "$PY" ]]; then
-        python3 -m venv "$VENV" 2>/dev/null ||
-            { python3 -m pip install -q virtualenv && python3 -m virtualenv -q "$VENV"; } ||
-            abort "create the virtualenv $VENV"
-    fi
-    "$PY" -m pip install -q --disable-pip-version-check -r "$HERE/requirements.txt" ||
-        abort "pip install -r tests/e2e/requirements.txt"
-    echo "$REQ_HASH" >"$VENV/.e2e-requirements"
-fi
+python_venv .e2e-requirements "$(sha256sum "$HERE/requirements.txt" | cut -d' ' -f1)" -r "$HERE/requirements.txt"
 
 log "node client dependencies"
 NODE_OK=1
@@ -170,37 +54,17 @@ elif [[ ! -f "$HERE/node_modules/undici/package.json" ]]; then
 fi
 
 # ---------------------------------------------------------------- 3. certificates
-log "test CA and upstream certificate in $TMP"
-"$PY" "$HERE/gen_certs.py" "$TMP" "${HOSTS[@]}" || abort "generate the test CA and upstream certificate"
+gen_certs "${HOSTS[@]}"
 
 # ---------------------------------------------------------------- 4. fake upstream
-log "fake upstream"
-RECORD="$TMP/upstream-record.jsonl"
-"$PY" "$HERE/fake_upstream.py" --cert "$TMP/upstream.pem" --key "$TMP/upstream.key" \
-    --record "$RECORD" --ready-file "$TMP/upstream-ports.json" >"$TMP/upstream.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do [[ -f "$TMP/upstream-ports.json" ]] && break; sleep 0.1; done
-[[ -f "$TMP/upstream-ports.json" ]] || abort "start the fake upstream" "$(tail -n 20 "$TMP/upstream.log")"
-read -r UP_TLS UP_PLAIN < <("$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["tls_port"], d["plain_port"])' "$TMP/upstream-ports.json")
+start_fake_upstream
 
 # ---------------------------------------------------------------- 5. clavis
-read -r PROXY_PORT ADMIN_PORT < <(free_ports 2)
-CA_DIR="$TMP/ca"
-BUNDLE="$CA_DIR/clavis-ca-bundle.pem"
-CA_CERT="$CA_DIR/clavis-ca.pem"
-CONFIG="$TMP/clavis.yaml"
-CLAVIS_LOG="$TMP/clavis.log"
+clavis_paths
+TLS_HOSTS=()
+for h in "${HOSTS[@]}"; do [[ $h == plain.test.example ]] || TLS_HOSTS+=("$h"); done
 {
-    echo "proxy: { listen: \"127.0.0.1:$PROXY_PORT\" }"
-    echo "admin: { listen: \"127.0.0.1:$ADMIN_PORT\" }"
-    echo "ca: { cert: \"$CA_CERT\", key: \"$CA_DIR/clavis-ca.key\", bundle: \"$BUNDLE\" }"
-    echo "upstream:"
-    echo "  extra_ca: [\"$TMP/test-ca.pem\"]"
-    echo "  resolve:"
-    for h in "${HOSTS[@]}"; do
-        [[ $h == plain.test.example ]] && continue
-        echo "    \"$h:443\": \"127.0.0.1:$UP_TLS\""
-    done
+    config_head "$UP_TLS" "${TLS_HOSTS[@]}"
     echo "    \"plain.test.example:80\": \"127.0.0.1:$UP_PLAIN\""
     echo "services:"
     echo "  - { name: my-openai, connector: openai, credentials: { api_key: \"$KEY_OPENAI\" } }"
@@ -212,28 +76,7 @@ CLAVIS_LOG="$TMP/clavis.log"
     echo "  - { name: $AGENT, token: \"$AGENT_TOKEN\", services: [\"*\"] }"
     echo "  - { name: limited, token: \"$LIMITED_TOKEN\", services: [my-openai] }"
 } >"$CONFIG"
-
-log "clavis serve (proxy 127.0.0.1:$PROXY_PORT, admin 127.0.0.1:$ADMIN_PORT)"
-RUST_LOG=trace "$CLAVIS_BIN" serve --config "$CONFIG" --log-format json >"$CLAVIS_LOG" 2>&1 &
-CLAVIS_PID=$!
-PIDS+=("$CLAVIS_PID")
-ADMIN="http://127.0.0.1:$ADMIN_PORT"
-ready=0
-for _ in $(seq 300); do
-    if ! kill -0 "$CLAVIS_PID" 2>/dev/null; then break; fi
-    code=$(curl -q -s --noproxy '*' -o /dev/null -w '%{http_code}' --max-time 2 "$ADMIN/readyz" || true)
-    if [[ $code == 200 ]]; then ready=1; break; fi
-    sleep 0.1
-done
-if ((ready == 0)); then
-    why="clavis did not become ready within 30 s"
-    if ! kill -0 "$CLAVIS_PID" 2>/dev/null; then
-        crc=0
-        wait "$CLAVIS_PID" || crc=$?
-        why="clavis exited with status $crc before it was ready"
-    fi
-    abort "clavis ready (GET $ADMIN/readyz = 200 within 30 s)" "$why; config:" "$(indent <"$CONFIG")" "log tail:" "$(tail -n 40 "$CLAVIS_LOG")"
-fi
+start_clavis trace
 pass "clavis ready (GET /readyz = 200)"
 
 pem_body() { grep -v -- '-----' | tr -d ' \r\n'; }
@@ -381,12 +224,7 @@ step "no Proxy-* header reached the upstream" checks no-proxy-headers
 step "tunnelled plain-HTTP requests reached plain.test.example untouched" checks tunnel
 step "clavis trace log holds none of the real keys" checks log
 
-if kill -0 "$CLAVIS_PID" 2>/dev/null; then
-    pass "clavis still running after all steps"
-else
-    fail "clavis still running after all steps"
-    tail -n 30 "$CLAVIS_LOG" | indent
-fi
+clavis_alive
 if ((FAILED > 0)); then
     echo "clavis warnings/errors (last 20):"
     grep -E '"level":"(WARN|ERROR)"' "$CLAVIS_LOG" | tail -n 20 | cut -c1-400 | indent || true

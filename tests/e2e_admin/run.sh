@@ -19,8 +19,6 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-E2E="$ROOT/tests/e2e"
 VENV="$HERE/.venv"
 PY="$VENV/bin/python"
 PIP_PACKAGES=("httpx>=0.28,<0.29" "cryptography>=44")
@@ -34,113 +32,45 @@ HOSTS=(api.openai.com api.anthropic.com)
 
 unset HTTPS_PROXY https_proxy HTTP_PROXY http_proxy ALL_PROXY all_proxy NO_PROXY no_proxy 2>/dev/null || true
 
-PASSED=0
-FAILED=0
-SUMMARY_DONE=0
-PIDS=()
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/clavis-e2e-admin.XXXXXX")
-
-pass() { PASSED=$((PASSED + 1)); printf 'PASS  %s\n' "$1"; }
-fail() { FAILED=$((FAILED + 1)); printf 'FAIL  %s\n' "$1"; [[ -n "${2:-}" ]] && printf '%s\n' "$2" | sed 's/^/      /'; return 0; }
-summary() { SUMMARY_DONE=1; echo; echo "$PASSED passed, $FAILED failed"; }
-
-cleanup() {
-    local rc=$?
-    set +e
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
-    if ((SUMMARY_DONE == 0)); then
-        fail "script aborted (exit $rc) before all checks ran"
-        summary
-        rc=1
-    fi
-    if ((FAILED > 0)) || [[ -n "${E2E_KEEP_TMP:-}" ]]; then
-        echo "artifacts kept in $TMP" >&2
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-abort() { fail "$@"; summary; exit 1; }
+# shellcheck source=../e2e/lib.sh
+source "$HERE/../e2e/lib.sh"
+e2e_init clavis-e2e-admin
 
 # ------------------------------------------------------------ binary
-if [[ -z "${CLAVIS_BIN:-}" ]]; then
-    echo "== cargo build"
-    (cd "$ROOT" && cargo build 2>&1 | tail -n 20) || abort "cargo build"
-    CLAVIS_BIN="$ROOT/target/debug/clavis"
-fi
-[[ -x "$CLAVIS_BIN" ]] || abort "clavis binary at $CLAVIS_BIN" "not found or not executable"
-pass "clavis binary ($CLAVIS_BIN)"
+clavis_binary
 
 # ------------------------------------------------------------ python venv
-if [[ ! -x "$PY" ]] || ! "$PY" -c 'import httpx, cryptography' 2>/dev/null; then
-    echo "== python venv $VENV"
-    [[ -x "$PY" ]] || python3 -m venv "$VENV" || abort "python3 -m venv $VENV"
-    "$PY" -m pip install -q --disable-pip-version-check "${PIP_PACKAGES[@]}" || abort "pip install ${PIP_PACKAGES[*]}"
-fi
+python_venv .e2e-requirements "${PIP_PACKAGES[*]}" "${PIP_PACKAGES[@]}"
 
 # ------------------------------------------------------------ fake upstream
-"$PY" "$E2E/gen_certs.py" "$TMP" "${HOSTS[@]}" >/dev/null || abort "generate the test CA (tests/e2e/gen_certs.py)"
-RECORD="$TMP/upstream-record.jsonl"
-"$PY" "$E2E/fake_upstream.py" --cert "$TMP/upstream.pem" --key "$TMP/upstream.key" \
-    --record "$RECORD" --ready-file "$TMP/upstream-ports.json" >"$TMP/upstream.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do [[ -s "$TMP/upstream-ports.json" ]] && break; sleep 0.1; done
-[[ -s "$TMP/upstream-ports.json" ]] || abort "start the fake upstream" "$(tail -n 20 "$TMP/upstream.log")"
-UP_TLS=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["tls_port"])' "$TMP/upstream-ports.json")
+gen_certs "${HOSTS[@]}"
+start_fake_upstream
 
 # ------------------------------------------------------------ clavis
-read -r PROXY_PORT ADMIN_PORT < <(python3 -c '
-import socket
-s = [socket.socket() for _ in range(2)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(*[x.getsockname()[1] for x in s])')
-CONFIG="$TMP/clavis.yaml"
+clavis_paths
 {
-    echo "proxy: { listen: \"127.0.0.1:$PROXY_PORT\" }"
-    echo "admin: { listen: \"127.0.0.1:$ADMIN_PORT\", token: \"$ADMIN_TOKEN\" }"
-    echo "ca: { cert: \"$TMP/ca/clavis-ca.pem\", key: \"$TMP/ca/clavis-ca.key\", bundle: \"$TMP/ca/bundle.pem\" }"
-    echo "upstream:"
-    echo "  extra_ca: [\"$TMP/test-ca.pem\"]"
-    echo "  resolve:"
-    for h in "${HOSTS[@]}"; do echo "    \"$h:443\": \"127.0.0.1:$UP_TLS\""; done
+    config_head --admin-token "$ADMIN_TOKEN" "$UP_TLS" "${HOSTS[@]}"
     echo "services:"
     echo "  - { name: my-anthropic, connector: anthropic, credentials: { api_key: \"$KEY_ANTHROPIC\" } }"
     echo "agents:"
     echo "  - { name: revealer, token: \"$REVEAL_TOKEN\", services: [\"*\"], reveal: true }"
     echo "  - { name: plain, token: \"$PLAIN_TOKEN\", services: [\"*\"] }"
 } >"$CONFIG"
-CLAVIS_LOG="$TMP/clavis.log"
-RUST_LOG=debug "$CLAVIS_BIN" serve --config "$CONFIG" --log-format json >"$CLAVIS_LOG" 2>&1 &
-CLAVIS_PID=$!
-PIDS+=("$CLAVIS_PID")
-ADMIN="http://127.0.0.1:$ADMIN_PORT"
-ready=0
-for _ in $(seq 300); do
-    kill -0 "$CLAVIS_PID" 2>/dev/null || break
-    if [[ $(curl -q -s --noproxy '*' -o /dev/null -w '%{http_code}' --max-time 2 "$ADMIN/readyz" || true) == 200 ]]; then
-        ready=1
-        break
-    fi
-    sleep 0.1
-done
-((ready == 1)) || abort "clavis ready (GET /readyz = 200 within 30 s)" "$(tail -n 30 "$CLAVIS_LOG")"
+start_clavis debug
 pass "clavis ready (GET /readyz = 200)"
 
 # ------------------------------------------------------------ httpx
-echo "== httpx"
+log "httpx"
 out=$(timeout -k 5 120 "$PY" "$HERE/calls.py" --admin "$ADMIN" --token "$ADMIN_TOKEN" --openai-key "$KEY_OPENAI" \
     --reveal-token "$REVEAL_TOKEN" --plain-agent-token "$PLAIN_TOKEN" 2>&1) || true
 echo "$out"
 PASSED=$((PASSED + $(grep -c '^PASS ' <<<"$out" || true)))
 FAILED=$((FAILED + $(grep -c '^FAIL ' <<<"$out" || true)))
+while IFS= read -r line; do FAILED_STEPS+=("httpx: ${line#FAIL }"); done < <(grep '^FAIL ' <<<"$out" || true)
 grep -q '^PASS ' <<<"$out" || fail "httpx: calls.py ran no check"
 
 # ------------------------------------------------------------ curl
-echo "== curl"
+log "curl"
 # call NAME EXPECTED_STATUS METHOD PATH [TOKEN [BODY]]: sets BODY_OUT; PASS/FAIL on the status.
 BODY_OUT=""
 call() {
@@ -236,7 +166,7 @@ if grep -qF -e "$KEY_OPENAI" -e "$KEY_ANTHROPIC" "$CLAVIS_LOG"; then
 else
     pass "clavis log holds no key"
 fi
-if kill -0 "$CLAVIS_PID" 2>/dev/null; then pass "clavis still running"; else fail "clavis still running"; fi
+clavis_alive "clavis still running"
 
 summary
 ((FAILED == 0))

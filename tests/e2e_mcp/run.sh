@@ -19,8 +19,7 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-E2E="$ROOT/tests/e2e" # gen_certs.py and fake_upstream.py are shared
+E2E="$HERE/../e2e" # lib.sh, gen_certs.py and fake_upstream.py are shared
 VENV="$HERE/.venv"
 PY="$VENV/bin/python"
 REQUIREMENTS='mcp>=2,<3 pyotp>=2.9,<3 cryptography>=44'
@@ -44,159 +43,30 @@ unset OPENAI_API_KEY ANTHROPIC_API_KEY GITHUB_TOKEN ALL_PROXY all_proxy HTTPS_PR
 # The MCP clients talk to loopback directly.
 export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
 
-PASSED=0
-FAILED=0
-SKIPPED=0
-FAILED_STEPS=()
-SUMMARY_DONE=0
-PIDS=()
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/clavis-e2e-mcp.XXXXXX")
-
-log() { printf '== %s\n' "$*"; }
-pass() { PASSED=$((PASSED + 1)); printf 'PASS  %s\n' "$1"; }
-fail() { FAILED=$((FAILED + 1)); FAILED_STEPS+=("$1"); printf 'FAIL  %s\n' "$1"; }
-indent() { sed 's/^/      /'; }
-
-# step NAME CMD...: runs CMD (120 s cap), PASS on exit 0. Output shown on
-# failure (and always with E2E_VERBOSE=1).
-step() {
-    local name=$1 out rc=0
-    shift
-    if [[ -n "${E2E_SKIP:-}" && $name =~ $E2E_SKIP ]]; then
-        SKIPPED=$((SKIPPED + 1))
-        printf 'SKIP  %s\n' "$name"
-        return 0
-    fi
-    if declare -F "$1" >/dev/null; then
-        out=$("$@" 2>&1) || rc=$?
-    else
-        out=$(timeout -k 5 120 "$@" 2>&1) || rc=$?
-    fi
-    if ((rc == 0)); then
-        pass "$name"
-        if [[ -n "${E2E_VERBOSE:-}" && -n "$out" ]]; then indent <<<"$out"; fi
-    else
-        fail "$name"
-        { [[ -n "$out" ]] && tail -n 40 <<<"$out"; ((rc == 124)) && echo "(timed out)"; echo "(exit $rc)"; } | indent
-    fi
-    return 0
-}
-
-summary() {
-    SUMMARY_DONE=1
-    echo
-    if ((FAILED > 0)); then
-        echo "failed steps:"
-        printf '  - %s\n' "${FAILED_STEPS[@]}"
-    fi
-    if ((SKIPPED > 0)); then
-        echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"
-    else
-        echo "$PASSED passed, $FAILED failed"
-    fi
-}
-
-cleanup() {
-    local rc=$?
-    set +e
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null
-    done
-    if ((SUMMARY_DONE == 0)); then
-        fail "script aborted (exit $rc) before all steps ran"
-        summary
-        rc=1
-    fi
-    if ((FAILED > 0)) || [[ -n "${E2E_KEEP_TMP:-}" ]]; then
-        echo "artifacts kept in $TMP (clavis.log, upstream-record.jsonl, clavis.yaml)" >&2
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-abort() {
-    fail "$1"
-    shift
-    if (($# > 0)); then printf '%s\n' "$@" | indent; fi
-    summary
-    exit 1
-}
-
-free_ports() { # prints N distinct free loopback ports
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
+STEP_TIMEOUT=120
+# shellcheck source=../e2e/lib.sh
+source "$E2E/lib.sh"
+e2e_init clavis-e2e-mcp "clavis.log, upstream-record.jsonl, clavis.yaml"
 
 # ---------------------------------------------------------------- 1. build
-if [[ -n "${CLAVIS_BIN:-}" ]]; then
-    log "using CLAVIS_BIN=$CLAVIS_BIN"
-else
-    log "cargo build"
-    if ! (cd "$ROOT" && cargo build 2>&1 | tail -n 30); then
-        abort "build clavis (cargo build)"
-    fi
-    CLAVIS_BIN="$ROOT/target/debug/clavis"
-fi
-[[ -x "$CLAVIS_BIN" ]] || abort "clavis binary at $CLAVIS_BIN" "not found or not executable"
-pass "clavis binary available ($CLAVIS_BIN)"
+clavis_binary
 
 # ---------------------------------------------------------------- 2. python venv
-log "python venv $VENV ($REQUIREMENTS)"
-if [[ ! -x "$PY" || "$(cat "$VENV/.e2e-mcp-requirements" 2>/dev/null)" != "$REQUIREMENTS" ]]; then
-    if [[ ! -x "$PY" ]]; then
-        python3 -m venv "$VENV" 2>/dev/null ||
-            { python3 -m pip install -q virtualenv && python3 -m virtualenv -q "$VENV"; } ||
-            abort "create the virtualenv $VENV"
-    fi
-    # shellcheck disable=SC2086
-    "$PY" -m pip install -q --disable-pip-version-check $REQUIREMENTS ||
-        abort "pip install $REQUIREMENTS"
-    echo "$REQUIREMENTS" >"$VENV/.e2e-mcp-requirements"
-fi
+# shellcheck disable=SC2086
+python_venv .e2e-mcp-requirements "$REQUIREMENTS" $REQUIREMENTS
 MCP_VERSION=$("$PY" -c 'import importlib.metadata as m; print(m.version("mcp"))')
 pass "python mcp SDK $MCP_VERSION installed"
 
 # ---------------------------------------------------------------- 3. certificates
-log "test CA and upstream certificate in $TMP"
-"$PY" "$E2E/gen_certs.py" "$TMP" "${HOSTS[@]}" >/dev/null ||
-    abort "generate the test CA and upstream certificate"
+gen_certs "${HOSTS[@]}"
 
 # ---------------------------------------------------------------- 4. fake upstream
-log "fake upstream"
-RECORD="$TMP/upstream-record.jsonl"
-"$PY" "$E2E/fake_upstream.py" --cert "$TMP/upstream.pem" --key "$TMP/upstream.key" \
-    --record "$RECORD" --ready-file "$TMP/upstream-ports.json" >"$TMP/upstream.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do [[ -f "$TMP/upstream-ports.json" ]] && break; sleep 0.1; done
-[[ -f "$TMP/upstream-ports.json" ]] || abort "start the fake upstream" "$(tail -n 20 "$TMP/upstream.log")"
-UP_TLS=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["tls_port"])' "$TMP/upstream-ports.json")
+start_fake_upstream
 
 # ---------------------------------------------------------------- 5. clavis
-read -r PROXY_PORT ADMIN_PORT < <(free_ports 2)
-CA_DIR="$TMP/ca"
-CONFIG="$TMP/clavis.yaml"
-CLAVIS_LOG="$TMP/clavis.log"
+clavis_paths
 {
-    echo "proxy: { listen: \"127.0.0.1:$PROXY_PORT\" }"
-    echo "admin: { listen: \"127.0.0.1:$ADMIN_PORT\", token: \"$ADMIN_TOKEN\" }"
-    echo "ca: { cert: \"$CA_DIR/clavis-ca.pem\", key: \"$CA_DIR/clavis-ca.key\", bundle: \"$CA_DIR/clavis-ca-bundle.pem\" }"
-    echo "upstream:"
-    echo "  extra_ca: [\"$TMP/test-ca.pem\"]"
-    echo "  resolve:"
-    for h in "${HOSTS[@]}"; do
-        echo "    \"$h:443\": \"127.0.0.1:$UP_TLS\""
-    done
+    config_head --admin-token "$ADMIN_TOKEN" "$UP_TLS" "${HOSTS[@]}"
     cat <<EOF
 services:
   - name: alpha-mail
@@ -220,23 +90,7 @@ agents:
   - { name: revealer, token: "$REVEALER_TOKEN", services: [alpha-mail, beta-search], reveal: true }
 EOF
 } >"$CONFIG"
-
-log "clavis serve (proxy 127.0.0.1:$PROXY_PORT, admin 127.0.0.1:$ADMIN_PORT)"
-RUST_LOG=info "$CLAVIS_BIN" serve --config "$CONFIG" --log-format json >"$CLAVIS_LOG" 2>&1 &
-CLAVIS_PID=$!
-PIDS+=("$CLAVIS_PID")
-ADMIN="http://127.0.0.1:$ADMIN_PORT"
-ready=0
-for _ in $(seq 300); do
-    if ! kill -0 "$CLAVIS_PID" 2>/dev/null; then break; fi
-    code=$(curl -q -s --noproxy '*' -o /dev/null -w '%{http_code}' --max-time 2 "$ADMIN/readyz" || true)
-    if [[ $code == 200 ]]; then ready=1; break; fi
-    sleep 0.1
-done
-if ((ready == 0)); then
-    abort "clavis ready (GET $ADMIN/readyz = 200 within 30 s)" "config:" "$(indent <"$CONFIG")" \
-        "log tail:" "$(tail -n 40 "$CLAVIS_LOG")"
-fi
+start_clavis info
 pass "clavis ready (GET /readyz = 200)"
 
 # ---------------------------------------------------------------- 6. python SDK

@@ -11,12 +11,12 @@
 # Env:   CLAVIS_BIN=path   use this binary instead of `cargo build` (target/debug/clavis)
 #        E2E_VERBOSE=1     print every step's output, not only failures'
 #        E2E_KEEP_TMP=1    keep the temp dir (always kept when a step failed)
+#        E2E_SKIP=REGEX    skip the steps whose name matches (extended regex)
 #
 # Prints PASS/FAIL per step, then "N passed, M failed"; exits non-zero on any failure.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
 VENV="$HERE/.venv"
 PY="$VENV/bin/python"
 AGENT=e2e
@@ -28,104 +28,17 @@ HOSTS=(api.coinbase.com external-api.kalshi.com)
 unset HTTPS_PROXY https_proxy HTTP_PROXY http_proxy ALL_PROXY all_proxy NO_PROXY no_proxy \
       SSL_CERT_FILE SSL_CERT_DIR REQUESTS_CA_BUNDLE CURL_CA_BUNDLE COINBASE_API_KEY COINBASE_API_SECRET 2>/dev/null || true
 
-PASSED=0
-FAILED=0
-FAILED_STEPS=()
-SUMMARY_DONE=0
-PIDS=()
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/clavis-e2e-signing.XXXXXX")
-
-log() { printf '== %s\n' "$*"; }
-pass() { PASSED=$((PASSED + 1)); printf 'PASS  %s\n' "$1"; }
-fail() { FAILED=$((FAILED + 1)); FAILED_STEPS+=("$1"); printf 'FAIL  %s\n' "$1"; }
-indent() { sed 's/^/      /'; }
-
-# step NAME CMD...: runs CMD (90 s cap); PASS on exit 0, output shown on failure.
-step() {
-    local name=$1 out rc=0
-    shift
-    if declare -F "$1" >/dev/null; then
-        out=$("$@" 2>&1) || rc=$?
-    else
-        out=$(timeout -k 5 90 "$@" 2>&1) || rc=$?
-    fi
-    if ((rc == 0)); then
-        pass "$name"
-        if [[ -n "${E2E_VERBOSE:-}" && -n "$out" ]]; then indent <<<"$out"; fi
-    else
-        fail "$name"
-        { [[ -n "$out" ]] && tail -n 40 <<<"$out"; ((rc == 124)) && echo "(timed out)"; echo "(exit $rc)"; } | indent
-    fi
-    return 0
-}
-
-summary() {
-    SUMMARY_DONE=1
-    echo
-    if ((FAILED > 0)); then
-        echo "failed steps:"
-        printf '  - %s\n' "${FAILED_STEPS[@]}"
-    fi
-    echo "$PASSED passed, $FAILED failed"
-}
-
-cleanup() {
-    local rc=$?
-    set +e
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
-    if ((SUMMARY_DONE == 0)); then
-        fail "script aborted (exit $rc) before all steps ran"
-        summary
-        rc=1
-    fi
-    if ((FAILED > 0)) || [[ -n "${E2E_KEEP_TMP:-}" ]]; then
-        echo "artifacts kept in $TMP (clavis.log, upstream.log, upstream-record.jsonl, clavis.yaml)" >&2
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-abort() {
-    fail "$1"
-    shift
-    if (($# > 0)); then printf '%s\n' "$@" | indent; fi
-    summary
-    exit 1
-}
-
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
+# shellcheck source=../e2e/lib.sh
+source "$HERE/../e2e/lib.sh"
+e2e_init clavis-e2e-signing "clavis.log, upstream.log, upstream-record.jsonl, clavis.yaml"
 
 # ---------------------------------------------------------------- 1. build
-if [[ -n "${CLAVIS_BIN:-}" ]]; then
-    log "using CLAVIS_BIN=$CLAVIS_BIN"
-else
-    log "cargo build"
-    (cd "$ROOT" && nice -n 10 cargo build 2>&1 | tail -n 30) || abort "build clavis (cargo build)"
-    CLAVIS_BIN="$ROOT/target/debug/clavis"
-fi
-[[ -x "$CLAVIS_BIN" ]] || abort "clavis binary at $CLAVIS_BIN" "not found or not executable"
-pass "clavis binary available ($CLAVIS_BIN)"
+clavis_binary
 
 # ---------------------------------------------------------------- 2. SDKs
-log "python venv $VENV"
 REQS="coinbase-advanced-py kalshi-python-sync cryptography"
-if [[ ! -x "$PY" ]] || ! "$PY" -c 'import coinbase.rest, kalshi_python_sync, cryptography' 2>/dev/null; then
-    [[ -x "$PY" ]] || python3 -m venv "$VENV" || abort "create the virtualenv $VENV"
-    # shellcheck disable=SC2086
-    "$PY" -m pip install -q --disable-pip-version-check $REQS || abort "pip install $REQS"
-fi
+# shellcheck disable=SC2086
+python_venv .e2e-requirements "$REQS" $REQS
 "$PY" -m pip list --disable-pip-version-check 2>/dev/null | grep -Ei '^(coinbase-advanced-py|kalshi.python.sync) ' | indent || true
 
 # ---------------------------------------------------------------- 3. keys and certificates
@@ -143,37 +56,21 @@ chmod 700 "$K"
     openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$K/agent-kalshi.pem"
     openssl ecparam -name prime256v1 -genkey -noout -out "$K/agent-coinbase.pem"
 } >"$TMP/keys.log" 2>&1 || abort "generate keys with openssl" "$(tail -n 20 "$TMP/keys.log")"
-"$PY" "$ROOT/tests/e2e/gen_certs.py" "$TMP" "${HOSTS[@]}" >/dev/null ||
-    abort "generate the test CA and upstream certificate (tests/e2e/gen_certs.py)"
+gen_certs "${HOSTS[@]}"
 
 # ---------------------------------------------------------------- 4. fake upstream
-log "fake upstream"
 RECORD="$TMP/upstream-record.jsonl"
 : >"$RECORD"
-"$PY" "$HERE/upstream.py" --cert "$TMP/upstream.pem" --key "$TMP/upstream.key" \
+start_upstream "$TMP/upstream-port.json" "$PY" "$HERE/upstream.py" --cert "$TMP/upstream.pem" --key "$TMP/upstream.key" \
     --ready-file "$TMP/upstream-port.json" --record "$RECORD" \
     --coinbase-pub "$K/real-coinbase.pub.pem" --coinbase-key-name "$REAL_CB_NAME" \
-    --kalshi-pub "$K/real-kalshi.pub.pem" --kalshi-key-id "$REAL_KALSHI_ID" \
-    >"$TMP/upstream.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do [[ -f "$TMP/upstream-port.json" ]] && break; sleep 0.1; done
-[[ -f "$TMP/upstream-port.json" ]] || abort "start the fake upstream" "$(tail -n 20 "$TMP/upstream.log")"
-UP_PORT=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["port"])' "$TMP/upstream-port.json")
+    --kalshi-pub "$K/real-kalshi.pub.pem" --kalshi-key-id "$REAL_KALSHI_ID"
+UP_PORT=$(json_fields "$TMP/upstream-port.json" port)
 
 # ---------------------------------------------------------------- 5. clavis
-read -r PROXY_PORT ADMIN_PORT < <(free_ports 2)
-CA_DIR="$TMP/ca"
-BUNDLE="$CA_DIR/clavis-ca-bundle.pem"
-CONFIG="$TMP/clavis.yaml"
-CLAVIS_LOG="$TMP/clavis.log"
+clavis_paths
 {
-    echo "proxy: { listen: \"127.0.0.1:$PROXY_PORT\", require_auth: true }"
-    echo "admin: { listen: \"127.0.0.1:$ADMIN_PORT\" }"
-    echo "ca: { cert: \"$CA_DIR/clavis-ca.pem\", key: \"$CA_DIR/clavis-ca.key\", bundle: \"$BUNDLE\" }"
-    echo "upstream:"
-    echo "  extra_ca: [\"$TMP/test-ca.pem\"]"
-    echo "  resolve:"
-    for h in "${HOSTS[@]}"; do echo "    \"$h:443\": \"127.0.0.1:$UP_PORT\""; done
+    config_head --require-auth "$UP_PORT" "${HOSTS[@]}"
     echo "services:"
     echo "  - name: coinbase-real"
     echo "    connector: coinbase"
@@ -184,18 +81,8 @@ CLAVIS_LOG="$TMP/clavis.log"
     echo "agents:"
     echo "  - { name: $AGENT, token: $AGENT_TOKEN, services: [\"*\"] }"
 } >"$CONFIG"
-log "clavis serve on 127.0.0.1:$PROXY_PORT (admin $ADMIN_PORT)"
-RUST_LOG=info "$CLAVIS_BIN" serve --config "$CONFIG" --log-format json >"$CLAVIS_LOG" 2>&1 &
-PIDS+=($!)
-ready=0
-for _ in $(seq 150); do
-    if [[ -f "$BUNDLE" ]] && curl -fsS "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1; then
-        ready=1
-        break
-    fi
-    sleep 0.1
-done
-((ready)) || abort "start clavis" "$(tail -n 30 "$CLAVIS_LOG")"
+start_clavis info
+[[ -f "$BUNDLE" ]] || abort "start clavis" "no CA bundle at $BUNDLE"
 pass "clavis serving, CA bundle at ca.bundle"
 
 # ---------------------------------------------------------------- 6. SDK calls
@@ -258,3 +145,4 @@ no_key_in_log() {
 step "no real key material in clavis's log" no_key_in_log
 
 summary
+((FAILED == 0))
