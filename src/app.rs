@@ -159,6 +159,20 @@ impl State {
         })))
     }
 
+    /// A service's credentials for one use; none stored is `503
+    /// clavis_credentials_missing`.
+    pub fn credentials(
+        &self,
+        service: &crate::store::Service,
+    ) -> Result<crate::secret::Secret<crate::store::Credentials>, crate::error::ProxyError> {
+        self.store
+            .open(service)
+            .map_err(|e| crate::error::ProxyError::Internal(e.to_string()))?
+            .ok_or_else(|| crate::error::ProxyError::CredentialsMissing {
+                service: service.name.clone(),
+            })
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }

@@ -21,7 +21,7 @@ use super::api_proxy::{self, ProxyCall};
 use super::auth::Principal;
 use super::entries;
 use crate::app::State;
-use crate::audit::{Action, Actor, Detail, Event};
+use crate::audit::Actor;
 use crate::error::ProxyError;
 
 pub type Service = StreamableHttpService<Mcp, NeverSessionManager>;
@@ -274,38 +274,7 @@ impl Mcp {
     }
 
     fn get_token(&self, who: &Principal, actor: &Actor, key: &str) -> Result<Value, ProxyError> {
-        if let Principal::Agent(a) = who {
-            if !a.reveal {
-                return Err(ProxyError::Forbidden(format!(
-                    "agent {:?} may not read raw secrets",
-                    a.name
-                )));
-            }
-        }
-        let service = super::services::visible(&self.state, who, key)?;
-        let creds = self
-            .state
-            .store
-            .open(&service)
-            .map_err(|e| ProxyError::Internal(e.to_string()))?
-            .ok_or_else(|| ProxyError::CredentialsMissing {
-                service: service.name.clone(),
-            })?;
-        self.state.audit.record(Event::new(
-            Action::Reveal,
-            &service.name,
-            actor,
-            Detail::default(),
-        ))?;
-        let creds = creds.expose();
-        let value = ["api_key", "access_token", "token"]
-            .iter()
-            .find_map(|f| creds.get(f))
-            .or_else(|| creds.names().next().and_then(|f| creds.get(f)))
-            .ok_or_else(|| ProxyError::CredentialsMissing {
-                service: service.name.clone(),
-            })?;
-        Ok(json!({"access_token": value, "token_type": "api_key", "expires_at": Value::Null}))
+        super::services::reveal(&self.state, who, actor, key)
     }
 }
 

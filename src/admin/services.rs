@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::auth::Principal;
 use super::json;
 use crate::app::State;
-use crate::audit::{Action, Detail, Event};
+use crate::audit::{Action, Actor, Detail, Event};
 use crate::error::ProxyError;
 use crate::store::{Credentials, Origin, Service, StoreError};
 
@@ -247,12 +247,15 @@ pub async fn store_credentials(
     Ok(Json(json!({"status": "stored", "validated": validated})))
 }
 
-pub async fn token(
-    AxumState(state): AxumState<State>,
-    Extension(who): Extension<Principal>,
-    Path(key): Path<String>,
-) -> Result<Json<Value>, ProxyError> {
-    let service = visible(&state, &who, &key)?;
+/// The raw secret for the admin or an agent with `reveal` (REST `token`,
+/// MCP `get_token`); audited as `reveal` before it is read.
+pub fn reveal(
+    state: &State,
+    who: &Principal,
+    actor: &Actor,
+    key: &str,
+) -> Result<Value, ProxyError> {
+    let service = visible(state, who, key)?;
     if let Some(agent) = who.agent() {
         if !agent.reveal {
             return Err(ProxyError::Forbidden(format!(
@@ -261,17 +264,11 @@ pub async fn token(
             )));
         }
     }
-    let creds = state
-        .store
-        .open(&service)
-        .map_err(|e| ProxyError::Internal(e.to_string()))?
-        .ok_or_else(|| ProxyError::CredentialsMissing {
-            service: service.name.clone(),
-        })?;
+    let creds = state.credentials(&service)?;
     state.audit.record(Event::new(
         Action::Reveal,
         &service.name,
-        &who.actor(),
+        actor,
         Detail::default(),
     ))?;
     let creds = creds.expose();
@@ -287,9 +284,17 @@ pub async fn token(
         .ok_or_else(|| ProxyError::CredentialsMissing {
             service: service.name.clone(),
         })?;
-    Ok(Json(json!({
+    Ok(json!({
         "access_token": value,
         "token_type": if field == "api_key" { "api_key" } else { field },
         "expires_at": Value::Null,
-    })))
+    }))
+}
+
+pub async fn token(
+    AxumState(state): AxumState<State>,
+    Extension(who): Extension<Principal>,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ProxyError> {
+    Ok(Json(reveal(&state, &who, &who.actor(), &key)?))
 }

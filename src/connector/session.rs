@@ -133,13 +133,7 @@ async fn login(
         service: service.name.clone(),
         reason,
     };
-    let creds = state
-        .store
-        .open(service)
-        .map_err(|e| ProxyError::Internal(e.to_string()))?
-        .ok_or_else(|| ProxyError::CredentialsMissing {
-            service: service.name.clone(),
-        })?;
+    let creds = state.credentials(service)?;
     let creds = creds.expose();
     let (Some(email), Some(password)) = (creds.get("email"), creds.get("password")) else {
         return Err(failed("credentials need email and password".into()));

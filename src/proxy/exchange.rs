@@ -286,13 +286,7 @@ async fn forward_logged(
     parts.uri = upstream_uri(target, &parts.uri)?;
     parts.version = Version::HTTP_11;
 
-    let creds = state
-        .store
-        .open(&service)
-        .map_err(|e| ProxyError::Internal(e.to_string()))?
-        .ok_or_else(|| ProxyError::CredentialsMissing {
-            service: service.name.clone(),
-        })?;
+    let creds = state.credentials(&service)?;
     let plan = inject.plan(creds.expose());
     // A signature over the body, or a replay after a refused session token,
     // needs the whole body: buffered up to the limit, everything else streams.
