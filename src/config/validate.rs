@@ -179,6 +179,13 @@ fn services(
             );
             continue;
         }
+        let mut creds = Credentials::default();
+        for (field, value) in &s.credentials {
+            let fpath = format!("{path}.credentials.{field}");
+            if let Some(v) = errs.take(value.resolve(env, &fpath)) {
+                creds.insert(field.clone(), zeroize::Zeroizing::new(v.expose().clone()));
+            }
+        }
         let Some(connector) = registry.get(&s.connector) else {
             errs.push(
                 format!("{path}.connector"),
@@ -199,13 +206,6 @@ fn services(
                         connector.name
                     ),
                 );
-            }
-        }
-        let mut creds = Credentials::default();
-        for (field, value) in &s.credentials {
-            let fpath = format!("{path}.credentials.{field}");
-            if let Some(v) = errs.take(value.resolve(env, &fpath)) {
-                creds.insert(field.clone(), zeroize::Zeroizing::new(v.expose().clone()));
             }
         }
         if !s.credentials.is_empty() {
@@ -351,17 +351,27 @@ pub(super) fn line_of(text: &str, path: &str) -> Option<usize> {
         found = Some(pos);
         from = pos;
         if let Some(n) = index {
-            let indent = lines
+            // Block lists (`- item`): the n-th item; a flow list (`[a, b]`)
+            // or a list that cannot be followed stays on the key's line.
+            if lines[pos].contains('[') {
+                return Some(pos + 1);
+            }
+            let Some(first) = lines[pos + 1..]
                 .iter()
-                .skip(pos + 1)
-                .find(|l| l.trim_start().starts_with('-'))?;
-            let indent = indent.len() - indent.trim_start().len();
+                .find(|l| l.trim_start().starts_with('-'))
+            else {
+                return Some(pos + 1);
+            };
+            let indent = first.len() - first.trim_start().len();
             let item = (pos + 1..lines.len())
                 .filter(|&i| {
                     let l = lines[i];
                     l.len() - l.trim_start().len() == indent && l.trim_start().starts_with('-')
                 })
-                .nth(n)?;
+                .nth(n);
+            let Some(item) = item else {
+                return Some(pos + 1);
+            };
             found = Some(item);
             from = item;
         }
