@@ -29,3 +29,29 @@ where
 {
     body.map_err(|e| -> BoxError { e.into() }).boxed()
 }
+
+/// Why [`collect_capped`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capped {
+    TooLarge,
+    Failed,
+}
+
+/// Reads a body up to `limit` bytes, frame by frame, so nothing past the
+/// limit is buffered.
+pub async fn collect_capped<B>(mut body: B, limit: usize) -> Result<Bytes, Capped>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| Capped::Failed)?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(Capped::TooLarge);
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
+}

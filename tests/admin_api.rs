@@ -85,15 +85,7 @@ async fn register_store_reveal_and_proxy() {
     assert_eq!(seen.header("content-type"), Some("application/json"));
     assert_eq!(seen.body_len, r#"{"max_tokens":5,"model":"claude"}"#.len());
 
-    let audit: Value = c
-        .get(format!("{}/v1/audit?limit=10", api(&clavis)))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Value = get_json(&c, format!("{}/v1/audit?limit=10", api(&clavis)), ADMIN).await;
     let actions: Vec<&str> = audit
         .as_array()
         .unwrap()
@@ -116,15 +108,7 @@ async fn register_store_reveal_and_proxy() {
 async fn agents_see_their_scope_only() {
     let (_ca, up, clavis) = setup("").await;
     let c = http();
-    let list: Value = c
-        .get(format!("{}/v1/services", api(&clavis)))
-        .bearer_auth("narrow-token")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&c, format!("{}/v1/services", api(&clavis)), "narrow-token").await;
     let names: Vec<&str> = list
         .as_array()
         .unwrap()
@@ -136,7 +120,7 @@ async fn agents_see_their_scope_only() {
     let get = |key: &'static str, token: &'static str| {
         let c = c.clone();
         let url = format!("{}/v1/services/{key}", api(&clavis));
-        async move { c.get(url).bearer_auth(token).send().await.unwrap().status() }
+        async move { get_status(&c, url, token).await }
     };
     assert_eq!(get("my-openai", "narrow-token").await, 404);
     assert_eq!(get("my-github", "narrow-token").await, 200);
@@ -207,15 +191,7 @@ async fn error_statuses() {
         c.get(url("/v1/services")).send().await.unwrap().status(),
         401
     );
-    assert_eq!(
-        c.get(url("/v1/services"))
-            .bearer_auth("nope")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(get_status(&c, url("/v1/services"), "nope").await, 401);
     assert_eq!(
         c.get(url("/v1/services?token=x"))
             .send()
@@ -299,24 +275,8 @@ async fn error_statuses() {
         .await
         .unwrap()
         .contains("missing credential field \\\"api_key\\\""));
-    assert_eq!(
-        c.get(url("/v1/services/nope"))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    assert_eq!(
-        c.get(url("/v1/nope"))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(get_status(&c, url("/v1/services/nope"), ADMIN).await, 404);
+    assert_eq!(get_status(&c, url("/v1/nope"), ADMIN).await, 404);
     assert_eq!(
         c.put(url("/v1/services"))
             .bearer_auth(ADMIN)
@@ -357,12 +317,7 @@ async fn error_statuses() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(
-        c.get(url("/v1/services/my-stripe"))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get_status(&c, url("/v1/services/my-stripe"), ADMIN).await,
         404
     );
 }
@@ -373,34 +328,10 @@ async fn repeated_auth_failures_are_throttled() {
     let c = http();
     let url = format!("{}/v1/services", api(&clavis));
     for _ in 0..10 {
-        assert_eq!(
-            c.get(&url)
-                .bearer_auth("wrong")
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            401
-        );
+        assert_eq!(get_status(&c, &url, "wrong").await, 401);
     }
-    assert_eq!(
-        c.get(&url)
-            .bearer_auth("wrong")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        429
-    );
-    assert_eq!(
-        c.get(&url)
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        429
-    );
+    assert_eq!(get_status(&c, &url, "wrong").await, 429);
+    assert_eq!(get_status(&c, &url, ADMIN).await, 429);
 }
 
 #[tokio::test]

@@ -227,15 +227,7 @@ async fn fifty_tasks_register_store_proxy_delete() {
             .status(),
         200
     );
-    let list: Value = c
-        .get(format!("{base}/v1/services"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&c, format!("{base}/v1/services"), ADMIN).await;
     let listed: Vec<String> = list
         .as_array()
         .unwrap()
@@ -270,15 +262,12 @@ async fn fifty_tasks_register_store_proxy_delete() {
     let mut total = 0;
     for b in &books {
         for name in &b.created {
-            let events: Value = c
-                .get(format!("{base}/v1/audit?limit=1000&entry={name}"))
-                .bearer_auth(ADMIN)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let events: Value = get_json(
+                &c,
+                format!("{base}/v1/audit?limit=1000&entry={name}"),
+                ADMIN,
+            )
+            .await;
             let mut got = BTreeMap::<String, usize>::new();
             for e in events.as_array().unwrap() {
                 assert_eq!(e["actor"], "admin", "{e}");

@@ -460,15 +460,7 @@ async fn malformed_bodies_get_4xx_json_errors() {
     let base = format!("http://{}", clavis.admin);
     let c = admin_client();
 
-    let services_before: Value = c
-        .get(format!("{base}/v1/services"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let services_before: Value = get_json(&c, format!("{base}/v1/services"), ADMIN).await;
 
     let mut rng = Rng(0x00C1_A715_F022_5EED);
     let mut failures = Vec::new();
@@ -539,25 +531,9 @@ async fn malformed_bodies_get_4xx_json_errors() {
         "a malformed /v1/proxy call reached the upstream: {:?}",
         up.seen()
     );
-    let services_after: Value = c
-        .get(format!("{base}/v1/services"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let services_after: Value = get_json(&c, format!("{base}/v1/services"), ADMIN).await;
     assert_eq!(services_before, services_after);
-    let token: Value = c
-        .get(format!("{base}/v1/services/my-openai/token"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let token: Value = get_json(&c, format!("{base}/v1/services/my-openai/token"), ADMIN).await;
     assert_eq!(token["access_token"], REAL_OPENAI);
 
     let r = c.get(format!("{base}/healthz")).send().await.unwrap();

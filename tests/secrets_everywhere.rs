@@ -408,15 +408,7 @@ async fn no_secret_in_answers_audit_metrics_snapshot_or_logs() {
             .unwrap();
         answers.push(answer(label, r).await);
     }
-    let audit: Value = c
-        .get(format!("{base}/v1/audit?limit=1000"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Value = get_json(&c, format!("{base}/v1/audit?limit=1000"), ADMIN).await;
     let actions: std::collections::BTreeSet<&str> = audit
         .as_array()
         .unwrap()

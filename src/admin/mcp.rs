@@ -6,7 +6,6 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use http_body_util::BodyExt;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
@@ -295,20 +294,15 @@ fn proxy(
         let response = api_proxy::call(&state, &who, actor, &service, call).await?;
         let limit = state.config.limits.max_body_buffer;
         let (parts, body) = response.into_parts();
-        let mut body = body;
-        let mut bytes = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| ProxyError::UpstreamUnreachable {
-                host: service.clone(),
-                reason: "response body failed".into(),
+        let bytes = crate::body::collect_capped(body, limit)
+            .await
+            .map_err(|e| match e {
+                crate::body::Capped::TooLarge => ProxyError::PayloadTooLarge { limit },
+                crate::body::Capped::Failed => ProxyError::UpstreamUnreachable {
+                    host: service.clone(),
+                    reason: "response body failed".into(),
+                },
             })?;
-            if let Ok(data) = frame.into_data() {
-                if bytes.len() + data.len() > limit {
-                    return Err(ProxyError::PayloadTooLarge { limit });
-                }
-                bytes.extend_from_slice(&data);
-            }
-        }
         let mut headers = serde_json::Map::new();
         for (k, v) in &parts.headers {
             headers.insert(

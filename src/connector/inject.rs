@@ -68,8 +68,8 @@ impl Inject {
         }
     }
 
-    /// Headers a signer sets, beyond the connector's strip list: stripped
-    /// first so the agent's copies never survive.
+    /// Headers a signer sets: a connector built around this adds them to its
+    /// strip list, so the agent's copies never survive.
     pub fn extra_strip(&self) -> Vec<HeaderName> {
         match self {
             Inject::Recipe(r) => r.header_names(),

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dashmap::DashMap;
 use http::{header, HeaderValue, Method, Request};
-use http_body_util::BodyExt;
 
 use crate::app::State;
 use crate::audit::{Action, Actor, Detail, Event};
@@ -164,7 +163,7 @@ async fn login(
             status.as_u16()
         )));
     }
-    let bytes = collect_capped(response.into_body(), 64 * 1024)
+    let bytes = body::collect_capped(response.into_body(), 64 * 1024)
         .await
         .map_err(|_| failed("unreadable login answer".into()))?;
     let parsed: serde_json::Value =
@@ -176,23 +175,4 @@ async fn login(
         .ok_or_else(|| failed("login answer has no usable token".into()))?;
     tracing::info!(service = %service.name, "logged in");
     Ok(Secret::new(token.to_owned()))
-}
-
-/// Reads a body up to `limit` bytes (frame by frame, so nothing past the
-/// limit is buffered).
-pub async fn collect_capped<B>(mut body: B, limit: usize) -> Result<Bytes, ()>
-where
-    B: http_body::Body<Data = Bytes> + Unpin,
-{
-    let mut out = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| ())?;
-        if let Ok(data) = frame.into_data() {
-            if out.len() + data.len() > limit {
-                return Err(());
-            }
-            out.extend_from_slice(&data);
-        }
-    }
-    Ok(out.freeze())
 }

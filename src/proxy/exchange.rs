@@ -140,7 +140,10 @@ fn check_inner<B>(target: &Target, req: &Request<B>) -> Result<(), ProxyError> {
             "more than one Content-Length".into(),
         ));
     }
-    if let Some(upgrade) = h.get(header::UPGRADE).filter(|_| !is_websocket(req)) {
+    if let Some(upgrade) = h
+        .get(header::UPGRADE)
+        .filter(|_| !is_websocket(req.method(), req.version(), h))
+    {
         return Err(ProxyError::BadRequest(format!(
             "protocol upgrade {:?} is not supported through clavis",
             upgrade.to_str().unwrap_or("?")
@@ -151,11 +154,10 @@ fn check_inner<B>(target: &Target, req: &Request<B>) -> Result<(), ProxyError> {
 
 /// An HTTP/1.1 `GET` asking to upgrade to `websocket`: the only upgrade
 /// that passes (credential injected on the upgrade request).
-fn is_websocket<B>(req: &Request<B>) -> bool {
-    req.method() == Method::GET
-        && req.version() == Version::HTTP_11
-        && req
-            .headers()
+fn is_websocket(method: &Method, version: Version, headers: &http::HeaderMap) -> bool {
+    method == Method::GET
+        && version == Version::HTTP_11
+        && headers
             .get(header::UPGRADE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
@@ -253,13 +255,7 @@ async fn forward_logged(
         return Err(e);
     }
 
-    let websocket = parts.method == Method::GET
-        && parts.version == Version::HTTP_11
-        && parts
-            .headers
-            .get(header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    let websocket = is_websocket(&parts.method, parts.version, &parts.headers);
     let client_upgrade = if websocket {
         parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
     } else {
@@ -267,7 +263,6 @@ async fn forward_logged(
     };
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::strip_auth(&mut parts.headers, &target.connector.strip);
-    headers::strip_auth(&mut parts.headers, &inject.extra_strip());
     if websocket {
         parts.headers.insert(
             header::CONNECTION,
@@ -300,9 +295,14 @@ async fn forward_logged(
             let limit = state.config.limits.max_body_buffer;
             let body = body.unwrap_or_else(body::empty);
             Some(
-                session::collect_capped(body, limit)
+                body::collect_capped(body, limit)
                     .await
-                    .map_err(|()| ProxyError::PayloadTooLarge { limit })?,
+                    .map_err(|e| match e {
+                        body::Capped::TooLarge => ProxyError::PayloadTooLarge { limit },
+                        body::Capped::Failed => {
+                            ProxyError::BadRequest("the request body could not be read".into())
+                        }
+                    })?,
             )
         }
     };

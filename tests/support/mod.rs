@@ -82,6 +82,31 @@ pub fn admin_client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
+/// `GET url` with a bearer token; the JSON answer.
+pub async fn get_json(
+    c: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    token: &str,
+) -> serde_json::Value {
+    c.get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// `GET url` with a bearer token; the status code.
+pub async fn get_status(
+    c: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    token: &str,
+) -> reqwest::StatusCode {
+    c.get(url).bearer_auth(token).send().await.unwrap().status()
+}
+
 /// A running clavis on port 0.
 pub struct Clavis {
     pub proxy: SocketAddr,

@@ -66,7 +66,17 @@ pub fn sign(creds: &Credentials, input: &SignInput) -> Result<Signed, SignError>
 /// Cheap check of the scheme without parsing the key: the legacy HMAC scheme
 /// signs the body, so the proxy must buffer it. Mirrors [`parse_secret`].
 pub fn is_legacy_hmac_secret(secret: &str) -> bool {
-    matches!(parse_secret(secret), Ok(None))
+    !looks_like_key(unescape_newlines(secret).trim())
+}
+
+/// PEM, or 40+ base64 characters (an Ed25519 key): the JWT scheme. Decided
+/// by form alone, so the proxy can plan without parsing the key twice.
+fn looks_like_key(trimmed: &str) -> bool {
+    trimmed.starts_with("-----BEGIN")
+        || (trimmed.len() >= MIN_BASE64_KEY_LEN
+            && trimmed
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')))
 }
 
 /// `None` means "plain string": the legacy HMAC scheme. A secret that looks
@@ -78,11 +88,7 @@ pub fn parse_secret(secret: &str) -> Result<Option<CdpKey>, SignError> {
     if trimmed.starts_with("-----BEGIN") {
         return parse_pem_key(trimmed).map(Some);
     }
-    let looks_base64 = trimmed.len() >= MIN_BASE64_KEY_LEN
-        && trimmed
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
-    if !looks_base64 {
+    if !looks_like_key(trimmed) {
         return Ok(None);
     }
     let raw = Zeroizing::new(STANDARD.decode(trimmed).map_err(|_| {
