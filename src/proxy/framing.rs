@@ -73,34 +73,58 @@ impl<S> Guard<S> {
     }
 }
 
-/// What a request head says about its body.
+fn trim(bytes: &[u8]) -> &[u8] {
+    bytes.trim_ascii()
+}
+
+/// What a request head says about its body: (ambiguous, length, chunked).
+/// Works on the bytes as read, without copying them.
 fn inspect(head: &[u8]) -> (bool, Option<u64>, bool) {
-    let text = String::from_utf8_lossy(head);
-    let mut lengths = Vec::new();
+    let mut first_length: Option<&[u8]> = None;
+    let mut differing = false;
     let mut te = false;
     let mut chunked = false;
-    for line in text.split("\r\n").skip(1) {
-        let Some((name, value)) = line.split_once(':') else {
+    for line in head.split(|b| *b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
-        let name = name.trim().to_ascii_lowercase();
-        let value = value.trim();
-        if name == "content-length" {
-            lengths.push(value.to_owned());
-        } else if name == "transfer-encoding" {
+        let (name, value) = (trim(&line[..colon]), trim(&line[colon + 1..]));
+        if name.eq_ignore_ascii_case(b"content-length") {
+            match first_length {
+                None => first_length = Some(value),
+                Some(first) => differing |= first != value,
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             te = true;
             chunked = value
-                .to_ascii_lowercase()
-                .split(',')
-                .next_back()
-                .map(str::trim)
-                == Some("chunked");
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|last| trim(last).eq_ignore_ascii_case(b"chunked"));
         }
     }
-    let differing = lengths.windows(2).any(|w| w[0] != w[1]);
-    let ambiguous = (te && !lengths.is_empty()) || differing;
-    let length = lengths.first().and_then(|l| l.parse().ok());
+    let ambiguous = (te && first_length.is_some()) || differing;
+    let length = first_length
+        .and_then(|l| std::str::from_utf8(l).ok())
+        .and_then(|l| l.parse().ok());
     (ambiguous, if te { None } else { length }, chunked)
+}
+
+/// After a head: where its body's framing leads.
+fn after_head(head: &[u8], requests: &mut u64, verdicts: &Verdicts) -> State {
+    *requests += 1;
+    let (ambiguous, length, chunked) = inspect(head);
+    if ambiguous {
+        verdicts.mark(*requests);
+    }
+    if chunked {
+        State::ChunkSize(Vec::new())
+    } else {
+        match length {
+            Some(n) if n > 0 => State::Body(n),
+            _ => State::Head(Vec::new()),
+        }
+    }
 }
 
 fn advance(state: &mut State, requests: &mut u64, verdicts: &Verdicts, mut data: &[u8]) {
@@ -113,29 +137,25 @@ fn advance(state: &mut State, requests: &mut u64, verdicts: &Verdicts, mut data:
                     data = &data[1..];
                     continue;
                 }
+                // The usual case: the whole head arrived in one read.
+                if buf.is_empty() {
+                    if let Some((end, next)) = head_end(data) {
+                        *state = after_head(&data[..end], requests, verdicts);
+                        data = &data[next..];
+                        continue;
+                    }
+                }
                 let before = buf.len();
                 buf.extend_from_slice(data);
-                let Some(end) = find(buf, b"\r\n\r\n") else {
+                let Some((end, next)) = head_end(buf) else {
                     if buf.len() > MAX_HEAD {
                         *state = State::Off;
                     }
                     return;
                 };
-                let consumed = end + 4 - before;
-                data = &data[consumed..];
-                *requests += 1;
-                let (ambiguous, length, chunked) = inspect(&buf[..end]);
-                if ambiguous {
-                    verdicts.mark(*requests);
-                }
-                *state = if chunked {
-                    State::ChunkSize(Vec::new())
-                } else {
-                    match length {
-                        Some(n) if n > 0 => State::Body(n),
-                        _ => State::Head(Vec::new()),
-                    }
-                };
+                data = &data[next - before..];
+                let head = std::mem::take(buf);
+                *state = after_head(&head[..end], requests, verdicts);
             }
             State::Body(left) => {
                 let n = (*left).min(data.len() as u64);
@@ -155,8 +175,8 @@ fn advance(state: &mut State, requests: &mut u64, verdicts: &Verdicts, mut data:
                 };
                 line.extend_from_slice(&data[..nl]);
                 data = &data[nl + 1..];
-                let text = String::from_utf8_lossy(line);
-                let size = text.trim().split(';').next().unwrap_or("").trim();
+                let size = line.split(|b| *b == b';').next().map(trim).unwrap_or(b"");
+                let size = std::str::from_utf8(size).unwrap_or("-");
                 *state = match u64::from_str_radix(size, 16) {
                     Ok(0) => State::Trailers(Vec::new()),
                     Ok(n) => State::ChunkData(n),
@@ -202,6 +222,16 @@ fn advance(state: &mut State, requests: &mut u64, verdicts: &Verdicts, mut data:
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(hay, needle)
+}
+
+/// The end of a head (an empty line, `\r\n` or a bare `\n` as hyper also
+/// accepts): where the head's text stops and where the body begins.
+fn head_end(buf: &[u8]) -> Option<(usize, usize)> {
+    memchr::memchr_iter(b'\n', buf).find_map(|i| match buf.get(i + 1..) {
+        Some([b'\n', ..]) => Some((i, i + 2)),
+        Some([b'\r', b'\n', ..]) => Some((i, i + 3)),
+        _ => None,
+    })
 }
 
 impl<S: AsyncRead> AsyncRead for Guard<S> {
@@ -291,6 +321,9 @@ GET /d HTTP/1.1\r\nHost: h\r\n\r\n";
             let dup: &[u8] =
                 b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx";
             assert_eq!(run(&[dup]).1, vec![1]);
+            let bare_lf: &[u8] =
+                b"POST /x HTTP/1.1\nHost: h\nContent-Length: 5\nTransfer-Encoding: chunked\n\n0\r\n\r\n";
+            assert_eq!(run(&[bare_lf]), (1, vec![1]));
             let same: &[u8] =
                 b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx";
             assert_eq!(run(&[same]).1, Vec::<u64>::new());

@@ -72,23 +72,29 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers, those named in `Connection`, every `Proxy-*`
 /// header, and `Upgrade` (upgrades are handled explicitly, not passed along).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-    headers.remove(header::UPGRADE);
-    let proxy: Vec<HeaderName> = headers
+    // One pass over the names; most messages carry none of these, and then
+    // nothing is hashed, allocated or removed.
+    let has_connection = headers.contains_key(header::CONNECTION);
+    let named_in_connection = |name: &HeaderName| {
+        has_connection
+            && headers.get_all(header::CONNECTION).iter().any(|v| {
+                v.to_str().is_ok_and(|v| {
+                    v.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+                })
+            })
+    };
+    let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with("proxy-"))
+        .filter(|k| {
+            HOP_BY_HOP.contains(k)
+                || *k == header::UPGRADE
+                || k.as_str().starts_with("proxy-")
+                || named_in_connection(k)
+        })
         .cloned()
         .collect();
-    for name in proxy {
+    for name in doomed {
         headers.remove(name);
     }
 }
