@@ -25,6 +25,15 @@ pub struct Version {
     pub version: &'static str,
 }
 
+/// Handles on one connector's request series (cheap to clone: shared atomics).
+#[derive(Clone, Debug)]
+pub struct ConnectorStats {
+    pub injected: Counter,
+    pub denied: Counter,
+    pub error: Counter,
+    pub duration: Histogram,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<Outcome, Counter>,
@@ -106,6 +115,30 @@ impl Metrics {
             cert_cache_entries,
             certs_issued,
             audit_failures,
+        }
+    }
+
+    /// One connector's series, resolved once (per tunnel) so the request
+    /// path only touches atomics.
+    pub fn for_connector(&self, connector: &str) -> ConnectorStats {
+        let outcome = |outcome| {
+            self.requests
+                .get_or_create(&Outcome {
+                    connector: connector.to_owned(),
+                    outcome,
+                })
+                .clone()
+        };
+        ConnectorStats {
+            injected: outcome("injected"),
+            denied: outcome("denied"),
+            error: outcome("error"),
+            duration: self
+                .duration
+                .get_or_create(&ConnectorLabel {
+                    connector: connector.to_owned(),
+                })
+                .clone(),
         }
     }
 

@@ -131,15 +131,11 @@ pub async fn call(
             ))
         })?
         .to_owned();
-    let target = Target {
-        host,
-        port: connector.port,
-        connector,
-    };
-    let caller = Caller {
+    let target = std::sync::Arc::new(Target::new(state, host, connector.port, connector)?);
+    let caller = std::sync::Arc::new(Caller {
         agent: who.agent().cloned(),
         actor,
-    };
+    });
     let req = call.into_request()?;
     exchange::forward(state, &caller, &target, Choice::Named(&service.name), req).await
 }

@@ -48,11 +48,7 @@ pub async fn handle(
     let ctx = ctx.clone();
     match connector {
         Some(connector) if port == connector.port => {
-            let target = Arc::new(Target {
-                host,
-                port,
-                connector,
-            });
+            let target = Arc::new(Target::new(&ctx.state, host, port, connector)?);
             let caller = Arc::new(caller);
             tokio::spawn(async move {
                 if let Some(io) = upgraded(on_upgrade.await) {

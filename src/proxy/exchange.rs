@@ -26,6 +26,37 @@ pub struct Target {
     pub host: String,
     pub port: u16,
     pub connector: Arc<Connector>,
+    /// `host[:port]` as every upstream URI carries it.
+    authority: http::uri::Authority,
+    stats: crate::metrics::ConnectorStats,
+}
+
+impl Target {
+    /// `host` is already normalized (lowercase, no trailing dot); a name
+    /// that is not a valid authority is refused.
+    pub fn new(
+        state: &State,
+        host: String,
+        port: u16,
+        connector: Arc<Connector>,
+    ) -> Result<Target, ProxyError> {
+        let text = if port == 443 {
+            host.clone()
+        } else {
+            format!("{host}:{port}")
+        };
+        let authority = text
+            .parse()
+            .map_err(|_| ProxyError::BadRequest(format!("{text:?} is not a valid authority")))?;
+        let stats = state.metrics.for_connector(&connector.name);
+        Ok(Target {
+            host,
+            port,
+            connector,
+            authority,
+            stats,
+        })
+    }
 }
 
 /// Who is asking.
@@ -193,34 +224,27 @@ fn deny(
 /// authority is ignored: the URI is rebuilt from `target`.
 pub async fn forward(
     state: &State,
-    caller: &Caller,
-    target: &Target,
+    caller: &Arc<Caller>,
+    target: &Arc<Target>,
     choice: Choice<'_>,
     req: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
-    let mut log = ExchangeLog::new(caller, target, req.method(), req.uri().path());
+    let mut log = ExchangeLog::new(caller, target, req.method(), req.uri());
     let result = forward_logged(state, caller, target, choice, req, &mut log).await;
-    let connector = &target.connector.name;
+    let stats = &target.stats;
     match &result {
         Ok(response) => {
             log.status = Some(response.status().as_u16());
-            state.metrics.outcome(connector, "injected");
-            state
-                .metrics
-                .duration
-                .get_or_create(&crate::metrics::ConnectorLabel {
-                    connector: connector.clone(),
-                })
-                .observe(log.started.elapsed().as_secs_f64());
+            stats.injected.inc();
+            stats.duration.observe(log.started.elapsed().as_secs_f64());
         }
         Err(e) => {
             log.status = Some(e.status().as_u16());
             log.error = Some(e.to_string());
-            let outcome = match e.fault() {
-                crate::error::Fault::Agent => "denied",
-                _ => "error",
+            match e.fault() {
+                crate::error::Fault::Agent => stats.denied.inc(),
+                _ => stats.error.inc(),
             };
-            state.metrics.outcome(connector, outcome);
             if matches!(e, ProxyError::AuditUnavailable) {
                 state.metrics.audit_failures.inc();
             }
@@ -231,8 +255,8 @@ pub async fn forward(
 
 async fn forward_logged(
     state: &State,
-    caller: &Caller,
-    target: &Target,
+    caller: &Arc<Caller>,
+    target: &Arc<Target>,
     choice: Choice<'_>,
     req: Request<Body>,
     log: &mut ExchangeLog<'_>,
@@ -316,11 +340,22 @@ async fn forward_logged(
         &caller.actor,
         Detail::request(parts.method.as_str(), &target.host, parts.uri.path()),
     ))?;
-    let mut patterns = scrub::Patterns::from_credentials(creds.expose());
+    let mut echo = Echo {
+        state: state.clone(),
+        service: service.clone(),
+        caller: caller.clone(),
+        target: target.clone(),
+        known: None,
+    };
     let response = match (plan, buffered) {
         (Plan::Session, Some(bytes)) => {
+            let mut patterns = scrub::Patterns::from_credentials(creds.expose());
             drop(creds);
-            session_exchange(state, caller, target, &service, parts, bytes, &mut patterns).await
+            let response =
+                session_exchange(state, caller, target, &service, parts, bytes, &mut patterns)
+                    .await;
+            echo.known = Some(patterns);
+            response
         }
         (_, buffered) => {
             let bytes = buffered.as_deref().unwrap_or(&[]);
@@ -351,27 +386,54 @@ async fn forward_logged(
     event.set_status(status);
     let (mut parts, body) = response?.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    let on_hit = {
-        let (state, actor, entry, host) = (
-            state.clone(),
-            caller.actor.clone(),
-            service.name.clone(),
-            target.host.clone(),
-        );
-        Box::new(move |hits: usize| {
-            tracing::warn!(service = %entry, host = %host, hits, "upstream echoed the credential; masked");
-            let detail = Detail::note(format!(
-                "upstream {host} echoed the credential; {hits} occurrence(s) masked"
-            ));
-            let _ = state
-                .audit
-                .record(Event::new(Action::Denied, &entry, &actor, detail));
-        })
+    let anchors = match &echo.known {
+        Some(patterns) => Arc::new(scrub::Anchors::of(patterns)),
+        None => state
+            .store
+            .anchors(&service)
+            .map_err(|e| ProxyError::Internal(e.to_string()))?
+            .unwrap_or_default(),
     };
     Ok(Response::from_parts(
         parts,
-        scrub::scrub(body::boxed(body), patterns, on_hit),
+        scrub::scrub(body::boxed(body), anchors, Box::new(echo)),
     ))
+}
+
+/// The scrubber's view of one exchange: the secrets that went out (opened
+/// again only if an anchor shows up in the response) and where an echo is
+/// reported.
+struct Echo {
+    state: State,
+    service: Arc<Service>,
+    caller: Arc<Caller>,
+    target: Arc<Target>,
+    /// Forms known up front (a session exchange adds its token).
+    known: Option<scrub::Patterns>,
+}
+
+impl scrub::Source for Echo {
+    fn patterns(&mut self) -> Result<scrub::Patterns, body::BoxError> {
+        if let Some(known) = self.known.take() {
+            return Ok(known);
+        }
+        let creds = self.state.credentials(&self.service)?;
+        Ok(scrub::Patterns::from_credentials(creds.expose()))
+    }
+
+    fn masked(&self, hits: usize) {
+        let (entry, host) = (&self.service.name, &self.target.host);
+        tracing::warn!(service = %entry, host = %host, hits, "upstream echoed the credential; masked");
+        let detail = Detail::note(format!(
+            "upstream {host} echoed the credential; {hits} occurrence(s) masked"
+        ));
+        let _ = self.state.audit.record(Event::new(
+            Action::Denied,
+            entry,
+            &self.caller.actor,
+            detail,
+        ));
+    }
 }
 
 /// Answers the client with the upstream's `101` and joins the two upgraded
@@ -525,13 +587,15 @@ fn choose_service(
 
 /// `https://{target}{path?query}`: the destination comes from the target only.
 fn upstream_uri(target: &Target, uri: &Uri) -> Result<Uri, ProxyError> {
-    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let text = if target.port == 443 {
-        format!("https://{}{pq}", target.host)
-    } else {
-        format!("https://{}:{}{pq}", target.host, target.port)
-    };
-    text.parse()
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTPS);
+    parts.authority = Some(target.authority.clone());
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts)
         .map_err(|_| ProxyError::BadRequest("request target is not a valid URI path".into()))
 }
 
@@ -541,7 +605,8 @@ struct ExchangeLog<'a> {
     caller: &'a Caller,
     target: &'a Target,
     method: Method,
-    path: String,
+    /// The agent's URI (cloning shares its bytes); only its path is logged.
+    uri: Uri,
     service: Option<Arc<Service>>,
     status: Option<u16>,
     error: Option<String>,
@@ -549,12 +614,12 @@ struct ExchangeLog<'a> {
 }
 
 impl<'a> ExchangeLog<'a> {
-    fn new(caller: &'a Caller, target: &'a Target, method: &Method, path: &str) -> ExchangeLog<'a> {
+    fn new(caller: &'a Caller, target: &'a Target, method: &Method, uri: &Uri) -> ExchangeLog<'a> {
         ExchangeLog {
             caller,
             target,
             method: method.clone(),
-            path: path.to_owned(),
+            uri: uri.clone(),
             service: None,
             status: None,
             error: None,
@@ -575,7 +640,7 @@ impl Drop for ExchangeLog<'_> {
                 service = %service.name,
                 host = %self.target.host,
                 method = %self.method,
-                path = %self.path,
+                path = self.uri.path(),
                 status,
                 latency_ms,
                 error = self.error.as_deref(),
@@ -586,7 +651,7 @@ impl Drop for ExchangeLog<'_> {
                 service = %service.name,
                 host = %self.target.host,
                 method = %self.method,
-                path = %self.path,
+                path = self.uri.path(),
                 latency_ms,
                 "exchange cancelled"
             ),

@@ -4,8 +4,16 @@
 //! (`[REDACTED]` padded with `*`), so `Content-Length` stays true and SSE
 //! keeps streaming; only a possible partial match at a chunk's end is held
 //! back, never a whole event.
+//!
+//! Two stages keep the common case (no echo) cheap without keeping a secret
+//! in the clear between requests: [`Anchors`], cached per service, hold only
+//! the first [`ANCHOR`] bytes of each encoded form and are searched with
+//! SIMD; only a frame where an anchor shows up asks its [`Source`] for the
+//! full [`Patterns`] (opened from the sealed store for that one body, wiped
+//! when the body ends), and from then on the body is matched exactly.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use base64::Engine;
@@ -157,28 +165,96 @@ impl Default for Patterns {
     }
 }
 
+/// How many leading bytes of each encoded form the cached index keeps.
+pub const ANCHOR: usize = 4;
+
+/// Where an echo could begin: the first [`ANCHOR`] bytes of every form in a
+/// [`Patterns`], never more (a form is at least [`MIN_SECRET`] long).
+#[derive(Debug, Default)]
+pub struct Anchors {
+    list: Vec<[u8; ANCHOR]>,
+    /// The distinct first bytes, searched three at a time.
+    firsts: Vec<u8>,
+}
+
+impl Anchors {
+    pub fn of(patterns: &Patterns) -> Anchors {
+        let mut anchors = Anchors::default();
+        for p in &patterns.list {
+            let mut a = [0u8; ANCHOR];
+            a.copy_from_slice(&p[..ANCHOR]);
+            if !anchors.list.contains(&a) {
+                anchors.list.push(a);
+            }
+            if !anchors.firsts.contains(&a[0]) {
+                anchors.firsts.push(a[0]);
+            }
+        }
+        anchors
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Whether `data` holds an anchor, or ends with the start of one (which
+    /// the next frame may complete).
+    fn found_in(&self, data: &[u8]) -> bool {
+        let hit = |i: usize| {
+            let rest = &data[i..];
+            if rest.len() >= ANCHOR {
+                self.list.iter().any(|a| rest[..ANCHOR] == a[..])
+            } else {
+                self.list.iter().any(|a| a.starts_with(rest))
+            }
+        };
+        self.firsts.chunks(3).any(|set| match *set {
+            [a] => memchr::memchr_iter(a, data).any(hit),
+            [a, b] => memchr::memchr2_iter(a, b, data).any(hit),
+            [a, b, c] => memchr::memchr3_iter(a, b, c, data).any(hit),
+            _ => false,
+        })
+    }
+}
+
+/// What a scrubbed body needs from its exchange, asked at most once each.
+pub trait Source: Send + Sync + 'static {
+    /// The exchange's secrets in full, when an anchor shows up. An error
+    /// ends the body (nothing unchecked is sent).
+    fn patterns(&mut self) -> Result<Patterns, BoxError>;
+    /// Reports the first masked echo (`hits` occurrences in that frame).
+    fn masked(&self, hits: usize);
+}
+
 pin_project_lite::pin_project! {
     /// A response body with the exchange's secrets masked.
     pub struct Scrubbed {
         #[pin]
         inner: Body,
-        patterns: Patterns,
+        anchors: Arc<Anchors>,
+        source: Box<dyn Source>,
+        // Set once an anchor was seen: from then on every frame is matched
+        // against the full forms, and a possible partial match is held.
+        patterns: Option<Patterns>,
         held: BytesMut,
-        on_hit: Option<Box<dyn FnOnce(usize) + Send + Sync>>,
+        reported: bool,
         done: bool,
     }
 }
 
-/// Wraps `body`; `on_hit` runs once, on the first masked echo.
-pub fn scrub(body: Body, patterns: Patterns, on_hit: Box<dyn FnOnce(usize) + Send + Sync>) -> Body {
-    if patterns.is_empty() {
+/// Wraps `body`; with no anchors (no secret long enough to mask) it is
+/// returned as it is.
+pub fn scrub(body: Body, anchors: Arc<Anchors>, source: Box<dyn Source>) -> Body {
+    if anchors.is_empty() {
         return body;
     }
     http_body_util::BodyExt::boxed(Scrubbed {
         inner: body,
-        patterns,
+        anchors,
+        source,
+        patterns: None,
         held: BytesMut::new(),
-        on_hit: Some(on_hit),
+        reported: false,
         done: false,
     })
 }
@@ -216,17 +292,40 @@ impl HttpBody for Scrubbed {
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => (Bytes::new(), true),
             };
-            this.held.extend_from_slice(&data);
-            let hits = this.patterns.mask(this.held);
-            if hits > 0 {
-                if let Some(f) = this.on_hit.take() {
-                    f(hits);
+            // The common case: nothing that could start an echo, nothing
+            // held: the frame goes on untouched, without a copy.
+            if this.patterns.is_none() {
+                if !this.anchors.found_in(&data) {
+                    if last {
+                        *this.done = true;
+                        return Poll::Ready(None);
+                    }
+                    if data.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
+                match this.source.patterns() {
+                    Ok(p) => *this.patterns = Some(p),
+                    Err(e) => {
+                        *this.done = true;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+            }
+            let Some(patterns) = this.patterns.as_ref() else {
+                continue;
+            };
+            this.held.extend_from_slice(&data);
+            let hits = patterns.mask(this.held);
+            if hits > 0 && !*this.reported {
+                *this.reported = true;
+                this.source.masked(hits);
             }
             let keep = if last {
                 0
             } else {
-                this.patterns.partial_suffix(this.held)
+                patterns.partial_suffix(this.held)
             };
             let ready = this.held.len() - keep;
             if last {
@@ -265,19 +364,33 @@ mod tests {
                 .map(|c| Ok::<_, BoxError>(Frame::data(Bytes::from_static(c)))),
         );
         let body = http_body_util::StreamBody::new(stream).boxed();
-        let mut p = Patterns::new();
-        p.add(SECRET.as_bytes());
-        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let h = hits.clone();
-        let body = scrub(
-            body,
-            p,
-            Box::new(move |n| {
-                h.store(n, std::sync::atomic::Ordering::SeqCst);
-            }),
-        );
+        let forms = || {
+            let mut p = Patterns::new();
+            p.add(SECRET.as_bytes());
+            p
+        };
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let source = Box::new(Given {
+            patterns: Some(forms()),
+            hits: hits.clone(),
+        });
+        let body = scrub(body, Arc::new(Anchors::of(&forms())), source);
         let out = body.collect().await.unwrap().to_bytes().to_vec();
         (out, hits.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    struct Given {
+        patterns: Option<Patterns>,
+        hits: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Source for Given {
+        fn patterns(&mut self) -> Result<Patterns, BoxError> {
+            Ok(self.patterns.take().expect("asked once"))
+        }
+        fn masked(&self, hits: usize) {
+            self.hits.store(hits, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     mod scrub {
@@ -323,6 +436,58 @@ mod tests {
             let (out, hits) = run(vec![b"data: 1\n\n", b"data: 2\n\n"]).await;
             assert_eq!(out, b"data: 1\n\ndata: 2\n\n");
             assert_eq!(hits, 0);
+        }
+
+        #[tokio::test]
+        async fn masks_an_echo_split_inside_its_anchor() {
+            // Every split point, including inside the first ANCHOR bytes.
+            let text: &'static str = "{\"echo\":\"sk-REAL-secret-0123456789\"}";
+            for cut in 1..text.len() {
+                let (a, b) = text.as_bytes().split_at(cut);
+                let (out, hits) = run(vec![a, b]).await;
+                let out = String::from_utf8(out).unwrap();
+                assert!(!out.contains("secret-0123"), "cut {cut}: {out}");
+                assert_eq!(out.len(), text.len());
+                assert_eq!(hits, 1, "cut {cut}");
+            }
+        }
+
+        #[tokio::test]
+        async fn clean_frames_pass_without_a_copy_or_opening_the_secret() {
+            let mut p = Patterns::new();
+            p.add(SECRET.as_bytes());
+            let anchors = Arc::new(Anchors::of(&p));
+            assert!(anchors.list.iter().all(|a| a.len() == ANCHOR));
+
+            struct Refuse;
+            impl Source for Refuse {
+                fn patterns(&mut self) -> Result<Patterns, BoxError> {
+                    Err("the secret was opened".into())
+                }
+                fn masked(&self, _: usize) {}
+            }
+            let chunk = Bytes::from_static(b"data: {\"score\": 0.75, \"skip\": true}\n\n");
+            let ptr = chunk.as_ptr();
+            let stream = futures_util::stream::iter(vec![Ok::<_, BoxError>(Frame::data(chunk))]);
+            let mut body = scrub(
+                http_body_util::StreamBody::new(stream).boxed(),
+                anchors.clone(),
+                Box::new(Refuse),
+            );
+            let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            assert_eq!(frame.as_ptr(), ptr, "passed through untouched");
+            assert!(body.frame().await.is_none());
+
+            // An anchor in the response does open it, and a failure ends the body.
+            let stream = futures_util::stream::iter(vec![Ok::<_, BoxError>(Frame::data(
+                Bytes::from_static(b"key sk-REAL-"),
+            ))]);
+            let mut body = scrub(
+                http_body_util::StreamBody::new(stream).boxed(),
+                anchors,
+                Box::new(Refuse),
+            );
+            assert!(body.frame().await.unwrap().is_err());
         }
     }
 }

@@ -7,7 +7,7 @@ pub mod seal;
 pub mod snapshot;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::SystemTime;
 
 use ring::rand::{SecureRandom, SystemRandom};
@@ -19,6 +19,7 @@ pub use snapshot::{Snapshot, SnapshotError};
 use snapshot::Record;
 
 use crate::connector::Connector;
+use crate::proxy::scrub::{Anchors, Patterns};
 use crate::secret::Secret;
 
 /// Where a service was defined: config services are rebuilt at every start,
@@ -40,7 +41,26 @@ pub struct Service {
     pub validated_at: Option<SystemTime>,
     /// What the entries API shows: notes, URL, username, custom fields.
     pub entry: Entry,
-    sealed: Option<Vec<u8>>,
+    sealed: Option<Arc<Sealed>>,
+}
+
+/// A service's credentials as kept: AES-GCM sealed, plus what the response
+/// scrubber derives from them on first use (only the first bytes of each
+/// encoded form, see [`Anchors`]). Shared by clones of the service; new
+/// credentials make a new one.
+#[derive(Debug)]
+struct Sealed {
+    bytes: Vec<u8>,
+    anchors: OnceLock<Arc<Anchors>>,
+}
+
+impl Sealed {
+    fn new(bytes: Vec<u8>) -> Arc<Sealed> {
+        Arc::new(Sealed {
+            bytes,
+            anchors: OnceLock::new(),
+        })
+    }
 }
 
 /// A service seen as a vault entry. Sensitive field values are sealed like
@@ -107,7 +127,7 @@ impl Service {
             sealed: self
                 .sealed
                 .as_ref()
-                .map(|s| base64::engine::general_purpose::STANDARD.encode(s)),
+                .map(|s| base64::engine::general_purpose::STANDARD.encode(&s.bytes)),
             entry: snapshot::RecordEntry {
                 notes: self.entry.notes.clone(),
                 url: self.entry.url.clone(),
@@ -325,7 +345,7 @@ impl Store {
                         None => None,
                     };
                     *slot = Arc::new(Service {
-                        sealed,
+                        sealed: sealed.map(Sealed::new),
                         validated_at: r.validated_at.map(snapshot::from_unix),
                         ..slot.as_ref().clone()
                     });
@@ -350,7 +370,7 @@ impl Store {
                         created_at: snapshot::from_unix(r.created_at),
                         validated_at: r.validated_at.map(snapshot::from_unix),
                         entry: Service::entry_from(&r.entry),
-                        sealed: r.sealed_bytes(),
+                        sealed: r.sealed_bytes().map(Sealed::new),
                     }));
                     restored += 1;
                 }
@@ -419,7 +439,7 @@ impl Store {
             let sealed = self.sealer.seal(&aad, &creds.encode())?;
             let service = Arc::new(Service {
                 validated_at: validated.then(SystemTime::now).or(slot.validated_at),
-                sealed: Some(sealed),
+                sealed: Some(Sealed::new(sealed)),
                 ..slot.as_ref().clone()
             });
             *slot = service.clone();
@@ -482,10 +502,31 @@ impl Store {
             return Ok(None);
         };
         let aad = Service::aad(&service.id, &service.connector.name);
-        let plain = self.sealer.open(&aad, sealed)?;
+        let plain = self.sealer.open(&aad, &sealed.bytes)?;
         let creds =
             Credentials::decode(&plain).ok_or_else(|| StoreError::Corrupt(service.name.clone()))?;
         Ok(Some(Secret::new(creds)))
+    }
+
+    /// The scrubber's anchors for a service's credentials: derived once per
+    /// set of credentials (opening them that one time), then shared.
+    pub fn anchors(&self, service: &Service) -> Result<Option<Arc<Anchors>>, StoreError> {
+        let Some(sealed) = &service.sealed else {
+            return Ok(None);
+        };
+        if let Some(anchors) = sealed.anchors.get() {
+            return Ok(Some(anchors.clone()));
+        }
+        let Some(creds) = self.open(service)? else {
+            return Ok(None);
+        };
+        let patterns = Patterns::from_credentials(creds.expose());
+        Ok(Some(
+            sealed
+                .anchors
+                .get_or_init(|| Arc::new(Anchors::of(&patterns)))
+                .clone(),
+        ))
     }
 }
 
