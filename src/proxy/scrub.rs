@@ -172,8 +172,11 @@ pub const ANCHOR: usize = 4;
 /// [`Patterns`], never more (a form is at least [`MIN_SECRET`] long).
 #[derive(Debug, Default)]
 pub struct Anchors {
-    list: Vec<[u8; ANCHOR]>,
-    /// The distinct first bytes, searched three at a time.
+    /// Each anchor's bytes as one native-endian word.
+    list: Vec<u32>,
+    /// All anchors in one SIMD pass (None on a CPU without the instructions).
+    searcher: Option<aho_corasick::packed::Searcher>,
+    /// Without it: the distinct first bytes, searched three at a time.
     firsts: Vec<u8>,
 }
 
@@ -181,14 +184,20 @@ impl Anchors {
     pub fn of(patterns: &Patterns) -> Anchors {
         let mut anchors = Anchors::default();
         for p in &patterns.list {
-            let mut a = [0u8; ANCHOR];
-            a.copy_from_slice(&p[..ANCHOR]);
+            let a = word(&p[..ANCHOR]);
             if !anchors.list.contains(&a) {
                 anchors.list.push(a);
             }
-            if !anchors.firsts.contains(&a[0]) {
-                anchors.firsts.push(a[0]);
+            if !anchors.firsts.contains(&p[0]) {
+                anchors.firsts.push(p[0]);
             }
+        }
+        if !anchors.list.is_empty() {
+            let mut builder = aho_corasick::packed::Config::new().builder();
+            for a in &anchors.list {
+                builder.add(a.to_ne_bytes());
+            }
+            anchors.searcher = builder.build();
         }
         anchors
     }
@@ -200,21 +209,37 @@ impl Anchors {
     /// Whether `data` holds an anchor, or ends with the start of one (which
     /// the next frame may complete).
     fn found_in(&self, data: &[u8]) -> bool {
-        let hit = |i: usize| {
-            let rest = &data[i..];
-            if rest.len() >= ANCHOR {
-                self.list.iter().any(|a| rest[..ANCHOR] == a[..])
-            } else {
-                self.list.iter().any(|a| a.starts_with(rest))
+        let whole = match &self.searcher {
+            Some(searcher) => searcher.find(data).is_some(),
+            None => {
+                let hit = |i: usize| {
+                    data.get(i..i + ANCHOR)
+                        .is_some_and(|w| self.list.contains(&word(w)))
+                };
+                self.firsts.chunks(3).any(|set| match *set {
+                    [a] => memchr::memchr_iter(a, data).any(hit),
+                    [a, b] => memchr::memchr2_iter(a, b, data).any(hit),
+                    [a, b, c] => memchr::memchr3_iter(a, b, c, data).any(hit),
+                    _ => false,
+                })
             }
         };
-        self.firsts.chunks(3).any(|set| match *set {
-            [a] => memchr::memchr_iter(a, data).any(hit),
-            [a, b] => memchr::memchr2_iter(a, b, data).any(hit),
-            [a, b, c] => memchr::memchr3_iter(a, b, c, data).any(hit),
-            _ => false,
+        whole || self.starts_in_tail(data)
+    }
+
+    /// Whether the last 1..ANCHOR bytes are the beginning of an anchor.
+    fn starts_in_tail(&self, data: &[u8]) -> bool {
+        (1..ANCHOR.min(data.len() + 1)).any(|k| {
+            let tail = &data[data.len() - k..];
+            self.list.iter().any(|a| a.to_ne_bytes().starts_with(tail))
         })
     }
+}
+
+fn word(four: &[u8]) -> u32 {
+    let mut w = [0u8; ANCHOR];
+    w.copy_from_slice(four);
+    u32::from_ne_bytes(w)
 }
 
 /// What a scrubbed body needs from its exchange, asked at most once each.
@@ -438,6 +463,34 @@ mod tests {
             assert_eq!(hits, 0);
         }
 
+        #[test]
+        fn simd_and_fallback_searches_agree() {
+            let mut p = Patterns::new();
+            p.add(SECRET.as_bytes());
+            let simd = Anchors::of(&p);
+            let mut plain = Anchors::of(&p);
+            plain.searcher = None;
+            let echo = format!("{{\"k\":\"{SECRET}\"}}");
+            let b64 = base64::engine::general_purpose::STANDARD.encode(format!("u:{SECRET}"));
+            for text in [
+                "nothing here at all, 0.0007 score object",
+                echo.as_str(),
+                b64.as_str(),
+                "ends with the start sk-R",
+                "s",
+                "",
+            ] {
+                assert_eq!(
+                    simd.found_in(text.as_bytes()),
+                    plain.found_in(text.as_bytes()),
+                    "{text}"
+                );
+            }
+            assert!(!simd.found_in(b"nothing here at all, 0.0007 score object"));
+            assert!(simd.found_in(echo.as_bytes()) && simd.found_in(b64.as_bytes()));
+            assert!(simd.found_in(b"ends with the start sk-R"));
+        }
+
         #[tokio::test]
         async fn masks_an_echo_split_inside_its_anchor() {
             // Every split point, including inside the first ANCHOR bytes.
@@ -457,7 +510,6 @@ mod tests {
             let mut p = Patterns::new();
             p.add(SECRET.as_bytes());
             let anchors = Arc::new(Anchors::of(&p));
-            assert!(anchors.list.iter().all(|a| a.len() == ANCHOR));
 
             struct Refuse;
             impl Source for Refuse {
