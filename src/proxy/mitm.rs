@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::LazyConfigAcceptor;
 
@@ -70,24 +70,30 @@ pub async fn serve(
             ambiguous,
         )
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.0)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_streams)
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .initial_stream_window_size(1024 * 1024)
-        .initial_connection_window_size(4 * 1024 * 1024)
-        .max_pending_accept_reset_streams(20)
-        .keep_alive_interval(Some(std::time::Duration::from_secs(60)));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(e) = ctx.drain.watch(conn, |c| c.graceful_shutdown()).await {
+    // ALPN already chose the protocol: serve it directly (no sniffing layer).
+    let io = TokioIo::new(io);
+    let ended = if h1 {
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout.0)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_headers(limits.max_headers)
+            .serve_connection(io, service)
+            .with_upgrades();
+        ctx.drain.watch(conn, |c| c.graceful_shutdown()).await
+    } else {
+        let conn = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_streams)
+            .max_header_list_size(limits.max_header_bytes as u32)
+            .initial_stream_window_size(1024 * 1024)
+            .initial_connection_window_size(4 * 1024 * 1024)
+            .max_pending_accept_reset_streams(20)
+            .keep_alive_interval(Some(std::time::Duration::from_secs(60)))
+            .serve_connection(io, service);
+        ctx.drain.watch(conn, |c| c.graceful_shutdown()).await
+    };
+    if let Err(e) = ended {
         tracing::debug!(error = %e, "intercepted connection ended with error");
     }
 }

@@ -15,9 +15,9 @@ use std::net::SocketAddr;
 
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -70,14 +70,13 @@ async fn serve_connection(ctx: Ctx, tcp: tokio::net::TcpStream, peer: SocketAddr
     let limits = &ctx.state.config.limits;
     let service_ctx = ctx.clone();
     let service = service_fn(move |req| handle(service_ctx.clone(), req));
-    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
-    builder
-        .http1()
+    let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout.0)
         .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+        .max_headers(limits.max_headers)
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades();
     if let Err(e) = ctx.drain.watch(conn, |c| c.graceful_shutdown()).await {
         tracing::debug!(%peer, error = %e, "proxy connection ended with error");
     }
