@@ -74,16 +74,20 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names; most messages carry none of these, and then
     // nothing is hashed, allocated or removed.
-    let has_connection = headers.contains_key(header::CONNECTION);
-    let named_in_connection = |name: &HeaderName| {
-        has_connection
-            && headers.get_all(header::CONNECTION).iter().any(|v| {
-                v.to_str().is_ok_and(|v| {
-                    v.split(',')
-                        .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
-                })
-            })
+    // `Connection: keep-alive` / `close` name no other header: only other
+    // tokens need a look at each name.
+    let tokens = || {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
     };
+    let names_others = tokens().next().is_some();
+    let named_in_connection =
+        |name: &HeaderName| names_others && tokens().any(|t| t.eq_ignore_ascii_case(name.as_str()));
     let doomed: Vec<HeaderName> = headers
         .keys()
         .filter(|k| {
