@@ -319,7 +319,7 @@ async fn forward_logged(
             let limit = state.config.limits.max_body_buffer;
             let body = body.unwrap_or_else(body::empty);
             Some(
-                body::collect_capped(body, limit)
+                Box::pin(body::collect_capped(body, limit))
                     .await
                     .map_err(|e| match e {
                         body::Capped::TooLarge => ProxyError::PayloadTooLarge { limit },
@@ -351,9 +351,16 @@ async fn forward_logged(
         (Plan::Session, Some(bytes)) => {
             let mut patterns = scrub::Patterns::from_credentials(creds.expose());
             drop(creds);
-            let response =
-                session_exchange(state, caller, target, &service, parts, bytes, &mut patterns)
-                    .await;
+            let response = Box::pin(session_exchange(
+                state,
+                caller,
+                target,
+                &service,
+                parts,
+                bytes,
+                &mut patterns,
+            ))
+            .await;
             echo.known = Some(patterns);
             response
         }
@@ -369,7 +376,7 @@ async fn forward_logged(
             };
             let request = Request::from_parts(parts, body);
             if let Some(client_upgrade) = client_upgrade {
-                let response = state.upstream.send_upgrade(&target.host, request).await;
+                let response = Box::pin(state.upstream.send_upgrade(&target.host, request)).await;
                 let status = response
                     .as_ref()
                     .map_or_else(|e| e.status().as_u16(), |r| r.status().as_u16());

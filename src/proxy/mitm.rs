@@ -23,36 +23,11 @@ pub async fn serve(
     _permit: OwnedSemaphorePermit,
 ) {
     let limits = &ctx.state.config.limits;
-    let handshake = limits.tls_handshake_timeout.0;
-    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
-    let start = match tokio::time::timeout(handshake, acceptor).await {
-        Ok(Ok(start)) => start,
-        Ok(Err(e)) => return tracing::debug!(host = %target.host, error = %e, "bad ClientHello"),
-        Err(_) => return tracing::debug!(host = %target.host, "ClientHello timed out"),
+    // Boxed: the handshake's state is only needed until it completes, and
+    // each idle tunnel's task keeps just what serving requests needs.
+    let Some(tls) = Box::pin(accept(&ctx, io, &caller, &target)).await else {
+        return;
     };
-    // SNI is only checked against the CONNECT host, never used to choose anything.
-    if let Some(sni) = start.client_hello().server_name() {
-        let same = headers::split_host_port(sni)
-            .is_some_and(|(h, port)| port.is_none() && h == target.host);
-        if !same {
-            tracing::warn!(agent = %caller.actor, host = %target.host, sni, "TLS SNI differs from the CONNECT host; refused");
-            return;
-        }
-    }
-    let config = match ctx.state.certs.server_config(&target.host).await {
-        Ok(c) => c,
-        Err(e) => {
-            return tracing::error!(host = %target.host, error = %e, "cannot mint a leaf certificate")
-        }
-    };
-    let tls = match tokio::time::timeout(handshake, start.into_stream(config)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            return tracing::debug!(host = %target.host, error = %e, "TLS handshake failed")
-        }
-        Err(_) => return tracing::debug!(host = %target.host, "TLS handshake timed out"),
-    };
-
     let state = ctx.state.clone();
     let h1 = tls.get_ref().1.alpn_protocol() != Some(b"h2");
     let verdicts = Arc::new(framing::Verdicts::default());
@@ -91,9 +66,60 @@ pub async fn serve(
             .max_pending_accept_reset_streams(20)
             .keep_alive_interval(Some(std::time::Duration::from_secs(60)))
             .serve_connection(io, service);
-        ctx.drain.watch(conn, |c| c.graceful_shutdown()).await
+        // Boxed: an h2 connection's state is large, and an idle h1 tunnel
+        // should not carry its size.
+        Box::pin(ctx.drain.watch(conn, |c| c.graceful_shutdown())).await
     };
     if let Err(e) = ended {
         tracing::debug!(error = %e, "intercepted connection ended with error");
+    }
+}
+
+/// ClientHello, SNI check, leaf, handshake; `None` (logged) ends the tunnel.
+async fn accept(
+    ctx: &Ctx,
+    io: TokioIo<Upgraded>,
+    caller: &Caller,
+    target: &Target,
+) -> Option<tokio_rustls::server::TlsStream<TokioIo<Upgraded>>> {
+    let handshake = ctx.state.config.limits.tls_handshake_timeout.0;
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    let start = match tokio::time::timeout(handshake, acceptor).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => {
+            tracing::debug!(host = %target.host, error = %e, "bad ClientHello");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(host = %target.host, "ClientHello timed out");
+            return None;
+        }
+    };
+    // SNI is only checked against the CONNECT host, never used to choose anything.
+    if let Some(sni) = start.client_hello().server_name() {
+        let same = headers::split_host_port(sni)
+            .is_some_and(|(h, port)| port.is_none() && h == target.host);
+        if !same {
+            tracing::warn!(agent = %caller.actor, host = %target.host, sni, "TLS SNI differs from the CONNECT host; refused");
+            return None;
+        }
+    }
+    let config = match ctx.state.certs.server_config(&target.host).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(host = %target.host, error = %e, "cannot mint a leaf certificate");
+            return None;
+        }
+    };
+    match tokio::time::timeout(handshake, start.into_stream(config)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(host = %target.host, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(host = %target.host, "TLS handshake timed out");
+            None
+        }
     }
 }
