@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # clavis benchmark: one command, on a fresh Debian machine as root.
 #
-#   bench/run.sh            full run: 3 rounds, ~10 s per scenario and target
-#   bench/run.sh --quick    1 round, ~3 s per scenario and target
+#   bench/run.sh            full run: 3 rounds, ~10 s per scenario and target, 10000 idle conns
+#   bench/run.sh --quick    1 round, ~3 s per scenario and target, 2000 idle conns
 #
 # Extra flags go to the harness: --targets direct,clavis,mitmproxy,hudsucker
-# --rounds N --seconds S --no-results-file. See bench/README.md.
+# --rounds N --seconds S --idle-conns N --no-results-file. See bench/README.md.
 #
 # Installs what it needs (apt: nginx, openssl, python3-venv, build tools;
 # PyPI: mitmproxy into bench/.venv; crates.io: oha into bench/.tools), builds

@@ -15,6 +15,8 @@ import json
 import os
 import platform
 import re
+import resource
+import select
 import shutil
 import signal
 import socket
@@ -44,6 +46,18 @@ HUDSUCKER = BENCH / ".target-peers" / "release" / "hudsucker-inject"
 CLAVIS = REPO / "target" / "release" / "clavis"
 
 PROXY_CORE, LOAD_CORE = 0, 1
+
+# One-off scenarios (once per target and run, after the rounds).
+IDLE_CONNS, IDLE_CONNS_QUICK = 10000, 2000  # idle MITM'd connections held open
+IDLE_CONCURRENCY = 200  # connections being opened at a time
+IDLE_DEADLINE = 60.0  # s for the open phase; a proxy that needs longer is not measured
+IDLE_HOLD = 2.0  # s all connections stay idle before the proxy's RSS is read
+CONN_LIMIT = 20000  # clavis limits.max_connections / max_tunnels, nginx worker_connections
+NOFILE = 65536  # RLIMIT_NOFILE for the harness and everything it starts
+MINT_DOMAIN = "mint.bench.test"  # claimed by the bench's user-defined connector `mintbench`
+MINT_HOSTS = 20  # never-seen hosts for the cold-handshake samples
+MINT_BURST = 64  # concurrent CONNECT + handshakes to one new host
+MINT_MT_WORKERS, MINT_MT_BURSTS = 4, 5  # the burst again on a second clavis with 4 tokio workers
 
 
 def log(msg: str) -> None:
@@ -152,6 +166,7 @@ class Target:
     error: str | None = None
     idle_rss_kib: int | None = None
     version: str = ""
+    admin_port: int | None = None  # clavis only: /metrics
 
     @property
     def pid(self) -> int | None:
@@ -170,26 +185,42 @@ def proxy_basic() -> str:
 # ---------------------------------------------------------------- raw HTTPS client (SSE, sanity)
 
 
+def connect_request(host: str) -> bytes:
+    return (f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n"
+            f"Proxy-Authorization: {proxy_basic()}\r\n\r\n").encode()
+
+
+def read_connect_reply(s: socket.socket) -> None:
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise RuntimeError("proxy closed the connection during CONNECT")
+        head += chunk
+    status = head.split(b"\r\n", 1)[0]
+    if b" 200" not in status:
+        raise RuntimeError(f"CONNECT answered {status.decode(errors='replace')}")
+
+
+def open_tunnel(proxy_port: int, host: str = HOST) -> socket.socket:
+    """A TCP connection to the proxy after `CONNECT host:443` was answered 200."""
+    s = socket.create_connection(("127.0.0.1", proxy_port), timeout=15)
+    try:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(connect_request(host))
+        read_connect_reply(s)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
 class Conn:
     """One HTTP/1.1-over-TLS connection to api.openai.com, via a target."""
 
     def __init__(self, t: Target, nginx_port: int):
         if t.proxy_port:
-            s = socket.create_connection(("127.0.0.1", t.proxy_port), timeout=15)
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            s.sendall(
-                f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n"
-                f"Proxy-Authorization: {proxy_basic()}\r\n\r\n".encode()
-            )
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = s.recv(4096)
-                if not chunk:
-                    raise RuntimeError("proxy closed the connection during CONNECT")
-                head += chunk
-            status = head.split(b"\r\n", 1)[0]
-            if b" 200" not in status:
-                raise RuntimeError(f"CONNECT answered {status.decode(errors='replace')}")
+            s = open_tunnel(t.proxy_port)
         else:
             s = socket.create_connection(("127.0.0.1", nginx_port), timeout=15)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -417,7 +448,7 @@ def small_json() -> str:
     return body
 
 
-def write_nginx_conf(d: Path, port: int, sse_port: int, data: Path) -> Path:
+def write_nginx_conf(d: Path, port: int, sse_port: int, data: Path, nofile: int = NOFILE) -> Path:
     check = f'if ($http_authorization != "Bearer {REAL_KEY}") {{ return 401 \'{{"error":"credential not injected"}}\'; }}'
     conf = f"""
 user root;
@@ -425,7 +456,8 @@ worker_processes 1;
 pid {d}/nginx.pid;
 error_log {d}/nginx-error.log warn;
 daemon off;
-events {{ worker_connections 8192; }}
+worker_rlimit_nofile {nofile};
+events {{ worker_connections {min(CONN_LIMIT, nofile)}; }}
 http {{
     client_body_temp_path {d}/nginx-tmp/body;
     proxy_temp_path {d}/nginx-tmp/proxy;
@@ -485,13 +517,13 @@ class Procs:
     def __init__(self):
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
-    def start(self, name: str, cmd: list[str], logfile: Path, core: int | None,
+    def start(self, name: str, cmd: list[str], logfile: Path, core: int | set[int] | None,
               env: dict | None = None) -> subprocess.Popen:
         def pin():
             # No setsid: children stay in the harness's process group (Ctrl-C
             # reaches them) and its scheduler autogroup (see main()).
             if core is not None:
-                os.sched_setaffinity(0, {core})
+                os.sched_setaffinity(0, {core} if isinstance(core, int) else core)
 
         out = open(logfile, "wb")
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -512,13 +544,18 @@ class Procs:
                 p.wait()
 
 
-def start_clavis(procs: Procs, d: Path, nginx_port: int) -> Target:
+def start_clavis(procs: Procs, d: Path, nginx_port: int, name: str = "clavis",
+                 core: int | set[int] | None = -1, env: dict | None = None) -> Target:
+    """The clavis under test; `name`/`core`/`env` start another instance
+    (own directory, CA and ports), e.g. with more tokio workers."""
+    if core == -1:
+        core = PROXY_CORE
     if os.environ.get("BENCH_CLAVIS_BUILD_FAILED"):
         raise RuntimeError("`cargo build --release` failed (see run.sh output)")
     if not CLAVIS.exists():
         raise RuntimeError(f"{CLAVIS} does not exist")
     port, admin = free_port(), free_port()
-    cd = d / "clavis"
+    cd = d / name
     cd.mkdir()
     cfg = cd / "clavis.yaml"
     cfg.write_text(f"""proxy:
@@ -532,23 +569,35 @@ ca:
 upstream:
   extra_ca: ["{d}/ca.pem"]
   resolve: {{"{HOST}:443": "127.0.0.1:{nginx_port}"}}
+limits:  # defaults 4096 / 2048: raised so the idle-connections scenario's tunnels fit
+  max_connections: {CONN_LIMIT}
+  max_tunnels: {CONN_LIMIT}
+connectors:  # leaf-mint scenario: any <x>.{MINT_DOMAIN} is intercepted (no upstream needed)
+  - name: mintbench
+    hosts: ["*.{MINT_DOMAIN}"]
+    inject:
+      headers: {{X-Api-Key: "{{api_key}}"}}
+    fields: [api_key]
 services:
   - name: bench-openai
     connector: openai
     credentials: {{api_key: "{REAL_KEY}"}}
+  - name: bench-mint
+    connector: mintbench
+    credentials: {{api_key: "mint-bench-dummy"}}
 agents:
   - name: {AGENT}
     token: {AGENT_TOKEN}
     services: ["*"]
 """)
-    t = Target("clavis", port, str(cd / "clavis-ca.pem"))
+    t = Target(name, port, str(cd / "clavis-ca.pem"), admin_port=admin)
     t.version = first_line([str(CLAVIS), "--version"])
-    t.proc = procs.start("clavis", [str(CLAVIS), "serve", "--config", str(cfg)], d / "clavis.log",
-                         PROXY_CORE, {"RUST_LOG": os.environ.get("BENCH_CLAVIS_LOG", "warn")})
+    t.proc = procs.start(name, [str(CLAVIS), "serve", "--config", str(cfg)], d / f"{name}.log",
+                         core, {"RUST_LOG": os.environ.get("BENCH_CLAVIS_LOG", "warn"), **(env or {})})
     deadline = time.monotonic() + 30
     while True:
         if t.proc.poll() is not None:
-            raise RuntimeError(f"clavis exited with {t.proc.returncode}; see {d}/clavis.log")
+            raise RuntimeError(f"clavis exited with {t.proc.returncode}; see {d}/{name}.log")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=1) as r:
                 if r.status == 200:
@@ -632,6 +681,254 @@ def measure(t: Target, scen: str, rnd: int, nginx_port: int, nginx_pid: int,
     return r
 
 
+# ---------------------------------------------------------------- one-off scenarios
+
+
+def clavis_metric(t: Target, name: str) -> float | None:
+    """One sample from clavis's `/metrics` (admin port, no auth)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{t.admin_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    m = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def certs_issued(t: Target) -> int:
+    v = clavis_metric(t, "clavis_certs_issued_total")
+    if v is None:
+        raise RuntimeError("clavis_certs_issued_total missing from /metrics")
+    return int(v)
+
+
+def handshake_s(t: Target, host: str, ctx: ssl.SSLContext) -> float:
+    """TCP connect + CONNECT + a full TLS handshake (no resumption) for `host`."""
+    t0 = time.perf_counter()
+    s = open_tunnel(t.proxy_port, host)
+    try:
+        tls = ctx.wrap_socket(s, server_hostname=host)
+    except BaseException:
+        s.close()
+        raise
+    elapsed = time.perf_counter() - t0
+    tls.close()
+    return elapsed
+
+
+def handshake_burst(t: Target, host: str, n: int) -> tuple[int, float, list[str]]:
+    """n CONNECTs to one host sent back to back, then n ClientHellos back to
+    back (prepared beforehand with memory BIOs), then every handshake is
+    finished. Returns (handshakes completed, seconds from the first CONNECT, errors)."""
+    ctx = ssl.create_default_context(cafile=t.cacert)
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", t.proxy_port), timeout=15)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            socks.append(s)
+        req = connect_request(host)
+        tls = []
+        for s in socks:  # the TLS objects and their ClientHellos, before the clock starts
+            inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+            obj = ctx.wrap_bio(inc, out, server_hostname=host)
+            try:
+                obj.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            tls.append((obj, inc, out, out.read()))
+        t0 = time.perf_counter()
+        for s in socks:
+            s.sendall(req)
+        for s in socks:
+            read_connect_reply(s)
+        for s, (_obj, _inc, _out, hello) in zip(socks, tls):
+            s.sendall(hello)
+        ok, errors = 0, []
+        for s, (obj, inc, out, _hello) in zip(socks, tls):
+            try:
+                while True:
+                    try:
+                        obj.do_handshake()
+                        break
+                    except ssl.SSLWantReadError:
+                        pending = out.read()
+                        if pending:
+                            s.sendall(pending)
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            raise RuntimeError("proxy closed the connection during the handshake")
+                        inc.write(chunk)
+                pending = out.read()
+                if pending:
+                    s.sendall(pending)
+                ok += 1
+            except (OSError, ssl.SSLError, RuntimeError) as e:
+                errors.append(str(e))
+        return ok, time.perf_counter() - t0, errors
+    finally:
+        for s in socks:
+            s.close()
+
+
+def measure_mint(t: Target) -> dict:
+    """Leaf minting in clavis: cold vs warm handshakes, and a burst to one new host."""
+    ctx = ssl.create_default_context(cafile=t.cacert)
+    for _ in range(2):  # first use of the connector's code paths, not measured
+        handshake_s(t, f"warmup.{MINT_DOMAIN}", ctx)
+    issued0 = certs_issued(t)
+    cold, warm = [], []
+    for i in range(MINT_HOSTS):
+        host = f"h{i}.{MINT_DOMAIN}"
+        cold.append(handshake_s(t, host, ctx))  # never seen: a leaf is minted
+        warm.append(handshake_s(t, host, ctx))  # the same host again: leaf cached
+    issued1 = certs_issued(t)
+    ok, burst_s, errors = handshake_burst(t, f"burst.{MINT_DOMAIN}", MINT_BURST)
+    time.sleep(0.2)
+    issued2 = certs_issued(t)
+    r = {
+        "cold_p50": statistics.median(cold),
+        "warm_p50": statistics.median(warm),
+        "cold_issued": issued1 - issued0,
+        "burst_issued": issued2 - issued1,
+        "burst_ok": ok,
+        "burst_s": burst_s,
+        "burst_errors": errors[:5],
+    }
+    r["mint_cost"] = r["cold_p50"] - r["warm_p50"]
+    return r
+
+
+def measure_burst_multiworker(procs: Procs, d: Path, nginx_port: int) -> dict:
+    """The burst against a second clavis with several tokio workers on both
+    cores: the bench clavis, pinned to one core, runs one worker, where
+    handshakes for one host cannot race at all."""
+    cores = {PROXY_CORE, LOAD_CORE} if PROXY_CORE is not None else None
+    mt = start_clavis(procs, d, nginx_port, name="clavis-mt", core=cores,
+                      env={"TOKIO_WORKER_THREADS": str(MINT_MT_WORKERS)})
+    try:
+        ctx = ssl.create_default_context(cafile=mt.cacert)
+        for _ in range(2):
+            handshake_s(mt, f"warmup.{MINT_DOMAIN}", ctx)
+        issued, oks = [], []
+        for i in range(MINT_MT_BURSTS):
+            before = certs_issued(mt)
+            ok, _secs, errors = handshake_burst(mt, f"burst-mt{i}.{MINT_DOMAIN}", MINT_BURST)
+            time.sleep(0.2)
+            issued.append(certs_issued(mt) - before)
+            oks.append(ok)
+    finally:
+        mt.proc.terminate()
+        try:
+            mt.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            mt.proc.kill()
+            mt.proc.wait()
+    return {"mt_burst_issued": max(issued), "mt_issued": issued, "mt_ok": oks}
+
+
+def read_json_line(p: subprocess.Popen, timeout: float, what: str) -> dict:
+    ready, _, _ = select.select([p.stdout], [], [], timeout)
+    if not ready:
+        raise RuntimeError(f"idle-connections client: no {what} within {timeout:.0f} s")
+    line = p.stdout.readline()
+    if not line:
+        raise RuntimeError(f"idle-connections client exited ({p.wait()}) before its {what}")
+    return json.loads(line)
+
+
+def fd_usage(pid: int) -> tuple[int, int | None]:
+    """(open file descriptors, soft RLIMIT_NOFILE) of a process."""
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    m = re.search(r"^Max open files\s+(\d+)", Path(f"/proc/{pid}/limits").read_text(), re.M)
+    return fds, int(m.group(1)) if m else None
+
+
+def measure_idle(t: Target, n: int, d: Path) -> dict:
+    """n fully MITM'd keep-alive connections held idle; the proxy's RSS then."""
+    rss0 = status_kib(t.pid, "VmRSS")
+    cpu0 = cpu_ticks(t.pid)
+    cmd = [sys.executable, str(BENCH / "lib" / "idle_conns.py"), "--port", str(t.proxy_port),
+           "--cacert", t.cacert, "--host", HOST, "--n", str(n),
+           "--concurrency", str(IDLE_CONCURRENCY), "--deadline", str(IDLE_DEADLINE),
+           "--proxy-auth", proxy_basic(), "--auth", t.auth, "--tag", f"{t.name}.idle.0"]
+
+    def pin():
+        if LOAD_CORE is not None:
+            os.sched_setaffinity(0, {LOAD_CORE})
+
+    with open(d / f"idle-client-{t.name}.log", "wb") as err:
+        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                             text=True, preexec_fn=pin)
+        try:
+            with RssSampler(t.pid) as rss:
+                o = read_json_line(p, IDLE_DEADLINE + 60, "report of the open phase")
+                cpu1 = cpu_ticks(t.pid)
+                time.sleep(IDLE_HOLD)
+                if t.proc.poll() is not None:
+                    raise RuntimeError(f"{t.name} exited with {t.proc.returncode} holding the connections")
+                held = status_kib(t.pid, "VmRSS")
+                fds, fd_limit = fd_usage(t.pid)
+                tunnels = clavis_metric(t, "clavis_tunnels_active") if t.admin_port else None
+                p.stdin.write("close\n")
+                p.stdin.flush()
+                fin = read_json_line(p, 60, "final report")
+        finally:
+            if p.poll() is None:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+    info = {
+        "n": n, "opened": o["opened"], "conn_failed": o["failed"], "errors": o["errors"],
+        "open_s": o["open_s"], "still_open": fin.get("still_open"), "tunnels_active": tunnels,
+        "rss_before_kib": rss0, "rss_open_max_kib": rss.max_kib,
+        "cpu_us_per_conn": (cpu1 - cpu0) / CLK_TCK * 1e6 / max(1, o["opened"] + o["failed"]),
+        "client_nofile": o.get("nofile"), "proxy_fds": fds, "proxy_nofile": fd_limit,
+    }
+    if o["timed_out"]:
+        return {"skipped": f"not measured: {o['opened']} of {n} connections open after the "
+                           f"{IDLE_DEADLINE:.0f} s bound for the open phase", "partial": {**info, "rss_held_kib": held}}
+    if o["opened"] == 0:
+        raise RuntimeError(f"no connection opened: {o['errors']}")
+    return {**info, "rss_held_kib": held, "rss_inc_kib": held - rss0,
+            "rss_per_conn_kib": (held - rss0) / o["opened"]}
+
+
+def run_oneoffs(targets: list[Target], results: dict, d: Path, idle_n: int,
+                procs: Procs, nginx_port: int) -> None:
+    """Leaf minting (clavis only), then the idle connections for every proxy."""
+    for t in targets:
+        if t.name != "clavis" or t.error or t.proc.poll() is not None:
+            continue
+        log("one-off  mint     clavis")
+        try:
+            r = measure_mint(t)
+            log(f"one-off  mint     clavis-mt ({MINT_MT_WORKERS} tokio workers)")
+            try:
+                r.update(measure_burst_multiworker(procs, d, nginx_port))
+            except Exception as e:  # noqa: BLE001
+                log(f"  clavis-mt burst failed: {e}")
+                r["mt_failed"] = str(e)
+        except Exception as e:  # noqa: BLE001
+            log(f"  clavis mint failed: {e}")
+            r = {"failed": str(e)}
+        results.setdefault(t.name, {})["mint"] = [r]
+    if idle_n <= 0:
+        return
+    # mitmproxy last: it is the slowest to open them and stays busy after they close
+    for t in sorted((t for t in targets if t.proxy_port), key=lambda t: t.name == "mitmproxy"):
+        if t.error or t.proc.poll() is not None:
+            continue
+        log(f"one-off  idle×{idle_n} {t.name}")
+        try:
+            r = measure_idle(t, idle_n, d)
+        except Exception as e:  # noqa: BLE001
+            r = {"failed": str(e)}
+        log(f"  {t.name} idle: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+                                             for k, v in r.items() if k != "errors"))
+        results.setdefault(t.name, {})["idle"] = [r]
+        time.sleep(2.0)
+
+
 def nginx_worker_pid(master: int) -> int:
     for _ in range(100):
         try:
@@ -661,12 +958,16 @@ def reuse_from_log(access_log: Path) -> dict[tuple[str, str], float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="1 round of ~3 s scenarios")
-    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="rounds of the load scenarios (0: only the one-off scenarios)")
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--targets", default="direct,clavis,mitmproxy,hudsucker")
+    ap.add_argument("--idle-conns", type=int, default=None,
+                    help=f"connections for the idle scenario ({IDLE_CONNS}, --quick {IDLE_CONNS_QUICK}; 0 skips it)")
     ap.add_argument("--no-results-file", action="store_true")
     a = ap.parse_args()
-    rounds = a.rounds or (1 if a.quick else 3)
+    rounds = a.rounds if a.rounds is not None else (1 if a.quick else 3)
+    idle_n = a.idle_conns if a.idle_conns is not None else (IDLE_CONNS_QUICK if a.quick else IDLE_CONNS)
     secs = a.seconds or (3.0 if a.quick else 10.0)
     sse_samples = 5 if a.quick else 15
     wanted = [x.strip() for x in a.targets.split(",") if x.strip()]
@@ -697,6 +998,19 @@ def main() -> int:
     if autogroup_before is not None:
         niceness = f"{niceness} (and its session autogroup at nice {want_nice})"
 
+    # The idle-connections scenario holds ~idle_n sockets in the client and
+    # twice that in a proxy (client side + upstream for mitmproxy): raise the
+    # fd limit that every process started from here inherits.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        want = NOFILE if hard == resource.RLIM_INFINITY else max(NOFILE, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), max(hard, want)))
+    except (ValueError, OSError):  # not root: the hard limit is as far as it goes
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if idle_n and nofile < 2 * idle_n + 1000:
+        log(f"RLIMIT_NOFILE is {nofile}: the idle scenario's {idle_n} connections may not all fit")
+
     cores = len(os.sched_getaffinity(0))
     pinned = cores >= 2
     global PROXY_CORE, LOAD_CORE
@@ -721,7 +1035,7 @@ def main() -> int:
         procs.start("sse-origin", [sys.executable, str(BENCH / "lib" / "sse_upstream.py"), str(sse_port)],
                     d / "sse-origin.log", LOAD_CORE)
         wait_port(sse_port, None)
-        conf = write_nginx_conf(d, nginx_port, sse_port, data)
+        conf = write_nginx_conf(d, nginx_port, sse_port, data, nofile)
         ng = procs.start("nginx", ["nginx", "-p", str(d), "-c", str(conf), "-e", str(d / "nginx-error.log")],
                          d / "nginx.out", LOAD_CORE)
         wait_port(nginx_port, ng)
@@ -801,6 +1115,9 @@ def main() -> int:
             if t.pid and t.proc.poll() is None:
                 t_hwm = status_kib(t.pid, "VmHWM")
                 results.setdefault(t.name, {})["_hwm_kib"] = t_hwm  # type: ignore[assignment]
+        # once per target, after the rounds (and after VmHWM above, which the
+        # idle connections would dominate)
+        run_oneoffs(targets, results, d, idle_n, procs, nginx_port)
         time.sleep(1.5)  # nginx flushes its access log buffer every second
     finally:
         procs.stop_all()
@@ -815,7 +1132,8 @@ def main() -> int:
     (d / "results.json").write_text(json.dumps(
         {"results": results, "reuse": {f"{k[0]}.{k[1]}": v for k, v in reuse.items()},
          "noise": noise}, indent=1, default=str))
-    md = report(targets, results, reuse, noise, a.quick, rounds, secs, pinned, elapsed, niceness)
+    oneoff = {"idle_n": idle_n, "nofile": nofile}
+    md = report(targets, results, reuse, noise, a.quick, rounds, secs, pinned, elapsed, niceness, oneoff)
     print(md)
     if not a.no_results_file:
         (BENCH / "RESULTS.md").write_text(md)
@@ -831,6 +1149,79 @@ def hudsucker_crate_version() -> str:
 
 
 # ---------------------------------------------------------------- report
+
+
+ONEOFF_SCENARIOS = ("idle", "mint")
+
+
+def oneoff_notes(targets, results, oneoff, reuse=None) -> list[str]:
+    idle_n = oneoff.get("idle_n", 0)
+    names = [t.name for t in targets]
+    out = ["", "## One-off scenarios (once per target, after the rounds)", ""]
+    if idle_n:
+        out.append(
+            f"- idle connections: `lib/idle_conns.py` (asyncio + ssl, pinned to the load core) opens {idle_n} "
+            f"connections through each proxy, {IDLE_CONCURRENCY} at a time: `CONNECT {HOST}:443` with "
+            "Proxy-Authorization, TLS with SNI against the proxy's CA, one keep-alive `GET /small` read in full; "
+            f"all are then held idle {IDLE_HOLD:g} s and the proxy's VmRSS is read. Increase and per-connection "
+            "figures are over the proxy's VmRSS just before the connections opened (after the rounds). "
+            f"The open phase is bounded at {IDLE_DEADLINE:.0f} s; a proxy that needs longer is reported as not measured. "
+            f"clavis's bench config raises `limits.max_connections` and `limits.max_tunnels` to {CONN_LIMIT} "
+            f"(defaults 4096 and 2048); nginx has `worker_connections {min(CONN_LIMIT, oneoff.get('nofile') or CONN_LIMIT)}`; RLIMIT_NOFILE of the harness "
+            f"and everything it starts: {oneoff.get('nofile')}.")
+        for n in names:
+            for r in results.get(n, {}).get("idle", []):
+                if "skipped" in r:
+                    pr = r.get("partial", {})
+                    extra = ""
+                    if pr.get("rss_held_kib"):
+                        extra = (f" (at that point: {pr['rss_held_kib'] / 1024:.0f} MiB RSS, "
+                                 f"{pr.get('cpu_us_per_conn', 0):.0f} µs of proxy CPU per connection, "
+                                 f"{pr.get('proxy_fds')} fds of {pr.get('proxy_nofile')}, "
+                                 f"{pr.get('conn_failed')} failed)")
+                    out.append(f"  - {n}: {r['skipped']}{extra}")
+                elif "failed" in r:
+                    out.append(f"  - {n}: failed: {r['failed']}")
+                else:
+                    s = (f"  - {n}: {r['opened']} of {r['n']} opened in {r['open_s']:.1f} s"
+                         f" ({r['cpu_us_per_conn']:.0f} µs of proxy CPU per connection opened);"
+                         f" {r['rss_before_kib'] / 1024:.1f} → {r['rss_held_kib'] / 1024:.1f} MiB"
+                         f" (max while opening {r['rss_open_max_kib'] / 1024:.1f} MiB);"
+                         f" still open when released: {r['still_open']}")
+                    if r.get("tunnels_active") is not None:
+                        s += f"; clavis_tunnels_active while held: {r['tunnels_active']:.0f}"
+                    per = (reuse or {}).get((n, "idle"))
+                    if per:
+                        s += f"; upstream connections used: {r['opened'] / per:.0f}"
+                    s += f"; proxy fds while held: {r['proxy_fds']} (RLIMIT_NOFILE {r['proxy_nofile']})"
+                    if r["conn_failed"]:
+                        s += f"; **{r['conn_failed']} failed**: " + "; ".join(f"{k} ×{v}" for k, v in r["errors"].items())
+                        if r["proxy_nofile"] and r["proxy_fds"] >= r["proxy_nofile"] - 50:
+                            s += " (the proxy had used up its file descriptors)"
+                    out.append(s)
+    for r in results.get("clavis", {}).get("mint", []):
+        out.append(
+            f"- leaf mint (clavis only; the peers have no equivalent row): a user-defined connector `mintbench` claims "
+            f"`*.{MINT_DOMAIN}`; the TLS handshake completes before clavis dials any upstream, so none is needed. "
+            f"Cold: CONNECT + full TLS handshake (no resumption) to {MINT_HOSTS} never-seen hosts `h<i>.{MINT_DOMAIN}`, "
+            "each followed by a warm one to the same host (leaf cached); medians. Burst: "
+            f"{MINT_BURST} connections to one new host send their CONNECTs back to back, then their ClientHellos back "
+            "to back; `clavis_certs_issued_total` from `/metrics` before and after.")
+        if "failed" in r:
+            out.append(f"  - failed: {r['failed']}")
+        else:
+            out.append(f"  - certs issued during the cold phase: {r['cold_issued']} (expected {MINT_HOSTS}); burst: "
+                       f"{r['burst_ok']} of {MINT_BURST} handshakes completed in {r['burst_s'] * 1e3:.1f} ms, "
+                       f"certs issued {r['burst_issued']}"
+                       + (f"; errors: {'; '.join(r['burst_errors'])}" if r.get("burst_errors") else ""))
+            if "mt_failed" in r:
+                out.append(f"  - the burst on a second clavis with {MINT_MT_WORKERS} tokio workers failed: {r['mt_failed']}")
+            elif "mt_issued" in r:
+                out.append(f"  - the bench clavis runs one tokio worker (pinned to one core), so a burst cannot race "
+                           f"inside it; a second clavis (same config, `TOKIO_WORKER_THREADS={MINT_MT_WORKERS}`, "
+                           f"both cores) took {MINT_MT_BURSTS} bursts to new hosts: certs issued per burst "
+                           f"{r['mt_issued']}, handshakes completed per burst {r['mt_ok']} of {MINT_BURST}")
+    return out if len(out) > 3 else []
 
 
 def med(results, name, scen, key):
@@ -858,8 +1249,11 @@ def fmt_num(v, f):
     return "—" if v is None else f.format(v)
 
 
-def report(targets, results, reuse, noise, quick, rounds, secs, pinned, elapsed, niceness=0) -> str:
+def report(targets, results, reuse, noise, quick, rounds, secs, pinned, elapsed, niceness=0,
+           oneoff=None) -> str:
     names = [t.name for t in targets]
+    oneoff = oneoff or {}
+    idle_n = oneoff.get("idle_n", 0)
 
     def rtarget(ratio_min=None, ratio_max=None, abs_max=None, vs=None, vs_max=None):
         def chk(vals):
@@ -886,6 +1280,13 @@ def report(targets, results, reuse, noise, quick, rounds, secs, pinned, elapsed,
             return ok
         return chk
 
+    def equals(want):
+        def chk(vals):
+            c = vals.get("clavis")
+            return None if c is None else c == want
+        return chk
+
+    idle = f"{idle_n} idle MITM'd conns" + (" (--quick)" if quick and idle_n == IDLE_CONNS_QUICK else "")
     rows = [
         Row("keep-alive /small, 16 conns: req/s", "ka16", "rps", "req/s", target="≥ 0.9× direct", check=rtarget(ratio_min=0.9)),
         Row("keep-alive /small, 16 conns: p50", "ka16", "p50", "ms", 1e3, False, "{:.3f}"),
@@ -912,6 +1313,23 @@ def report(targets, results, reuse, noise, quick, rounds, secs, pinned, elapsed,
         Row("upstream reuse (requests ÷ upstream conns), keep-alive 16", "_reuse_ka16", "", "×", 1, True, "{:.1f}"),
         Row("upstream reuse, new client conn per request", "_reuse_newconn", "", "×", 1, True, "{:.1f}"),
     ]
+    if idle_n:
+        rows += [
+            Row(f"{idle}: opened", "idle", "opened", "conns", 1, True, "{:.0f}", True, f"= {idle_n}", equals(idle_n)),
+            Row(f"{idle}: time to open all ({IDLE_CONCURRENCY} at a time)", "idle", "open_s", "s", 1, False, "{:.1f}", True),
+            Row(f"{idle}: proxy RSS, all open and idle", "idle", "rss_held_kib", "MiB", 1 / 1024, False, "{:.1f}", True,
+                "≤ 256 MiB" + (f" (at {IDLE_CONNS})" if idle_n != IDLE_CONNS else ""), rtarget(abs_max=256)),
+            Row(f"{idle}: RSS increase over the idle proxy", "idle", "rss_inc_kib", "MiB", 1 / 1024, False, "{:.1f}", True),
+            Row(f"{idle}: RSS per connection", "idle", "rss_per_conn_kib", "KiB", 1, False, "{:.1f}", True),
+        ]
+    if "clavis" in names:
+        rows += [
+            Row(f"leaf mint: CONNECT + TLS handshake, new host, p50 of {MINT_HOSTS} (cold)", "mint", "cold_p50", "ms", 1e3, False, "{:.3f}", True),
+            Row(f"leaf mint: CONNECT + TLS handshake, same host again, p50 of {MINT_HOSTS} (warm)", "mint", "warm_p50", "ms", 1e3, False, "{:.3f}", True),
+            Row("leaf mint: cost ≈ cold − warm", "mint", "mint_cost", "ms", 1e3, False, "{:.3f}", True, "≤ 1 ms", rtarget(abs_max=1.0)),
+            Row(f"leaf mint: certs issued for a burst of {MINT_BURST} concurrent handshakes to one new host", "mint", "burst_issued", "certs", 1, False, "{:.0f}", True, "= 1 (never twice)", equals(1)),
+            Row(f"leaf mint: the same, most certs for one of {MINT_MT_BURSTS} bursts, clavis with {MINT_MT_WORKERS} tokio workers on both cores", "mint", "mt_burst_issued", "certs", 1, False, "{:.0f}", True, "= 1 (never twice)", equals(1)),
+        ]
     tmap = {t.name: t for t in targets}
     for row in rows:
         for n in names:
@@ -959,8 +1377,9 @@ def report(targets, results, reuse, noise, quick, rounds, secs, pinned, elapsed,
             if not isinstance(rs, list):
                 continue
             for i, r in enumerate(rs):
+                when = "(once per run)" if scen in ONEOFF_SCENARIOS else f"round {i + 1}"
                 if "failed" in r:
-                    errs.append(f"- {t.name} {scen} round {i + 1} failed: {r['failed']}")
+                    errs.append(f"- {t.name} {scen} {when} failed: {r['failed']}")
                 elif r.get("bad"):
                     errs.append(f"- {t.name} {scen} round {i + 1}: {r['bad']} failed requests "
                                 f"(status {r.get('codes')}, errors {r.get('errors')})")
@@ -1020,6 +1439,7 @@ def report(targets, results, reuse, noise, quick, rounds, secs, pinned, elapsed,
                    "(user+system time of the core − the proxy's): " + "; ".join(
                        f"{k} median {statistics.median(v):.1f}%, max {max(v):.1f}%" for k, v in foreign.items()))
     out.append("- other processes on the machine (e.g. compilers) add noise; compare ratios measured in the same run, not absolute figures across runs")
+    out += oneoff_notes(targets, results, oneoff, reuse)
     if errs:
         out += ["", "## Failures and errors", "", *errs]
     return "\n".join(out) + "\n"
