@@ -103,14 +103,16 @@ pub async fn tunneled(
         check_inner(&target, &req)
     };
     let outcome = match checked {
+        // Boxed per request: hyper keeps one slot of this future's size per
+        // connection for its whole life, and most tunnels are idle.
         Ok(()) => {
-            forward(
+            Box::pin(forward(
                 &state,
                 &caller,
                 &target,
                 Choice::FromRequest,
                 req.map(body::boxed),
-            )
+            ))
             .await
         }
         Err(e) => {

@@ -85,6 +85,11 @@ fn inspect(head: &[u8]) -> (bool, Option<u64>, bool) {
     let mut te = false;
     let mut chunked = false;
     for line in head.split(|b| *b == b'\n').skip(1) {
+        // Only `content-length` and `transfer-encoding` matter: skip the
+        // other lines on their first byte.
+        if !matches!(line.first().map(|b| b | 0x20), Some(b'c' | b't')) {
+            continue;
+        }
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(colon) = memchr::memchr(b':', line) else {
             continue;
@@ -324,6 +329,9 @@ GET /d HTTP/1.1\r\nHost: h\r\n\r\n";
             let bare_lf: &[u8] =
                 b"POST /x HTTP/1.1\nHost: h\nContent-Length: 5\nTransfer-Encoding: chunked\n\n0\r\n\r\n";
             assert_eq!(run(&[bare_lf]), (1, vec![1]));
+            let cases: &[u8] =
+                b"POST /x HTTP/1.1\r\nhost: h\r\nCONTENT-LENGTH: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+            assert_eq!(run(&[cases]), (1, vec![1]));
             let same: &[u8] =
                 b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx";
             assert_eq!(run(&[same]).1, Vec::<u64>::new());
