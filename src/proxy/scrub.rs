@@ -258,8 +258,8 @@ pin_project_lite::pin_project! {
         inner: Body,
         anchors: Arc<Anchors>,
         source: Box<dyn Source>,
-        // Set once an anchor was seen: from then on every frame is matched
-        // against the full forms, and a possible partial match is held.
+        // Opened the first time a frame shows an anchor; such frames (and
+        // the ones after a held partial match) are matched exactly.
         patterns: Option<Patterns>,
         held: BytesMut,
         reported: bool,
@@ -317,19 +317,21 @@ impl HttpBody for Scrubbed {
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => (Bytes::new(), true),
             };
-            // The common case: nothing that could start an echo, nothing
-            // held: the frame goes on untouched, without a copy.
-            if this.patterns.is_none() {
-                if !this.anchors.found_in(&data) {
-                    if last {
-                        *this.done = true;
-                        return Poll::Ready(None);
-                    }
-                    if data.is_empty() {
-                        continue;
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
+            // The common case: nothing held from the previous frame and
+            // nothing here that could start an echo: the frame goes on
+            // untouched, without a copy (also after an earlier frame needed
+            // the exact match).
+            if this.held.is_empty() && !this.anchors.found_in(&data) {
+                if last {
+                    *this.done = true;
+                    return Poll::Ready(None);
                 }
+                if data.is_empty() {
+                    continue;
+                }
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            if this.patterns.is_none() {
                 match this.source.patterns() {
                     Ok(p) => *this.patterns = Some(p),
                     Err(e) => {
@@ -461,6 +463,43 @@ mod tests {
             let (out, hits) = run(vec![b"data: 1\n\n", b"data: 2\n\n"]).await;
             assert_eq!(out, b"data: 1\n\ndata: 2\n\n");
             assert_eq!(hits, 0);
+        }
+
+        #[tokio::test]
+        async fn clean_frames_after_an_echo_pass_untouched_again() {
+            let mut p = Patterns::new();
+            p.add(SECRET.as_bytes());
+            let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let forms = || {
+                let mut p = Patterns::new();
+                p.add(SECRET.as_bytes());
+                p
+            };
+            let clean = Bytes::from_static(b"0123 plain data with no anchor at all\n");
+            let ptr = clean.as_ptr();
+            let frames = vec![
+                Ok::<_, BoxError>(Frame::data(Bytes::from_static(
+                    b"echo sk-REAL-secret-0123456789 ",
+                ))),
+                Ok(Frame::data(clean)),
+            ];
+            let mut body = scrub(
+                http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed(),
+                Arc::new(Anchors::of(&p)),
+                Box::new(Given {
+                    patterns: Some(forms()),
+                    hits: hits.clone(),
+                }),
+            );
+            let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            assert!(!first.windows(6).any(|w| w == b"secret"));
+            let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            assert_eq!(
+                second.as_ptr(),
+                ptr,
+                "exact matching is per frame, not for the rest of the body"
+            );
+            assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
         }
 
         #[test]
