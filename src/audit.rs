@@ -54,15 +54,27 @@ pub enum Actor {
     Admin,
 }
 
+impl Actor {
+    /// `proxy:<agent>`, `api:<agent>`, `mcp:<agent>` or `admin`; built for
+    /// every audit event, so without the formatting machinery.
+    pub fn label(&self) -> String {
+        let (kind, name) = match self {
+            Actor::Proxy(Some(a)) => ("proxy:", a.as_str()),
+            Actor::Proxy(None) => ("proxy:", "anonymous"),
+            Actor::Api(a) => ("api:", a.as_str()),
+            Actor::Mcp(a) => ("mcp:", a.as_str()),
+            Actor::Admin => ("admin", ""),
+        };
+        let mut label = String::with_capacity(kind.len() + name.len());
+        label.push_str(kind);
+        label.push_str(name);
+        label
+    }
+}
+
 impl std::fmt::Display for Actor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Actor::Proxy(Some(a)) => write!(f, "proxy:{a}"),
-            Actor::Proxy(None) => f.write_str("proxy:anonymous"),
-            Actor::Api(a) => write!(f, "api:{a}"),
-            Actor::Mcp(a) => write!(f, "mcp:{a}"),
-            Actor::Admin => f.write_str("admin"),
-        }
+        f.write_str(&self.label())
     }
 }
 
@@ -70,17 +82,26 @@ impl std::fmt::Display for Actor {
 /// the upstream status once known.
 #[derive(Debug, Default)]
 pub struct Detail {
-    pub method: Option<String>,
+    pub method: Option<std::borrow::Cow<'static, str>>,
     pub host: Option<String>,
     pub path: Option<String>,
     pub note: Option<String>,
     status: AtomicU16,
 }
 
+/// The usual methods without an allocation per event.
+fn static_method(method: &str) -> std::borrow::Cow<'static, str> {
+    const KNOWN: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
+    match KNOWN.iter().find(|k| **k == method) {
+        Some(k) => std::borrow::Cow::Borrowed(k),
+        None => std::borrow::Cow::Owned(method.to_owned()),
+    }
+}
+
 impl Detail {
     pub fn request(method: &str, host: &str, path: &str) -> Detail {
         Detail {
-            method: Some(method.to_owned()),
+            method: Some(static_method(method)),
             host: Some(host.to_owned()),
             path: Some(path.to_owned()),
             ..Detail::default()
@@ -114,7 +135,7 @@ impl Event {
             time: SystemTime::now(),
             action,
             entry: entry.to_owned(),
-            actor: actor.to_string(),
+            actor: actor.label(),
             detail,
         }
     }
@@ -127,12 +148,10 @@ impl Event {
     pub fn to_json(&self) -> serde_json::Value {
         let mut detail = serde_json::Map::new();
         let d = &self.detail;
-        for (k, v) in [
-            ("method", &d.method),
-            ("host", &d.host),
-            ("path", &d.path),
-            ("note", &d.note),
-        ] {
+        if let Some(method) = &d.method {
+            detail.insert("method".into(), json!(method));
+        }
+        for (k, v) in [("host", &d.host), ("path", &d.path), ("note", &d.note)] {
             if let Some(v) = v {
                 detail.insert(k.into(), json!(v));
             }

@@ -171,12 +171,13 @@ impl Service {
     }
 
     fn field_aad(id: &str, field: &str) -> Vec<u8> {
-        format!("clavis/v1/field\0{id}\0{field}").into_bytes()
+        [b"clavis/v1/field\0", id.as_bytes(), b"\0", field.as_bytes()].concat()
     }
 
     /// Associated data: a ciphertext opens only in its own service's slot.
+    /// (Built on every use of a credential: no formatting machinery.)
     fn aad(id: &str, connector: &str) -> Vec<u8> {
-        format!("clavis/v1\0{id}\0{connector}").into_bytes()
+        [b"clavis/v1\0", id.as_bytes(), b"\0", connector.as_bytes()].concat()
     }
 }
 
