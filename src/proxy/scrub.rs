@@ -262,6 +262,8 @@ pin_project_lite::pin_project! {
         // the ones after a held partial match) are matched exactly.
         patterns: Option<Patterns>,
         held: BytesMut,
+        // Trailers that arrived while bytes were held: sent right after them.
+        trailers: Option<http::HeaderMap>,
         reported: bool,
         done: bool,
     }
@@ -279,6 +281,7 @@ pub fn scrub(body: Body, anchors: Arc<Anchors>, source: Box<dyn Source>) -> Body
         source,
         patterns: None,
         held: BytesMut::new(),
+        trailers: None,
         reported: false,
         done: false,
     })
@@ -295,7 +298,7 @@ impl HttpBody for Scrubbed {
         let mut this = self.project();
         loop {
             if *this.done {
-                return Poll::Ready(None);
+                return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
             }
             let frame = match this.inner.as_mut().poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -305,11 +308,13 @@ impl HttpBody for Scrubbed {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => (data, false),
                     Err(trailers) => {
-                        // Trailers end the data: flush what was held first.
+                        // Trailers end the data: what was held goes first
+                        // (no more bytes can complete a match), then them.
                         if this.held.is_empty() {
                             return Poll::Ready(Some(Ok(trailers)));
                         }
                         *this.done = true;
+                        *this.trailers = trailers.into_trailers().ok();
                         let rest = this.held.split().freeze();
                         return Poll::Ready(Some(Ok(Frame::data(rest))));
                     }
@@ -368,7 +373,7 @@ impl HttpBody for Scrubbed {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        self.done && self.trailers.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -500,6 +505,34 @@ mod tests {
                 "exact matching is per frame, not for the rest of the body"
             );
             assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+        }
+
+        #[tokio::test]
+        async fn trailers_after_held_bytes_are_kept() {
+            let mut p = Patterns::new();
+            p.add(SECRET.as_bytes());
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            let frames = vec![
+                Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"tail sk-REAL"))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            let forms = || {
+                let mut p = Patterns::new();
+                p.add(SECRET.as_bytes());
+                p
+            };
+            let body = scrub(
+                http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed(),
+                Arc::new(Anchors::of(&p)),
+                Box::new(Given {
+                    patterns: Some(forms()),
+                    hits: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+                }),
+            );
+            let collected = body.collect().await.unwrap();
+            assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+            assert_eq!(collected.to_bytes(), Bytes::from_static(b"tail sk-REAL"));
         }
 
         #[test]
