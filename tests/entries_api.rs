@@ -689,3 +689,29 @@ async fn foreign_origin_and_missing_token_are_refused() {
     assert_eq!(r.status(), 401);
     env.assert_no_secrets();
 }
+
+/// An agent that pastes a key into a search must not put it in the audit
+/// log; ordinary queries stay readable there.
+#[tokio::test]
+async fn a_search_for_a_credential_is_audited_redacted() {
+    let env = Env::new().await;
+    // Another agent's key, the caller's own, and the start of one.
+    for q in [BETA_KEY, ALPHA_KEY, "ghp_GAMMAcred"] {
+        let names = env.names(&format!("/api/search?q={q}"), ALICE).await;
+        assert!(names.is_empty(), "{q}: {names:?}");
+    }
+    env.names("/api/search?q=zephyr", ALICE).await;
+    let notes: Vec<String> = env
+        .audit("limit=1000")
+        .await
+        .iter()
+        .filter(|e| e["action"] == "search")
+        .map(|e| e["detail"]["note"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        notes,
+        ["q=zephyr", "q=[REDACTED]", "q=[REDACTED]", "q=[REDACTED]"],
+        "newest first"
+    );
+    env.assert_no_secrets();
+}

@@ -94,12 +94,18 @@ pub fn search(
             "q must be at most 256 characters".into(),
         ));
     }
+    // An agent may paste a key into a search; the audit log must not keep it.
+    let shown = if may_carry_a_credential(state, query) {
+        "[REDACTED]"
+    } else {
+        query
+    };
     audit(
         state,
         Action::Search,
         "",
         actor,
-        Detail::note(format!("q={query}")),
+        Detail::note(format!("q={shown}")),
     )?;
     let needle = query.to_lowercase();
     Ok(state
@@ -110,6 +116,22 @@ pub fn search(
         .filter(|s| who.sees(&s.name) && matches(s, &needle))
         .map(|s| view(s))
         .collect())
+}
+
+/// Whether `text` holds the start (4 bytes or more) of any stored
+/// credential, any service's, visible to the caller or not, in any encoding
+/// the scrubber knows; errs on the side of yes.
+fn may_carry_a_credential(state: &State, text: &str) -> bool {
+    state
+        .store
+        .table()
+        .all()
+        .iter()
+        .any(|s| match state.store.anchors(s) {
+            Ok(Some(anchors)) => anchors.contains_anchor(text.as_bytes()),
+            Ok(None) => false,
+            Err(_) => true,
+        })
 }
 
 pub fn totp(state: &State, who: &Principal, actor: &Actor, key: &str) -> Result<Value, ProxyError> {

@@ -209,22 +209,27 @@ impl Anchors {
     /// Whether `data` holds an anchor, or ends with the start of one (which
     /// the next frame may complete).
     fn found_in(&self, data: &[u8]) -> bool {
-        let whole = match &self.searcher {
-            Some(searcher) => searcher.find(data).is_some(),
+        self.contains_anchor(data) || self.starts_in_tail(data)
+    }
+
+    /// Whether a whole anchor (the start of a secret's encoded form) is in
+    /// `text`.
+    pub fn contains_anchor(&self, text: &[u8]) -> bool {
+        match &self.searcher {
+            Some(searcher) => searcher.find(text).is_some(),
             None => {
                 let hit = |i: usize| {
-                    data.get(i..i + ANCHOR)
+                    text.get(i..i + ANCHOR)
                         .is_some_and(|w| self.list.contains(&word(w)))
                 };
                 self.firsts.chunks(3).any(|set| match *set {
-                    [a] => memchr::memchr_iter(a, data).any(hit),
-                    [a, b] => memchr::memchr2_iter(a, b, data).any(hit),
-                    [a, b, c] => memchr::memchr3_iter(a, b, c, data).any(hit),
+                    [a] => memchr::memchr_iter(a, text).any(hit),
+                    [a, b] => memchr::memchr2_iter(a, b, text).any(hit),
+                    [a, b, c] => memchr::memchr3_iter(a, b, c, text).any(hit),
                     _ => false,
                 })
             }
-        };
-        whole || self.starts_in_tail(data)
+        }
     }
 
     /// Whether the last 1..ANCHOR bytes are the beginning of an anchor.
