@@ -146,11 +146,9 @@ fn with_query(
         .split('&')
         .filter(|p| !p.is_empty())
     {
-        let key = pair.split('=').next().unwrap_or("");
-        if query
-            .iter()
-            .any(|(k, _)| percent_encode(k) == key || k == key)
-        {
+        // Compared decoded: `k%65y=` names the same parameter as `key=`.
+        let key = percent_decode(pair.split('=').next().unwrap_or(""));
+        if query.iter().any(|(k, _)| k.as_bytes() == key.as_slice()) {
             continue;
         }
         out.push(sep);
@@ -170,6 +168,31 @@ fn with_query(
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(out.parse().map_err(|_| InjectError::BadUri)?);
     Uri::from_parts(parts).map_err(|_| InjectError::BadUri)
+}
+
+/// `%XX` escapes decoded (a malformed one is kept as it is).
+fn percent_decode(s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// RFC 3986 percent-encoding of everything but unreserved characters.
@@ -216,6 +239,26 @@ mod tests {
             assert_eq!(
                 p.uri.path_and_query().unwrap().as_str(),
                 "/x?q=1&key=a%20b%26c"
+            );
+        }
+
+        #[test]
+        fn query_strip_sees_through_percent_escapes() {
+            let inject = Inject::Headers {
+                headers: Vec::new(),
+                query: vec![(
+                    "key".into(),
+                    Template::parse("{api_key}", &["api_key"]).unwrap(),
+                )],
+            };
+            let creds = Credentials::from_pairs([("api_key", "real")]);
+            let mut p = parts("https://h.example/x?k%65y=agent&%6B%45y=other&q=%zz&key");
+            inject.apply(&mut p, "h.example", &creds, b"").unwrap();
+            // `kEy` is another parameter (names are case-sensitive); a bad
+            // escape is kept as it is.
+            assert_eq!(
+                p.uri.path_and_query().unwrap().as_str(),
+                "/x?%6B%45y=other&q=%zz&key=real"
             );
         }
 
