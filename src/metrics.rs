@@ -142,15 +142,6 @@ impl Metrics {
         }
     }
 
-    pub fn outcome(&self, connector: &str, outcome: &'static str) {
-        self.requests
-            .get_or_create(&Outcome {
-                connector: connector.to_owned(),
-                outcome,
-            })
-            .inc();
-    }
-
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -171,7 +162,7 @@ mod tests {
         #[test]
         fn exposes_counters_with_prefix() {
             let m = Metrics::new();
-            m.outcome("openai", "injected");
+            m.for_connector("openai").injected.inc();
             let text = m.render();
             assert!(
                 text.contains(r#"clavis_requests_total{connector="openai",outcome="injected"} 1"#),

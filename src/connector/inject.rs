@@ -170,20 +170,16 @@ fn with_query(
     Uri::from_parts(parts).map_err(|_| InjectError::BadUri)
 }
 
-/// `%XX` escapes decoded (a malformed one is kept as it is).
-fn percent_decode(s: &str) -> Vec<u8> {
-    let bytes = s.as_bytes();
+/// `%XX` escapes decoded (a malformed one is kept as literal text).
+pub fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
+        let hex_at = |j: usize| bytes.get(j).and_then(|c| char::from(*c).to_digit(16));
+        match (bytes[i], hex_at(i + 1), hex_at(i + 2)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
                 i += 3;
             }
             (b, _, _) => {
@@ -198,14 +194,19 @@ fn percent_decode(s: &str) -> Vec<u8> {
 /// RFC 3986 percent-encoding of everything but unreserved characters.
 pub fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
+    percent_encode_into(&mut out, s.as_bytes());
+    out
+}
+
+/// [`percent_encode`] appended to `out` (uppercase hex).
+pub fn percent_encode_into(out: &mut String, bytes: &[u8]) {
+    for &b in bytes {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
+            out.push(char::from(b));
         } else {
             out.push_str(&format!("%{b:02X}"));
         }
     }
-    out
 }
 
 #[cfg(test)]

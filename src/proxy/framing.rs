@@ -73,10 +73,6 @@ impl<S> Guard<S> {
     }
 }
 
-fn trim(bytes: &[u8]) -> &[u8] {
-    bytes.trim_ascii()
-}
-
 /// What a request head says about its body: (ambiguous, length, chunked).
 /// Works on the bytes as read, without copying them.
 fn inspect(head: &[u8]) -> (bool, Option<u64>, bool) {
@@ -94,7 +90,7 @@ fn inspect(head: &[u8]) -> (bool, Option<u64>, bool) {
         let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
-        let (name, value) = (trim(&line[..colon]), trim(&line[colon + 1..]));
+        let (name, value) = (line[..colon].trim_ascii(), line[colon + 1..].trim_ascii());
         if name.eq_ignore_ascii_case(b"content-length") {
             match first_length {
                 None => first_length = Some(value),
@@ -105,7 +101,7 @@ fn inspect(head: &[u8]) -> (bool, Option<u64>, bool) {
             chunked = value
                 .rsplit(|b| *b == b',')
                 .next()
-                .is_some_and(|last| trim(last).eq_ignore_ascii_case(b"chunked"));
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         }
     }
     let ambiguous = (te && first_length.is_some()) || differing;
@@ -180,7 +176,11 @@ fn advance(state: &mut State, requests: &mut u64, verdicts: &Verdicts, mut data:
                 };
                 line.extend_from_slice(&data[..nl]);
                 data = &data[nl + 1..];
-                let size = line.split(|b| *b == b';').next().map(trim).unwrap_or(b"");
+                let size = line
+                    .split(|b| *b == b';')
+                    .next()
+                    .map(<[u8]>::trim_ascii)
+                    .unwrap_or(b"");
                 let size = std::str::from_utf8(size).unwrap_or("-");
                 *state = match u64::from_str_radix(size, 16) {
                     Ok(0) => State::Trailers(Vec::new()),

@@ -394,24 +394,36 @@ mod tests {
 
     const SECRET: &str = "sk-REAL-secret-0123456789";
 
+    /// Every form of [`SECRET`].
+    fn forms() -> Patterns {
+        let mut p = Patterns::new();
+        p.add(SECRET.as_bytes());
+        p
+    }
+
+    /// `frames` scrubbed for [`SECRET`], its forms given up front; `hits`
+    /// receives the reported echo count.
+    fn scrubbed(
+        frames: Vec<Result<Frame<Bytes>, BoxError>>,
+        hits: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Body {
+        scrub(
+            http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed(),
+            Arc::new(Anchors::of(&forms())),
+            Box::new(Given {
+                patterns: Some(forms()),
+                hits,
+            }),
+        )
+    }
+
     async fn run(chunks: Vec<&'static [u8]>) -> (Vec<u8>, usize) {
-        let stream = futures_util::stream::iter(
-            chunks
-                .into_iter()
-                .map(|c| Ok::<_, BoxError>(Frame::data(Bytes::from_static(c)))),
-        );
-        let body = http_body_util::StreamBody::new(stream).boxed();
-        let forms = || {
-            let mut p = Patterns::new();
-            p.add(SECRET.as_bytes());
-            p
-        };
+        let frames = chunks
+            .into_iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c))))
+            .collect();
         let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let source = Box::new(Given {
-            patterns: Some(forms()),
-            hits: hits.clone(),
-        });
-        let body = scrub(body, Arc::new(Anchors::of(&forms())), source);
+        let body = scrubbed(frames, hits.clone());
         let out = body.collect().await.unwrap().to_bytes().to_vec();
         (out, hits.load(std::sync::atomic::Ordering::SeqCst))
     }
@@ -466,8 +478,7 @@ mod tests {
 
         #[tokio::test]
         async fn holds_back_only_a_possible_prefix() {
-            let mut p = Patterns::new();
-            p.add(SECRET.as_bytes());
+            let p = forms();
             assert_eq!(p.partial_suffix(b"data: {}\n\n"), 0);
             assert_eq!(p.partial_suffix(b"xx sk-RE"), 5);
             let (out, hits) = run(vec![b"data: 1\n\n", b"data: 2\n\n"]).await;
@@ -477,14 +488,7 @@ mod tests {
 
         #[tokio::test]
         async fn clean_frames_after_an_echo_pass_untouched_again() {
-            let mut p = Patterns::new();
-            p.add(SECRET.as_bytes());
             let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let forms = || {
-                let mut p = Patterns::new();
-                p.add(SECRET.as_bytes());
-                p
-            };
             let clean = Bytes::from_static(b"0123 plain data with no anchor at all\n");
             let ptr = clean.as_ptr();
             let frames = vec![
@@ -493,14 +497,7 @@ mod tests {
                 ))),
                 Ok(Frame::data(clean)),
             ];
-            let mut body = scrub(
-                http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed(),
-                Arc::new(Anchors::of(&p)),
-                Box::new(Given {
-                    patterns: Some(forms()),
-                    hits: hits.clone(),
-                }),
-            );
+            let mut body = scrubbed(frames, hits.clone());
             let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
             assert!(!first.windows(6).any(|w| w == b"secret"));
             let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
@@ -514,27 +511,13 @@ mod tests {
 
         #[tokio::test]
         async fn trailers_after_held_bytes_are_kept() {
-            let mut p = Patterns::new();
-            p.add(SECRET.as_bytes());
             let mut trailers = http::HeaderMap::new();
             trailers.insert("grpc-status", "0".parse().unwrap());
             let frames = vec![
                 Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"tail sk-REAL"))),
                 Ok(Frame::trailers(trailers)),
             ];
-            let forms = || {
-                let mut p = Patterns::new();
-                p.add(SECRET.as_bytes());
-                p
-            };
-            let body = scrub(
-                http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed(),
-                Arc::new(Anchors::of(&p)),
-                Box::new(Given {
-                    patterns: Some(forms()),
-                    hits: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-                }),
-            );
+            let body = scrubbed(frames, Arc::new(std::sync::atomic::AtomicUsize::new(0)));
             let collected = body.collect().await.unwrap();
             assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
             assert_eq!(collected.to_bytes(), Bytes::from_static(b"tail sk-REAL"));
@@ -542,10 +525,8 @@ mod tests {
 
         #[test]
         fn simd_and_fallback_searches_agree() {
-            let mut p = Patterns::new();
-            p.add(SECRET.as_bytes());
-            let simd = Anchors::of(&p);
-            let mut plain = Anchors::of(&p);
+            let simd = Anchors::of(&forms());
+            let mut plain = Anchors::of(&forms());
             plain.searcher = None;
             let echo = format!("{{\"k\":\"{SECRET}\"}}");
             let b64 = base64::engine::general_purpose::STANDARD.encode(format!("u:{SECRET}"));
@@ -584,9 +565,7 @@ mod tests {
 
         #[tokio::test]
         async fn clean_frames_pass_without_a_copy_or_opening_the_secret() {
-            let mut p = Patterns::new();
-            p.add(SECRET.as_bytes());
-            let anchors = Arc::new(Anchors::of(&p));
+            let anchors = Arc::new(Anchors::of(&forms()));
 
             struct Refuse;
             impl Source for Refuse {

@@ -5,6 +5,7 @@ use ring::hmac;
 use zeroize::Zeroizing;
 
 use super::{header, hex, unix_secs, SignError, SignInput, Signed};
+use crate::connector::inject::{percent_decode, percent_encode_into};
 
 /// The key and scope a request is signed with. No `Debug`: it holds the secret.
 pub struct SigV4Key<'a> {
@@ -188,7 +189,7 @@ fn canonical_uri(path: &str, service: &str) -> String {
             if i > 0 {
                 out.push('/');
             }
-            encode_into(&mut out, &percent_decode(segment));
+            percent_encode_into(&mut out, &percent_decode(segment));
         }
         return out;
     }
@@ -196,7 +197,7 @@ fn canonical_uri(path: &str, service: &str) -> String {
         if i > 0 {
             out.push('/');
         }
-        encode_into(&mut out, segment.as_bytes());
+        percent_encode_into(&mut out, segment.as_bytes());
     }
     out
 }
@@ -232,8 +233,8 @@ fn canonical_query(query: &str) -> String {
             let (n, v) = p.split_once('=').unwrap_or((p, ""));
             let mut name = String::new();
             let mut value = String::new();
-            encode_into(&mut name, &percent_decode(n));
-            encode_into(&mut value, &percent_decode(v));
+            percent_encode_into(&mut name, &percent_decode(n));
+            percent_encode_into(&mut value, &percent_decode(v));
             (name, value)
         })
         .collect();
@@ -243,38 +244,6 @@ fn canonical_query(query: &str) -> String {
         .map(|(n, v)| format!("{n}={v}"))
         .collect::<Vec<_>>()
         .join("&")
-}
-
-/// Percent-encodes every byte but the RFC 3986 unreserved set, uppercase hex.
-fn encode_into(out: &mut String, bytes: &[u8]) {
-    for &b in bytes {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-}
-
-/// `%XX` to bytes; a malformed escape is kept as literal text.
-fn percent_decode(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex_at = |j: usize| bytes.get(j).and_then(|c| char::from(*c).to_digit(16));
-        match (bytes[i], hex_at(i + 1), hex_at(i + 2)) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 /// kSigning = HMAC chain over date, region, service, "aws4_request".
