@@ -256,6 +256,7 @@ pub async fn serve(
         },
         hard_stop: hard_rx,
     };
+    state.upstream.start(state.config.limits.idle_timeout.0);
     let proxy_task = tokio::spawn(crate::proxy::serve(ctx.clone(), proxy, stop_rx.clone()));
     let admin_task = tokio::spawn(crate::admin::serve(ctx, admin, stop_rx));
     state.ready.store(true, Ordering::Relaxed);

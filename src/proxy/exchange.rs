@@ -21,7 +21,7 @@ use crate::store::Service;
 
 /// Where requests go. Fixed by the CONNECT authority on the proxy port (or by
 /// the service on the admin port) and never by anything inside a request.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Target {
     pub host: String,
     pub port: u16,
@@ -29,6 +29,8 @@ pub struct Target {
     /// `host[:port]` as every upstream URI carries it.
     authority: http::uri::Authority,
     stats: crate::metrics::ConnectorStats,
+    /// The upstream connection this tunnel used last, for its next request.
+    lease: crate::upstream::Lease,
 }
 
 impl Target {
@@ -55,6 +57,7 @@ impl Target {
             connector,
             authority,
             stats,
+            lease: state.upstream.lease(),
         })
     }
 }
@@ -385,7 +388,10 @@ async fn forward_logged(
                 event.set_status(status);
                 return bridge_websocket(response?, client_upgrade);
             }
-            state.upstream.send(&target.host, request).await
+            state
+                .upstream
+                .send(&target.host, Some(&target.lease), request)
+                .await
         }
     };
     let status = match &response {
@@ -494,6 +500,7 @@ async fn session_exchange(
         .upstream
         .send(
             &target.host,
+            Some(&target.lease),
             Request::from_parts(first, body::full(bytes.clone())),
         )
         .await?;
@@ -514,7 +521,11 @@ async fn session_exchange(
     let again = with_bearer(&parts, &token)?;
     state
         .upstream
-        .send(&target.host, Request::from_parts(again, body::full(bytes)))
+        .send(
+            &target.host,
+            Some(&target.lease),
+            Request::from_parts(again, body::full(bytes)),
+        )
         .await
 }
 

@@ -1,20 +1,20 @@
-//! The upstream side: a pooled hyper-util client (keep-alive, h2 when the
-//! upstream offers it over ALPN) whose connector dials through [`Dialer`] and
-//! verifies TLS for the URI's host. Shared by the proxy port, `/v1/proxy` and
-//! MCP, so every path has the same resolution, trust and timeouts.
+//! The upstream side: clavis's own connection pool (keep-alive HTTP/1,
+//! shared h2 when the upstream offers it over ALPN, a per-tunnel [`Lease`])
+//! over connections dialed through [`Dialer`] with TLS verified for the
+//! URI's host. Shared by the proxy port, `/v1/proxy` and MCP, so every path
+//! has the same resolution, trust and timeouts.
 
 mod dial;
+mod pool;
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response, Uri};
+use http::{header, HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::client::legacy::Client;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -22,13 +22,16 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 pub use dial::{is_private, DialError, Dialer, IpNet};
+pub use pool::Lease;
 
-use crate::body::{Body, BoxError};
+use crate::body::Body;
 use crate::error::ProxyError;
+use pool::{Key, Pool, Pooled, Sender};
 
 pub struct Upstream {
-    client: Client<Connector, Body>,
+    pool: Pool,
     dialer: Arc<Dialer>,
+    tls: TlsConnector,
     /// ALPN http/1.1 only: a websocket upgrade needs an HTTP/1.1 connection
     /// of its own, never a pooled (possibly h2) one.
     upgrade_tls: TlsConnector,
@@ -42,33 +45,35 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
+    /// Idle connections are closed after `idle_timeout`; the sweeper that
+    /// does it starts with [`Upstream::start`].
     pub fn new(
         dialer: Dialer,
         tls: Arc<rustls::ClientConfig>,
         request_timeout: Duration,
         idle_timeout: Duration,
     ) -> Upstream {
-        let dialer = Arc::new(dialer);
         let mut h1_only = (*tls).clone();
         h1_only.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let connector = Connector {
-            dialer: dialer.clone(),
-            tls: TlsConnector::from(tls),
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(idle_timeout)
-            .pool_max_idle_per_host(1024)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .http2_keep_alive_while_idle(false)
-            .build(connector);
         Upstream {
-            client,
-            dialer,
+            pool: Pool::new(idle_timeout),
+            dialer: Arc::new(dialer),
+            tls: TlsConnector::from(tls),
             upgrade_tls: TlsConnector::from(Arc::new(h1_only)),
             request_timeout,
         }
+    }
+
+    /// Starts closing idle connections past the idle timeout. Needs the
+    /// tokio runtime, which `new` does not.
+    pub fn start(&self, idle_timeout: Duration) {
+        self.pool
+            .sweep_every(idle_timeout.clamp(Duration::from_secs(1), Duration::from_secs(30)));
+    }
+
+    /// A tunnel's hold on its upstream connection between requests.
+    pub fn lease(&self) -> Lease {
+        self.pool.lease()
     }
 
     /// Sends an upgrade request (websocket) on a fresh HTTP/1.1 connection
@@ -87,31 +92,24 @@ impl Upstream {
                 .dial(host, port)
                 .await
                 .map_err(|e| dial_error(&e))?;
-            let name = ServerName::try_from(host.to_owned()).map_err(|_| {
-                ProxyError::UpstreamUnreachable {
-                    host: host.to_owned(),
-                    reason: "not a valid TLS server name".into(),
-                }
-            })?;
-            let tls = self.upgrade_tls.connect(name, tcp).await.map_err(|e| {
-                dial_error(&DialError::Tls {
-                    host: host.to_owned(),
-                    reason: e.to_string(),
-                })
-            })?;
-            let unreachable = |e: hyper::Error| ProxyError::UpstreamUnreachable {
-                host: host.to_owned(),
-                reason: e.to_string(),
-            };
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            let tls = tls_connect(&self.upgrade_tls, host, tcp)
                 .await
-                .map_err(unreachable)?;
+                .map_err(|e| dial_error(&e))?;
+            let (mut sender, conn) = http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| unreachable(host, &e))?;
             tokio::spawn(async move {
                 if let Err(e) = conn.with_upgrades().await {
                     tracing::debug!(error = %e, "upgraded upstream connection ended");
                 }
             });
-            sender.send_request(req).await.map_err(unreachable)
+            let mut req = req;
+            let key = Key::of(req.uri()).map_err(|e| ProxyError::Internal(e.into()))?;
+            to_origin_form(&mut req, &key)?;
+            sender
+                .send_request(req)
+                .await
+                .map_err(|e| unreachable(host, &e))
         };
         tokio::time::timeout(after, work)
             .await
@@ -131,45 +129,177 @@ impl Upstream {
 
     /// Sends one request and waits for the response head within
     /// `request_timeout`. Redirects are never followed. `host` names the
-    /// upstream in errors.
+    /// upstream in errors. With a `lease`, the tunnel's last connection is
+    /// tried first and the one used is kept for its next request.
     pub async fn send(
         &self,
         host: &str,
+        lease: Option<&Lease>,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+        match tokio::time::timeout(self.request_timeout, self.exchange(host, lease, req)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout {
                 host: host.to_owned(),
                 after: self.request_timeout,
             }),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(classify(host, &e)),
+            Ok(result) => result,
         }
+    }
+
+    async fn exchange(
+        &self,
+        host: &str,
+        lease: Option<&Lease>,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let uri = req.uri().clone();
+        let mut conn = lease.and_then(|lease| lease.take(&uri));
+        let key = match &conn {
+            Some(conn) => conn.key.clone(),
+            None => Arc::new(Key::of(&uri).map_err(|e| ProxyError::Internal(e.into()))?),
+        };
+        loop {
+            let mut pooled = match conn.take() {
+                Some(pooled) => pooled,
+                None => match self.pool.checkout(&key) {
+                    Some(pooled) => pooled,
+                    None => self.connect(host, &key).await?,
+                },
+            };
+            let sent = match &mut pooled.sender {
+                Sender::H1(sender) => {
+                    to_origin_form(&mut req, &key)?;
+                    sender.try_send_request(req).await
+                }
+                Sender::H2(sender) => {
+                    // The authority travels as `:authority`.
+                    req.headers_mut().remove(header::HOST);
+                    sender.try_send_request(req).await
+                }
+            };
+            match sent {
+                Ok(response) => {
+                    self.pool.release(lease, pooled);
+                    return Ok(response);
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written: the pooled connection had been closed
+                    // by the upstream. A fresh one is tried; a request that
+                    // fails on a fresh connection is not retried.
+                    Some(unsent) if pooled.reused => {
+                        tracing::debug!(host, error = %e.error(), "pooled connection gone; retrying on another");
+                        req = unsent;
+                        *req.uri_mut() = uri.clone();
+                    }
+                    _ => return Err(unreachable(host, e.error())),
+                },
+            }
+        }
+    }
+
+    /// Dials `key`'s upstream, verifies its certificate, and speaks h2 if
+    /// it chose h2 over ALPN, else HTTP/1.1.
+    async fn connect(&self, host: &str, key: &Arc<Key>) -> Result<Pooled, ProxyError> {
+        let tcp = self
+            .dialer
+            .dial(&key.host, key.port)
+            .await
+            .map_err(|e| dial_error(&e))?;
+        let io = if key.tls {
+            let bare = key.host.trim_start_matches('[').trim_end_matches(']');
+            let tls = tls_connect(&self.tls, bare, tcp)
+                .await
+                .map_err(|e| dial_error(&e))?;
+            Conn::Tls(Box::new(TokioIo::new(tls)))
+        } else {
+            Conn::Plain(TokioIo::new(tcp))
+        };
+        let sender = if io.is_h2() {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_while_idle(false)
+                .handshake(io)
+                .await
+                .map_err(|e| unreachable(host, &e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream h2 connection ended");
+                }
+            });
+            self.pool.share(key, &sender);
+            Sender::H2(sender)
+        } else {
+            let (sender, conn) = http1::handshake(io)
+                .await
+                .map_err(|e| unreachable(host, &e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+            Sender::H1(sender)
+        };
+        Ok(Pooled {
+            key: key.clone(),
+            sender,
+            reused: false,
+        })
     }
 }
 
-/// Maps a client error to the answer the agent gets, keeping dial-time
-/// refusals (private destinations) distinct from unreachable upstreams.
-fn classify(host: &str, err: &hyper_util::client::legacy::Error) -> ProxyError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+/// TLS to `host` over `tcp`, verified for `host`.
+async fn tls_connect(
+    connector: &TlsConnector,
+    host: &str,
+    tcp: TcpStream,
+) -> Result<TlsStream<TcpStream>, DialError> {
+    let tls_error = |reason: String| DialError::Tls {
+        host: host.to_owned(),
+        reason,
+    };
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|_| tls_error("not a valid TLS server name".into()))?;
+    connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| tls_error(e.to_string()))
+}
+
+/// HTTP/1 requests carry the path only; the authority goes in `Host`
+/// (kept if the caller set one).
+fn to_origin_form(req: &mut Request<Body>, key: &Key) -> Result<(), ProxyError> {
+    if !req.headers().contains_key(header::HOST) {
+        req.headers_mut().insert(header::HOST, host_header(key)?);
+    }
+    let origin = match req.uri().path_and_query() {
+        Some(pq) if pq.as_str() != "*" => Uri::from(pq.clone()),
+        _ => Uri::from_static("/"),
+    };
+    *req.uri_mut() = origin;
+    Ok(())
+}
+
+/// `Host` for `key`: the host, and the port unless it is the scheme's own.
+fn host_header(key: &Key) -> Result<HeaderValue, ProxyError> {
+    let default = if key.tls { 443 } else { 80 };
+    let value = if key.port == default {
+        HeaderValue::from_str(&key.host)
+    } else {
+        HeaderValue::from_str(&format!("{}:{}", key.host, key.port))
+    };
+    value.map_err(|_| ProxyError::Internal(format!("{:?} is not a valid Host", key.host)))
+}
+
+/// A connection fault as the agent sees it. hyper's messages describe
+/// framing and connection faults, never bodies.
+fn unreachable(host: &str, err: &hyper::Error) -> ProxyError {
+    let mut reason = err.to_string();
+    let mut source = std::error::Error::source(err);
     while let Some(e) = source {
-        if let Some(dial) = e.downcast_ref::<DialError>() {
-            return dial_error(dial);
-        }
+        reason = format!("{reason}: {e}");
         source = e.source();
     }
-    let reason = if err.is_connect() {
-        "connection failed".to_owned()
-    } else {
-        // hyper's messages describe framing and connection faults, never bodies.
-        let mut reason = err.to_string();
-        let mut source = std::error::Error::source(err);
-        while let Some(e) = source {
-            reason = format!("{reason}: {e}");
-            source = e.source();
-        }
-        reason
-    };
     ProxyError::UpstreamUnreachable {
         host: host.to_owned(),
         reason,
@@ -194,69 +324,17 @@ pub fn dial_error(e: &DialError) -> ProxyError {
     }
 }
 
-/// Dials through the [`Dialer`]; `https` URIs get TLS verified for the URI host
-/// (which is always the CONNECT authority on the MITM path).
-#[derive(Clone)]
-pub struct Connector {
-    dialer: Arc<Dialer>,
-    tls: TlsConnector,
-}
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = Conn;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Conn, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let host = uri.host().ok_or("request URI has no host")?.to_owned();
-            let tls = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
-            let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-            let tcp = this.dialer.dial(&host, port).await?;
-            if !tls {
-                return Ok(Conn::Plain(TokioIo::new(tcp)));
-            }
-            let bare = host.trim_start_matches('[').trim_end_matches(']');
-            let name = ServerName::try_from(bare.to_owned()).map_err(|_| DialError::Tls {
-                host: host.clone(),
-                reason: "not a valid TLS server name".into(),
-            })?;
-            let stream = this
-                .tls
-                .connect(name, tcp)
-                .await
-                .map_err(|e| DialError::Tls {
-                    host: host.clone(),
-                    reason: e.to_string(),
-                })?;
-            Ok(Conn::Tls(Box::new(TokioIo::new(stream))))
-        })
-    }
-}
-
 /// An upstream connection, plain (tunnels' HTTP) or TLS.
 pub enum Conn {
     Plain(TokioIo<TcpStream>),
     Tls(Box<TokioIo<TlsStream<TcpStream>>>),
 }
 
-impl Connection for Conn {
-    fn connected(&self) -> Connected {
+impl Conn {
+    fn is_h2(&self) -> bool {
         match self {
-            Conn::Plain(_) => Connected::new(),
-            Conn::Tls(s) => {
-                let h2 = s.inner().get_ref().1.alpn_protocol() == Some(b"h2");
-                if h2 {
-                    Connected::new().negotiated_h2()
-                } else {
-                    Connected::new()
-                }
-            }
+            Conn::Plain(_) => false,
+            Conn::Tls(s) => s.inner().get_ref().1.alpn_protocol() == Some(b"h2"),
         }
     }
 }

@@ -1,0 +1,556 @@
+//! Upstream connections kept for reuse, and the tunnel's lease on one.
+//!
+//! An HTTP/1 connection carries one exchange at a time: it is checked out of
+//! the idle list, used, and put back once its response has been read. A
+//! tunnel keeps the connection it used last in its [`Lease`], so the next
+//! request on that tunnel (an SDK's keep-alive connection sending request
+//! after request) skips the shared pool, its lock and its hash lookup; the
+//! connection goes back to the pool when the tunnel closes. An HTTP/2
+//! connection is shared: one per upstream, cloned for every request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use http::Uri;
+use hyper::client::conn::{http1, http2};
+
+use crate::body::Body;
+
+/// Idle HTTP/1 connections kept per upstream, beyond which a returned one is
+/// closed.
+const MAX_IDLE_PER_UPSTREAM: usize = 1024;
+
+/// One upstream: scheme, host and port, as the request URI names them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct Key {
+    pub tls: bool,
+    pub host: Box<str>,
+    pub port: u16,
+}
+
+impl Key {
+    pub fn of(uri: &Uri) -> Result<Key, &'static str> {
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err("the request URI has no http or https scheme"),
+        };
+        let host = uri.host().ok_or("the request URI has no host")?;
+        Ok(Key {
+            tls,
+            host: host.into(),
+            port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+        })
+    }
+
+    /// Whether `uri` names this upstream, without building a key.
+    fn names(&self, uri: &Uri) -> bool {
+        let tls = uri.scheme_str() == Some("https");
+        tls == self.tls
+            && uri.host() == Some(&*self.host)
+            && uri.port_u16().unwrap_or(if tls { 443 } else { 80 }) == self.port
+    }
+}
+
+pub(super) enum Sender {
+    H1(http1::SendRequest<Body>),
+    H2(http2::SendRequest<Body>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+}
+
+/// A connection in use by one request.
+pub(super) struct Pooled {
+    pub key: Arc<Key>,
+    pub sender: Sender,
+    /// Taken from a lease or the pool rather than dialed for this request:
+    /// the upstream may have closed it meanwhile, so a request that was
+    /// never written on it may be retried on a fresh one.
+    pub reused: bool,
+}
+
+struct Entry {
+    key: Arc<Key>,
+    /// Most recently returned last.
+    idle: Vec<(http1::SendRequest<Body>, Instant)>,
+    shared: Option<http2::SendRequest<Body>>,
+}
+
+struct Inner {
+    upstreams: Mutex<HashMap<Arc<Key>, Entry>>,
+    idle_timeout: Duration,
+}
+
+impl Inner {
+    fn upstreams(&self) -> MutexGuard<'_, HashMap<Arc<Key>, Entry>> {
+        // The map stays consistent whatever a panicking holder was doing:
+        // every mutation is a single push, pop or insert.
+        self.upstreams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes back an HTTP/1 connection whose exchange is over, or will be
+    /// once its response body has been read.
+    fn put(self: &Arc<Self>, key: Arc<Key>, mut sender: http1::SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        if !sender.is_ready() {
+            // The response body is still streaming: wait for the end of the
+            // exchange off the request's path. If the body is abandoned the
+            // connection closes and the wait ends with an error.
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            let pool = Arc::downgrade(self);
+            runtime.spawn(async move {
+                if std::future::poll_fn(|cx| sender.poll_ready(cx))
+                    .await
+                    .is_ok()
+                {
+                    if let Some(pool) = pool.upgrade() {
+                        pool.put(key, sender);
+                    }
+                }
+            });
+            return;
+        }
+        let mut upstreams = self.upstreams();
+        let entry = entry(&mut upstreams, &key);
+        if entry.idle.len() < MAX_IDLE_PER_UPSTREAM {
+            entry.idle.push((sender, Instant::now()));
+        }
+    }
+
+    /// Closes idle connections past the idle timeout or closed by the
+    /// upstream, and forgets upstreams with nothing left.
+    fn sweep(&self) {
+        let idle_timeout = self.idle_timeout;
+        self.upstreams().retain(|_, entry| {
+            entry
+                .idle
+                .retain(|(s, since)| !s.is_closed() && since.elapsed() < idle_timeout);
+            if entry.shared.as_ref().is_some_and(|s| s.is_closed()) {
+                entry.shared = None;
+            }
+            !entry.idle.is_empty() || entry.shared.is_some()
+        });
+    }
+}
+
+/// `key`'s entry, created empty if missing.
+fn entry<'a>(upstreams: &'a mut HashMap<Arc<Key>, Entry>, key: &Arc<Key>) -> &'a mut Entry {
+    upstreams.entry(key.clone()).or_insert_with(|| Entry {
+        key: key.clone(),
+        idle: Vec::new(),
+        shared: None,
+    })
+}
+
+/// The connections of every upstream, shared by all tunnels and the admin
+/// port.
+pub(super) struct Pool {
+    inner: Arc<Inner>,
+}
+
+impl Pool {
+    pub fn new(idle_timeout: Duration) -> Pool {
+        Pool {
+            inner: Arc::new(Inner {
+                upstreams: Mutex::new(HashMap::new()),
+                idle_timeout,
+            }),
+        }
+    }
+
+    /// Starts the sweeper, which ends when the pool is dropped. Needs a
+    /// tokio runtime.
+    pub fn sweep_every(&self, period: Duration) {
+        let pool = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match pool.upgrade() {
+                    Some(pool) => pool.sweep(),
+                    None => return,
+                }
+            }
+        });
+    }
+
+    /// A live connection to `key`'s upstream: the shared HTTP/2 one, else
+    /// the most recently returned idle HTTP/1 one.
+    pub fn checkout(&self, key: &Key) -> Option<Pooled> {
+        let mut upstreams = self.inner.upstreams();
+        let entry = upstreams.get_mut(key)?;
+        let key = entry.key.clone();
+        if let Some(shared) = &entry.shared {
+            if !shared.is_closed() {
+                return Some(Pooled {
+                    key,
+                    sender: Sender::H2(shared.clone()),
+                    reused: true,
+                });
+            }
+            entry.shared = None;
+        }
+        while let Some((sender, since)) = entry.idle.pop() {
+            if since.elapsed() >= self.inner.idle_timeout {
+                // Everything below is older still.
+                entry.idle.clear();
+                break;
+            }
+            if sender.is_ready() {
+                return Some(Pooled {
+                    key,
+                    sender: Sender::H1(sender),
+                    reused: true,
+                });
+            }
+            // Closed by the upstream while idle: dropped.
+        }
+        None
+    }
+
+    /// Shares a new HTTP/2 connection with later requests, unless another
+    /// one to the same upstream was set up meanwhile (then this one serves
+    /// only the request that dialed it).
+    pub fn share(&self, key: &Arc<Key>, sender: &http2::SendRequest<Body>) {
+        let mut upstreams = self.inner.upstreams();
+        let entry = entry(&mut upstreams, key);
+        if entry.shared.as_ref().is_none_or(|s| s.is_closed()) {
+            entry.shared = Some(sender.clone());
+        }
+    }
+
+    /// Takes a connection back after its response head arrived: into the
+    /// tunnel's lease if that is free, else into the pool.
+    pub fn release(&self, lease: Option<&Lease>, conn: Pooled) {
+        let conn = match lease {
+            Some(lease) => match lease.give(conn) {
+                None => return,
+                Some(conn) => conn,
+            },
+            None => conn,
+        };
+        match conn.sender {
+            Sender::H1(sender) => self.inner.put(conn.key, sender),
+            // Already shared from the pool since it was dialed.
+            Sender::H2(_) => {}
+        }
+    }
+
+    pub fn lease(&self) -> Lease {
+        Lease {
+            held: Mutex::new(None),
+            pool: Arc::downgrade(&self.inner),
+        }
+    }
+
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        self.inner.upstreams().values().map(|e| e.idle.len()).sum()
+    }
+}
+
+/// A tunnel's hold on the upstream connection it used last. Every request
+/// of a tunnel goes to the same upstream (the CONNECT authority), so the
+/// next one can take the connection back without touching the pool.
+/// Dropped with the tunnel, it returns the connection to the pool.
+pub struct Lease {
+    held: Mutex<Option<Pooled>>,
+    pool: Weak<Inner>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").finish_non_exhaustive()
+    }
+}
+
+impl Lease {
+    fn held(&self) -> MutexGuard<'_, Option<Pooled>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The held connection, if it goes to `uri`'s upstream and can take a
+    /// request now. An HTTP/1 connection still busy with an earlier
+    /// exchange (concurrent requests of an HTTP/2 tunnel) stays held, and
+    /// the request goes to the pool instead.
+    pub(super) fn take(&self, uri: &Uri) -> Option<Pooled> {
+        let mut held = self.held();
+        let conn = held.as_mut()?;
+        if conn.sender.is_closed() {
+            // Closed by the upstream: nothing to return to the pool.
+            *held = None;
+            return None;
+        }
+        if !conn.key.names(uri) {
+            return None;
+        }
+        match &mut conn.sender {
+            Sender::H2(shared) => Some(Pooled {
+                key: conn.key.clone(),
+                sender: Sender::H2(shared.clone()),
+                reused: true,
+            }),
+            Sender::H1(sender) if sender.is_ready() => held.take(),
+            Sender::H1(_) => None,
+        }
+    }
+
+    /// Holds `conn` if nothing is held yet; otherwise hands it back.
+    fn give(&self, conn: Pooled) -> Option<Pooled> {
+        let mut held = self.held();
+        if held.is_some() {
+            return Some(conn);
+        }
+        *held = Some(Pooled {
+            reused: true,
+            ..conn
+        });
+        None
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let held = self.held.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let (Some(conn), Some(pool)) = (held.take(), self.pool.upgrade()) {
+            if let Sender::H1(sender) = conn.sender {
+                pool.put(conn.key, sender);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTP/1 connection over an in-memory pipe to a server answering
+    /// `200 ok`, or for `/slow` a body whose second half comes 100 ms after
+    /// the first; the server ends when
+    /// `close` is sent.
+    async fn connection() -> (http1::SendRequest<Body>, tokio::sync::oneshot::Sender<()>) {
+        use futures_util::StreamExt;
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (close, closed) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(|req: http::Request<_>| async move {
+                let body = if req.uri().path() == "/slow" {
+                    let first = hyper::body::Frame::data(bytes::Bytes::from_static(b"x"));
+                    let rest = async {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok(hyper::body::Frame::data(bytes::Bytes::from_static(b"y")))
+                    };
+                    let halves = futures_util::stream::once(async { Ok(first) })
+                        .chain(futures_util::stream::once(rest));
+                    http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(halves))
+                } else {
+                    crate::body::full(bytes::Bytes::from_static(b"ok"))
+                };
+                Ok::<_, std::convert::Infallible>(http::Response::new(body))
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(server), service);
+            tokio::select! {
+                _ = conn => {}
+                _ = closed => {}
+            }
+        });
+        let (mut sender, conn) = http1::handshake(hyper_util::rt::TokioIo::new(client))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        sender.ready().await.unwrap();
+        (sender, close)
+    }
+
+    fn slow() -> http::Request<Body> {
+        http::Request::get("/slow")
+            .body(crate::body::empty())
+            .unwrap()
+    }
+
+    fn key() -> Arc<Key> {
+        Arc::new(Key::of(&Uri::from_static("https://api.example.com/v1")).unwrap())
+    }
+
+    fn pooled(sender: http1::SendRequest<Body>) -> Pooled {
+        Pooled {
+            key: key(),
+            sender: Sender::H1(sender),
+            reused: false,
+        }
+    }
+
+    mod key {
+        use super::*;
+
+        #[test]
+        fn default_ports_follow_the_scheme() {
+            let k = Key::of(&Uri::from_static("https://a.example/x")).unwrap();
+            assert_eq!((k.tls, &*k.host, k.port), (true, "a.example", 443));
+            let k = Key::of(&Uri::from_static("http://a.example/x")).unwrap();
+            assert_eq!((k.tls, k.port), (false, 80));
+            let k = Key::of(&Uri::from_static("https://a.example:8443/")).unwrap();
+            assert_eq!(k.port, 8443);
+        }
+
+        #[test]
+        fn a_uri_without_scheme_or_host_is_an_error() {
+            assert!(Key::of(&Uri::from_static("/v1")).is_err());
+            assert!(Key::of(&Uri::from_static("ftp://a.example/")).is_err());
+        }
+
+        #[test]
+        fn names_compares_scheme_host_and_port() {
+            let k = Key::of(&Uri::from_static("https://a.example/")).unwrap();
+            assert!(k.names(&Uri::from_static("https://a.example:443/other")));
+            assert!(!k.names(&Uri::from_static("http://a.example/")));
+            assert!(!k.names(&Uri::from_static("https://b.example/")));
+            assert!(!k.names(&Uri::from_static("https://a.example:8443/")));
+        }
+    }
+
+    mod pool {
+        use super::*;
+
+        #[tokio::test]
+        async fn a_returned_connection_is_checked_out_again() {
+            let pool = Pool::new(Duration::from_secs(60));
+            assert!(pool.checkout(&key()).is_none());
+            let (sender, _close) = connection().await;
+            pool.release(None, pooled(sender));
+            assert_eq!(pool.idle_count(), 1);
+            let again = pool.checkout(&key()).expect("the idle connection");
+            assert!(again.reused);
+            assert_eq!(pool.idle_count(), 0);
+        }
+
+        #[tokio::test]
+        async fn idle_connections_expire() {
+            let pool = Pool::new(Duration::from_millis(30));
+            let (sender, _close) = connection().await;
+            pool.release(None, pooled(sender));
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            assert!(pool.checkout(&key()).is_none());
+            assert_eq!(pool.idle_count(), 0);
+        }
+
+        #[tokio::test]
+        async fn the_sweep_closes_expired_and_closed_connections() {
+            let pool = Pool::new(Duration::from_millis(30));
+            let (old, _keep) = connection().await;
+            pool.release(None, pooled(old));
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            let (fresh, close) = connection().await;
+            pool.release(None, pooled(fresh));
+            assert_eq!(pool.idle_count(), 2);
+            pool.inner.sweep();
+            assert_eq!(pool.idle_count(), 1, "the expired one is gone");
+            close.send(()).unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            pool.inner.sweep();
+            assert_eq!(pool.idle_count(), 0, "the one the server closed is gone");
+            assert!(pool.inner.upstreams().is_empty());
+        }
+
+        #[tokio::test]
+        async fn a_connection_closed_by_the_server_is_not_checked_out() {
+            let pool = Pool::new(Duration::from_secs(60));
+            let (sender, close) = connection().await;
+            pool.release(None, pooled(sender));
+            close.send(()).unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            assert!(pool.checkout(&key()).is_none());
+        }
+
+        #[tokio::test]
+        async fn a_busy_connection_returns_when_its_response_ends() {
+            let pool = Pool::new(Duration::from_secs(60));
+            let (mut sender, _close) = connection().await;
+            let response = sender.send_request(slow()).await.unwrap();
+            assert!(!sender.is_ready(), "the body is not read yet");
+            pool.release(None, pooled(sender));
+            assert_eq!(pool.idle_count(), 0);
+            http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap();
+            for _ in 0..50 {
+                if pool.idle_count() == 1 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the connection never came back to the pool");
+        }
+    }
+
+    mod lease {
+        use super::*;
+
+        #[tokio::test]
+        async fn the_tunnel_takes_back_its_connection_without_the_pool() {
+            let pool = Pool::new(Duration::from_secs(60));
+            let lease = pool.lease();
+            let uri = Uri::from_static("https://api.example.com/next");
+            assert!(lease.take(&uri).is_none());
+            let (sender, _close) = connection().await;
+            pool.release(Some(&lease), pooled(sender));
+            assert_eq!(pool.idle_count(), 0, "held by the lease, not pooled");
+            let held = lease.take(&uri).expect("the leased connection");
+            assert!(held.reused);
+            assert!(lease.take(&uri).is_none(), "taken, not copied");
+            assert!(lease
+                .take(&Uri::from_static("https://other.example/"))
+                .is_none());
+        }
+
+        #[tokio::test]
+        async fn a_second_connection_goes_to_the_pool_and_the_lease_returns_its_own_on_drop() {
+            let pool = Pool::new(Duration::from_secs(60));
+            let lease = pool.lease();
+            let (first, _c1) = connection().await;
+            let (second, _c2) = connection().await;
+            pool.release(Some(&lease), pooled(first));
+            pool.release(Some(&lease), pooled(second));
+            assert_eq!(pool.idle_count(), 1);
+            drop(lease);
+            assert_eq!(pool.idle_count(), 2);
+        }
+
+        #[tokio::test]
+        async fn a_busy_leased_connection_stays_held_and_a_closed_one_is_dropped() {
+            let pool = Pool::new(Duration::from_secs(60));
+            let lease = pool.lease();
+            let uri = Uri::from_static("https://api.example.com/");
+            let (mut sender, close) = connection().await;
+            let response = sender.send_request(slow()).await.unwrap();
+            pool.release(Some(&lease), pooled(sender));
+            assert!(
+                lease.take(&uri).is_none(),
+                "busy: the request goes elsewhere"
+            );
+            assert!(lease.held().is_some(), "still held");
+            drop(response);
+            close.send(()).unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            assert!(lease.take(&uri).is_none());
+            assert!(lease.held().is_none(), "closed: let go");
+        }
+    }
+}
