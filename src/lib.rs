@@ -24,9 +24,9 @@
 //! Crate map: [`config`] (YAML → typed config), [`app`] (state, serve),
 //! [`proxy`] (the proxy port), [`connector`] (hosts, strip, inject),
 //! [`tls`] (CA, leaf minting, upstream trust), [`upstream`] (dialer,
-//! connection pool, per-tunnel lease), [`store`] (sealed credentials),
-//! [`audit`], [`admin`] (admin port), [`secret`] (zeroized, redacted
-//! values), [`error`] (every error answer).
+//! connection pool), [`store`] (sealed credentials), [`audit`], [`admin`]
+//! (admin port), [`secret`] (zeroized, redacted values), [`error`] (every
+//! error answer).
 
 pub mod admin;
 pub mod agent;

@@ -356,6 +356,36 @@ async fn upstream_connection_outlives_its_tunnel_and_serves_the_next() {
     .await;
 }
 
+/// Tunnels that stay open but idle hold no upstream connection: ten agents
+/// keep their tunnels open and take turns, and one upstream connection
+/// serves them all. (A tunnel pinning its last connection would need one
+/// upstream connection per idle agent connection: ten thousand idle agents,
+/// ten thousand upstream connections and file descriptors.)
+#[tokio::test]
+async fn idle_tunnels_hold_no_upstream_connection() {
+    let ca = TestCa::new();
+    let up = Fake::h1(&ca).await;
+    let clavis = up.clavis(&ca).await;
+    bounded(async {
+        let agents: Vec<reqwest::Client> = (0..10).map(|_| h1_agent(&clavis)).collect();
+        for round in 0..2 {
+            for (i, agent) in agents.iter().enumerate() {
+                let (status, body) =
+                    get(agent, &format!("/v1/models?agent={i}&round={round}")).await;
+                assert_eq!(status, 200, "agent {i}, round {round}: {body}");
+            }
+        }
+        assert_eq!(
+            open_tunnels(&clavis),
+            10,
+            "every agent's tunnel is still open"
+        );
+        assert_eq!(up.hits().len(), 20);
+        assert_eq!(up.connections(), 1);
+    })
+    .await;
+}
+
 /// Shared part of the two concurrency tests: tunnel A has `slow` in flight;
 /// tunnel B's request must complete meanwhile on a second upstream
 /// connection; afterwards both connections keep being reused, by the same

@@ -37,7 +37,7 @@ pub async fn run(
         .map_err(|e| ProxyError::Unprocessable(e.to_string()))?;
     match state
         .upstream
-        .send(host, None, Request::from_parts(parts, body::empty()))
+        .send(host, Request::from_parts(parts, body::empty()))
         .await
     {
         Ok(r) if r.status().is_success() => Ok(true),

@@ -153,7 +153,7 @@ async fn login(
         .header(header::ACCEPT, "application/json")
         .body(body::full(Bytes::copy_from_slice(body.as_bytes())))
         .map_err(|e| ProxyError::Internal(e.to_string()))?;
-    let response = state.upstream.send(host, None, request).await?;
+    let response = state.upstream.send(host, request).await?;
     let status = response.status();
     event.set_status(status.as_u16());
     if !status.is_success() {

@@ -29,8 +29,6 @@ pub struct Target {
     /// `host[:port]` as every upstream URI carries it.
     authority: http::uri::Authority,
     stats: crate::metrics::ConnectorStats,
-    /// The upstream connection this tunnel used last, for its next request.
-    lease: crate::upstream::Lease,
 }
 
 impl Target {
@@ -57,7 +55,6 @@ impl Target {
             connector,
             authority,
             stats,
-            lease: state.upstream.lease(),
         })
     }
 }
@@ -388,10 +385,7 @@ async fn forward_logged(
                 event.set_status(status);
                 return bridge_websocket(response?, client_upgrade);
             }
-            state
-                .upstream
-                .send(&target.host, Some(&target.lease), request)
-                .await
+            state.upstream.send(&target.host, request).await
         }
     };
     let status = match &response {
@@ -500,7 +494,6 @@ async fn session_exchange(
         .upstream
         .send(
             &target.host,
-            Some(&target.lease),
             Request::from_parts(first, body::full(bytes.clone())),
         )
         .await?;
@@ -521,11 +514,7 @@ async fn session_exchange(
     let again = with_bearer(&parts, &token)?;
     state
         .upstream
-        .send(
-            &target.host,
-            Some(&target.lease),
-            Request::from_parts(again, body::full(bytes)),
-        )
+        .send(&target.host, Request::from_parts(again, body::full(bytes)))
         .await
 }
 

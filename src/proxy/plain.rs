@@ -52,7 +52,7 @@ pub async fn handle(
     let response = ctx
         .state
         .upstream
-        .send(&host, None, Request::from_parts(parts, body::boxed(body)))
+        .send(&host, Request::from_parts(parts, body::boxed(body)))
         .await?;
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);

@@ -1,5 +1,5 @@
 //! The upstream side: clavis's own connection pool (keep-alive HTTP/1,
-//! shared h2 when the upstream offers it over ALPN, a per-tunnel [`Lease`])
+//! shared h2 when the upstream offers it over ALPN)
 //! over connections dialed through [`Dialer`] with TLS verified for the
 //! URI's host. Shared by the proxy port, `/v1/proxy` and MCP, so every path
 //! has the same resolution, trust and timeouts.
@@ -22,7 +22,6 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 pub use dial::{is_private, DialError, Dialer, IpNet};
-pub use pool::Lease;
 
 use crate::body::Body;
 use crate::error::ProxyError;
@@ -69,11 +68,6 @@ impl Upstream {
     pub fn start(&self, idle_timeout: Duration) {
         self.pool
             .sweep_every(idle_timeout.clamp(Duration::from_secs(1), Duration::from_secs(30)));
-    }
-
-    /// A tunnel's hold on its upstream connection between requests.
-    pub fn lease(&self) -> Lease {
-        self.pool.lease()
     }
 
     /// Sends an upgrade request (websocket) on a fresh HTTP/1.1 connection
@@ -129,15 +123,13 @@ impl Upstream {
 
     /// Sends one request and waits for the response head within
     /// `request_timeout`. Redirects are never followed. `host` names the
-    /// upstream in errors. With a `lease`, the tunnel's last connection is
-    /// tried first and the one used is kept for its next request.
+    /// upstream in errors.
     pub async fn send(
         &self,
         host: &str,
-        lease: Option<&Lease>,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.request_timeout, self.exchange(host, lease, req)).await {
+        match tokio::time::timeout(self.request_timeout, self.exchange(host, req)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout {
                 host: host.to_owned(),
                 after: self.request_timeout,
@@ -149,22 +141,14 @@ impl Upstream {
     async fn exchange(
         &self,
         host: &str,
-        lease: Option<&Lease>,
         mut req: Request<Body>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let uri = req.uri().clone();
-        let mut conn = lease.and_then(|lease| lease.take(&uri));
-        let key = match &conn {
-            Some(conn) => conn.key.clone(),
-            None => Arc::new(Key::of(&uri).map_err(|e| ProxyError::Internal(e.into()))?),
-        };
+        let key = Arc::new(Key::of(&uri).map_err(|e| ProxyError::Internal(e.into()))?);
         loop {
-            let mut pooled = match conn.take() {
+            let mut pooled = match self.pool.checkout(&key) {
                 Some(pooled) => pooled,
-                None => match self.pool.checkout(&key) {
-                    Some(pooled) => pooled,
-                    None => self.connect(host, &key).await?,
-                },
+                None => self.connect(host, &key).await?,
             };
             let sent = match &mut pooled.sender {
                 Sender::H1(sender) => {
@@ -179,7 +163,7 @@ impl Upstream {
             };
             match sent {
                 Ok(response) => {
-                    self.pool.release(lease, pooled);
+                    self.pool.release(pooled);
                     return Ok(response);
                 }
                 Err(mut e) => match e.take_message() {

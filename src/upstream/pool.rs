@@ -1,15 +1,15 @@
-//! Upstream connections kept for reuse, and the tunnel's lease on one.
+//! Upstream connections kept for reuse.
 //!
 //! An HTTP/1 connection carries one exchange at a time: it is checked out of
-//! the idle list, used, and put back once its response has been read. A
-//! tunnel keeps the connection it used last in its [`Lease`], so the next
-//! request on that tunnel (an SDK's keep-alive connection sending request
-//! after request) skips the shared pool, its lock and its hash lookup; the
-//! connection goes back to the pool when the tunnel closes. An HTTP/2
-//! connection is shared: one per upstream, cloned for every request.
+//! its upstream's idle list, used, and put back once its response has been
+//! read (at once for a small response, which arrives with its head). An
+//! HTTP/2 connection is shared: one per upstream, cloned for every request.
+//! Every tunnel and the admin port draw from the same pool, so a new tunnel
+//! per request still reuses upstream connections, and idle tunnels hold
+//! none.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::Uri;
@@ -43,14 +43,6 @@ impl Key {
             port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
         })
     }
-
-    /// Whether `uri` names this upstream, without building a key.
-    fn names(&self, uri: &Uri) -> bool {
-        let tls = uri.scheme_str() == Some("https");
-        tls == self.tls
-            && uri.host() == Some(&*self.host)
-            && uri.port_u16().unwrap_or(if tls { 443 } else { 80 }) == self.port
-    }
 }
 
 pub(super) enum Sender {
@@ -58,20 +50,11 @@ pub(super) enum Sender {
     H2(http2::SendRequest<Body>),
 }
 
-impl Sender {
-    fn is_closed(&self) -> bool {
-        match self {
-            Sender::H1(s) => s.is_closed(),
-            Sender::H2(s) => s.is_closed(),
-        }
-    }
-}
-
 /// A connection in use by one request.
 pub(super) struct Pooled {
     pub key: Arc<Key>,
     pub sender: Sender,
-    /// Taken from a lease or the pool rather than dialed for this request:
+    /// Taken from the pool rather than dialed for this request:
     /// the upstream may have closed it meanwhile, so a request that was
     /// never written on it may be retried on a fresh one.
     pub reused: bool,
@@ -235,16 +218,8 @@ impl Pool {
         }
     }
 
-    /// Takes a connection back after its response head arrived: into the
-    /// tunnel's lease if that is free, else into the pool.
-    pub fn release(&self, lease: Option<&Lease>, conn: Pooled) {
-        let conn = match lease {
-            Some(lease) => match lease.give(conn) {
-                None => return,
-                Some(conn) => conn,
-            },
-            None => conn,
-        };
+    /// Takes a connection back after its response head arrived.
+    pub fn release(&self, conn: Pooled) {
         match conn.sender {
             Sender::H1(sender) => self.inner.put(conn.key, sender),
             // Already shared from the pool since it was dialed.
@@ -252,87 +227,9 @@ impl Pool {
         }
     }
 
-    pub fn lease(&self) -> Lease {
-        Lease {
-            held: Mutex::new(None),
-            pool: Arc::downgrade(&self.inner),
-        }
-    }
-
     #[cfg(test)]
     fn idle_count(&self) -> usize {
         self.inner.upstreams().values().map(|e| e.idle.len()).sum()
-    }
-}
-
-/// A tunnel's hold on the upstream connection it used last. Every request
-/// of a tunnel goes to the same upstream (the CONNECT authority), so the
-/// next one can take the connection back without touching the pool.
-/// Dropped with the tunnel, it returns the connection to the pool.
-pub struct Lease {
-    held: Mutex<Option<Pooled>>,
-    pool: Weak<Inner>,
-}
-
-impl std::fmt::Debug for Lease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease").finish_non_exhaustive()
-    }
-}
-
-impl Lease {
-    fn held(&self) -> MutexGuard<'_, Option<Pooled>> {
-        self.held.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The held connection, if it goes to `uri`'s upstream and can take a
-    /// request now. An HTTP/1 connection still busy with an earlier
-    /// exchange (concurrent requests of an HTTP/2 tunnel) stays held, and
-    /// the request goes to the pool instead.
-    pub(super) fn take(&self, uri: &Uri) -> Option<Pooled> {
-        let mut held = self.held();
-        let conn = held.as_mut()?;
-        if conn.sender.is_closed() {
-            // Closed by the upstream: nothing to return to the pool.
-            *held = None;
-            return None;
-        }
-        if !conn.key.names(uri) {
-            return None;
-        }
-        match &mut conn.sender {
-            Sender::H2(shared) => Some(Pooled {
-                key: conn.key.clone(),
-                sender: Sender::H2(shared.clone()),
-                reused: true,
-            }),
-            Sender::H1(sender) if sender.is_ready() => held.take(),
-            Sender::H1(_) => None,
-        }
-    }
-
-    /// Holds `conn` if nothing is held yet; otherwise hands it back.
-    fn give(&self, conn: Pooled) -> Option<Pooled> {
-        let mut held = self.held();
-        if held.is_some() {
-            return Some(conn);
-        }
-        *held = Some(Pooled {
-            reused: true,
-            ..conn
-        });
-        None
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        let held = self.held.get_mut().unwrap_or_else(PoisonError::into_inner);
-        if let (Some(conn), Some(pool)) = (held.take(), self.pool.upgrade()) {
-            if let Sender::H1(sender) = conn.sender {
-                pool.put(conn.key, sender);
-            }
-        }
     }
 }
 
@@ -415,15 +312,6 @@ mod tests {
             assert!(Key::of(&Uri::from_static("/v1")).is_err());
             assert!(Key::of(&Uri::from_static("ftp://a.example/")).is_err());
         }
-
-        #[test]
-        fn names_compares_scheme_host_and_port() {
-            let k = Key::of(&Uri::from_static("https://a.example/")).unwrap();
-            assert!(k.names(&Uri::from_static("https://a.example:443/other")));
-            assert!(!k.names(&Uri::from_static("http://a.example/")));
-            assert!(!k.names(&Uri::from_static("https://b.example/")));
-            assert!(!k.names(&Uri::from_static("https://a.example:8443/")));
-        }
     }
 
     mod pool {
@@ -434,7 +322,7 @@ mod tests {
             let pool = Pool::new(Duration::from_secs(60));
             assert!(pool.checkout(&key()).is_none());
             let (sender, _close) = connection().await;
-            pool.release(None, pooled(sender));
+            pool.release(pooled(sender));
             assert_eq!(pool.idle_count(), 1);
             let again = pool.checkout(&key()).expect("the idle connection");
             assert!(again.reused);
@@ -445,7 +333,7 @@ mod tests {
         async fn idle_connections_expire() {
             let pool = Pool::new(Duration::from_millis(30));
             let (sender, _close) = connection().await;
-            pool.release(None, pooled(sender));
+            pool.release(pooled(sender));
             tokio::time::sleep(Duration::from_millis(60)).await;
             assert!(pool.checkout(&key()).is_none());
             assert_eq!(pool.idle_count(), 0);
@@ -455,10 +343,10 @@ mod tests {
         async fn the_sweep_closes_expired_and_closed_connections() {
             let pool = Pool::new(Duration::from_millis(30));
             let (old, _keep) = connection().await;
-            pool.release(None, pooled(old));
+            pool.release(pooled(old));
             tokio::time::sleep(Duration::from_millis(60)).await;
             let (fresh, close) = connection().await;
-            pool.release(None, pooled(fresh));
+            pool.release(pooled(fresh));
             assert_eq!(pool.idle_count(), 2);
             pool.inner.sweep();
             assert_eq!(pool.idle_count(), 1, "the expired one is gone");
@@ -473,7 +361,7 @@ mod tests {
         async fn a_connection_closed_by_the_server_is_not_checked_out() {
             let pool = Pool::new(Duration::from_secs(60));
             let (sender, close) = connection().await;
-            pool.release(None, pooled(sender));
+            pool.release(pooled(sender));
             close.send(()).unwrap();
             tokio::time::sleep(Duration::from_millis(30)).await;
             assert!(pool.checkout(&key()).is_none());
@@ -485,7 +373,7 @@ mod tests {
             let (mut sender, _close) = connection().await;
             let response = sender.send_request(slow()).await.unwrap();
             assert!(!sender.is_ready(), "the body is not read yet");
-            pool.release(None, pooled(sender));
+            pool.release(pooled(sender));
             assert_eq!(pool.idle_count(), 0);
             http_body_util::BodyExt::collect(response.into_body())
                 .await
@@ -497,60 +385,6 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             panic!("the connection never came back to the pool");
-        }
-    }
-
-    mod lease {
-        use super::*;
-
-        #[tokio::test]
-        async fn the_tunnel_takes_back_its_connection_without_the_pool() {
-            let pool = Pool::new(Duration::from_secs(60));
-            let lease = pool.lease();
-            let uri = Uri::from_static("https://api.example.com/next");
-            assert!(lease.take(&uri).is_none());
-            let (sender, _close) = connection().await;
-            pool.release(Some(&lease), pooled(sender));
-            assert_eq!(pool.idle_count(), 0, "held by the lease, not pooled");
-            let held = lease.take(&uri).expect("the leased connection");
-            assert!(held.reused);
-            assert!(lease.take(&uri).is_none(), "taken, not copied");
-            assert!(lease
-                .take(&Uri::from_static("https://other.example/"))
-                .is_none());
-        }
-
-        #[tokio::test]
-        async fn a_second_connection_goes_to_the_pool_and_the_lease_returns_its_own_on_drop() {
-            let pool = Pool::new(Duration::from_secs(60));
-            let lease = pool.lease();
-            let (first, _c1) = connection().await;
-            let (second, _c2) = connection().await;
-            pool.release(Some(&lease), pooled(first));
-            pool.release(Some(&lease), pooled(second));
-            assert_eq!(pool.idle_count(), 1);
-            drop(lease);
-            assert_eq!(pool.idle_count(), 2);
-        }
-
-        #[tokio::test]
-        async fn a_busy_leased_connection_stays_held_and_a_closed_one_is_dropped() {
-            let pool = Pool::new(Duration::from_secs(60));
-            let lease = pool.lease();
-            let uri = Uri::from_static("https://api.example.com/");
-            let (mut sender, close) = connection().await;
-            let response = sender.send_request(slow()).await.unwrap();
-            pool.release(Some(&lease), pooled(sender));
-            assert!(
-                lease.take(&uri).is_none(),
-                "busy: the request goes elsewhere"
-            );
-            assert!(lease.held().is_some(), "still held");
-            drop(response);
-            close.send(()).unwrap();
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            assert!(lease.take(&uri).is_none());
-            assert!(lease.held().is_none(), "closed: let go");
         }
     }
 }
