@@ -243,33 +243,7 @@ async fn respond(
     hits: Arc<Mutex<Vec<Hit>>>,
     req: Request<Incoming>,
 ) -> Result<Response<BoxBody>, std::convert::Infallible> {
-    let seen = Seen {
-        host: req
-            .headers()
-            .get("host")
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()))
-            .unwrap_or_default(),
-        method: req.method().to_string(),
-        path: req
-            .uri()
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_default(),
-        version: format!("{:?}", req.version()),
-        headers: req
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        body_len: 0,
-    };
+    let seen = Seen::head_of(&req);
     let path = req.uri().path().to_owned();
     let ms = Duration::from_millis(query_ms(&req));
     let body = req.into_body().collect().await.map(|b| b.to_bytes());

@@ -28,6 +28,38 @@ pub struct Seen {
 }
 
 impl Seen {
+    /// The request's head (`Host` before the URI's authority); the body
+    /// length is left to the caller.
+    pub fn head_of<B>(req: &Request<B>) -> Seen {
+        Seen {
+            host: req
+                .headers()
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+                .or_else(|| req.uri().authority().map(|a| a.to_string()))
+                .unwrap_or_default(),
+            method: req.method().to_string(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            version: format!("{:?}", req.version()),
+            headers: req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body_len: 0,
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -363,33 +395,7 @@ async fn handle_kalshi(
     if !path.starts_with("/trade-api/v2/") || req.headers().contains_key("kalshi-access-key") {
         return handle(seen, req).await;
     }
-    let record = Seen {
-        host: req
-            .headers()
-            .get("host")
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()))
-            .unwrap_or_default(),
-        method: req.method().to_string(),
-        path: req
-            .uri()
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_default(),
-        version: format!("{:?}", req.version()),
-        headers: req
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        body_len: 0,
-    };
+    let record = Seen::head_of(&req);
     let json = |status: u16, value: serde_json::Value| {
         Ok(Response::builder()
             .status(status)
