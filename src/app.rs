@@ -220,20 +220,28 @@ pub struct Drain {
 impl Drain {
     /// Runs `conn` to completion; once shutdown starts it is asked to finish
     /// its in-flight requests and close (h1: no keep-alive, h2: GOAWAY).
-    pub async fn watch<C: std::future::Future>(
+    ///
+    /// `conn` is boxed here, once: as an `async fn` argument it would be
+    /// stored in the future twice (argument and pinned local), and the
+    /// caller's future a third time, which for an idle tunnel is most of
+    /// what it costs.
+    pub fn watch<C: std::future::Future>(
         &self,
         conn: C,
         shutdown: impl FnOnce(std::pin::Pin<&mut C>),
-    ) -> C::Output {
-        let _alive = self.alive.clone();
+    ) -> impl std::future::Future<Output = C::Output> {
+        let mut conn = Box::pin(conn);
+        let alive = self.alive.clone();
         let mut stop = self.stop.clone();
-        let mut conn = std::pin::pin!(conn);
-        tokio::select! {
-            result = conn.as_mut() => return result,
-            _ = stop.wait_for(|s| *s) => {}
+        async move {
+            let _alive = alive;
+            tokio::select! {
+                result = conn.as_mut() => return result,
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            shutdown(conn.as_mut());
+            conn.await
         }
-        shutdown(conn.as_mut());
-        conn.await
     }
 }
 

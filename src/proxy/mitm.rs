@@ -25,11 +25,10 @@ pub async fn serve(
     let limits = &ctx.state.config.limits;
     // Boxed: the handshake's state is only needed until it completes, and
     // each idle tunnel's task keeps just what serving requests needs.
-    let Some(tls) = Box::pin(accept(&ctx, io, &caller, &target)).await else {
+    let Some((tls, h1)) = Box::pin(accept(&ctx, io, &caller, &target)).await else {
         return;
     };
     let state = ctx.state.clone();
-    let h1 = tls.get_ref().1.alpn_protocol() != Some(b"h2");
     let verdicts = Arc::new(framing::Verdicts::default());
     let io = framing::Guard::new(tls, verdicts.clone(), h1);
     // HTTP/1 requests are served in order, so the n-th call is the n-th head.
@@ -66,9 +65,7 @@ pub async fn serve(
             .max_pending_accept_reset_streams(20)
             .keep_alive_interval(Some(std::time::Duration::from_secs(60)))
             .serve_connection(io, service);
-        // Boxed: an h2 connection's state is large, and an idle h1 tunnel
-        // should not carry its size.
-        Box::pin(ctx.drain.watch(conn, |c| c.graceful_shutdown())).await
+        ctx.drain.watch(conn, |c| c.graceful_shutdown()).await
     };
     if let Err(e) = ended {
         tracing::debug!(error = %e, "intercepted connection ended with error");
@@ -76,12 +73,15 @@ pub async fn serve(
 }
 
 /// ClientHello, SNI check, leaf, handshake; `None` (logged) ends the tunnel.
+/// With the stream comes whether it speaks HTTP/1 (ALPN did not choose h2),
+/// asked here so the caller never borrows the stream: a borrowed local
+/// keeps its room in the tunnel's future for as long as the tunnel lives.
 async fn accept(
     ctx: &Ctx,
     io: TokioIo<Upgraded>,
     caller: &Caller,
     target: &Target,
-) -> Option<tokio_rustls::server::TlsStream<TokioIo<Upgraded>>> {
+) -> Option<(tokio_rustls::server::TlsStream<TokioIo<Upgraded>>, bool)> {
     let handshake = ctx.state.config.limits.tls_handshake_timeout.0;
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
     let start = match tokio::time::timeout(handshake, acceptor).await {
@@ -112,7 +112,10 @@ async fn accept(
         }
     };
     match tokio::time::timeout(handshake, start.into_stream(config)).await {
-        Ok(Ok(tls)) => Some(tls),
+        Ok(Ok(tls)) => {
+            let h1 = tls.get_ref().1.alpn_protocol() != Some(b"h2");
+            Some((tls, h1))
+        }
         Ok(Err(e)) => {
             tracing::debug!(host = %target.host, error = %e, "TLS handshake failed");
             None
