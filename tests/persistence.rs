@@ -86,6 +86,9 @@ impl Setup {
             .arg(self.config(key_file))
             .args(["--log-format", "text"])
             .env("RUST_LOG", "info")
+            // The multi-threaded scheduler, whatever this machine's CPUs
+            // (tests/secrets_everywhere.rs runs the single-threaded one).
+            .env("TOKIO_WORKER_THREADS", "2")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())

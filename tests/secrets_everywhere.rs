@@ -207,6 +207,9 @@ async fn start(up: &Upstream, ca: &TestCa) -> Proc {
         .args(["serve", "--log-format", "json", "--config"])
         .arg(dir.path().join("clavis.yaml"))
         .env("RUST_LOG", "trace")
+        // The single-threaded scheduler clavis picks on one CPU
+        // (tests/persistence.rs runs the multi-threaded one).
+        .env("TOKIO_WORKER_THREADS", "1")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.path().join("clavis.stdout")).unwrap())
         .stderr(std::fs::File::create(dir.path().join("clavis.log")).unwrap())
