@@ -148,7 +148,9 @@ impl Upstream {
         loop {
             let mut pooled = match self.pool.checkout(&key) {
                 Some(pooled) => pooled,
-                None => self.connect(host, &key).await?,
+                // Boxed: dialing and the TLS handshake need kilobytes of
+                // state that every request's future would otherwise carry.
+                None => Box::pin(self.connect(host, &key)).await?,
             };
             let sent = match &mut pooled.sender {
                 Sender::H1(sender) => {
