@@ -569,28 +569,26 @@ fn choose_service(
         }
         return Ok(service.clone());
     }
-    let candidates: Vec<&Arc<Service>> = table
-        .for_connector(connector)
-        .iter()
-        .filter(|s| caller.may_use(&s.name))
-        .collect();
-    match candidates.as_slice() {
-        [only] => Ok((*only).clone()),
-        [] => Err(ProxyError::Forbidden(format!(
+    let usable = || {
+        table
+            .for_connector(connector)
+            .iter()
+            .filter(|s| caller.may_use(&s.name))
+    };
+    let mut first_two = usable();
+    match (first_two.next(), first_two.next()) {
+        (Some(only), None) => Ok(only.clone()),
+        (None, _) => Err(ProxyError::Forbidden(format!(
             "agent {:?} has no service for connector {connector:?}",
             caller.name()
         ))),
-        several => several
-            .iter()
-            .find(|s| s.default)
-            .map(|s| (*s).clone())
-            .ok_or_else(|| {
-                let names: Vec<&str> = several.iter().map(|s| s.name.as_str()).collect();
-                ProxyError::Forbidden(format!(
-                    "several services for connector {connector:?} ({}) and none is default; send a placeholder key \"clavis:<service>\"",
-                    names.join(", ")
-                ))
-            }),
+        (Some(_), Some(_)) => usable().find(|s| s.default).cloned().ok_or_else(|| {
+            let names: Vec<&str> = usable().map(|s| s.name.as_str()).collect();
+            ProxyError::Forbidden(format!(
+                "several services for connector {connector:?} ({}) and none is default; send a placeholder key \"clavis:<service>\"",
+                names.join(", ")
+            ))
+        }),
     }
 }
 
