@@ -99,9 +99,14 @@ def first_line(cmd: list[str]) -> str:
 # ---------------------------------------------------------------- /proc probes
 
 
-def cpu_ticks(pid: int) -> int:
+def cpu_split(pid: int) -> tuple[int, int]:
+    """(user, kernel) CPU ticks of a process: utime and stime (fields 14, 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime (fields 14, 15)
+    return int(fields[11]), int(fields[12])
+
+
+def cpu_ticks(pid: int) -> int:
+    return sum(cpu_split(pid))
 
 
 def status_kib(pid: int, key: str) -> int:
@@ -650,7 +655,7 @@ SCENARIOS = ["ka16", "ka64", "newconn", "large", "sse"]
 def measure(t: Target, scen: str, rnd: int, nginx_port: int, nginx_pid: int,
             secs: float, sse_samples: int) -> dict:
     tag = f"{t.name}.{scen}.{rnd}"
-    before = cpu_ticks(t.pid) if t.pid else None
+    before = cpu_split(t.pid) if t.pid else None
     ng_before = cpu_ticks(nginx_pid)
     st_before = proc_stat()
     with RssSampler(t.pid) as rss:
@@ -669,8 +674,12 @@ def measure(t: Target, scen: str, rnd: int, nginx_port: int, nginx_pid: int,
     r["rss_max_kib"] = rss.max_kib if t.pid else None
     st_after = proc_stat()
     if before is not None:
-        proxy_ticks = cpu_ticks(t.pid) - before
-        r["cpu_us_per_req"] = proxy_ticks / CLK_TCK * 1e6 / max(1, r["ok"])
+        user, kernel = (y - x for x, y in zip(before, cpu_split(t.pid)))
+        proxy_ticks = user + kernel
+        per_req = 1e6 / CLK_TCK / max(1, r["ok"])
+        r["cpu_us_per_req"] = proxy_ticks * per_req
+        r["cpu_user_us_per_req"] = user * per_req
+        r["cpu_kernel_us_per_req"] = kernel * per_req
         if PROXY_CORE is not None and f"cpu{PROXY_CORE}" in st_before:
             d = [y - x for x, y in zip(st_before[f"cpu{PROXY_CORE}"], st_after[f"cpu{PROXY_CORE}"])]
             total, busy = sum(d[:8]) or 1, d[0] + d[1] + d[2]
@@ -1217,7 +1226,7 @@ def oneoff_notes(targets, results, oneoff, reuse=None) -> list[str]:
             if "mt_failed" in r:
                 out.append(f"  - the burst on a second clavis with {MINT_MT_WORKERS} tokio workers failed: {r['mt_failed']}")
             elif "mt_issued" in r:
-                out.append(f"  - the bench clavis runs one tokio worker (pinned to one core), so a burst cannot race "
+                out.append(f"  - the bench clavis, pinned to one core, runs tokio's single-threaded scheduler, so a burst cannot race "
                            f"inside it; a second clavis (same config, `TOKIO_WORKER_THREADS={MINT_MT_WORKERS}`, "
                            f"both cores) took {MINT_MT_BURSTS} bursts to new hosts: certs issued per burst "
                            f"{r['mt_issued']}, handshakes completed per burst {r['mt_ok']} of {MINT_BURST}")
@@ -1303,6 +1312,8 @@ def report(targets, results, reuse, noise, quick, rounds, secs, pinned, elapsed,
         Row("SSE per-event latency p50", "sse", "event_p50", "ms", 1e3, False, "{:.3f}", target="≤ 1.2× direct", check=rtarget(ratio_max=1.2)),
         Row("SSE per-event latency max (of 20)", "sse", "event_max", "ms", 1e3, False, "{:.3f}"),
         Row("proxy CPU per request, keep-alive 16", "ka16", "cpu_us_per_req", "µs", 1, False, "{:.1f}", True, "≤ 20 µs and ≤ 0.7× hudsucker", rtarget(abs_max=20, vs="hudsucker", vs_max=0.7)),
+        Row("proxy CPU per request, keep-alive 16: user space", "ka16", "cpu_user_us_per_req", "µs", 1, False, "{:.1f}", True),
+        Row("proxy CPU per request, keep-alive 16: kernel", "ka16", "cpu_kernel_us_per_req", "µs", 1, False, "{:.1f}", True),
         Row("proxy CPU per request, keep-alive 64", "ka64", "cpu_us_per_req", "µs", 1, False, "{:.1f}", True),
         Row("proxy CPU per request, new conn each", "newconn", "cpu_us_per_req", "µs", 1, False, "{:.1f}", True),
         Row("upstream (nginx) CPU per request, keep-alive 16", "ka16", "nginx_cpu_us_per_req", "µs", 1, False, "{:.1f}"),
