@@ -55,26 +55,24 @@ pub enum Actor {
 }
 
 impl Actor {
-    /// `proxy:<agent>`, `api:<agent>`, `mcp:<agent>` or `admin`; built for
-    /// every audit event, so without the formatting machinery.
-    pub fn label(&self) -> String {
-        let (kind, name) = match self {
+    /// The label's two halves: `proxy:` + agent, `api:` + agent, `mcp:` +
+    /// agent, or `admin` + nothing.
+    fn parts(&self) -> (&'static str, &str) {
+        match self {
             Actor::Proxy(Some(a)) => ("proxy:", a.as_str()),
             Actor::Proxy(None) => ("proxy:", "anonymous"),
             Actor::Api(a) => ("api:", a.as_str()),
             Actor::Mcp(a) => ("mcp:", a.as_str()),
             Actor::Admin => ("admin", ""),
-        };
-        let mut label = String::with_capacity(kind.len() + name.len());
-        label.push_str(kind);
-        label.push_str(name);
-        label
+        }
     }
 }
 
 impl std::fmt::Display for Actor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.label())
+        let (kind, name) = self.parts();
+        f.write_str(kind)?;
+        f.write_str(name)
     }
 }
 
@@ -83,8 +81,10 @@ impl std::fmt::Display for Actor {
 #[derive(Debug, Default)]
 pub struct Detail {
     pub method: Option<std::borrow::Cow<'static, str>>,
-    pub host: Option<String>,
-    pub path: Option<String>,
+    /// Host and path in one allocation (there is an event per request, and
+    /// the ring frees them long after, from cold memory): the text and
+    /// where the host ends.
+    target: Option<(Box<str>, usize)>,
     pub note: Option<String>,
     status: AtomicU16,
 }
@@ -102,10 +102,17 @@ impl Detail {
     pub fn request(method: &str, host: &str, path: &str) -> Detail {
         Detail {
             method: Some(static_method(method)),
-            host: Some(host.to_owned()),
-            path: Some(path.to_owned()),
+            target: Some((concat(host, path), host.len())),
             ..Detail::default()
         }
+    }
+
+    pub fn host(&self) -> Option<&str> {
+        self.target.as_ref().map(|(text, at)| &text[..*at])
+    }
+
+    pub fn path(&self) -> Option<&str> {
+        self.target.as_ref().map(|(text, at)| &text[*at..])
     }
 
     pub fn set_status(&self, status: u16) {
@@ -120,24 +127,49 @@ impl Detail {
     }
 }
 
+/// `a` then `b` in one exact-size allocation.
+fn concat(a: &str, b: &str) -> Box<str> {
+    let mut text = String::with_capacity(a.len() + b.len());
+    text.push_str(a);
+    text.push_str(b);
+    text.into_boxed_str()
+}
+
 #[derive(Debug)]
 pub struct Event {
     pub time: SystemTime,
     pub action: Action,
-    pub entry: String,
-    pub actor: String,
+    /// The entry's name and the actor's label in one allocation, and where
+    /// the name ends (see [`Detail`]).
+    names: Box<str>,
+    entry_len: usize,
     pub detail: Detail,
 }
 
 impl Event {
     pub fn new(action: Action, entry: &str, actor: &Actor, detail: Detail) -> Event {
+        let (kind, name) = actor.parts();
+        let mut names = String::with_capacity(entry.len() + kind.len() + name.len());
+        names.push_str(entry);
+        names.push_str(kind);
+        names.push_str(name);
         Event {
             time: SystemTime::now(),
             action,
-            entry: entry.to_owned(),
-            actor: actor.label(),
+            names: names.into_boxed_str(),
+            entry_len: entry.len(),
             detail,
         }
+    }
+
+    /// The entry (service) the event is about; empty when none.
+    pub fn entry(&self) -> &str {
+        &self.names[..self.entry_len]
+    }
+
+    /// `proxy:<agent>`, `api:<agent>`, `mcp:<agent>` or `admin`.
+    pub fn actor(&self) -> &str {
+        &self.names[self.entry_len..]
     }
 
     /// Fills in the status once the upstream answered (the in-memory copy).
@@ -151,7 +183,11 @@ impl Event {
         if let Some(method) = &d.method {
             detail.insert("method".into(), json!(method));
         }
-        for (k, v) in [("host", &d.host), ("path", &d.path), ("note", &d.note)] {
+        for (k, v) in [
+            ("host", d.host()),
+            ("path", d.path()),
+            ("note", d.note.as_deref()),
+        ] {
             if let Some(v) = v {
                 detail.insert(k.into(), json!(v));
             }
@@ -163,8 +199,8 @@ impl Event {
         json!({
             "time": humantime::format_rfc3339_millis(self.time).to_string(),
             "action": self.action.as_str(),
-            "entry": self.entry,
-            "actor": self.actor,
+            "entry": self.entry(),
+            "actor": self.actor(),
             "detail": detail,
         })
     }
@@ -239,8 +275,8 @@ impl AuditLog {
         let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         ring.iter()
             .rev()
-            .filter(|e| actor.is_none_or(|a| e.actor == a))
-            .filter(|e| entry.is_none_or(|n| e.entry == n))
+            .filter(|e| actor.is_none_or(|a| e.actor() == a))
+            .filter(|e| entry.is_none_or(|n| e.entry() == n))
             .take(limit.min(MAX_QUERY))
             .map(|e| e.to_json())
             .collect()
@@ -318,6 +354,33 @@ mod tests {
             ));
             assert!(matches!(r, Err(ProxyError::AuditUnavailable)));
             assert!(a.is_empty());
+        }
+    }
+
+    mod event {
+        use super::*;
+
+        #[test]
+        fn names_and_target_come_back_apart() {
+            let e = Event::new(
+                Action::Proxy,
+                "my-openai",
+                &Actor::Mcp("codex".into()),
+                Detail::request("PATCH", "api.openai.com", "/v1/files/x"),
+            );
+            e.set_status(204);
+            assert_eq!((e.entry(), e.actor()), ("my-openai", "mcp:codex"));
+            let j = e.to_json();
+            assert_eq!(j["detail"]["host"], "api.openai.com");
+            assert_eq!(j["detail"]["path"], "/v1/files/x");
+            assert_eq!(j["detail"]["method"], "PATCH");
+            assert_eq!(j["detail"]["status"], 204);
+
+            let e = Event::new(Action::Denied, "", &Actor::Admin, Detail::note("no"));
+            assert_eq!((e.entry(), e.actor()), ("", "admin"));
+            let j = e.to_json();
+            assert_eq!(j["detail"], json!({"note": "no"}));
+            assert_eq!(Actor::Proxy(None).to_string(), "proxy:anonymous");
         }
     }
 
