@@ -84,12 +84,17 @@ async fn wait_idle(clavis: &Clavis) {
 
 /// `GET https://api.openai.com{path}` with a placeholder key: status and body.
 async fn get(client: &reqwest::Client, path: &str) -> (u16, String) {
+    get_url(client, &format!("https://{OPENAI}{path}")).await
+}
+
+/// `GET url` with a placeholder key: status and body.
+async fn get_url(client: &reqwest::Client, url: &str) -> (u16, String) {
     let r = client
-        .get(format!("https://{OPENAI}{path}"))
+        .get(url)
         .bearer_auth("placeholder")
         .send()
         .await
-        .unwrap_or_else(|e| panic!("GET {path}: {e:?}"));
+        .unwrap_or_else(|e| panic!("GET {url}: {e:?}"));
     let status = r.status().as_u16();
     (status, r.text().await.unwrap())
 }
@@ -375,14 +380,8 @@ async fn concurrent_tunnels_do_not_wait(slow: &str, slow_ms: u64) {
             let a = a.clone();
             let slow = slow.to_owned();
             tokio::spawn(async move {
-                let r = a
-                    .get(format!("https://{OPENAI}{slow}"))
-                    .bearer_auth("placeholder")
-                    .send()
-                    .await
-                    .unwrap();
-                let status = r.status().as_u16();
-                (status, r.text().await.unwrap(), Instant::now())
+                let (status, body) = get(&a, &slow).await;
+                (status, body, Instant::now())
             })
         };
         // A's request has reached the upstream (so it holds a connection).
@@ -637,14 +636,10 @@ async fn plain_http_forwarding_serves_sequential_requests() {
     bounded(async {
         let agent = clavis.client(Some(("codex", "codex-token")));
         for i in 0..2 {
-            let r = agent
-                .get(format!("http://plain.test.example/plain?i={i}"))
-                .bearer_auth("placeholder")
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            let json: serde_json::Value = r.json().await.unwrap();
+            let (status, body) =
+                get_url(&agent, &format!("http://plain.test.example/plain?i={i}")).await;
+            assert_eq!(status, 200);
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
             assert_eq!(json["path"], format!("/plain?i={i}"));
             let seen = up.last();
             assert_eq!(seen.path, format!("/plain?i={i}"));
@@ -670,13 +665,10 @@ async fn plain_http_forwarding_reuses_its_upstream_connection() {
     bounded(async {
         let agent = clavis.client(Some(("codex", "codex-token")));
         for i in 0..3 {
-            let r = agent
-                .get(format!("http://plain.test.example/plain?i={i}"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            let json: serde_json::Value = r.json().await.unwrap();
+            let (status, body) =
+                get_url(&agent, &format!("http://plain.test.example/plain?i={i}")).await;
+            assert_eq!(status, 200);
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
             assert_eq!(json["path"], "/plain");
         }
         assert_eq!(up.hits().len(), 3);

@@ -218,39 +218,11 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<BoxBody>, std::convert::Infallible> {
     let path = req.uri().path().to_owned();
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.to_string())
-        .or_else(|| {
-            req.headers()
-                .get("host")
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
-    let headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    let mut record = Seen {
-        host,
-        method: req.method().to_string(),
-        path: req
-            .uri()
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_default(),
-        version: format!("{:?}", req.version()),
-        headers,
-        body_len: 0,
-    };
+    // The URI's authority first (h2's `:authority`), then `Host`.
+    let mut record = Seen::head_of(&req);
+    if let Some(authority) = req.uri().authority() {
+        record.host = authority.to_string();
+    }
     let sse_n = query_param(&req, "n").unwrap_or(5);
     let gap = Duration::from_millis(query_param(&req, "gap_ms").unwrap_or(200));
     let bytes_n = query_param(&req, "n").unwrap_or(0);
