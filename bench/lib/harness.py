@@ -1132,6 +1132,8 @@ def main() -> int:
         procs.stop_all()
 
     reuse = reuse_from_log(d / "access.log")
+    # hundreds of MiB per full run: only the reuse figures above are kept
+    (d / "access.log").unlink(missing_ok=True)
     elapsed = time.monotonic() - started
     noise = {
         "load_before": load0, "load_after": load1,
