@@ -91,6 +91,12 @@ impl State {
                 message: e.to_string(),
             })?,
         };
+        if !sealer.key_locked() {
+            tracing::warn!(
+                "could not lock the master key's memory page (RLIMIT_MEMLOCK); \
+                 it is kept out of core dumps but may be swapped"
+            );
+        }
         let mut config = config;
         let store = Store::new(sealer);
         // Config credentials are sealed here and their plaintext dropped.

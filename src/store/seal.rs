@@ -6,7 +6,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
-use crate::secret::Plain;
+use crate::secret::{Locked, Plain};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SealError {
@@ -16,10 +16,13 @@ pub enum SealError {
     Open,
     #[error("the system random generator failed")]
     Random,
+    #[error("could not map memory for the master key: {0}")]
+    Memory(String),
 }
 
 pub struct Sealer {
-    key: LessSafeKey,
+    /// The key schedule, on locked pages kept out of core dumps (SPEC §3.1).
+    key: Locked<LessSafeKey>,
     /// First 8 bytes of SHA-256(key): names the key in snapshots without revealing it.
     key_id: [u8; 8],
     rng: SystemRandom,
@@ -38,7 +41,8 @@ impl Sealer {
         let mut key_id = [0u8; 8];
         key_id.copy_from_slice(&digest.as_ref()[..8]);
         Ok(Sealer {
-            key: LessSafeKey::new(key),
+            key: Locked::new(LessSafeKey::new(key))
+                .map_err(|e| SealError::Memory(e.to_string()))?,
             key_id,
             rng: SystemRandom::new(),
         })
@@ -71,6 +75,12 @@ impl Sealer {
             key[i] = u8::from_str_radix(hex, 16).map_err(|_| SealError::BadKey)?;
         }
         Sealer::new(key.as_ref())
+    }
+
+    /// Whether the key's pages are locked in RAM (`mlock` may be refused by
+    /// `RLIMIT_MEMLOCK`; they are kept out of core dumps either way).
+    pub fn key_locked(&self) -> bool {
+        self.key.is_locked()
     }
 
     pub fn key_id(&self) -> [u8; 8] {
