@@ -1,6 +1,7 @@
 //! The `clavis` binary: parses the command line, sets up logging, and hands
 //! over to the library. Exit codes: 0 ok, 1 runtime failure, 2 bad config.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -48,6 +49,15 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Exit 0 if the clavis serving this config answers `/readyz` with 200:
+    /// a probe for images without curl (Kubernetes `exec` probes).
+    Health {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Ask this admin address instead of the config's `admin.listen`.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
     },
 }
 
@@ -117,6 +127,22 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Health { config, admin } => {
+            let addr = match admin {
+                Some(addr) => addr,
+                None => match load(config) {
+                    Ok(c) => c.admin.listen,
+                    Err(code) => return Ok(code),
+                },
+            };
+            match probe_ready(addr) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(why) => {
+                    eprintln!("clavis: not ready at {addr}: {why}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Serve { config } => {
             let workers = match workers() {
                 Ok(n) => n,
@@ -133,6 +159,35 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             runtime.block_on(serve(config))?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `GET /readyz` on the admin port, answered `200` within two seconds. An
+/// unspecified listen address (`0.0.0.0`, `[::]`) is asked on loopback.
+fn probe_ready(mut addr: SocketAddr) -> Result<(), String> {
+    use std::io::{Read, Write};
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let timeout = std::time::Duration::from_secs(2);
+    let mut conn =
+        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    let request = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    conn.set_read_timeout(Some(timeout))
+        .and_then(|()| conn.set_write_timeout(Some(timeout)))
+        .and_then(|()| conn.write_all(request.as_bytes()))
+        .map_err(|e| e.to_string())?;
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head).map_err(|e| e.to_string())?;
+    match &head {
+        b"HTTP/1.1 200" => Ok(()),
+        _ => Err(format!(
+            "/readyz answered {:?}",
+            String::from_utf8_lossy(&head[9..])
+        )),
     }
 }
 

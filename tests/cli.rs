@@ -21,3 +21,119 @@ fn a_bad_worker_count_is_refused_before_anything_starts() {
         );
     }
 }
+
+/// `clavis health`: the exec probe of the Kubernetes manifests (`deploy/`).
+mod health {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::process::{Command, Output, Stdio};
+    use std::time::{Duration, Instant};
+
+    fn health(args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_clavis"))
+            .arg("health")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn stderr(out: &Output) -> String {
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    #[test]
+    fn nothing_listening_is_exit_1_naming_the_address() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let out = health(&["--admin", &format!("127.0.0.1:{port}")]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("not ready at 127.0.0.1:{port}")),
+            "{}",
+            stderr(&out)
+        );
+    }
+
+    #[test]
+    fn a_503_is_exit_1_with_the_status() {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let answer = std::thread::spawn(move || {
+            let (mut conn, _) = server.accept().unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !buf.ends_with(b"\r\n\r\n") {
+                let n = conn.read(&mut chunk).unwrap();
+                assert!(n > 0, "the probe closed before its request ended");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+                .unwrap();
+            String::from_utf8_lossy(&buf).into_owned()
+        });
+        let out = health(&["--admin", &addr.to_string()]);
+        let request = answer.join().unwrap();
+        assert!(request.starts_with("GET /readyz HTTP/1.1\r\n"), "{request}");
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains("503"), "{}", stderr(&out));
+    }
+
+    #[test]
+    fn a_bad_config_is_exit_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("clavis.yaml");
+        std::fs::write(&config, "admin: { listen: nowhere }\n").unwrap();
+        let out = health(&["--config", config.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains("admin.listen"), "{}", stderr(&out));
+    }
+
+    /// The probe reads the same config as `serve`; a wildcard admin address
+    /// is asked on loopback.
+    #[test]
+    fn ready_once_clavis_serves_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = || {
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (proxy, admin) = (free(), free());
+        let d = dir.path().display();
+        let config = dir.path().join("clavis.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "proxy: {{ listen: \"127.0.0.1:{proxy}\" }}\n\
+                 admin: {{ listen: \"0.0.0.0:{admin}\", allow_remote: true, token: admin-token-health-0123456789 }}\n\
+                 ca: {{ cert: \"{d}/ca.pem\", key: \"{d}/ca.key\", bundle: \"{d}/bundle.pem\" }}\n"
+            ),
+        )
+        .unwrap();
+        let config = config.to_str().unwrap();
+        let mut serve = Command::new(env!("CARGO_BIN_EXE_clavis"))
+            .args(["serve", "--config", config])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let result = loop {
+            let out = health(&["--config", config]);
+            if out.status.success() || Instant::now() > deadline {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let by_address = health(&["--admin", &format!("127.0.0.1:{admin}")]);
+        serve.kill().unwrap();
+        serve.wait().unwrap();
+        assert!(result.status.success(), "{}", stderr(&result));
+        assert!(by_address.status.success(), "{}", stderr(&by_address));
+    }
+}
