@@ -1,4 +1,8 @@
-//! The binary's own inputs outside the config file.
+//! The binary's own inputs outside the config file, and `clavis health`.
+
+// Helpers here are not `#[test]` functions, so clippy.toml's
+// allow-*-in-tests does not reach them.
+#![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 
