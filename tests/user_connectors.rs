@@ -415,13 +415,22 @@ fn invalid_header_names_are_named() {
 }
 
 #[test]
-fn wildcards_over_a_tld_are_refused() {
+fn wildcards_over_a_tld_or_public_suffix_are_refused() {
     for host in ["*.com", "*.example"] {
         let e = config_error(&format!(
             "connectors:\n  - name: mine\n    hosts: [\"api.ok.example\", \"{host}\"]\n{HDR_INJECT}    fields: [api_key]\n"
         ));
         assert!(
             e.contains("connectors[0].hosts[1]") && e.contains(host),
+            "{host}: {e}"
+        );
+    }
+    for host in ["*.github.io", "*.workers.dev", "*.co.uk"] {
+        let e = config_error(&format!(
+            "connectors:\n  - name: mine\n    hosts: [\"{host}\"]\n{HDR_INJECT}    fields: [api_key]\n"
+        ));
+        assert!(
+            e.contains("connectors[0].hosts[0]") && e.contains("public suffix"),
             "{host}: {e}"
         );
     }

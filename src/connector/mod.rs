@@ -54,6 +54,15 @@ impl HostPattern {
                     "{text:?}: a wildcard needs at least two labels after \"*.\" so it cannot cover a whole top-level domain"
                 ));
             }
+            // The PSL's default rule makes any unknown TLD a suffix of one
+            // label; only listed suffixes (ICANN or private) are refused here.
+            if psl::suffix(name.as_bytes())
+                .is_some_and(|s| s.is_known() && s.as_bytes() == name.as_bytes())
+            {
+                return Err(format!(
+                    "{text:?}: {name:?} is a public suffix (Public Suffix List), so anyone can register a name under it and receive the credential"
+                ));
+            }
             Ok(HostPattern::Wildcard(format!(".{name}")))
         } else {
             Ok(HostPattern::Exact(name.to_owned()))
@@ -304,6 +313,31 @@ mod tests {
             assert!(!p.matches("svc.example"));
             assert!(!p.matches("a.b.svc.example"));
             assert!(!p.matches("asvc.example"));
+        }
+
+        #[test]
+        fn wildcards_over_public_suffixes_are_refused() {
+            for bad in [
+                "*.github.io",
+                "*.ngrok.io",
+                "*.workers.dev",
+                "*.s3.amazonaws.com",
+                "*.co.uk",
+                "*.herokuapp.com",
+            ] {
+                let e = HostPattern::parse(bad).err().unwrap_or_default();
+                assert!(e.contains("public suffix"), "{bad}: {e:?}");
+            }
+            // A registrable name's subdomains are its owner's.
+            for ok in [
+                "*.mine.github.io",
+                "*.api.example.co.uk",
+                "*.svc.cluster.local",
+            ] {
+                assert!(HostPattern::parse(ok).is_ok(), "{ok}");
+            }
+            // An exact public-suffix host is one fixed name, not a wildcard.
+            assert!(HostPattern::parse("github.io").is_ok());
         }
 
         #[test]
