@@ -25,6 +25,13 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigEr
     let proxy_listen = errs
         .take(addr(&raw.proxy.listen, env, "proxy.listen"))
         .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
+    // Off loopback, whoever reaches the port could spend every credential.
+    if !proxy_listen.ip().is_loopback() && !raw.proxy.require_auth {
+        errs.push(
+            "proxy.listen",
+            format!("{proxy_listen} is not a loopback address; set proxy.require_auth: true so that only agents with a token can use it"),
+        );
+    }
     let mut allow_private = Vec::new();
     for (i, cidr) in raw.proxy.allow_private.iter().enumerate() {
         match IpNet::parse(cidr) {
@@ -483,6 +490,18 @@ agents:
                 c.upstream.connect_timeout,
                 std::time::Duration::from_secs(3)
             );
+        }
+
+        #[test]
+        fn remote_proxy_needs_auth() {
+            let e = check("proxy:\n  listen: 0.0.0.0:8080\n").unwrap_err();
+            assert!(
+                e.to_string().contains("proxy.listen") && e.to_string().contains("require_auth"),
+                "{e}"
+            );
+            let c = check("proxy:\n  listen: 0.0.0.0:8080\n  require_auth: true\n").unwrap();
+            assert!(c.proxy.require_auth);
+            assert!(check("proxy:\n  listen: \"[::1]:8080\"\n").is_ok());
         }
 
         #[test]
