@@ -157,3 +157,125 @@ async fn untrusted_upstream_certificate_is_502_then_trusted_is_200() {
         Some(format!("Bearer {REAL_OPENAI}").as_str())
     );
 }
+
+/// Waits until `pending` reads `want`; false after `within`.
+async fn settles(pending: &std::sync::atomic::AtomicUsize, want: usize, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if pending.load(std::sync::atomic::Ordering::SeqCst) == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// An agent that goes away (connection closed, or its h2 stream reset) must
+/// not leave a credentialed request running upstream (threat model T17/T18:
+/// cancel within about a second).
+#[tokio::test]
+async fn agent_going_away_cancels_the_upstream_request() {
+    let ca = TestCa::new();
+    let up = Upstream::start(&ca, ALL_HOSTS).await;
+    let clavis = Clavis::builder(&standard_yaml())
+        .start(Some(&up), Some(&ca))
+        .await;
+    let agent = Some(("codex", "codex-token"));
+
+    for (alpn, label) in [(&b"http/1.1"[..], "http/1.1"), (&b"h2"[..], "h2")] {
+        let client = clavis.client_builder_alpn(agent, &[alpn]).build().unwrap();
+        // Warm: the tunnel and the upstream connection exist.
+        let r = client
+            .get("https://api.openai.com/v1/models")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{label}");
+
+        let call = tokio::spawn({
+            let client = client.clone();
+            async move {
+                client
+                    .get("https://api.openai.com/slow")
+                    .bearer_auth("placeholder")
+                    .send()
+                    .await
+            }
+        });
+        assert!(
+            settles(&up.slow_pending, 1, Duration::from_secs(10)).await,
+            "{label}: /slow never reached the upstream"
+        );
+        assert_eq!(
+            up.last().header("authorization"),
+            Some(format!("Bearer {REAL_OPENAI}").as_str())
+        );
+        // h1: the agent's connection closes; h2: its stream is reset.
+        call.abort();
+        let _ = call.await;
+        if label == "http/1.1" {
+            drop(client);
+        }
+        assert!(
+            settles(&up.slow_pending, 0, Duration::from_secs(2)).await,
+            "{label}: the upstream request was still running 2 s after the agent left"
+        );
+    }
+}
+
+/// Fifty in-flight streams reset at once (the pattern of Rapid Reset,
+/// CVE-2023-44487) leave nothing running upstream, and clavis keeps serving.
+#[tokio::test]
+async fn reset_streams_leave_nothing_running_upstream() {
+    let ca = TestCa::new();
+    let up = Upstream::start(&ca, ALL_HOSTS).await;
+    let clavis = Clavis::builder(&standard_yaml())
+        .start(Some(&up), Some(&ca))
+        .await;
+    let agent = Some(("codex", "codex-token"));
+    let client = clavis.client_builder_alpn(agent, &[b"h2"]).build().unwrap();
+    let r = client
+        .get("https://api.openai.com/v1/models")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let calls: Vec<_> = (0..50)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .get("https://api.openai.com/slow")
+                    .bearer_auth("placeholder")
+                    .send()
+                    .await
+            })
+        })
+        .collect();
+    // All 50 are running upstream with the real key; then every stream is
+    // reset at once.
+    assert!(
+        settles(&up.slow_pending, 50, Duration::from_secs(10)).await,
+        "only {} of 50 requests reached the upstream",
+        up.slow_pending.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    for c in &calls {
+        c.abort();
+    }
+    for c in calls {
+        let _ = c.await;
+    }
+    assert!(
+        settles(&up.slow_pending, 0, Duration::from_secs(2)).await,
+        "{} upstream requests still running 2 s after their streams were reset",
+        up.slow_pending.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    let fresh = clavis.client(agent);
+    let r = fresh
+        .get("https://api.openai.com/v1/models")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -85,6 +85,9 @@ pub struct Upstream {
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
     /// The scripted Kalshi email + password login (see [`KalshiLogin`]).
     pub kalshi: Arc<KalshiLogin>,
+    /// `/slow` requests still being handled: back to 0 once clavis cancels
+    /// them (the handler is dropped when its stream or connection goes).
+    pub slow_pending: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The email and password the scripted Kalshi login accepts.
@@ -138,7 +141,13 @@ impl Upstream {
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let kalshi = Arc::new(KalshiLogin::default());
-        let (s, c, k) = (seen.clone(), connections.clone(), kalshi.clone());
+        let slow_pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, c, k, sp) = (
+            seen.clone(),
+            connections.clone(),
+            kalshi.clone(),
+            slow_pending.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -148,12 +157,13 @@ impl Upstream {
                 let acceptor = acceptor.clone();
                 let seen = s.clone();
                 let kalshi = k.clone();
+                let slow = sp.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
                     let svc = hyper::service::service_fn(move |req| {
-                        handle_kalshi(seen.clone(), kalshi.clone(), req)
+                        handle_kalshi(seen.clone(), kalshi.clone(), slow.clone(), req)
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(tls), svc)
@@ -163,15 +173,17 @@ impl Upstream {
         });
         let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let plain_addr = plain.local_addr().unwrap();
-        let s = seen.clone();
+        let (s, sp) = (seen.clone(), slow_pending.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = plain.accept().await else {
                     return;
                 };
-                let seen = s.clone();
+                let (seen, slow) = (s.clone(), sp.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| handle(seen.clone(), req));
+                    let svc = hyper::service::service_fn(move |req| {
+                        handle(seen.clone(), slow.clone(), req)
+                    });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tcp), svc)
                         .await;
@@ -185,6 +197,7 @@ impl Upstream {
             plain_addr: Some(plain_addr),
             connections,
             kalshi,
+            slow_pending,
         }
     }
 
@@ -215,6 +228,7 @@ fn query_param(req: &Request<Incoming>, key: &str) -> Option<u64> {
 
 async fn handle(
     seen: Arc<Mutex<Vec<Seen>>>,
+    slow_pending: Arc<std::sync::atomic::AtomicUsize>,
     req: Request<Incoming>,
 ) -> Result<Response<BoxBody>, std::convert::Infallible> {
     let path = req.uri().path().to_owned();
@@ -286,6 +300,15 @@ async fn handle(
                 .unwrap());
         }
         "/slow" => {
+            /// Counts the handler out when hyper drops it (a cancelled request).
+            struct Pending(Arc<std::sync::atomic::AtomicUsize>);
+            impl Drop for Pending {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            slow_pending.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _pending = Pending(slow_pending);
             seen.lock().unwrap().push(record.clone());
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
@@ -360,12 +383,13 @@ async fn handle(
 async fn handle_kalshi(
     seen: Arc<Mutex<Vec<Seen>>>,
     kalshi: Arc<KalshiLogin>,
+    slow_pending: Arc<std::sync::atomic::AtomicUsize>,
     req: Request<Incoming>,
 ) -> Result<Response<BoxBody>, std::convert::Infallible> {
     use std::sync::atomic::Ordering;
     let path = req.uri().path().to_owned();
     if !path.starts_with("/trade-api/v2/") || req.headers().contains_key("kalshi-access-key") {
-        return handle(seen, req).await;
+        return handle(seen, slow_pending, req).await;
     }
     let record = Seen::head_of(&req);
     let json = |status: u16, value: serde_json::Value| {
@@ -418,7 +442,7 @@ async fn handle_kalshi(
             serde_json::json!({"error": {"code": "authentication_error", "message": "session expired"}}),
         );
     }
-    handle(seen, req).await
+    handle(seen, slow_pending, req).await
 }
 
 fn tokio_stream_from(
