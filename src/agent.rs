@@ -2,6 +2,8 @@
 //! services they may use.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::secret::TokenDigest;
 
@@ -18,6 +20,8 @@ pub struct Agent {
     pub scope: Scope,
     /// May read raw secrets through `get_token`.
     pub reveal: bool,
+    /// Its upstream requests in flight, per service.
+    pub in_flight: InFlight,
 }
 
 impl Agent {
@@ -26,6 +30,40 @@ impl Agent {
             Scope::All => true,
             Scope::Services(names) => names.contains(service_name),
         }
+    }
+}
+
+/// Upstream requests in flight per service for one caller, capped by
+/// `limits.max_upstream_requests`: however many tunnels and streams an agent
+/// opens (or resets), it cannot hold more than that many requests against
+/// one account at a time (threat model T17).
+#[derive(Debug, Default)]
+pub struct InFlight(dashmap::DashMap<String, Arc<AtomicUsize>>);
+
+/// One request counted in [`InFlight`] until it is dropped (with the
+/// response body, for streamed answers).
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// Counts one more request to `service_id`, or `None` at `limit`.
+    pub fn try_start(&self, service_id: &str, limit: usize) -> Option<InFlightGuard> {
+        let counter = match self.0.get(service_id) {
+            Some(c) => c.clone(),
+            None => self.0.entry(service_id.to_owned()).or_default().clone(),
+        };
+        let admitted = counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok();
+        admitted.then_some(InFlightGuard(counter))
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -63,5 +101,29 @@ impl Agents {
 
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_caps_each_service_and_frees_on_drop() {
+        let f = InFlight::default();
+        let a1 = f.try_start("svc-a", 2).unwrap();
+        let _a2 = f.try_start("svc-a", 2).unwrap();
+        assert!(
+            f.try_start("svc-a", 2).is_none(),
+            "third request over the cap"
+        );
+        let _b = f
+            .try_start("svc-b", 2)
+            .expect("another service has its own count");
+        drop(a1);
+        assert!(
+            f.try_start("svc-a", 2).is_some(),
+            "a finished request frees its slot"
+        );
     }
 }

@@ -30,6 +30,9 @@ pub struct Shared {
     pub admin_throttle: crate::admin::auth::Throttle,
     pub metrics: crate::metrics::Metrics,
     pub sessions: crate::connector::session::Sessions,
+    /// In-flight upstream requests of callers without an agent (the admin,
+    /// or anyone on loopback when `proxy.require_auth` is off).
+    pub anonymous_in_flight: crate::agent::InFlight,
     ready: AtomicBool,
 }
 
@@ -161,6 +164,7 @@ impl State {
             admin_throttle: Default::default(),
             sessions,
             metrics,
+            anonymous_in_flight: Default::default(),
             ready: AtomicBool::new(false),
         })))
     }

@@ -279,3 +279,82 @@ async fn reset_streams_leave_nothing_running_upstream() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// However many streams an agent opens, it holds at most
+/// `limits.max_upstream_requests` requests against one service at a time;
+/// the next is `429` (audited), other services and agents are unaffected,
+/// and a finished request frees its slot.
+#[tokio::test]
+async fn in_flight_requests_per_agent_and_service_are_capped() {
+    let ca = TestCa::new();
+    let up = Upstream::start(&ca, ALL_HOSTS).await;
+    let yaml = standard_yaml()
+        + "  - { name: other, token: other-token, services: [\"*\"] }\n\
+           limits: { max_upstream_requests: 2 }\n";
+    let clavis = Clavis::builder(&yaml).start(Some(&up), Some(&ca)).await;
+    let codex = clavis.client(Some(("codex", "codex-token")));
+    let slow = |client: &reqwest::Client| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .get("https://api.openai.com/slow")
+                .bearer_auth("placeholder")
+                .send()
+                .await
+        })
+    };
+    let first = slow(&codex);
+    let second = slow(&codex);
+    assert!(settles(&up.slow_pending, 2, Duration::from_secs(10)).await);
+
+    let r = codex
+        .get("https://api.openai.com/v1/models")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let json: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(json["error"]["type"], "clavis_too_many_requests", "{json}");
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("codex")
+            && message.contains("my-openai")
+            && message.contains("max_upstream_requests"),
+        "{message}"
+    );
+    let audit = clavis.state.audit.query(1, None, None);
+    let last = &audit[0];
+    assert_eq!(last["action"], "denied", "{last}");
+    assert_eq!(last["entry"], "my-openai", "{last}");
+
+    // Another service of the same agent, and another agent on the same
+    // service, have their own counts.
+    let r = codex
+        .get("https://api.github.com/user")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let other = clavis.client(Some(("other", "other-token")));
+    let r = other
+        .get("https://api.openai.com/v1/models")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    first.abort();
+    let _ = first.await;
+    assert!(settles(&up.slow_pending, 1, Duration::from_secs(2)).await);
+    let r = codex
+        .get("https://api.openai.com/v1/models")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "the cancelled request's slot is free again"
+    );
+    second.abort();
+}

@@ -186,6 +186,8 @@ pub struct Limits {
     pub max_headers: usize,
     pub max_uri_bytes: usize,
     pub h2_max_streams: u32,
+    /// Upstream requests one agent may have in flight to one service.
+    pub max_upstream_requests: usize,
     pub max_body_buffer: usize,
     pub leaf_cache: usize,
     pub admin_body: usize,
@@ -207,6 +209,7 @@ impl Default for Limits {
             max_headers: 100,
             max_uri_bytes: 8 * 1024,
             h2_max_streams: 100,
+            max_upstream_requests: 256,
             max_body_buffer: 10 * 1024 * 1024,
             leaf_cache: 1024,
             admin_body: 1024 * 1024,

@@ -323,6 +323,7 @@ fn agents(
                 token,
                 scope,
                 reveal: a.reveal,
+                in_flight: Default::default(),
             });
         }
     }

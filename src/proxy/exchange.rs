@@ -74,6 +74,27 @@ impl Caller {
     fn name(&self) -> &str {
         self.agent.as_ref().map_or("anonymous", |a| a.name.as_str())
     }
+
+    /// Counts one more upstream request to `service` for this caller, or
+    /// `429` at `limits.max_upstream_requests`.
+    fn start_request(
+        &self,
+        state: &State,
+        service: &Service,
+    ) -> Result<crate::agent::InFlightGuard, ProxyError> {
+        let in_flight = self
+            .agent
+            .as_ref()
+            .map_or(&state.anonymous_in_flight, |a| &a.in_flight);
+        let limit = state.config.limits.max_upstream_requests;
+        in_flight.try_start(&service.id, limit).ok_or_else(|| {
+            ProxyError::TooManyRequests(format!(
+                "{} already has {limit} requests in flight to service {:?} (limits.max_upstream_requests)",
+                self.name(),
+                service.name
+            ))
+        })
+    }
 }
 
 /// How the service is picked.
@@ -116,7 +137,7 @@ pub async fn tunneled(
             .await
         }
         Err(e) => {
-            deny(&state, &caller, &target, req.method(), req.uri(), &e);
+            deny(&state, &caller, &target, "", req.method(), req.uri(), &e);
             Err(e)
         }
     };
@@ -196,10 +217,13 @@ fn is_websocket(method: &Method, version: Version, headers: &http::HeaderMap) ->
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
 }
 
+/// Logs and audits a refused request; `entry` is the service when one was
+/// chosen already ("" before that).
 fn deny(
     state: &State,
     caller: &Caller,
     target: &Target,
+    entry: &str,
     method: &Method,
     uri: &Uri,
     e: &ProxyError,
@@ -219,7 +243,7 @@ fn deny(
     // A denial that cannot be audited is still a denial: nothing to fail closed on.
     let _ = state
         .audit
-        .record(Event::new(Action::Denied, "", &caller.actor, detail));
+        .record(Event::new(Action::Denied, entry, &caller.actor, detail));
 }
 
 /// Forwards one request with the credential injected. The request's own
@@ -267,17 +291,40 @@ async fn forward_logged(
     let service = match choose_service(state, caller, target, choice, &parts.headers) {
         Ok(s) => s,
         Err(e) => {
-            deny(state, caller, target, &parts.method, &parts.uri, &e);
+            deny(state, caller, target, "", &parts.method, &parts.uri, &e);
             return Err(e);
         }
     };
     log.service = Some(service.clone());
+    let in_flight = match caller.start_request(state, &service) {
+        Ok(guard) => guard,
+        Err(e) => {
+            deny(
+                state,
+                caller,
+                target,
+                &service.name,
+                &parts.method,
+                &parts.uri,
+                &e,
+            );
+            return Err(e);
+        }
+    };
     let inject = &target.connector.inject;
     if matches!(inject, Inject::Kalshi) && parts.uri.path() == session::KALSHI_LOGIN_PATH {
         let e = ProxyError::Forbidden(
             "the login endpoint is reserved to clavis, which holds the session".into(),
         );
-        deny(state, caller, target, &parts.method, &parts.uri, &e);
+        deny(
+            state,
+            caller,
+            target,
+            &service.name,
+            &parts.method,
+            &parts.uri,
+            &e,
+        );
         return Err(e);
     }
 
@@ -348,6 +395,7 @@ async fn forward_logged(
         caller: caller.clone(),
         target: target.clone(),
         known: None,
+        _in_flight: in_flight,
     };
     let response = match (plan, buffered) {
         (Plan::Session, Some(bytes)) => {
@@ -419,6 +467,9 @@ struct Echo {
     target: Arc<Target>,
     /// Forms known up front (a session exchange adds its token).
     known: Option<scrub::Patterns>,
+    /// Counted against `limits.max_upstream_requests` until the response
+    /// body is done or dropped.
+    _in_flight: crate::agent::InFlightGuard,
 }
 
 impl scrub::Source for Echo {
