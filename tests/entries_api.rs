@@ -695,8 +695,9 @@ async fn foreign_origin_and_missing_token_are_refused() {
 #[tokio::test]
 async fn a_search_for_a_credential_is_audited_redacted() {
     let env = Env::new().await;
-    // Another agent's key, the caller's own, and the start of one.
-    for q in [BETA_KEY, ALPHA_KEY, "ghp_GAMMAcred"] {
+    // Another agent's key, the caller's own, the start of one, and a
+    // sensitive entry field (sealed like a credential).
+    for q in [BETA_KEY, ALPHA_KEY, "ghp_GAMMAcred", BETA_SENSITIVE] {
         let names = env.names(&format!("/api/search?q={q}"), ALICE).await;
         assert!(names.is_empty(), "{q}: {names:?}");
     }
@@ -710,7 +711,13 @@ async fn a_search_for_a_credential_is_audited_redacted() {
         .collect();
     assert_eq!(
         notes,
-        ["q=zephyr", "q=[REDACTED]", "q=[REDACTED]", "q=[REDACTED]"],
+        [
+            "q=zephyr",
+            "q=[REDACTED]",
+            "q=[REDACTED]",
+            "q=[REDACTED]",
+            "q=[REDACTED]"
+        ],
         "newest first"
     );
     env.assert_no_secrets();

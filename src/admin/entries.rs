@@ -122,16 +122,20 @@ pub fn search(
 /// credential, any service's, visible to the caller or not, in any encoding
 /// the scrubber knows; errs on the side of yes.
 fn may_carry_a_credential(state: &State, text: &str) -> bool {
-    state
-        .store
-        .table()
-        .all()
-        .iter()
-        .any(|s| match state.store.anchors(s) {
-            Ok(Some(anchors)) => anchors.contains_anchor(text.as_bytes()),
+    let text = text.as_bytes();
+    state.store.table().all().iter().any(|s| {
+        let credential = match state.store.anchors(s) {
+            Ok(Some(anchors)) => anchors.contains_anchor(text),
             Ok(None) => false,
             Err(_) => true,
-        })
+        };
+        credential
+            || match state.store.sensitive_field_anchors(s) {
+                Ok(Some(anchors)) => anchors.contains_anchor(text),
+                Ok(None) => false,
+                Err(_) => true,
+            }
+    })
 }
 
 pub fn totp(state: &State, who: &Principal, actor: &Actor, key: &str) -> Result<Value, ProxyError> {

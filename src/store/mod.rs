@@ -509,6 +509,23 @@ impl Store {
         Ok(Some(Secret::new(creds)))
     }
 
+    /// Anchors for the service's sensitive entry fields (opened for this
+    /// call, never kept): what a search query must not carry into the audit
+    /// log. `None` without sensitive fields.
+    pub fn sensitive_field_anchors(
+        &self,
+        service: &Service,
+    ) -> Result<Option<Anchors>, StoreError> {
+        let mut patterns = Patterns::new();
+        for field in &service.entry.fields {
+            if let Some(sealed) = &field.sealed {
+                let aad = Service::field_aad(&service.id, &field.name);
+                patterns.add(&self.sealer.open(&aad, sealed)?);
+            }
+        }
+        Ok((!patterns.is_empty()).then(|| Anchors::of(&patterns)))
+    }
+
     /// The scrubber's anchors for a service's credentials: derived once per
     /// set of credentials (opening them that one time), then shared.
     pub fn anchors(&self, service: &Service) -> Result<Option<Arc<Anchors>>, StoreError> {
