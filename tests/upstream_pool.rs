@@ -565,6 +565,33 @@ async fn connection_closed_by_upstream_between_requests_of_one_tunnel_is_not_an_
 // ---------------------------------------------------------------------------
 // HTTP/2 upstream and plain http://.
 
+/// A burst on a cold pool: the first request dials and the others wait for
+/// that dial instead of opening their own (an HTTP/1-only upstream, which
+/// needs one connection per request, is h2_tunnel_to_h1_upstream_runs_requests_side_by_side);
+/// an h2 upstream then serves every tunnel over that one connection.
+#[tokio::test]
+async fn a_cold_burst_to_an_h2_upstream_dials_once() {
+    let ca = TestCa::new();
+    let up = Upstream::start(&ca, ALL_HOSTS).await;
+    let clavis = Clavis::builder(&standard_yaml())
+        .start(Some(&up), Some(&ca))
+        .await;
+    bounded(async {
+        let agents: Vec<reqwest::Client> = (0..16).map(|_| h1_agent(&clavis)).collect();
+        let requests = agents.iter().map(|agent| get(agent, "/v1/models"));
+        for (status, body) in futures_util::future::join_all(requests).await {
+            assert_eq!(status, 200, "{body}");
+        }
+        assert_eq!(open_tunnels(&clavis), 16);
+        assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+        for s in up.seen() {
+            assert_eq!(s.version, "HTTP/2.0");
+            assert_eq!(s.all("authorization"), vec![real_bearer().as_str()]);
+        }
+    })
+    .await;
+}
+
 /// An upstream that speaks HTTP/2 gets one connection, shared by every
 /// tunnel: eight tunnels with a streaming request in flight at the same time
 /// are all served over it, each with the real key.
@@ -578,9 +605,8 @@ async fn h2_upstream_connection_is_shared_by_concurrent_tunnels() {
         .start(Some(&up), Some(&ca))
         .await;
     bounded(async {
-        // Warm up: the shared connection exists before the burst (a burst on
-        // a cold pool may legitimately dial more than once before ALPN tells
-        // clavis the upstream speaks h2).
+        // Warm up: the shared connection exists before the burst (a cold
+        // burst is a_cold_burst_to_an_h2_upstream_dials_once).
         let (status, body) = get(&h1_agent(&clavis), "/v1/models").await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(up.last().version, "HTTP/2.0");

@@ -25,7 +25,7 @@ pub use dial::{is_private, DialError, Dialer, IpNet};
 
 use crate::body::Body;
 use crate::error::ProxyError;
-use pool::{Key, Pool, Pooled, Sender};
+use pool::{Checkout, Key, Pool, Pooled, Sender};
 
 pub struct Upstream {
     pool: Pool,
@@ -147,10 +147,24 @@ impl Upstream {
         let key = Arc::new(Key::of(&uri).map_err(|e| ProxyError::Internal(e.into()))?);
         loop {
             let mut pooled = match self.pool.checkout(&key) {
-                Some(pooled) => pooled,
+                Checkout::Ready(pooled) => pooled,
+                Checkout::Wait(mut dialing) => {
+                    // Ends (as an error) when the other request's dial does.
+                    let _ = dialing.changed().await;
+                    continue;
+                }
                 // Boxed: dialing and the TLS handshake need kilobytes of
                 // state that every request's future would otherwise carry.
-                None => Box::pin(self.connect(host, &key)).await?,
+                Checkout::Dial(ticket) => {
+                    let dialed = Box::pin(self.connect(host, &key)).await;
+                    let h2 = dialed
+                        .as_ref()
+                        .ok()
+                        .map(|p| matches!(p.sender, Sender::H2(_)));
+                    self.pool.dialed(&key, h2);
+                    drop(ticket);
+                    dialed?
+                }
             };
             let sent = match &mut pooled.sender {
                 Sender::H1(sender) => {

@@ -7,6 +7,12 @@
 //! Every tunnel and the admin port draw from the same pool, so a new tunnel
 //! per request still reuses upstream connections, and idle tunnels hold
 //! none.
+//!
+//! Dials are single-flight where that can pay off: while a connection to an
+//! upstream that spoke h2 last time (or was never dialed) is being set up,
+//! other requests to it wait for that one instead of each opening their own;
+//! a burst then shares one h2 connection. Upstreams known to speak HTTP/1
+//! only, or whose last dial failed, are dialed in parallel.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -14,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use http::Uri;
 use hyper::client::conn::{http1, http2};
+use tokio::sync::watch;
 
 use crate::body::Body;
 
@@ -65,6 +72,53 @@ struct Entry {
     /// Most recently returned last.
     idle: Vec<(http1::SendRequest<Body>, Instant)>,
     shared: Option<http2::SendRequest<Body>>,
+    /// What the last dial found.
+    last_dial: LastDial,
+    /// A single-flight dial in progress: its end (success, failure or
+    /// cancellation) closes the channel and wakes the waiters.
+    dialing: Option<watch::Receiver<()>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LastDial {
+    Never,
+    Http1,
+    Http2,
+    Failed,
+}
+
+/// What a request does for a connection.
+pub(super) enum Checkout {
+    Ready(Pooled),
+    /// Another request is dialing: wait for `changed()` to end, then look again.
+    Wait(watch::Receiver<()>),
+    /// Dial; the ticket (when there is one) makes it the single flight.
+    Dial(Option<DialTicket>),
+}
+
+/// Held by the one request dialing for the others; dropping it (after the
+/// connection is shared, or on failure or cancellation) wakes them.
+pub(super) struct DialTicket {
+    inner: Arc<Inner>,
+    key: Arc<Key>,
+    done: watch::Sender<()>,
+}
+
+impl Drop for DialTicket {
+    fn drop(&mut self) {
+        let mut upstreams = self.inner.upstreams();
+        if let Some(entry) = upstreams.get_mut(&self.key) {
+            let ours = self.done.subscribe();
+            if entry
+                .dialing
+                .as_ref()
+                .is_some_and(|d| d.same_channel(&ours))
+            {
+                entry.dialing = None;
+            }
+        }
+        // The sender drops after the lock: waiters find the entry settled.
+    }
 }
 
 struct Inner {
@@ -125,7 +179,7 @@ impl Inner {
             if entry.shared.as_ref().is_some_and(|s| s.is_closed()) {
                 entry.shared = None;
             }
-            !entry.idle.is_empty() || entry.shared.is_some()
+            !entry.idle.is_empty() || entry.shared.is_some() || entry.dialing.is_some()
         });
     }
 }
@@ -136,6 +190,8 @@ fn entry<'a>(upstreams: &'a mut HashMap<Arc<Key>, Entry>, key: &Arc<Key>) -> &'a
         key: key.clone(),
         idle: Vec::new(),
         shared: None,
+        last_dial: LastDial::Never,
+        dialing: None,
     })
 }
 
@@ -173,11 +229,45 @@ impl Pool {
         });
     }
 
-    /// A live connection to `key`'s upstream: the shared HTTP/2 one, else
-    /// the most recently returned idle HTTP/1 one.
-    pub fn checkout(&self, key: &Key) -> Option<Pooled> {
+    /// A live connection to `key`'s upstream (the shared HTTP/2 one, else
+    /// the most recently returned idle HTTP/1 one), or what to do instead.
+    pub fn checkout(&self, key: &Arc<Key>) -> Checkout {
         let mut upstreams = self.inner.upstreams();
-        let entry = upstreams.get_mut(key)?;
+        if let Some(pooled) = upstreams
+            .get_mut(key.as_ref())
+            .and_then(|entry| Self::live(entry, self.inner.idle_timeout))
+        {
+            return Checkout::Ready(pooled);
+        }
+        let entry = entry(&mut upstreams, key);
+        if let Some(dialing) = &entry.dialing {
+            return Checkout::Wait(dialing.clone());
+        }
+        match entry.last_dial {
+            LastDial::Http1 | LastDial::Failed => Checkout::Dial(None),
+            LastDial::Never | LastDial::Http2 => {
+                let (done, dialing) = watch::channel(());
+                entry.dialing = Some(dialing);
+                Checkout::Dial(Some(DialTicket {
+                    inner: self.inner.clone(),
+                    key: entry.key.clone(),
+                    done,
+                }))
+            }
+        }
+    }
+
+    /// Records what a dial to `key` found (`None`: it failed).
+    pub fn dialed(&self, key: &Arc<Key>, h2: Option<bool>) {
+        let mut upstreams = self.inner.upstreams();
+        entry(&mut upstreams, key).last_dial = match h2 {
+            Some(true) => LastDial::Http2,
+            Some(false) => LastDial::Http1,
+            None => LastDial::Failed,
+        };
+    }
+
+    fn live(entry: &mut Entry, idle_timeout: Duration) -> Option<Pooled> {
         let key = entry.key.clone();
         if let Some(shared) = &entry.shared {
             if !shared.is_closed() {
@@ -190,7 +280,7 @@ impl Pool {
             entry.shared = None;
         }
         while let Some((sender, since)) = entry.idle.pop() {
-            if since.elapsed() >= self.inner.idle_timeout {
+            if since.elapsed() >= idle_timeout {
                 // Everything below is older still.
                 entry.idle.clear();
                 break;
@@ -286,6 +376,13 @@ mod tests {
         Arc::new(Key::of(&Uri::from_static("https://api.example.com/v1")).unwrap())
     }
 
+    fn ready(checkout: Checkout) -> Option<Pooled> {
+        match checkout {
+            Checkout::Ready(pooled) => Some(pooled),
+            _ => None,
+        }
+    }
+
     fn pooled(sender: http1::SendRequest<Body>) -> Pooled {
         Pooled {
             key: key(),
@@ -320,11 +417,11 @@ mod tests {
         #[tokio::test]
         async fn a_returned_connection_is_checked_out_again() {
             let pool = Pool::new(Duration::from_secs(60));
-            assert!(pool.checkout(&key()).is_none());
+            assert!(ready(pool.checkout(&key())).is_none());
             let (sender, _close) = connection().await;
             pool.release(pooled(sender));
             assert_eq!(pool.idle_count(), 1);
-            let again = pool.checkout(&key()).expect("the idle connection");
+            let again = ready(pool.checkout(&key())).expect("the idle connection");
             assert!(again.reused);
             assert_eq!(pool.idle_count(), 0);
         }
@@ -335,7 +432,7 @@ mod tests {
             let (sender, _close) = connection().await;
             pool.release(pooled(sender));
             tokio::time::sleep(Duration::from_millis(60)).await;
-            assert!(pool.checkout(&key()).is_none());
+            assert!(ready(pool.checkout(&key())).is_none());
             assert_eq!(pool.idle_count(), 0);
         }
 
@@ -364,7 +461,52 @@ mod tests {
             pool.release(pooled(sender));
             close.send(()).unwrap();
             tokio::time::sleep(Duration::from_millis(30)).await;
-            assert!(pool.checkout(&key()).is_none());
+            assert!(ready(pool.checkout(&key())).is_none());
+        }
+
+        #[tokio::test]
+        async fn one_dial_at_a_time_unless_the_upstream_is_known_http1() {
+            let pool = Pool::new(Duration::from_secs(60));
+            let Checkout::Dial(Some(ticket)) = pool.checkout(&key()) else {
+                panic!("a never-dialed upstream is dialed by one request");
+            };
+            let Checkout::Wait(mut waiting) = pool.checkout(&key()) else {
+                panic!("the next request waits for that dial");
+            };
+            pool.dialed(&key(), Some(false));
+            drop(ticket);
+            tokio::time::timeout(Duration::from_secs(1), waiting.changed())
+                .await
+                .expect("the end of the dial wakes the waiter")
+                .unwrap_err();
+            // HTTP/1 only: each request dials its own, without waiting.
+            assert!(matches!(pool.checkout(&key()), Checkout::Dial(None)));
+            assert!(matches!(pool.checkout(&key()), Checkout::Dial(None)));
+            // An h2 upstream is single-flight again; a failed dial is not.
+            pool.dialed(&key(), Some(true));
+            let Checkout::Dial(Some(ticket)) = pool.checkout(&key()) else {
+                panic!("h2: one dial for all");
+            };
+            pool.dialed(&key(), None);
+            drop(ticket);
+            assert!(matches!(pool.checkout(&key()), Checkout::Dial(None)));
+        }
+
+        #[tokio::test]
+        async fn a_cancelled_dial_hands_over() {
+            let pool = Pool::new(Duration::from_secs(60));
+            let Checkout::Dial(Some(ticket)) = pool.checkout(&key()) else {
+                panic!("first dial");
+            };
+            let Checkout::Wait(mut waiting) = pool.checkout(&key()) else {
+                panic!("waits");
+            };
+            drop(ticket); // the dialing request went away
+            assert!(waiting.changed().await.is_err());
+            assert!(
+                matches!(pool.checkout(&key()), Checkout::Dial(Some(_))),
+                "a waiter takes over the dial"
+            );
         }
 
         #[tokio::test]
