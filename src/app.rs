@@ -282,6 +282,12 @@ pub async fn serve(
         // Threat model §1.4: any local process can then use every service.
         tracing::warn!("proxy.require_auth is false: any process that reaches the proxy port may use every service");
     }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        // Threat model §1.4: clavis and the agent should be different,
+        // unprivileged users, so the agent cannot read clavis's memory or files.
+        tracing::warn!("running as root: run clavis as its own unprivileged user (the container image uses 65532)");
+    }
     tracing::info!(proxy = %state.proxy_addr, admin = %state.admin_addr, "clavis is ready");
 
     shutdown.await;
