@@ -217,6 +217,34 @@ fn is_websocket(method: &Method, version: Version, headers: &http::HeaderMap) ->
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
 }
 
+/// The service this request may use, counted in flight; or the refusal,
+/// with the service once one was chosen.
+type Admission =
+    Result<(Arc<Service>, crate::agent::InFlightGuard), (Option<Arc<Service>>, ProxyError)>;
+
+fn admit(
+    state: &State,
+    caller: &Caller,
+    target: &Target,
+    choice: Choice<'_>,
+    parts: &http::request::Parts,
+) -> Admission {
+    let service =
+        choose_service(state, caller, target, choice, &parts.headers).map_err(|e| (None, e))?;
+    if matches!(target.connector.inject, Inject::Kalshi)
+        && parts.uri.path() == session::KALSHI_LOGIN_PATH
+    {
+        let e = ProxyError::Forbidden(
+            "the login endpoint is reserved to clavis, which holds the session".into(),
+        );
+        return Err((Some(service), e));
+    }
+    match caller.start_request(state, &service) {
+        Ok(in_flight) => Ok((service, in_flight)),
+        Err(e) => Err((Some(service), e)),
+    }
+}
+
 /// Logs and audits a refused request; `entry` is the service when one was
 /// chosen already ("" before that).
 fn deny(
@@ -288,45 +316,17 @@ async fn forward_logged(
     log: &mut ExchangeLog<'_>,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
-    let service = match choose_service(state, caller, target, choice, &parts.headers) {
-        Ok(s) => s,
-        Err(e) => {
-            deny(state, caller, target, "", &parts.method, &parts.uri, &e);
+    let (service, in_flight) = match admit(state, caller, target, choice, &parts) {
+        Ok(admitted) => admitted,
+        Err((service, e)) => {
+            let entry = service.as_ref().map_or("", |s| s.name.as_str());
+            deny(state, caller, target, entry, &parts.method, &parts.uri, &e);
+            log.service = service;
             return Err(e);
         }
     };
     log.service = Some(service.clone());
-    let in_flight = match caller.start_request(state, &service) {
-        Ok(guard) => guard,
-        Err(e) => {
-            deny(
-                state,
-                caller,
-                target,
-                &service.name,
-                &parts.method,
-                &parts.uri,
-                &e,
-            );
-            return Err(e);
-        }
-    };
     let inject = &target.connector.inject;
-    if matches!(inject, Inject::Kalshi) && parts.uri.path() == session::KALSHI_LOGIN_PATH {
-        let e = ProxyError::Forbidden(
-            "the login endpoint is reserved to clavis, which holds the session".into(),
-        );
-        deny(
-            state,
-            caller,
-            target,
-            &service.name,
-            &parts.method,
-            &parts.uri,
-            &e,
-        );
-        return Err(e);
-    }
 
     let websocket = is_websocket(&parts.method, parts.version, &parts.headers);
     let client_upgrade = if websocket {
