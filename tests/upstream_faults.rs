@@ -158,6 +158,26 @@ async fn untrusted_upstream_certificate_is_502_then_trusted_is_200() {
     );
 }
 
+/// `GET https://api.openai.com/slow` (which the upstream never answers)
+/// with a placeholder key, in the background.
+fn slow_call(
+    client: &reqwest::Client,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        client
+            .get("https://api.openai.com/slow")
+            .bearer_auth("placeholder")
+            .send()
+            .await
+    })
+}
+
+/// The status of `GET url` through `client`.
+async fn status(client: &reqwest::Client, url: &str) -> u16 {
+    client.get(url).send().await.unwrap().status().as_u16()
+}
+
 /// Waits until `pending` reads `want`; false after `within`.
 async fn settles(pending: &std::sync::atomic::AtomicUsize, want: usize, within: Duration) -> bool {
     let deadline = Instant::now() + within;
@@ -185,23 +205,13 @@ async fn agent_going_away_cancels_the_upstream_request() {
     for (alpn, label) in [(&b"http/1.1"[..], "http/1.1"), (&b"h2"[..], "h2")] {
         let client = clavis.client_builder_alpn(agent, &[alpn]).build().unwrap();
         // Warm: the tunnel and the upstream connection exist.
-        let r = client
-            .get("https://api.openai.com/v1/models")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{label}");
+        assert_eq!(
+            status(&client, "https://api.openai.com/v1/models").await,
+            200,
+            "{label}"
+        );
 
-        let call = tokio::spawn({
-            let client = client.clone();
-            async move {
-                client
-                    .get("https://api.openai.com/slow")
-                    .bearer_auth("placeholder")
-                    .send()
-                    .await
-            }
-        });
+        let call = slow_call(&client);
         assert!(
             settles(&up.slow_pending, 1, Duration::from_secs(10)).await,
             "{label}: /slow never reached the upstream"
@@ -234,25 +244,12 @@ async fn reset_streams_leave_nothing_running_upstream() {
         .await;
     let agent = Some(("codex", "codex-token"));
     let client = clavis.client_builder_alpn(agent, &[b"h2"]).build().unwrap();
-    let r = client
-        .get("https://api.openai.com/v1/models")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        status(&client, "https://api.openai.com/v1/models").await,
+        200
+    );
 
-    let calls: Vec<_> = (0..50)
-        .map(|_| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                client
-                    .get("https://api.openai.com/slow")
-                    .bearer_auth("placeholder")
-                    .send()
-                    .await
-            })
-        })
-        .collect();
+    let calls: Vec<_> = (0..50).map(|_| slow_call(&client)).collect();
     // All 50 are running upstream with the real key; then every stream is
     // reset at once.
     assert!(
@@ -272,12 +269,10 @@ async fn reset_streams_leave_nothing_running_upstream() {
         up.slow_pending.load(std::sync::atomic::Ordering::SeqCst)
     );
     let fresh = clavis.client(agent);
-    let r = fresh
-        .get("https://api.openai.com/v1/models")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        status(&fresh, "https://api.openai.com/v1/models").await,
+        200
+    );
 }
 
 /// However many streams an agent opens, it holds at most
@@ -293,18 +288,8 @@ async fn in_flight_requests_per_agent_and_service_are_capped() {
            limits: { max_upstream_requests: 2 }\n";
     let clavis = Clavis::builder(&yaml).start(Some(&up), Some(&ca)).await;
     let codex = clavis.client(Some(("codex", "codex-token")));
-    let slow = |client: &reqwest::Client| {
-        let client = client.clone();
-        tokio::spawn(async move {
-            client
-                .get("https://api.openai.com/slow")
-                .bearer_auth("placeholder")
-                .send()
-                .await
-        })
-    };
-    let first = slow(&codex);
-    let second = slow(&codex);
+    let first = slow_call(&codex);
+    let second = slow_call(&codex);
     assert!(settles(&up.slow_pending, 2, Duration::from_secs(10)).await);
 
     let r = codex
@@ -329,30 +314,18 @@ async fn in_flight_requests_per_agent_and_service_are_capped() {
 
     // Another service of the same agent, and another agent on the same
     // service, have their own counts.
-    let r = codex
-        .get("https://api.github.com/user")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(status(&codex, "https://api.github.com/user").await, 200);
     let other = clavis.client(Some(("other", "other-token")));
-    let r = other
-        .get("https://api.openai.com/v1/models")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        status(&other, "https://api.openai.com/v1/models").await,
+        200
+    );
 
     first.abort();
     let _ = first.await;
     assert!(settles(&up.slow_pending, 1, Duration::from_secs(2)).await);
-    let r = codex
-        .get("https://api.openai.com/v1/models")
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        r.status(),
+        status(&codex, "https://api.openai.com/v1/models").await,
         200,
         "the cancelled request's slot is free again"
     );
