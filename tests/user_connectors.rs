@@ -113,6 +113,43 @@ async fn header_connector_injects_and_strips() {
     assert_no_agent_values(&seen);
 }
 
+/// A redirect that repeats the request's query would hand the agent the
+/// injected key in `Location`: the header is masked like a body echo
+/// (length kept), the redirect is not followed, and the echo is audited.
+#[tokio::test]
+async fn a_query_credential_echoed_in_location_is_masked() {
+    let (_ca, up, clavis) = setup().await;
+    let client = clavis.client(Some(("agent", "agent-token")));
+    let r = client
+        .get("https://api.query.example/redirect?page=2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        up.last().path.contains("REAL-query%20key"),
+        "the upstream got the key"
+    );
+    assert!(
+        location.starts_with("https://evil.test/steal?page=2&key=[REDACTED]")
+            && !location.contains("REAL")
+            && !location.contains("0123"),
+        "{location}"
+    );
+    assert_eq!(
+        location.len(),
+        "https://evil.test/steal?page=2&key=REAL-query%20key%26%3D0123".len()
+    );
+    let audit = clavis.state.audit.query(10, None, None);
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["action"] == "denied" && e["entry"] == "query"),
+        "{audit:?}"
+    );
+}
+
 #[tokio::test]
 async fn query_connector_replaces_the_agents_key() {
     let (_ca, up, clavis) = setup().await;

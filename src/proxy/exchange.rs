@@ -451,10 +451,14 @@ async fn forward_logged(
             .map_err(|e| ProxyError::Internal(e.to_string()))?
             .unwrap_or_default(),
     };
-    Ok(Response::from_parts(
-        parts,
-        scrub::scrub(body::boxed(body), anchors, Box::new(echo)),
-    ))
+    let body = scrub::scrub_response(
+        &mut parts.headers,
+        body::boxed(body),
+        anchors,
+        Box::new(echo),
+    )
+    .map_err(|e| ProxyError::Internal(format!("service {:?}: {e}", service.name)))?;
+    Ok(Response::from_parts(parts, body))
 }
 
 /// The scrubber's view of one exchange: the secrets that went out (opened

