@@ -255,6 +255,46 @@ impl Drain {
     }
 }
 
+/// Accepts on `listener` until `stop` fires, each connection in its own
+/// task. Beyond `limit` open connections a new one is closed at once, so a
+/// flood of idle sockets cannot take every file descriptor.
+pub async fn accept_loop<F, Fut>(
+    port: &'static str,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    limit: usize,
+    serve: F,
+) where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let limit = Arc::new(Semaphore::new(limit));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(port, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(port, %peer, "connection limit reached; closing");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let conn = serve(tcp, peer);
+        tokio::spawn(async move {
+            let _permit = permit;
+            conn.await;
+        });
+    }
+}
+
 /// Runs both ports until `shutdown` resolves, then stops accepting, lets
 /// in-flight exchanges finish within `limits.drain_timeout`, and ends tunnels.
 pub async fn serve(

@@ -68,16 +68,37 @@ pub fn router(state: State) -> Router {
         .with_state(state)
 }
 
-pub async fn serve(ctx: Ctx, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-    let app = router(ctx.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let shutdown = async move {
-        let _ = stop.changed().await;
-    };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "admin server failed");
+/// Serves the admin port until `stop` fires. The agent can reach it, so it
+/// gets the proxy port's bounds: at most `limits.admin_connections` open,
+/// request heads within `limits.header_read_timeout` (which also closes idle
+/// keep-alive connections), and the same header caps.
+pub async fn serve(ctx: Ctx, listener: TcpListener, stop: watch::Receiver<bool>) {
+    let app = router(ctx.state.clone());
+    let limit = ctx.state.config.limits.admin_connections;
+    crate::app::accept_loop("admin", listener, stop, limit, |tcp, peer| {
+        serve_connection(ctx.clone(), app.clone(), tcp, peer)
+    })
+    .await;
+}
+
+async fn serve_connection(ctx: Ctx, app: Router, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+    use tower_service::Service;
+    let limits = &ctx.state.config.limits;
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            // What `auth` throttles failed logins by.
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            app.clone().call(req)
+        });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.0)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers)
+        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+    if let Err(e) = ctx.drain.watch(conn, |c| c.graceful_shutdown()).await {
+        tracing::debug!(%peer, error = %e, "admin connection ended with error");
     }
 }
 

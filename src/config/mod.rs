@@ -178,6 +178,8 @@ impl Default for AuditConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Open connections on the admin port.
+    pub admin_connections: usize,
     pub max_tunnels: usize,
     pub header_read_timeout: HumanDuration,
     pub tls_handshake_timeout: HumanDuration,
@@ -201,6 +203,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 4096,
+            admin_connections: 256,
             max_tunnels: 2048,
             header_read_timeout: secs(30),
             tls_handshake_timeout: secs(10),

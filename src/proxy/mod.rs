@@ -36,34 +36,12 @@ pub struct Ctx {
 
 /// Accepts until `stop` fires. Connections beyond `limits.max_connections`
 /// are closed at once.
-pub async fn serve(ctx: Ctx, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(
-        ctx.state.config.limits.max_connections,
-    ));
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; closing");
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            serve_connection(ctx, tcp, peer).await;
-        });
-    }
+pub async fn serve(ctx: Ctx, listener: TcpListener, stop: watch::Receiver<bool>) {
+    let limit = ctx.state.config.limits.max_connections;
+    crate::app::accept_loop("proxy", listener, stop, limit, |tcp, peer| {
+        serve_connection(ctx.clone(), tcp, peer)
+    })
+    .await;
 }
 
 async fn serve_connection(ctx: Ctx, tcp: tokio::net::TcpStream, peer: SocketAddr) {

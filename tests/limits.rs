@@ -1,0 +1,119 @@
+//! Both ports bound what one client can hold (threat model T17): a request
+//! head that never completes, or an idle keep-alive connection, is closed
+//! after `limits.header_read_timeout`; connections beyond the port's cap
+//! (`limits.max_connections`, `limits.admin_connections`) are closed at once.
+//! The agent reaches the admin port too, so it gets the same bounds.
+
+// Helpers here are not `#[test]` functions, so clippy.toml's
+// allow-*-in-tests does not reach them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn clavis() -> Clavis {
+    let yaml = standard_yaml()
+        + "limits: { header_read_timeout: 1s, max_connections: 3, admin_connections: 3 }\n";
+    Clavis::builder(&yaml).start(None, None).await
+}
+
+/// How long until the peer closes `stream` (reading and discarding), or
+/// `None` if it is still open after `within`.
+async fn closed_after(stream: &mut TcpStream, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at((started + within).into(), stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// A GET on a new connection to `addr`: the status, with the connection
+/// kept open afterwards.
+async fn get(addr: SocketAddr, request: &str) -> (u16, TcpStream) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).await.unwrap(),
+            1,
+            "closed before the head ended"
+        );
+        head.push(byte[0]);
+    }
+    (status_of(&String::from_utf8_lossy(&head)), s)
+}
+
+const ADMIN_GET: &str = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+/// A complete proxy-port request answered without closing the connection:
+/// wrong proxy credentials get `407`.
+const PROXY_GET: &str = "GET http://plain.test.example/ HTTP/1.1\r\nHost: plain.test.example\r\nProxy-Authorization: Basic bm9ib2R5Om5vdGhpbmc=\r\n\r\n";
+
+#[tokio::test]
+async fn an_unfinished_request_head_is_closed_on_both_ports() {
+    let clavis = clavis().await;
+    for (port, addr) in [("proxy", clavis.proxy), ("admin", clavis.admin)] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            .await
+            .unwrap();
+        let took = closed_after(&mut s, Duration::from_secs(5)).await;
+        assert!(
+            took.is_some_and(|t| t >= Duration::from_millis(800)),
+            "{port}: a 1 s header timeout closed it after {took:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_on_both_ports() {
+    let clavis = clavis().await;
+    for (port, addr, request) in [
+        ("proxy", clavis.proxy, PROXY_GET),
+        ("admin", clavis.admin, ADMIN_GET),
+    ] {
+        let (status, mut s) = get(addr, request).await;
+        assert!(status > 0, "{port}: no answer");
+        let took = closed_after(&mut s, Duration::from_secs(5)).await;
+        assert!(
+            took.is_some(),
+            "{port}: an idle connection stayed open for 5 s"
+        );
+    }
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_are_closed_at_once() {
+    let clavis = clavis().await;
+    for (port, addr, request) in [
+        ("proxy", clavis.proxy, PROXY_GET),
+        ("admin", clavis.admin, ADMIN_GET),
+    ] {
+        // Three connections that answered once and are kept: the cap.
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let (status, s) = get(addr, request).await;
+            assert!(status > 0, "{port}: no answer");
+            held.push(s);
+        }
+        let mut fourth = TcpStream::connect(addr).await.unwrap();
+        let took = closed_after(&mut fourth, Duration::from_millis(500)).await;
+        assert!(took.is_some(), "{port}: a fourth connection was kept open");
+        // One closes: there is room again.
+        drop(held.pop());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (status, _s) = get(addr, request).await;
+        assert!(status > 0, "{port}: no room after a connection closed");
+    }
+}
