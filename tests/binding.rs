@@ -295,6 +295,19 @@ async fn transfer_encoding_with_content_length_is_rejected() {
         let r = raw_exchange(&mut tls, request).await;
         assert_eq!(status_of(&r), 400, "{request:?} → {r}");
         assert!(up.seen().is_empty(), "{request:?} forwarded: {:?}", up.seen());
+        // The bytes after such a head cannot be trusted to frame anything:
+        // the connection is closed, not read on (threat model T6).
+        assert_eq!(header_of(&r, "connection"), Some("close"), "{r}");
+        let mut rest = [0u8; 64];
+        let end = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::io::AsyncReadExt::read(&mut tls, &mut rest),
+        )
+        .await;
+        assert!(
+            matches!(end, Ok(Ok(0)) | Ok(Err(_))),
+            "{request:?}: the connection stayed open ({end:?})"
+        );
     }
 }
 
