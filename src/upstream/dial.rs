@@ -54,9 +54,14 @@ fn canonical(ip: IpAddr) -> IpAddr {
                 return IpAddr::V4(v4);
             }
             let s = v6.segments();
+            let o = v6.octets();
+            // NAT64 (64:ff9b::/96): the IPv4 address in the last 32 bits.
             if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                let o = v6.octets();
                 return IpAddr::V4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+            }
+            // 6to4 (2002::/16): the IPv4 address right after the prefix.
+            if s[0] == 0x2002 {
+                return IpAddr::V4(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
             }
             IpAddr::V6(v6)
         }
@@ -65,7 +70,8 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// Loopback, private, link-local, CGNAT, ULA, unspecified, broadcast and
-/// multicast: addresses an agent must not reach through clavis.
+/// multicast, also inside IPv6 (mapped, NAT64, 6to4; Teredo refused whole):
+/// addresses an agent must not reach through clavis.
 pub fn is_private(ip: IpAddr) -> bool {
     match canonical(ip) {
         IpAddr::V4(v4) => {
@@ -91,6 +97,7 @@ pub fn is_private(ip: IpAddr) -> bool {
                 || (s[0] & 0xffc0) == 0xfec0 // fec0::/10 site-local
                 || v6 == Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 1)
                 || s[..6] == [0, 0, 0, 0, 0, 0] // ::a.b.c.d IPv4-compatible
+                || (s[0] == 0x2001 && s[1] == 0) // 2001::/32 Teredo: tunnels to any IPv4
         }
     }
 }
@@ -227,11 +234,20 @@ mod tests {
                 "::ffff:127.0.0.1",
                 "::ffff:169.254.169.254",
                 "64:ff9b::a9fe:a9fe",
+                "2002:a9fe:a9fe::",
+                "2002:7f00:1::1",
+                "2001:0:4136:e378:8000:63bf:3fff:fdd2",
                 "::",
             ] {
                 assert!(is_private(ip.parse().unwrap()), "{ip}");
             }
-            for ip in ["1.1.1.1", "104.18.7.192", "2606:4700::1111"] {
+            for ip in [
+                "1.1.1.1",
+                "104.18.7.192",
+                "2606:4700::1111",
+                "2002:0101:0101::1",
+                "2001:4860::8888",
+            ] {
                 assert!(!is_private(ip.parse().unwrap()), "{ip}");
             }
         }
