@@ -270,13 +270,33 @@ async fn wrong_password_is_a_502_naming_the_service_not_the_password() {
     assert_eq!(login["detail"]["status"], 401);
     let all = serde_json::to_string(&audit).unwrap();
     assert!(!all.contains(wrong), "password in the audit log");
+
+    // More requests within the backoff do not try the password again.
+    for _ in 0..5 {
+        let r = get(&client(&clavis), BALANCE).await;
+        assert_eq!(r.status(), 502);
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["type"], "clavis_login_failed", "{err}");
+    }
+    assert_eq!(
+        up.kalshi.login_count(),
+        1,
+        "a wrong password is tried once per backoff"
+    );
 }
 
 #[tokio::test]
 async fn agents_may_not_call_the_login_endpoint() {
     let (_ca, up, clavis) = setup(KALSHI_PASSWORD, "").await;
     let client = client(&clavis);
-    for path in ["/trade-api/v2/login", "/trade-api/v2/login?x=1"] {
+    for path in [
+        "/trade-api/v2/login",
+        "/trade-api/v2/login?x=1",
+        "/trade-api/v2/login/",
+        "//trade-api/v2/login",
+        "/trade-api/v2/%6cogin",
+        "/trade-api/v2/./login",
+    ] {
         let r = client
             .post(format!("https://{HOST}{path}"))
             .header("content-type", "application/json")

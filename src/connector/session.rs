@@ -2,7 +2,8 @@
 //! token sealed in memory, and sends `Authorization: Bearer <token>`. One
 //! login at a time per service, shared by every request; a new login on
 //! expiry (idle or absolute) or when the upstream answers 401, at most one
-//! per [`RELOGIN_BACKOFF`], so a misbehaving upstream cannot cause a login
+//! per [`RELOGIN_BACKOFF`] after a refused token or a failed login, so
+//! neither a misbehaving upstream nor a wrong password can cause a login
 //! storm that locks the account.
 
 use std::sync::Arc;
@@ -23,6 +24,32 @@ use crate::store::Service;
 pub const KALSHI_LOGIN_PATH: &str = "/trade-api/v2/login";
 pub const RELOGIN_BACKOFF: Duration = Duration::from_secs(20);
 
+/// Whether `path` names the login endpoint however it is spelled: escapes
+/// decoded (twice, for servers that decode again), dot segments resolved,
+/// empty segments and a trailing `/` dropped, any case.
+pub fn is_login_path(path: &str) -> bool {
+    let mut decoded = path.to_owned();
+    for _ in 0..2 {
+        decoded = String::from_utf8_lossy(&super::inject::percent_decode(&decoded)).into_owned();
+    }
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split(['/', '\\']) {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let login = KALSHI_LOGIN_PATH.split('/').filter(|s| !s.is_empty());
+    segments.len() == login.clone().count()
+        && segments
+            .iter()
+            .zip(login)
+            .all(|(a, b)| a.eq_ignore_ascii_case(b))
+}
+
 struct Token {
     value: Secret<String>,
     generation: u64,
@@ -34,7 +61,20 @@ struct Token {
 struct Slot {
     current: std::sync::Mutex<Option<Token>>,
     /// Held while logging in: the single flight.
-    login: tokio::sync::Mutex<Option<Instant>>,
+    login: tokio::sync::Mutex<LastLogin>,
+}
+
+/// When the last login was attempted, and whether it failed.
+#[derive(Default)]
+struct LastLogin {
+    at: Option<Instant>,
+    failed: bool,
+}
+
+impl LastLogin {
+    fn within_backoff(&self) -> bool {
+        self.at.is_some_and(|at| at.elapsed() < RELOGIN_BACKOFF)
+    }
 }
 
 pub struct Sessions {
@@ -100,15 +140,24 @@ impl Sessions {
         if let Some(t) = self.valid(&slot, stale) {
             return Ok(t);
         }
-        if stale.is_some() && last_login.is_some_and(|at| at.elapsed() < RELOGIN_BACKOFF) {
+        // A refused fresh token, or a failed login (wrong password, upstream
+        // down): the next attempt waits out the backoff, however many
+        // requests come meanwhile, so they cannot lock the account.
+        if last_login.within_backoff() && (stale.is_some() || last_login.failed) {
+            let reason = if last_login.failed {
+                "the last login failed moments ago; not trying again so soon"
+            } else {
+                "the upstream refused a fresh session token; not logging in again so soon"
+            };
             return Err(ProxyError::LoginFailed {
                 service: service.name.clone(),
-                reason: "the upstream refused a fresh session token; not logging in again so soon"
-                    .into(),
+                reason: reason.into(),
             });
         }
-        *last_login = Some(Instant::now());
-        let value = login(state, service, host, actor).await?;
+        last_login.at = Some(Instant::now());
+        let outcome = login(state, service, host, actor).await;
+        last_login.failed = outcome.is_err();
+        let value = outcome?;
         let mut current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
         let generation = current.as_ref().map_or(1, |t| t.generation + 1);
         *current = Some(Token {
@@ -175,4 +224,35 @@ async fn login(
         .ok_or_else(|| failed("login answer has no usable token".into()))?;
     tracing::info!(service = %service.name, "logged in");
     Ok(Secret::new(token.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_login_path_is_recognised_however_it_is_spelled() {
+        for path in [
+            "/trade-api/v2/login",
+            "/trade-api/v2/login/",
+            "//trade-api//v2/login",
+            "/trade-api/v2/./login",
+            "/trade-api/v1/../v2/login",
+            "/trade-api/v2/%6cogin",
+            "/trade-api/v2/%256cogin",
+            "/trade-api%2Fv2%2Flogin",
+            "/Trade-API/V2/LOGIN",
+            "/trade-api\\v2\\login",
+        ] {
+            assert!(is_login_path(path), "{path}");
+        }
+        for path in [
+            "/trade-api/v2/logins",
+            "/trade-api/v2/portfolio/balance",
+            "/login",
+            "/",
+        ] {
+            assert!(!is_login_path(path), "{path}");
+        }
+    }
 }

@@ -231,8 +231,7 @@ fn admit(
 ) -> Admission {
     let service =
         choose_service(state, caller, target, choice, &parts.headers).map_err(|e| (None, e))?;
-    if matches!(target.connector.inject, Inject::Kalshi)
-        && parts.uri.path() == session::KALSHI_LOGIN_PATH
+    if matches!(target.connector.inject, Inject::Kalshi) && session::is_login_path(parts.uri.path())
     {
         let e = ProxyError::Forbidden(
             "the login endpoint is reserved to clavis, which holds the session".into(),
