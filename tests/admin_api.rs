@@ -261,6 +261,22 @@ async fn error_statuses() {
         body.contains("api_key") && !body.contains("pk-wrong"),
         "{body}"
     );
+    // A line break would only fail later, on every request, as a header
+    // that cannot be built: refused when stored, naming the field only.
+    let r = post(
+        "/v1/services/my-openai/credentials",
+        "application/json",
+        r#"{"token_type":"api_key","data":{"api_key":"sk-crlf\r\nX-Injected: 1"}}"#,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 422);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("api_key") && body.contains("control character") && !body.contains("sk-crlf"),
+        "{body}"
+    );
     let r = post(
         "/v1/services/my-openai/credentials",
         "application/json",

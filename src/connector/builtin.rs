@@ -187,6 +187,26 @@ mod tests {
         use super::*;
 
         #[test]
+        fn control_characters_are_refused_outside_pem_keys() {
+            for bad in [
+                "sk-abc\r\nX-Injected: 1",
+                "sk-abc\n",
+                "sk-a\0bc",
+                "sk-a\u{7f}",
+            ] {
+                let e = openai().validate(&creds(bad)).unwrap_err();
+                assert!(
+                    e.contains("\"api_key\"") && e.contains("control character"),
+                    "{e}"
+                );
+                assert!(!e.contains("sk-a"), "the value is never quoted: {e}");
+            }
+            let pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
+            let kalshi = Credentials::from_pairs([("api_key_id", "k-1"), ("private_key", pem)]);
+            assert!(super::super::kalshi().validate(&kalshi).is_ok());
+        }
+
+        #[test]
         fn prefixes_per_connector() {
             assert!(openai().validate(&creds("sk-proj-abc")).is_ok());
             assert!(openai().validate(&creds("pk-abc")).is_err());

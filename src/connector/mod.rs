@@ -139,6 +139,13 @@ impl Connector {
     /// Checks credentials against the connector's field sets; the error names
     /// the missing or malformed field (never its value).
     pub fn validate(&self, creds: &Credentials) -> Result<(), String> {
+        for name in creds.names() {
+            if creds.get(name).is_some_and(has_stray_control) {
+                return Err(format!(
+                    "credential field {name:?} contains a control character (line breaks only inside a PEM key)"
+                ));
+            }
+        }
         let mut first_error = None;
         for set in &self.field_sets {
             match check_set(set, creds) {
@@ -171,6 +178,15 @@ impl Connector {
         names.dedup();
         names
     }
+}
+
+/// A control character that cannot be part of a credential: anything but
+/// tab, and line breaks outside a PEM block (which a header could never carry).
+fn has_stray_control(value: &str) -> bool {
+    let pem = value.contains("-----BEGIN ");
+    value
+        .chars()
+        .any(|c| c.is_control() && c != '\t' && !(pem && matches!(c, '\r' | '\n')))
 }
 
 fn check_set(set: &[FieldSpec], creds: &Credentials) -> Result<(), String> {
