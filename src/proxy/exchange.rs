@@ -353,7 +353,22 @@ async fn forward_logged(
     parts.uri = upstream_uri(target, &parts.uri)?;
     parts.version = Version::HTTP_11;
 
-    let creds = state.credentials(&service)?;
+    let creds = match state.credentials(&service) {
+        Ok(creds) => creds,
+        Err(e) => {
+            // Never forwarded with the placeholder instead (threat model T3).
+            deny(
+                state,
+                caller,
+                target,
+                &service.name,
+                &parts.method,
+                &parts.uri,
+                &e,
+            );
+            return Err(e);
+        }
+    };
     let plan = inject.plan(creds.expose());
     // A signature over the body, or a replay after a refused session token,
     // needs the whole body: buffered up to the limit, everything else streams.
