@@ -348,6 +348,18 @@ async fn repeated_auth_failures_are_throttled() {
     }
     assert_eq!(get_status(&c, &url, "wrong").await, 429);
     assert_eq!(get_status(&c, &url, ADMIN).await, 429);
+    // Each failure up to the throttle left a trace; the refused guesses
+    // after it do not flood the log.
+    let audit = clavis.state.audit.query(100, None, None);
+    let failures: Vec<_> = audit
+        .iter()
+        .filter(|e| e["detail"]["note"] == "authentication failed")
+        .collect();
+    assert_eq!(failures.len(), 10, "{audit:?}");
+    assert_eq!(failures[0]["action"], "denied");
+    assert_eq!(failures[0]["actor"], "api:unauthenticated@127.0.0.1");
+    assert_eq!(failures[0]["detail"]["path"], "/v1/services");
+    assert!(!serde_json::to_string(&audit).unwrap().contains("wrong"));
 }
 
 #[tokio::test]

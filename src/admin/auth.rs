@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::agent::Agent;
 use crate::app::State;
-use crate::audit::Actor;
+use crate::audit::{Action, Actor, Detail, Event};
 use crate::error::ProxyError;
 use crate::proxy::headers::split_host_port;
 
@@ -181,6 +181,16 @@ pub async fn authenticate(
     let Some(principal) = principal else {
         state.admin_throttle.fail(peer.ip());
         tracing::info!(peer = %peer.ip(), path = req.uri().path(), "admin authentication failed");
+        // Audited up to the throttle (ten a minute per address), so a
+        // guessing agent leaves a trace without flooding the log. `@` is
+        // not allowed in agent names: the label cannot pass for one.
+        let mut detail = Detail::request(req.method().as_str(), "admin", req.uri().path());
+        detail.note = Some("authentication failed".into());
+        detail.set_status(401);
+        let actor = Actor::Api(format!("unauthenticated@{}", peer.ip()));
+        let _ = state
+            .audit
+            .record(Event::new(Action::Denied, "", &actor, detail));
         return ProxyError::Unauthorized.into_response();
     };
     req.extensions_mut().insert(principal);
