@@ -1,4 +1,5 @@
-//! The binary's own inputs outside the config file, and `clavis health`.
+//! The binary's own inputs outside the config file, `clavis health`, and
+//! the process hygiene of a running `clavis serve`.
 
 // Helpers here are not `#[test]` functions, so clippy.toml's
 // allow-*-in-tests does not reach them.
@@ -140,4 +141,75 @@ mod health {
         assert!(result.status.success(), "{}", stderr(&result));
         assert!(by_address.status.success(), "{}", stderr(&by_address));
     }
+}
+
+/// Process hygiene (SPEC §3.1, threat model T14), read from outside the
+/// running binary: no core dumps, and the master key's page locked in RAM.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_running_clavis_dumps_no_core_and_locks_its_key() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (proxy, admin) = (free(), free());
+    let config = dir.path().join("clavis.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "proxy: {{ listen: \"127.0.0.1:{proxy}\" }}\n\
+             admin: {{ listen: \"127.0.0.1:{admin}\", token: admin-token-hygiene-0123456789 }}\n\
+             ca: {{ cert: \"{d}/ca.pem\", key: \"{d}/ca.key\", bundle: \"{d}/bundle.pem\" }}\n"
+        ),
+    )
+    .unwrap();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_clavis"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = (0..300).any(|_| {
+        let ok = Command::new(env!("CARGO_BIN_EXE_clavis"))
+            .args(["health", "--admin", &format!("127.0.0.1:{admin}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        ok
+    });
+    let pid = serve.id();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    assert!(ready, "clavis never became ready");
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap_or_default();
+    assert_eq!(
+        core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+        ["0", "0"],
+        "{core}"
+    );
+    let locked_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    // mlock is best effort: only a zero RLIMIT_MEMLOCK excuses no locked page.
+    let may_lock = limits
+        .lines()
+        .find(|l| l.starts_with("Max locked memory"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .is_some_and(|soft| soft == "unlimited" || soft.parse::<u64>().is_ok_and(|b| b >= 4096));
+    assert!(!may_lock || locked_kb >= 4, "no locked page: {status}");
 }
