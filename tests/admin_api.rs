@@ -388,3 +388,53 @@ async fn live_check_rejects_a_bad_github_token() {
         Some("Bearer ghp_newtoken123")
     );
 }
+
+/// `/v1/proxy` input that could change where or how a request is framed is
+/// refused with 422 naming it; TRACE, which would echo the injected
+/// credential, is refused on the API and the proxy port alike. Nothing
+/// reaches the upstream.
+#[tokio::test]
+async fn proxy_calls_may_not_set_framing_or_destination() {
+    let (_ca, up, clavis) = setup("").await;
+    let c = http();
+    let call = |body: Value| {
+        c.post(format!("{}/v1/proxy/my-openai", api(&clavis)))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+    };
+    for (body, names) in [
+        (
+            json!({"path": "/v1/x", "headers": {"Content-Length": "1000"}}),
+            "content-length",
+        ),
+        (
+            json!({"path": "/v1/x", "headers": {"Transfer-Encoding": "chunked"}}),
+            "transfer-encoding",
+        ),
+        (
+            json!({"path": "/v1/x", "headers": {"Host": "evil.test"}}),
+            "host",
+        ),
+        (
+            json!({"path": "/v1/x", "headers": {"Proxy-Authorization": "Basic eA=="}}),
+            "proxy-authorization",
+        ),
+        (json!({"path": "/v1\\..\\login"}), "backslash"),
+        (json!({"method": "TRACE", "path": "/v1/x"}), "TRACE"),
+    ] {
+        let r = call(body.clone()).await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert!(matches!(status, 405 | 422), "{body}: {status} {text}");
+        assert!(text.contains(names), "{body}: {text}");
+    }
+    let r = clavis
+        .client(Some(("codex", "codex-token")))
+        .request(reqwest::Method::TRACE, "https://api.openai.com/v1/models")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert!(up.seen().is_empty(), "forwarded: {:?}", up.seen());
+}

@@ -53,11 +53,11 @@ impl ProxyCall {
         let path = &self.path;
         if !path.starts_with('/')
             || path.starts_with("//")
-            || path.contains('#')
+            || path.contains(['#', '\\'])
             || path.bytes().any(|b| b <= b' ' || b == 0x7f)
         {
             return Err(ProxyError::Unprocessable(format!(
-                "path {path:?} must start with a single '/' and contain no spaces, control characters or fragment"
+                "path {path:?} must start with a single '/' and contain no spaces, control characters, backslash or fragment"
             )));
         }
         let mut target = path.clone();
@@ -90,6 +90,11 @@ impl ProxyCall {
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                 ProxyError::Unprocessable(format!("headers: {name:?} is not a header name"))
             })?;
+            if set_by_clavis(&name) {
+                return Err(ProxyError::Unprocessable(format!(
+                    "headers.{name}: clavis sets the destination and the framing; remove it"
+                )));
+            }
             let value = HeaderValue::from_str(value).map_err(|_| {
                 ProxyError::Unprocessable(format!("headers.{name}: value has control characters"))
             })?;
@@ -110,6 +115,23 @@ impl ProxyCall {
         };
         Ok(req.map(|()| body::full(bytes)))
     }
+}
+
+/// Headers a `/v1/proxy` or MCP caller may not set: the destination and
+/// the message framing are clavis's (a `Content-Length` that disagrees with
+/// the body must never reach a pooled upstream connection).
+fn set_by_clavis(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "host"
+            | "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "upgrade"
+    ) || name.as_str().starts_with("proxy-")
 }
 
 /// Resolves the service (404 outside scope) and forwards the call.

@@ -229,6 +229,13 @@ fn admit(
     choice: Choice<'_>,
     parts: &http::request::Parts,
 ) -> Admission {
+    if parts.method == Method::TRACE {
+        // The upstream would echo the request, credential included.
+        let e = ProxyError::MethodNotAllowed(
+            "TRACE is not forwarded to a host clavis injects into".into(),
+        );
+        return Err((None, e));
+    }
     let service =
         choose_service(state, caller, target, choice, &parts.headers).map_err(|e| (None, e))?;
     if matches!(target.connector.inject, Inject::Kalshi) && session::is_login_path(parts.uri.path())
