@@ -121,17 +121,8 @@ impl ProxyCall {
 /// the message framing are clavis's (a `Content-Length` that disagrees with
 /// the body must never reach a pooled upstream connection).
 fn set_by_clavis(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "host"
-            | "content-length"
-            | "transfer-encoding"
-            | "connection"
-            | "keep-alive"
-            | "te"
-            | "trailer"
-            | "upgrade"
-    ) || name.as_str().starts_with("proxy-")
+    let name = name.as_str();
+    matches!(name, "host" | "content-length") || crate::proxy::headers::is_hop_by_hop(name)
 }
 
 /// Resolves the service (404 outside scope) and forwards the call.

@@ -56,13 +56,19 @@ pub fn authority_matches(host: &str, port: u16, value: &str) -> bool {
     }
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), `Upgrade` (upgrades are handled
-/// explicitly, not passed along) and the proxy-only ones, which never cross
-/// clavis in either direction.
-fn is_hop_by_hop(name: &str) -> bool {
+/// Hop-by-hop headers (RFC 9110 §7.6.1), `Upgrade` and `HTTP2-Settings`
+/// (upgrades are handled explicitly, not passed along) and the proxy-only
+/// ones, which never cross clavis in either direction.
+pub fn is_hop_by_hop(name: &str) -> bool {
     matches!(
         name,
-        "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+        "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "http2-settings"
     ) || name.starts_with("proxy-")
 }
 
@@ -234,6 +240,7 @@ mod tests {
                 "trailer",
                 "transfer-encoding",
                 "upgrade",
+                "http2-settings",
                 "x-one",
                 "x-two",
             ] {
