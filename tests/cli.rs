@@ -213,3 +213,43 @@ fn a_running_clavis_dumps_no_core_and_locks_its_key() {
         .is_some_and(|soft| soft == "unlimited" || soft.parse::<u64>().is_ok_and(|b| b >= 4096));
     assert!(!may_lock || locked_kb >= 4, "no locked page: {status}");
 }
+
+/// A CA key readable by others is named in a warning (it would let them
+/// impersonate every claimed host); a private one is not.
+#[test]
+fn a_shared_ca_key_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let config = dir.path().join("clavis.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "ca: {{ cert: \"{d}/ca.pem\", key: \"{d}/ca.key\", bundle: \"{d}/bundle.pem\" }}\n"
+        ),
+    )
+    .unwrap();
+    let show = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_clavis"))
+            .args([
+                "ca",
+                "show",
+                "--config",
+                config.to_str().unwrap(),
+                "--log-format",
+                "text",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(!show().contains("readable by group or others"));
+    let key = dir.path().join("ca.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let stderr = show();
+    assert!(
+        stderr.contains("readable by group or others") && stderr.contains("ca.key"),
+        "{stderr}"
+    );
+}

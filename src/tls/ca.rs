@@ -41,7 +41,12 @@ impl Ca {
             (true, true) => {}
         }
         let ca = Ca::load(cfg)?;
-        write_file(&cfg.bundle, ca.bundle_pem.as_bytes(), 0o644)?;
+        write_file(
+            &cfg.bundle,
+            ca.bundle_pem.as_bytes(),
+            0o644,
+            Existing::Replace,
+        )?;
         Ok(ca)
     }
 
@@ -53,6 +58,7 @@ impl Ca {
             std::fs::read_to_string(&cfg.key).map_err(|e| TlsError::file(&cfg.key, e))?,
         );
         let key = KeyPair::from_pem(&key_pem).map_err(|e| TlsError::file(&cfg.key, e))?;
+        warn_if_shared(&cfg.key);
         let issuer =
             Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| TlsError::file(&cfg.cert, e))?;
         let cert_der = pem_to_der(&cert_pem)
@@ -99,8 +105,8 @@ fn create(cfg: &CaConfig) -> Result<(), TlsError> {
     let key = KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
     let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
-    write_file(&cfg.key, key_pem.as_bytes(), 0o600)?;
-    write_file(&cfg.cert, cert.pem().as_bytes(), 0o644)?;
+    write_file(&cfg.key, key_pem.as_bytes(), 0o600, Existing::Refuse)?;
+    write_file(&cfg.cert, cert.pem().as_bytes(), 0o644, Existing::Refuse)?;
     tracing::info!(cert = %cfg.cert.display(), "created a new clavis CA");
     Ok(())
 }
@@ -114,8 +120,36 @@ pub(super) fn random_serial() -> Result<SerialNumber, TlsError> {
     Ok(SerialNumber::from_slice(&bytes))
 }
 
+/// A CA key others can read lets them impersonate every claimed host to the
+/// agents that trust the CA. Warned, not refused: Secret mounts are often
+/// group-readable by design (`fsGroup`).
+fn warn_if_shared(key: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(key) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                key = %key.display(),
+                mode = format!("{mode:o}"),
+                "the CA key is readable by group or others; chmod 600 it"
+            );
+        }
+    }
+}
+
+/// How [`write_file`] treats what is already at the path. Neither follows a
+/// symlink there: the bundle may sit in a directory the agent can see, and a
+/// planted link must not redirect clavis's write (or its CA key) elsewhere.
+#[derive(Clone, Copy)]
+enum Existing {
+    /// The CA's key and certificate: nothing may exist there yet (`O_EXCL`).
+    Refuse,
+    /// The bundle, rewritten at every start.
+    Replace,
+}
+
 /// Writes a file with `mode`, creating its directory (0700) when missing.
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
+fn write_file(path: &Path, bytes: &[u8], mode: u32, how: Existing) -> Result<(), TlsError> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new()
@@ -124,13 +158,16 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
             .create(dir)
             .map_err(|e| TlsError::file(dir, e))?;
     }
-    let mut file = std::fs::OpenOptions::new()
+    let mut options = std::fs::OpenOptions::new();
+    options
         .write(true)
-        .create(true)
-        .truncate(true)
         .mode(mode)
-        .open(path)
-        .map_err(|e| TlsError::file(path, e))?;
+        .custom_flags(libc::O_NOFOLLOW);
+    match how {
+        Existing::Refuse => options.create_new(true),
+        Existing::Replace => options.create(true).truncate(true),
+    };
+    let mut file = options.open(path).map_err(|e| TlsError::file(path, e))?;
     file.write_all(bytes).map_err(|e| TlsError::file(path, e))?;
     file.sync_all().map_err(|e| TlsError::file(path, e))
 }
@@ -170,6 +207,29 @@ mod tests {
             let bundle = std::fs::read_to_string(dir.path().join("certs/bundle.pem")).unwrap();
             assert!(bundle.ends_with(&a.cert_pem));
             assert!(bundle.matches("BEGIN CERTIFICATE").count() > 100);
+        }
+
+        #[test]
+        fn never_writes_through_a_planted_symlink() {
+            let dir = tempfile::tempdir().unwrap();
+            let elsewhere = dir.path().join("elsewhere");
+            std::fs::create_dir_all(dir.path().join("certs")).unwrap();
+            // A dangling link where the key would be created.
+            std::os::unix::fs::symlink(&elsewhere, dir.path().join("certs/ca.key")).unwrap();
+            assert!(Ca::load_or_create(&cfg(dir.path())).is_err());
+            assert!(!elsewhere.exists(), "the key was written through the link");
+            // A link where the bundle is rewritten.
+            std::fs::remove_file(dir.path().join("certs/ca.key")).unwrap();
+            let _ = std::fs::remove_file(dir.path().join("certs/ca.pem"));
+            Ca::load_or_create(&cfg(dir.path())).unwrap();
+            std::fs::remove_file(dir.path().join("certs/bundle.pem")).unwrap();
+            std::os::unix::fs::symlink(&elsewhere, dir.path().join("certs/bundle.pem")).unwrap();
+            let e = Ca::load_or_create(&cfg(dir.path())).unwrap_err();
+            assert!(e.to_string().contains("bundle.pem"), "{e}");
+            assert!(
+                !elsewhere.exists(),
+                "the bundle was written through the link"
+            );
         }
 
         #[test]
