@@ -284,6 +284,31 @@ async fn agent_outside_its_scope_is_forbidden() {
     assert!(up.seen().is_empty());
 }
 
+/// `limits.max_uri_bytes` holds inside a tunnel too, not only on the proxy
+/// port's own request line.
+#[tokio::test]
+async fn an_overlong_request_target_is_refused_on_both_layers() {
+    let (_ca, up, clavis) = setup().await;
+    let long = format!("/v1/{}", "a".repeat(9000));
+    let mut tls = openai_tunnel(&clavis, &[b"http/1.1"]).await;
+    let r = raw_exchange(
+        &mut tls,
+        &format!("GET {long} HTTP/1.1\r\nHost: api.openai.com\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status_of(&r), 400, "{r}");
+    assert!(r.contains("max_uri_bytes"), "{r}");
+    let (head, _conn) = send_head(
+        clavis.proxy,
+        &format!(
+            "GET http://plain.test.example{long} HTTP/1.1\r\nHost: plain.test.example\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(status_of(&head), 400, "{head}");
+    assert!(up.seen().is_empty(), "forwarded: {:?}", up.seen());
+}
+
 #[tokio::test]
 async fn transfer_encoding_with_content_length_is_rejected() {
     let (_ca, up, clavis) = setup().await;

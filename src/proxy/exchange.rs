@@ -121,7 +121,7 @@ pub async fn tunneled(
                 .into(),
         ))
     } else {
-        check_inner(&target, &req)
+        check_inner(&target, &req, state.config.limits.max_uri_bytes)
     };
     let outcome = match checked {
         // Boxed per request: hyper keeps one slot of this future's size per
@@ -145,11 +145,16 @@ pub async fn tunneled(
 }
 
 /// The destination binding of every inner request (threat model T1).
-fn check_inner<B>(target: &Target, req: &Request<B>) -> Result<(), ProxyError> {
+fn check_inner<B>(target: &Target, req: &Request<B>, max_uri: usize) -> Result<(), ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed(
             "CONNECT inside a tunnel is not allowed".into(),
         ));
+    }
+    if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > max_uri {
+        return Err(ProxyError::BadRequest(format!(
+            "request target is longer than limits.max_uri_bytes ({max_uri})"
+        )));
     }
     let mismatch = |what: &str, value: &str| {
         ProxyError::Misdirected(format!(

@@ -67,7 +67,10 @@ async fn handle(
     let ctx = &ctx;
     let result = async {
         if req.uri().to_string().len() > ctx.state.config.limits.max_uri_bytes {
-            return Err(ProxyError::BadRequest("request target is too long".into()));
+            return Err(ProxyError::BadRequest(format!(
+                "request target is longer than limits.max_uri_bytes ({})",
+                ctx.state.config.limits.max_uri_bytes
+            )));
         }
         let caller = auth::identify(&ctx.state, req.headers())?;
         if req.method() == Method::CONNECT {
