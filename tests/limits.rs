@@ -117,3 +117,45 @@ async fn connections_beyond_the_cap_are_closed_at_once() {
         assert!(status > 0, "{port}: no room after a connection closed");
     }
 }
+
+fn open_tunnels(clavis: &Clavis) -> usize {
+    clavis.state.config.limits.max_tunnels - clavis.state.tunnels.available_permits()
+}
+
+/// An h2 tunnel in which no request started for `limits.idle_timeout` gets
+/// GOAWAY and gives its tunnel slot back; a stream still running is not cut.
+#[tokio::test]
+async fn an_idle_h2_tunnel_is_closed_but_a_long_stream_is_not() {
+    let ca = TestCa::new();
+    let up = Upstream::start(&ca, ALL_HOSTS).await;
+    let yaml = standard_yaml() + "limits: { idle_timeout: 1s }\n";
+    let clavis = Clavis::builder(&yaml).start(Some(&up), Some(&ca)).await;
+    let agent = clavis
+        .client_builder_alpn(Some(("codex", "codex-token")), &[b"h2"])
+        .build()
+        .unwrap();
+
+    // Three events 800 ms apart: the stream outlives the idle timeout.
+    let r = agent
+        .get("https://api.openai.com/sse?n=3&gap_ms=800")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let body = r.text().await.unwrap();
+    assert_eq!(body.matches("data: ").count(), 3, "{body}");
+
+    // Then nothing: the tunnel closes.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while open_tunnels(&clavis) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(open_tunnels(&clavis), 0, "the idle h2 tunnel is still open");
+    // The client just opens a new one.
+    let r = agent
+        .get("https://api.openai.com/v1/models")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

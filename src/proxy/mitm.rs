@@ -32,9 +32,11 @@ pub async fn serve(
     let verdicts = Arc::new(framing::Verdicts::default());
     let io = framing::Guard::new(tls, verdicts.clone(), h1);
     // HTTP/1 requests are served in order, so the n-th call is the n-th head.
-    let served = AtomicU64::new(0);
+    // The count also tells an idle h2 connection from a busy one.
+    let served = Arc::new(AtomicU64::new(0));
+    let requests = served.clone();
     let service = service_fn(move |req| {
-        let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = requests.fetch_add(1, Ordering::Relaxed) + 1;
         let ambiguous = h1 && verdicts.is_ambiguous(n);
         exchange::tunneled(
             state.clone(),
@@ -65,6 +67,13 @@ pub async fn serve(
             .max_pending_accept_reset_streams(20)
             .keep_alive_interval(Some(std::time::Duration::from_secs(60)))
             .serve_connection(io, service);
+        // HTTP/1 connections idle past the header timeout close; an h2 one
+        // gets GOAWAY once no request started for `limits.idle_timeout`
+        // (streams still running finish first), so idle tunnels give their
+        // slot back.
+        let conn = IdleClose::new(conn, served, limits.idle_timeout.0, |c| {
+            c.graceful_shutdown()
+        });
         ctx.drain.watch(conn, |c| c.graceful_shutdown()).await
     };
     if let Err(e) = ended {
@@ -124,5 +133,74 @@ async fn accept(
             tracing::debug!(host = %target.host, "TLS handshake timed out");
             None
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection that is asked to shut down gracefully once `served` has
+    /// not moved for `idle`.
+    struct IdleClose<C> {
+        #[pin]
+        conn: C,
+        #[pin]
+        tick: tokio::time::Sleep,
+        served: Arc<AtomicU64>,
+        seen: u64,
+        idle: std::time::Duration,
+        shutdown: fn(std::pin::Pin<&mut C>),
+        closing: bool,
+    }
+}
+
+impl<C: std::future::Future> IdleClose<C> {
+    fn new(
+        conn: C,
+        served: Arc<AtomicU64>,
+        idle: std::time::Duration,
+        shutdown: fn(std::pin::Pin<&mut C>),
+    ) -> Self {
+        IdleClose {
+            conn,
+            tick: tokio::time::sleep(idle),
+            seen: served.load(Ordering::Relaxed),
+            served,
+            idle,
+            shutdown,
+            closing: false,
+        }
+    }
+
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        let this = self.project();
+        if !*this.closing {
+            *this.closing = true;
+            (this.shutdown)(this.conn);
+        }
+    }
+}
+
+impl<C: std::future::Future> std::future::Future for IdleClose<C> {
+    type Output = C::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<C::Output> {
+        if let std::task::Poll::Ready(out) = self.as_mut().project().conn.poll(cx) {
+            return std::task::Poll::Ready(out);
+        }
+        let mut this = self.as_mut().project();
+        while !*this.closing && this.tick.as_mut().poll(cx).is_ready() {
+            let now = this.served.load(Ordering::Relaxed);
+            if now == *this.seen {
+                self.as_mut().graceful_shutdown();
+                // Drive the GOAWAY out.
+                return self.project().conn.poll(cx);
+            }
+            *this.seen = now;
+            let next = tokio::time::Instant::now() + *this.idle;
+            this.tick.as_mut().reset(next);
+        }
+        std::task::Poll::Pending
     }
 }
