@@ -66,13 +66,13 @@ def policy(args):
                     best = name
         return best
 
-    probe = ["clavis", "health", "--config", "/etc/clavis/clavis.yaml"]
+    probe = ["clavis", "health", "--admin", cfg.get("admin", {}).get("listen", "")]
     proxy_url = re.compile(r"^http://agent:\$\(CLAVIS_AGENT_TOKEN\)@127\.0\.0\.1:(\d+)$")
     shared = mount_of(cfg.get("ca", {}).get("cert", ""))
     rules = [
         ("clavis is a native sidecar (init container, restartPolicy: Always)",
          clavis.get("restartPolicy") == "Always"),
-        ("the startup probe runs `clavis health` on the mounted config",
+        ("the startup probe runs `clavis health` against the config's admin.listen",
          clavis.get("startupProbe", {}).get("exec", {}).get("command") == probe),
         ("readiness and liveness probes run `clavis health` too",
          all(clavis.get(p, {}).get("exec", {}).get("command") == probe
