@@ -159,3 +159,32 @@ async fn an_idle_h2_tunnel_is_closed_but_a_long_stream_is_not() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// A raw tunnel (a host no connector claims) closes once no byte has moved
+/// either way for `limits.tunnel_idle_timeout`; traffic keeps it open.
+#[tokio::test]
+async fn a_silent_raw_tunnel_is_closed_but_a_busy_one_is_not() {
+    let ca = TestCa::new();
+    let up = Upstream::start(&ca, ALL_HOSTS).await;
+    let yaml = standard_yaml() + "limits: { tunnel_idle_timeout: 1s }\n";
+    let clavis = Clavis::builder(&yaml).start(Some(&up), Some(&ca)).await;
+    let request = "GET /echo HTTP/1.1\r\nHost: plain.test.example\r\n\r\n";
+
+    // Busy: a request every 400 ms for 2.4 s, on the same tunnel.
+    let (status, mut busy) = connect_raw(clavis.proxy, "plain.test.example:80", "").await;
+    assert_eq!(status, 200);
+    for i in 0..6 {
+        let r = raw_exchange(&mut busy, request).await;
+        assert_eq!(status_of(&r), 200, "request {i} on a busy tunnel: {r}");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+
+    // Silent: closed after about a second.
+    let (status, mut silent) = connect_raw(clavis.proxy, "plain.test.example:80", "").await;
+    assert_eq!(status, 200);
+    let took = closed_after(&mut silent, Duration::from_secs(5)).await;
+    assert!(
+        took.is_some_and(|t| t >= Duration::from_millis(800)),
+        "a 1 s idle timeout closed it after {took:?}"
+    );
+}

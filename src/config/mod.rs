@@ -184,6 +184,8 @@ pub struct Limits {
     pub header_read_timeout: HumanDuration,
     pub tls_handshake_timeout: HumanDuration,
     pub idle_timeout: HumanDuration,
+    /// A raw tunnel or websocket with no byte either way for this long closes.
+    pub tunnel_idle_timeout: HumanDuration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_uri_bytes: usize,
@@ -208,6 +210,7 @@ impl Default for Limits {
             header_read_timeout: secs(30),
             tls_handshake_timeout: secs(10),
             idle_timeout: secs(90),
+            tunnel_idle_timeout: secs(15 * 60),
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             max_uri_bytes: 8 * 1024,

@@ -99,7 +99,8 @@ fn upgraded(result: hyper::Result<Upgraded>) -> Option<TokioIo<Upgraded>> {
     }
 }
 
-/// Copies bytes both ways until either side closes or clavis stops for good.
+/// Copies bytes both ways until either side closes, nothing moves for
+/// `limits.tunnel_idle_timeout`, or clavis stops for good.
 async fn relay(
     ctx: Ctx,
     mut client: TokioIo<Upgraded>,
@@ -107,8 +108,9 @@ async fn relay(
     _permit: OwnedSemaphorePermit,
 ) {
     let mut stop = ctx.hard_stop.clone();
+    let idle = ctx.state.config.limits.tunnel_idle_timeout.0;
     tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut server) => {
+        r = super::relay::relay(&mut client, &mut server, idle) => {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "tunnel closed with error");
             }

@@ -457,7 +457,8 @@ async fn forward_logged(
                     .as_ref()
                     .map_or_else(|e| e.status().as_u16(), |r| r.status().as_u16());
                 event.set_status(status);
-                return bridge_websocket(response?, client_upgrade);
+                let idle = state.config.limits.tunnel_idle_timeout.0;
+                return bridge_websocket(response?, client_upgrade, idle);
             }
             state.upstream.send(&target.host, request).await
         }
@@ -531,6 +532,7 @@ impl scrub::Source for Echo {
 fn bridge_websocket(
     mut response: Response<Incoming>,
     client: hyper::upgrade::OnUpgrade,
+    idle: std::time::Duration,
 ) -> Result<Response<Body>, ProxyError> {
     if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = response.into_parts();
@@ -543,7 +545,7 @@ fn bridge_websocket(
             Ok((client, upstream)) => {
                 let mut client = hyper_util::rt::TokioIo::new(client);
                 let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                if let Err(e) = super::relay::relay(&mut client, &mut upstream, idle).await {
                     tracing::debug!(error = %e, "websocket closed with error");
                 }
             }

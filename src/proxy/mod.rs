@@ -9,6 +9,7 @@ pub mod framing;
 pub mod headers;
 pub mod mitm;
 pub mod plain;
+mod relay;
 pub mod scrub;
 
 use std::net::SocketAddr;
