@@ -1,6 +1,7 @@
 //! Login sessions (Kalshi `email` + `password`): clavis logs in, keeps the
-//! token sealed in memory, and sends `Authorization: Bearer <token>`. One
-//! login at a time per service, shared by every request; a new login on
+//! token sealed under the master key, and sends `Authorization: Bearer
+//! <token>`. One login at a time per service, shared by every request; a new
+//! login on
 //! expiry (idle or absolute) or when the upstream answers 401, at most one
 //! per [`RELOGIN_BACKOFF`] after a refused token or a failed login, so
 //! neither a misbehaving upstream nor a wrong password can cause a login
@@ -51,7 +52,9 @@ pub fn is_login_path(path: &str) -> bool {
 }
 
 struct Token {
-    value: Secret<String>,
+    /// Sealed under the master key like the credentials it came from
+    /// (SPEC §7); opened for each use.
+    sealed: Arc<[u8]>,
     generation: u64,
     obtained: Instant,
     last_used: Instant,
@@ -109,7 +112,7 @@ impl Sessions {
         self.slots.entry(service.id.clone()).or_default().clone()
     }
 
-    fn valid(&self, slot: &Slot, stale: Option<u64>) -> Option<(Secret<String>, u64)> {
+    fn valid(&self, slot: &Slot, stale: Option<u64>) -> Option<(Arc<[u8]>, u64)> {
         let mut current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
         let token = current.as_mut()?;
         let fresh =
@@ -118,7 +121,20 @@ impl Sessions {
             return None;
         }
         token.last_used = Instant::now();
-        Some((token.value.clone(), token.generation))
+        Some((token.sealed.clone(), token.generation))
+    }
+
+    /// Opens a valid token outside the slot's lock.
+    fn opened(
+        state: &State,
+        service: &Service,
+        (sealed, generation): (Arc<[u8]>, u64),
+    ) -> Result<(Secret<String>, u64), ProxyError> {
+        let token = state
+            .store
+            .open_session(service, &sealed)
+            .map_err(|e| ProxyError::Internal(e.to_string()))?;
+        Ok((token, generation))
     }
 
     /// A valid token, logging in when there is none, it expired, or it is
@@ -133,12 +149,12 @@ impl Sessions {
     ) -> Result<(Secret<String>, u64), ProxyError> {
         let slot = self.slot(service);
         if let Some(t) = self.valid(&slot, stale) {
-            return Ok(t);
+            return Self::opened(state, service, t);
         }
         let mut last_login = slot.login.lock().await;
         // Someone else may have logged in while this request waited.
         if let Some(t) = self.valid(&slot, stale) {
-            return Ok(t);
+            return Self::opened(state, service, t);
         }
         // A refused fresh token, or a failed login (wrong password, upstream
         // down): the next attempt waits out the backoff, however many
@@ -158,10 +174,15 @@ impl Sessions {
         let outcome = login(state, service, host, actor).await;
         last_login.failed = outcome.is_err();
         let value = outcome?;
+        let sealed: Arc<[u8]> = state
+            .store
+            .seal_session(service, value.expose())
+            .map_err(|e| ProxyError::Internal(e.to_string()))?
+            .into();
         let mut current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
         let generation = current.as_ref().map_or(1, |t| t.generation + 1);
         *current = Some(Token {
-            value: value.clone(),
+            sealed,
             generation,
             obtained: Instant::now(),
             last_used: Instant::now(),

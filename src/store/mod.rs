@@ -170,6 +170,10 @@ impl Service {
         }
     }
 
+    fn session_aad(id: &str) -> Vec<u8> {
+        [b"clavis/v1/session\0", id.as_bytes()].concat()
+    }
+
     fn field_aad(id: &str, field: &str) -> Vec<u8> {
         [b"clavis/v1/field\0", id.as_bytes(), b"\0", field.as_bytes()].concat()
     }
@@ -497,6 +501,28 @@ impl Store {
         })
     }
 
+    /// Seals a login session's token (Kalshi email + password) for
+    /// `service`: like credentials, it is kept only as ciphertext.
+    pub fn seal_session(&self, service: &Service, token: &str) -> Result<Vec<u8>, StoreError> {
+        Ok(self
+            .sealer
+            .seal(&Service::session_aad(&service.id), token.as_bytes())?)
+    }
+
+    /// Opens a token sealed by [`Store::seal_session`] for one use.
+    pub fn open_session(
+        &self,
+        service: &Service,
+        sealed: &[u8],
+    ) -> Result<Secret<String>, StoreError> {
+        let plain = self
+            .sealer
+            .open(&Service::session_aad(&service.id), sealed)?;
+        let text =
+            std::str::from_utf8(&plain).map_err(|_| StoreError::Corrupt(service.name.clone()))?;
+        Ok(Secret::new(text.to_owned()))
+    }
+
     /// Decrypts a service's credentials for one use. `Ok(None)`: none stored.
     pub fn open(&self, service: &Service) -> Result<Option<Secret<Credentials>>, StoreError> {
         let Some(sealed) = &service.sealed else {
@@ -589,6 +615,25 @@ mod tests {
             let creds = s.open(&svc).unwrap().unwrap();
             assert_eq!(creds.expose().get("api_key"), Some("sk-1"));
             assert!(s.table().find(&svc.id).is_some());
+        }
+
+        #[test]
+        fn a_session_token_is_sealed_to_its_service() {
+            let (s, c) = store();
+            let a = s.add("a", c.clone(), false, Origin::Api).unwrap();
+            let b = s.add("b", c, false, Origin::Api).unwrap();
+            let sealed = s.seal_session(&a, "session-token-0123456789").unwrap();
+            assert!(!sealed
+                .windows(b"session-token".len())
+                .any(|w| w == b"session-token"));
+            assert_eq!(
+                s.open_session(&a, &sealed).unwrap().expose(),
+                "session-token-0123456789"
+            );
+            assert!(
+                s.open_session(&b, &sealed).is_err(),
+                "opens only for its own service"
+            );
         }
     }
 }
