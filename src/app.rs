@@ -318,6 +318,9 @@ pub async fn serve(
     let proxy_task = tokio::spawn(crate::proxy::serve(ctx.clone(), proxy, stop_rx.clone()));
     let admin_task = tokio::spawn(crate::admin::serve(ctx, admin, stop_rx));
     state.ready.store(true, Ordering::Relaxed);
+    for warning in &state.config.warnings {
+        tracing::warn!("{warning}");
+    }
     if !state.config.proxy.require_auth && !state.store.table().all().is_empty() {
         // Threat model §1.4: any local process can then use every service.
         tracing::warn!("proxy.require_auth is false: any process that reaches the proxy port may use every service");

@@ -104,8 +104,12 @@ fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check { config } => {
-            if let Err(code) = load(config) {
-                return Ok(code);
+            let config = match load(config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            for warning in &config.warnings {
+                eprintln!("warning: {warning}");
             }
             eprintln!("config ok");
             Ok(ExitCode::SUCCESS)

@@ -253,3 +253,27 @@ fn a_shared_ca_key_is_warned_about() {
         "{stderr}"
     );
 }
+
+/// `clavis check` passes a short agent token but says so, naming the key
+/// and never the token.
+#[test]
+fn check_warns_about_a_short_agent_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("clavis.yaml");
+    std::fs::write(
+        &config,
+        "agents:\n  - { name: codex, token: tiny-secret, services: [\"*\"] }\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_clavis"))
+        .args(["check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: agents[0].token: shorter than 16 characters"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("tiny-secret"), "{stderr}");
+}

@@ -378,6 +378,8 @@ pub struct Config {
     pub registry: Registry,
     pub services: Vec<ServiceConfig>,
     pub agents: Agents,
+    /// `key.path: message` for what is valid but unwise (a short agent token).
+    pub warnings: Vec<String>,
 }
 
 impl Config {

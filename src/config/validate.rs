@@ -7,9 +7,14 @@ use super::*;
 use crate::agent::Scope;
 use crate::connector::user;
 
-struct Errors(Vec<ConfigError>);
+struct Errors(Vec<ConfigError>, Vec<String>);
 
 impl Errors {
+    /// Not an error, but worth saying (`clavis check` prints it, `serve` logs it).
+    fn warn(&mut self, path: impl std::fmt::Display, message: &str) {
+        self.1.push(format!("{path}: {message}"));
+    }
+
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError::at(path, message));
     }
@@ -20,7 +25,7 @@ impl Errors {
 }
 
 pub(super) fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigErrors> {
-    let mut errs = Errors(Vec::new());
+    let mut errs = Errors(Vec::new(), Vec::new());
 
     let proxy_listen = errs
         .take(addr(&raw.proxy.listen, env, "proxy.listen"))
@@ -145,6 +150,7 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigEr
         registry,
         services,
         agents: crate::agent::Agents::new(agents),
+        warnings: errs.1,
     })
 }
 
@@ -283,6 +289,12 @@ fn agents(
                         errs.push(format!("{path}.token"), "must not be empty");
                         None
                     } else {
+                        if t.expose().len() < 16 {
+                            errs.warn(
+                                format_args!("{path}.token"),
+                                "shorter than 16 characters: a process that can reach the proxy port could guess it (use `openssl rand -hex 32`)",
+                            );
+                        }
                         Some(TokenDigest::of(t.expose().as_bytes()))
                     }
                 }),
@@ -490,6 +502,18 @@ agents:
             assert_eq!(
                 c.upstream.connect_timeout,
                 std::time::Duration::from_secs(3)
+            );
+        }
+
+        #[test]
+        fn a_short_agent_token_is_a_warning_not_an_error() {
+            let yaml = "agents:\n  - { name: a, token: short, services: [\"*\"] }\n  - { name: b, token: 0123456789abcdef0123, services: [\"*\"] }\n";
+            let c = check(yaml).unwrap();
+            assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+            assert!(c.warnings[0].starts_with("agents[0].token: shorter than 16"));
+            assert!(
+                !c.warnings[0].contains("short,"),
+                "the token is never quoted"
             );
         }
 
