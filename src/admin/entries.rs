@@ -15,7 +15,8 @@ use super::services::visible;
 use crate::app::State;
 use crate::audit::{Action, Actor, Detail, Event};
 use crate::error::ProxyError;
-use crate::store::Service;
+use crate::proxy::scrub::Anchors;
+use crate::store::{Service, StoreError};
 use crate::totp::{Totp, TotpError};
 
 /// An entry as agents see it: credentials never, sensitive fields redacted.
@@ -122,19 +123,21 @@ pub fn search(
 /// credential, any service's, visible to the caller or not, in any encoding
 /// the scrubber knows; errs on the side of yes.
 fn may_carry_a_credential(state: &State, text: &str) -> bool {
-    let text = text.as_bytes();
+    // An error (the secrets could not be opened) errs on the side of yes.
+    let holds = |anchors: Result<Option<&Anchors>, &StoreError>| match anchors {
+        Ok(Some(anchors)) => anchors.contains_anchor(text.as_bytes()),
+        Ok(None) => false,
+        Err(_) => true,
+    };
     state.store.table().all().iter().any(|s| {
-        let credential = match state.store.anchors(s) {
-            Ok(Some(anchors)) => anchors.contains_anchor(text),
-            Ok(None) => false,
-            Err(_) => true,
-        };
-        credential
-            || match state.store.sensitive_field_anchors(s) {
-                Ok(Some(anchors)) => anchors.contains_anchor(text),
-                Ok(None) => false,
-                Err(_) => true,
-            }
+        holds(state.store.anchors(s).as_ref().map(|a| a.as_deref()))
+            || holds(
+                state
+                    .store
+                    .sensitive_field_anchors(s)
+                    .as_ref()
+                    .map(|a| a.as_ref()),
+            )
     })
 }
 

@@ -83,7 +83,6 @@ pub async fn serve(ctx: Ctx, listener: TcpListener, stop: watch::Receiver<bool>)
 
 async fn serve_connection(ctx: Ctx, app: Router, tcp: tokio::net::TcpStream, peer: SocketAddr) {
     use tower_service::Service;
-    let limits = &ctx.state.config.limits;
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             // What `auth` throttles failed logins by.
@@ -91,11 +90,7 @@ async fn serve_connection(ctx: Ctx, app: Router, tcp: tokio::net::TcpStream, pee
                 .insert(axum::extract::ConnectInfo(peer));
             app.clone().call(req)
         });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.0)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers)
+    let conn = crate::proxy::http1_server(&ctx.state.config.limits)
         .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
     if let Err(e) = ctx.drain.watch(conn, |c| c.graceful_shutdown()).await {
         tracing::debug!(%peer, error = %e, "admin connection ended with error");

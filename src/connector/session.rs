@@ -29,6 +29,12 @@ pub const RELOGIN_BACKOFF: Duration = Duration::from_secs(20);
 /// decoded (twice, for servers that decode again), dot segments resolved,
 /// empty segments and a trailing `/` dropped, any case.
 pub fn is_login_path(path: &str) -> bool {
+    // Every Kalshi request asks: without an escape or the word itself there
+    // is nothing to decode.
+    let bytes = path.as_bytes();
+    if !bytes.contains(&b'%') && !bytes.windows(5).any(|w| w.eq_ignore_ascii_case(b"login")) {
+        return false;
+    }
     let mut decoded = path.to_owned();
     for _ in 0..2 {
         decoded = String::from_utf8_lossy(&super::inject::percent_decode(&decoded)).into_owned();

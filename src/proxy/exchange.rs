@@ -151,11 +151,7 @@ fn check_inner<B>(target: &Target, req: &Request<B>, max_uri: usize) -> Result<(
             "CONNECT inside a tunnel is not allowed".into(),
         ));
     }
-    if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > max_uri {
-        return Err(ProxyError::BadRequest(format!(
-            "request target is longer than limits.max_uri_bytes ({max_uri})"
-        )));
-    }
+    super::check_target_len(req.uri(), max_uri)?;
     let mismatch = |what: &str, value: &str| {
         ProxyError::Misdirected(format!(
             "{what} {value:?} does not match the tunnel's destination {}:{}; nothing was forwarded",

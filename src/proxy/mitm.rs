@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -49,11 +49,7 @@ pub async fn serve(
     // ALPN already chose the protocol: serve it directly (no sniffing layer).
     let io = TokioIo::new(io);
     let ended = if h1 {
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout.0)
-            .max_buf_size(limits.max_header_bytes.max(8192))
-            .max_headers(limits.max_headers)
+        let conn = super::http1_server(limits)
             .serve_connection(io, service)
             .with_upgrades();
         ctx.drain.watch(conn, |c| c.graceful_shutdown()).await

@@ -45,15 +45,37 @@ pub async fn serve(ctx: Ctx, listener: TcpListener, stop: watch::Receiver<bool>)
     .await;
 }
 
-async fn serve_connection(ctx: Ctx, tcp: tokio::net::TcpStream, peer: SocketAddr) {
-    let limits = &ctx.state.config.limits;
-    let service_ctx = ctx.clone();
-    let service = service_fn(move |req| handle(service_ctx.clone(), req));
-    let conn = http1::Builder::new()
+/// The HTTP/1 server side of every port and tunnel: request heads within
+/// `limits.header_read_timeout` (which also closes idle keep-alive
+/// connections) and within the header size and count caps.
+pub fn http1_server(limits: &crate::config::Limits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout.0)
         .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers)
+        .max_headers(limits.max_headers);
+    builder
+}
+
+/// Whether a request target is longer than `limits.max_uri_bytes`, measured
+/// without formatting it.
+pub fn check_target_len(uri: &http::Uri, max: usize) -> Result<(), ProxyError> {
+    let len = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if len > max {
+        return Err(ProxyError::BadRequest(format!(
+            "request target is longer than limits.max_uri_bytes ({max})"
+        )));
+    }
+    Ok(())
+}
+
+async fn serve_connection(ctx: Ctx, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+    let service_ctx = ctx.clone();
+    let service = service_fn(move |req| handle(service_ctx.clone(), req));
+    let conn = http1_server(&ctx.state.config.limits)
         .serve_connection(TokioIo::new(tcp), service)
         .with_upgrades();
     if let Err(e) = ctx.drain.watch(conn, |c| c.graceful_shutdown()).await {
@@ -67,12 +89,7 @@ async fn handle(
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let ctx = &ctx;
     let result = async {
-        if req.uri().to_string().len() > ctx.state.config.limits.max_uri_bytes {
-            return Err(ProxyError::BadRequest(format!(
-                "request target is longer than limits.max_uri_bytes ({})",
-                ctx.state.config.limits.max_uri_bytes
-            )));
-        }
+        check_target_len(req.uri(), ctx.state.config.limits.max_uri_bytes)?;
         let caller = auth::identify(&ctx.state, req.headers())?;
         if req.method() == Method::CONNECT {
             connect::handle(ctx, caller, req).await

@@ -298,24 +298,18 @@ pub fn scrub_response(
         reported: false,
         done: false,
     };
-    scrubbed.mask_map(headers)?;
+    mask_map(
+        headers,
+        &scrubbed.anchors,
+        &mut scrubbed.patterns,
+        scrubbed.source.as_mut(),
+        &mut scrubbed.reported,
+    )?;
     Ok(http_body_util::BodyExt::boxed(scrubbed))
 }
 
-impl Scrubbed {
-    /// Masks every header value holding an anchor, opening the secrets on
-    /// the first such value.
-    fn mask_map(&mut self, map: &mut http::HeaderMap) -> Result<(), BoxError> {
-        mask_map(
-            map,
-            &self.anchors,
-            &mut self.patterns,
-            self.source.as_mut(),
-            &mut self.reported,
-        )
-    }
-}
-
+/// Masks every value of `map` holding an anchor (headers, trailers),
+/// opening the secrets on the first such value.
 fn mask_map(
     map: &mut http::HeaderMap,
     anchors: &Anchors,
