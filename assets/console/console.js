@@ -105,14 +105,19 @@
     const msg = $("signin-msg");
     if (!token) { setMsg(msg, "Enter the admin token.", "error"); return; }
     setMsg(msg, quiet ? "" : "Checking…");
+    const submit = $("signin-form").querySelector("button");
+    submit.disabled = true;
     try {
       await api("GET", "/v1/services", undefined, token);
     } catch (e) {
+      submit.disabled = false;
       if (e.status === 401) sessionStorage.removeItem(TOKEN_KEY);
       setMsg(msg, e.status === 401 ? "Wrong token: clavis refused it." : "Sign-in failed: " + errText(e), "error");
       $("token").focus();
       return;
     }
+    submit.disabled = false;
+    if (state.signedIn) return;
     sessionStorage.setItem(TOKEN_KEY, token);
     $("token").value = "";
     setMsg(msg, "");
@@ -435,6 +440,7 @@
       let idle = null;
       const arm = () => { clearTimeout(idle); idle = setTimeout(() => ctrl.abort(), STREAM_IDLE_MS); };
       try {
+        arm(); // also bounds the wait for the response headers
         const headers = authHeaders();
         headers.Accept = "text/event-stream";
         const res = await fetch("/v1/audit/stream", { headers, cache: "no-store", credentials: "omit", signal: ctrl.signal });
@@ -442,7 +448,6 @@
         if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
         setStreamState("live", "live");
         setMsg($("audit-error"), "");
-        arm();
         const since = { list: [], merged: false };
         loadAuditHistory(gen, since);
         const reader = res.body.getReader();
@@ -475,7 +480,7 @@
   const auditKey = (ev) => JSON.stringify([ev.time, ev.action, ev.entry, ev.actor, ev.detail]);
 
   function onStreamEvent(ev, since) {
-    if (ev.type !== "audit" && ev.type !== "message") return;
+    if (ev.type !== "audit") return;
     let rec;
     try { rec = JSON.parse(ev.data); } catch { return; }
     if (!rec || typeof rec !== "object") return;

@@ -11,7 +11,8 @@ the backend can do, which a *driver* provides:
   push_audit(event) -> the audit event as the backend recorded it
       (real clavis: perform an audited action that carries event["detail"]);
   approval(id) -> the record (default: GET /v1/approvals/{id});
-  supports_raw_sse, push_raw_sse(text), drop_streams()  (optional, mock only).
+  supports_raw_sse, push_raw_sse(text, cuts), drop_streams()  (optional: mock only;
+      cuts are byte offsets where the stream is cut into separate chunks).
 
   console_test.py --base-url http://127.0.0.1:PORT --token TOKEN \
                   [--driver mock | path/to/driver.py:ClassName] [--out DIR]
@@ -94,7 +95,7 @@ class ApiDriver:
     def push_audit(self, event):
         raise NotImplementedError
 
-    def push_raw_sse(self, text):
+    def push_raw_sse(self, text, cuts=None):
         raise NotImplementedError
 
     def drop_streams(self):
@@ -117,8 +118,8 @@ class MockDriver(ApiDriver):
     def push_audit(self, event):
         return self.hook("/_test/audit", event)
 
-    def push_raw_sse(self, text):
-        return self.hook("/_test/sse_raw", {"data": text})
+    def push_raw_sse(self, text, cuts=None):
+        return self.hook("/_test/sse_raw", {"data": text, "cuts": cuts})
 
     def drop_streams(self):
         return self.hook("/_test/drop_streams", {})
@@ -155,7 +156,7 @@ class Results:
             self.failures.append(name)
             print(f"FAIL  {name}")
             detail = "".join(traceback.format_exception_only(type(e), e)).strip()
-            for line in detail.splitlines()[:25]:
+            for line in detail[:1500].splitlines()[:25]:
                 print("      " + line)
             if os.environ.get("E2E_VERBOSE"):
                 traceback.print_exc()
@@ -384,8 +385,12 @@ class ConsoleTest:
                "event: audit\r\ndata: " + json.dumps(ev("crlf-" + m1)) + "\r\n\r\n"
                "event: audit\n" + "".join("data: " + ln + "\n" for ln in j2.split("\n")) + "\n"
                "event: other\ndata: " + json.dumps(ev("ignored-" + m3)) + "\n\n"
-               "event:audit\rdata:" + json.dumps(ev("cr-é€-" + m3)) + "\r\r")
-        self.driver.push_raw_sse(raw)
+               "event:audit\rdata:" + json.dumps(ev("cr-é€-" + m3), ensure_ascii=False) + "\r\r")
+        data = raw.encode()
+        # cut between a CR and its LF (a stray LF would end the event early and lose its type),
+        # inside a "data:" field name, and inside the UTF-8 of "€"
+        cuts = [data.index(b"event: audit\r\n") + 13, data.index(b"data:") + 2, data.index("€".encode()) + 1]
+        self.driver.push_raw_sse(raw, cuts)
         for mark in ("crlf-" + m1, "multi-" + m2, "cr-é€-" + m3):
             expect(p.locator("#audit-body tr", has_text=mark)).to_have_count(1, timeout=10000)
         expect(p.locator("#audit-body tr", has_text="ignored-" + m3)).to_have_count(0)

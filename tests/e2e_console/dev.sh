@@ -8,6 +8,7 @@
 #
 # Env: CONSOLE_OUT=dir   where screenshots go (default: a new temp dir)
 #      MOCK_VERBOSE=1    log every request the mock serves
+#      CONSOLE_ASSETS=dir serve the console from dir instead of assets/console
 # Makes tests/e2e_console/.venv with playwright from PyPI (its own driver; no
 # `playwright install`: the browser is Debian's chromium, installed with apt
 # if /usr/bin/chromium is missing). Exits non-zero on any failure.

@@ -17,14 +17,15 @@ Test hooks (no token needed; this is a mock):
   POST /_test/approval      {agent, service, method, url, rule, body_preview, ttl_s}
                             -> 201 the record; also emits approval_requested
   POST /_test/audit         an audit event (time defaults to now) -> 202 the event
-  POST /_test/sse_raw       {"data": "..."}: raw text written to every open stream
+  POST /_test/sse_raw       {"data": "...", "cuts"?: [byte offsets]}: raw text written
+                            to every open stream, cut into chunks there
   POST /_test/drop_streams  closes every open stream -> {"dropped": n}
 
 SSE writes are cut into a few chunks at random byte offsets (also inside UTF-8
 sequences), so the console's parser meets chunk boundaries everywhere.
 
-Usage: mock_admin.py [--port 0] [--token T] [--keepalive 15]
-       (token also from CLAVIS_ADMIN_TOKEN). Prints "LISTENING <port>" when ready.
+Usage: mock_admin.py [--port 0] [--token T] [--keepalive 15] [--assets DIR]
+       (token also from CLAVIS_ADMIN_TOKEN, assets from CONSOLE_ASSETS). Prints "LISTENING <port>" when ready.
 """
 import argparse
 import hashlib
@@ -117,11 +118,11 @@ class Store:
             q.put(frame)
         return event
 
-    def raw(self, text):
+    def raw(self, text, cuts=None):
         with self.lock:
             streams = list(self.streams)
         for q in streams:
-            q.put(text)
+            q.put((text, cuts))
         return len(streams)
 
     def drop(self):
@@ -199,6 +200,7 @@ class Handler(BaseHTTPRequestHandler):
     store: Store = None
     token = ""
     keepalive = 15.0
+    assets = ASSETS
 
     def log_message(self, fmt, *args):
         if os.environ.get("MOCK_VERBOSE"):
@@ -249,7 +251,7 @@ class Handler(BaseHTTPRequestHandler):
         path, qs = url.path, parse_qs(url.query)
         if path in ASSET_ROUTES:
             name, ctype = ASSET_ROUTES[path]
-            return self.send(200, (ASSETS / name).read_bytes(), ctype)
+            return self.send(200, (self.assets / name).read_bytes(), ctype)
         if path == "/healthz":
             return self.send(200, {"status": "ok"})
         if not path.startswith("/v1/"):
@@ -317,7 +319,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/_test/audit":
             return self.send(202, self.store.emit(dict(body)))
         if path == "/_test/sse_raw":
-            return self.send(202, {"streams": self.store.raw(body.get("data", ""))})
+            return self.send(202, {"streams": self.store.raw(body.get("data", ""), body.get("cuts"))})
         if path == "/_test/drop_streams":
             return self.send(200, {"dropped": self.store.drop()})
         return self.error(404, "not_found", "no such hook")
@@ -347,8 +349,11 @@ class Handler(BaseHTTPRequestHandler):
                     continue
                 if item is None:
                     break
-                data = item.encode()
-                cuts = sorted(random.sample(range(1, len(data)), min(2, len(data) - 1))) if len(data) > 1 else []
+                text, cuts = item if isinstance(item, tuple) else (item, None)
+                data = text.encode()
+                if cuts is None:
+                    cuts = random.sample(range(1, len(data)), min(2, len(data) - 1)) if len(data) > 1 else []
+                cuts = sorted({c for c in cuts if 0 < c < len(data)})
                 for a, b in zip([0] + cuts, cuts + [len(data)]):
                     self.chunk(data[a:b])
                     time.sleep(0.01)
@@ -367,7 +372,9 @@ def main():
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--token", default=os.environ.get("CLAVIS_ADMIN_TOKEN", ""))
     ap.add_argument("--keepalive", type=float, default=15.0, help="seconds between keep-alive comments")
+    ap.add_argument("--assets", default=os.environ.get("CONSOLE_ASSETS", str(ASSETS)), help="the console's files")
     args = ap.parse_args()
+    Handler.assets = Path(args.assets)
     if not args.token:
         ap.error("an admin token is needed: --token or CLAVIS_ADMIN_TOKEN")
     store = Store()
