@@ -12,7 +12,13 @@ use std::time::SystemTime;
 use serde_json::json;
 
 use crate::config::AuditConfig;
-use crate::error::ProxyError;
+use crate::identity::Actor;
+
+/// The audit log could not be written: whatever was about to use a
+/// credential must not (fail closed).
+#[derive(Debug, thiserror::Error)]
+#[error("the audit log cannot be written, so the credential was not used")]
+pub struct AuditError(#[source] std::io::Error);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -42,37 +48,6 @@ impl Action {
             Action::Login => "login",
             Action::Denied => "denied",
         }
-    }
-}
-
-/// Who acted: `proxy:<agent>`, `api:<agent>`, `mcp:<agent>` or `admin`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Actor {
-    Proxy(Option<String>),
-    Api(String),
-    Mcp(String),
-    Admin,
-}
-
-impl Actor {
-    /// The label's two halves: `proxy:` + agent, `api:` + agent, `mcp:` +
-    /// agent, or `admin` + nothing.
-    fn parts(&self) -> (&'static str, &str) {
-        match self {
-            Actor::Proxy(Some(a)) => ("proxy:", a.as_str()),
-            Actor::Proxy(None) => ("proxy:", "anonymous"),
-            Actor::Api(a) => ("api:", a.as_str()),
-            Actor::Mcp(a) => ("mcp:", a.as_str()),
-            Actor::Admin => ("admin", ""),
-        }
-    }
-}
-
-impl std::fmt::Display for Actor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (kind, name) = self.parts();
-        f.write_str(kind)?;
-        f.write_str(name)
     }
 }
 
@@ -147,7 +122,7 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn new(action: Action, entry: &str, actor: &Actor, detail: Detail) -> Event {
+    pub fn new(action: Action, entry: &str, actor: &Actor<'_>, detail: Detail) -> Event {
         let (kind, name) = actor.parts();
         let mut names = String::with_capacity(entry.len() + kind.len() + name.len());
         names.push_str(entry);
@@ -245,15 +220,15 @@ impl AuditLog {
     }
 
     /// Records an event; with a file configured, the line is written first,
-    /// and a failed write is [`ProxyError::AuditUnavailable`].
-    pub fn record(&self, event: Event) -> Result<Arc<Event>, ProxyError> {
+    /// and a failed write is an [`AuditError`].
+    pub fn record(&self, event: Event) -> Result<Arc<Event>, AuditError> {
         if let Some(file) = &self.file {
             let mut line = event.to_json().to_string();
             line.push('\n');
             let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
             f.write_all(line.as_bytes()).map_err(|e| {
                 tracing::error!(error = %e, "audit file write failed; refusing credential use");
-                ProxyError::AuditUnavailable
+                AuditError(e)
             })?;
         }
         let event = Arc::new(event);
@@ -294,6 +269,25 @@ impl AuditLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::{Caller, Via};
+
+    fn agent(name: &str) -> std::sync::Arc<crate::identity::Agent> {
+        std::sync::Arc::new(crate::identity::Agent {
+            name: name.into(),
+            token: crate::secret::TokenDigest::of(b"t"),
+            scope: crate::identity::Scope::All,
+            reveal: false,
+            in_flight: Default::default(),
+        })
+    }
+
+    fn codex(via: Via) -> Actor<'static> {
+        Caller::agent(agent("codex"), via).actor().into_owned()
+    }
+
+    fn bot() -> Actor<'static> {
+        Caller::agent(agent("bot"), Via::Api).actor().into_owned()
+    }
 
     fn log(ring: usize, file: Option<std::path::PathBuf>) -> AuditLog {
         AuditLog::open(&AuditConfig { ring, file }).unwrap()
@@ -309,7 +303,7 @@ mod tests {
                 a.record(Event::new(
                     Action::Inject,
                     &format!("s{i}"),
-                    &Actor::Admin,
+                    &Caller::admin(Via::Api).actor(),
                     Detail::default(),
                 ))
                 .unwrap();
@@ -328,7 +322,7 @@ mod tests {
             a.record(Event::new(
                 Action::Inject,
                 "svc",
-                &Actor::Proxy(Some("codex".into())),
+                &codex(Via::Proxy),
                 detail,
             ))
             .unwrap();
@@ -349,10 +343,10 @@ mod tests {
             let r = a.record(Event::new(
                 Action::Inject,
                 "s",
-                &Actor::Admin,
+                &Caller::admin(Via::Api).actor(),
                 Detail::default(),
             ));
-            assert!(matches!(r, Err(ProxyError::AuditUnavailable)));
+            assert!(r.is_err());
             assert!(a.is_empty());
         }
     }
@@ -365,7 +359,7 @@ mod tests {
             let e = Event::new(
                 Action::Proxy,
                 "my-openai",
-                &Actor::Mcp("codex".into()),
+                &codex(Via::Mcp),
                 Detail::request("PATCH", "api.openai.com", "/v1/files/x"),
             );
             e.set_status(204);
@@ -376,11 +370,15 @@ mod tests {
             assert_eq!(j["detail"]["method"], "PATCH");
             assert_eq!(j["detail"]["status"], 204);
 
-            let e = Event::new(Action::Denied, "", &Actor::Admin, Detail::note("no"));
+            let e = Event::new(
+                Action::Denied,
+                "",
+                &Caller::admin(Via::Api).actor(),
+                Detail::note("no"),
+            );
             assert_eq!((e.entry(), e.actor()), ("", "admin"));
             let j = e.to_json();
             assert_eq!(j["detail"], json!({"note": "no"}));
-            assert_eq!(Actor::Proxy(None).to_string(), "proxy:anonymous");
         }
     }
 
@@ -393,17 +391,12 @@ mod tests {
             a.record(Event::new(
                 Action::Inject,
                 "x",
-                &Actor::Admin,
+                &Caller::admin(Via::Api).actor(),
                 Detail::default(),
             ))
             .unwrap();
-            a.record(Event::new(
-                Action::Inject,
-                "y",
-                &Actor::Api("bot".into()),
-                Detail::default(),
-            ))
-            .unwrap();
+            a.record(Event::new(Action::Inject, "y", &bot(), Detail::default()))
+                .unwrap();
             assert_eq!(a.query(10, Some("api:bot"), None).len(), 1);
             assert_eq!(a.query(10, None, Some("x")).len(), 1);
             assert_eq!(a.query(10, Some("admin"), Some("y")).len(), 0);

@@ -1,10 +1,21 @@
-//! `ProxyError`: every error clavis answers itself, mapped to a status and to
-//! `{"error":{"type":"clavis_<kind>","message":"…"}}`. Messages name what is
-//! wrong and never contain a secret.
+//! `ProxyError`: every error clavis answers itself, by cause. Module errors
+//! (store, inject, upstream, token, audit, scope) are wrapped as sources;
+//! the status, the `clavis_<kind>` and the fault (agent, upstream, clavis)
+//! are derived from the cause here and nowhere else, and this is the only
+//! builder of the error JSON. Messages name what is wrong and never contain
+//! a secret.
+
+use std::time::Duration;
 
 use http::{header, HeaderValue, Response, StatusCode};
 
+use crate::audit::AuditError;
 use crate::body::{self, Body};
+use crate::connector::InjectError;
+use crate::identity::ScopeError;
+use crate::store::StoreError;
+use crate::tokens::TokenError;
+use crate::upstream::UpstreamError;
 
 /// Who caused an error: logged with it, as pingora does, so an operator can
 /// tell a misbehaving agent from a failing upstream from a clavis bug.
@@ -18,103 +29,181 @@ pub enum Fault {
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("proxy authentication required: send Proxy-Authorization: Basic base64(agent:token)")]
-    ProxyAuthRequired,
+    ProxyAuth,
     #[error("missing or invalid bearer token")]
-    Unauthorized,
+    Unauthenticated,
+    #[error("too many requests: too many failed authentications; wait a minute")]
+    Throttled { retry_after: Duration },
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("internal error: service {service:?}: {source}")]
+    Inject {
+        service: String,
+        #[source]
+        source: InjectError,
+    },
+    /// A state clavis should never reach: a bug.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+/// A rule of clavis's that says no to a well-formed request.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("TRACE is not forwarded to a host clavis injects into")]
+    Trace,
+    #[error("CONNECT inside a tunnel is not allowed")]
+    NestedConnect,
+    #[error("the login endpoint is reserved to clavis, which holds the session")]
+    Reserved,
+    #[error("{host} is served over https only: clavis never sends a credential over plain http; use https://{host}/")]
+    Plaintext { host: String },
+    #[error("{host}:{port} is not claimed by any connector and proxy.unmatched is deny")]
+    Unmatched { host: String, port: u16 },
+    #[error("{what} {value:?} does not match the tunnel's destination {host}:{port}; nothing was forwarded")]
+    Misdirected {
+        what: &'static str,
+        value: String,
+        host: String,
+        port: u16,
+    },
+    #[error("Host header does not name this admin port")]
+    AdminHost,
+    #[error("Origin not allowed")]
+    AdminOrigin,
+    #[error("too many requests: too many open tunnels")]
+    Tunnels,
+    #[error("too many requests: {caller} already has {limit} requests in flight to service {service:?} (limits.max_upstream_requests)")]
+    InFlight {
+        caller: String,
+        limit: usize,
+        service: String,
+    },
+}
+
+/// What is wrong with the request itself.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Unparsable or ambiguous: framing, target, query.
     #[error("{0}")]
-    Forbidden(String),
+    Malformed(String),
+    /// Well-formed, but a field or value is not acceptable.
     #[error("{0}")]
-    NotFound(String),
+    Invalid(String),
+    #[error("request body is larger than the {limit}-byte limit")]
+    TooLarge { limit: usize },
     #[error("{0}")]
-    MethodNotAllowed(String),
+    MediaType(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("request body is larger than the {limit}-byte limit")]
-    PayloadTooLarge { limit: usize },
+    /// Something the request names does not exist (a route, a TOTP secret).
     #[error("{0}")]
-    UnsupportedMediaType(String),
-    #[error("{0}")]
-    Unprocessable(String),
-    #[error("{0}")]
-    Misdirected(String),
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("too many requests: {0}")]
-    TooManyRequests(String),
-    #[error("service {service:?} has no credentials stored")]
-    CredentialsMissing { service: String },
-    #[error("the audit log cannot be written, so the credential was not used")]
-    AuditUnavailable,
-    #[error("upstream {host} unreachable: {reason}")]
-    UpstreamUnreachable { host: String, reason: String },
-    #[error("service {service:?}: login failed: {reason}")]
-    LoginFailed { service: String, reason: String },
-    #[error("upstream {host} did not answer within {after:?}")]
-    UpstreamTimeout {
-        host: String,
-        after: std::time::Duration,
-    },
-    #[error("internal error: {0}")]
-    Internal(String),
+    Missing(String),
+    #[error("method not allowed on this route")]
+    WrongMethod,
 }
 
 impl ProxyError {
-    pub fn status(&self) -> StatusCode {
-        use ProxyError::*;
+    /// Status, kind and fault, from the cause.
+    fn class(&self) -> (StatusCode, &'static str, Fault) {
+        use Fault::*;
         match self {
-            ProxyAuthRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-            Unauthorized => StatusCode::UNAUTHORIZED,
-            Forbidden(_) => StatusCode::FORBIDDEN,
-            NotFound(_) => StatusCode::NOT_FOUND,
-            MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Conflict(_) => StatusCode::CONFLICT,
-            PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
-            BadRequest(_) => StatusCode::BAD_REQUEST,
-            TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            CredentialsMissing { .. } | AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            UpstreamUnreachable { .. } | LoginFailed { .. } => StatusCode::BAD_GATEWAY,
-            UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::ProxyAuth => (
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                "proxy_auth_required",
+                Agent,
+            ),
+            ProxyError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthorized", Agent),
+            ProxyError::Throttled { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_requests", Agent)
+            }
+            ProxyError::Scope(e) => match e {
+                ScopeError::Unknown { .. } => (StatusCode::NOT_FOUND, "not_found", Agent),
+                _ => (StatusCode::FORBIDDEN, "forbidden", Agent),
+            },
+            ProxyError::Refused(r) => match r {
+                Refusal::Trace | Refusal::NestedConnect => {
+                    (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", Agent)
+                }
+                Refusal::Misdirected { .. } => {
+                    (StatusCode::MISDIRECTED_REQUEST, "misdirected", Agent)
+                }
+                Refusal::Tunnels | Refusal::InFlight { .. } => {
+                    (StatusCode::TOO_MANY_REQUESTS, "too_many_requests", Agent)
+                }
+                Refusal::Reserved
+                | Refusal::Plaintext { .. }
+                | Refusal::Unmatched { .. }
+                | Refusal::AdminHost
+                | Refusal::AdminOrigin => (StatusCode::FORBIDDEN, "forbidden", Agent),
+            },
+            ProxyError::Request(r) => match r {
+                RequestError::Malformed(_) => (StatusCode::BAD_REQUEST, "bad_request", Agent),
+                RequestError::Invalid(_) => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", Agent)
+                }
+                RequestError::TooLarge { .. } => {
+                    (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Agent)
+                }
+                RequestError::MediaType(_) => (
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    Agent,
+                ),
+                RequestError::Conflict(_) => (StatusCode::CONFLICT, "conflict", Agent),
+                RequestError::Missing(_) => (StatusCode::NOT_FOUND, "not_found", Agent),
+                RequestError::WrongMethod => {
+                    (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", Agent)
+                }
+            },
+            ProxyError::Upstream(e) => upstream_class(e),
+            ProxyError::Token(e) => match e {
+                TokenError::Fetch { .. } | TokenError::Backoff { .. } => {
+                    (StatusCode::BAD_GATEWAY, "login_failed", Upstream)
+                }
+                TokenError::Upstream(e) => upstream_class(e),
+                TokenError::Audit(_) => audit_class(),
+                TokenError::Store(e) => store_class(e),
+            },
+            ProxyError::Store(e) => store_class(e),
+            ProxyError::Audit(_) => audit_class(),
+            ProxyError::Inject { .. } | ProxyError::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal", Clavis)
+            }
         }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.class().0
     }
 
     /// The `clavis_<kind>` suffix.
     pub fn kind(&self) -> &'static str {
-        use ProxyError::*;
-        match self {
-            ProxyAuthRequired => "proxy_auth_required",
-            Unauthorized => "unauthorized",
-            Forbidden(_) => "forbidden",
-            NotFound(_) => "not_found",
-            MethodNotAllowed(_) => "method_not_allowed",
-            Conflict(_) => "conflict",
-            PayloadTooLarge { .. } => "payload_too_large",
-            UnsupportedMediaType(_) => "unsupported_media_type",
-            Unprocessable(_) => "unprocessable",
-            Misdirected(_) => "misdirected",
-            BadRequest(_) => "bad_request",
-            TooManyRequests(_) => "too_many_requests",
-            CredentialsMissing { .. } => "credentials_missing",
-            AuditUnavailable => "audit_unavailable",
-            UpstreamUnreachable { .. } => "upstream_unreachable",
-            UpstreamTimeout { .. } => "upstream_timeout",
-            LoginFailed { .. } => "login_failed",
-            Internal(_) => "internal",
-        }
+        self.class().1
     }
 
     pub fn fault(&self) -> Fault {
-        use ProxyError::*;
-        match self {
-            UpstreamUnreachable { .. } | UpstreamTimeout { .. } | LoginFailed { .. } => {
-                Fault::Upstream
-            }
-            CredentialsMissing { .. } | AuditUnavailable | Internal(_) => Fault::Clavis,
-            _ => Fault::Agent,
-        }
+        self.class().2
+    }
+
+    /// Whether the audit log refused a record (counted by a metric).
+    pub fn is_audit_failure(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Audit(_) | ProxyError::Token(TokenError::Audit(_))
+        )
     }
 
     /// The JSON body, `{"error":{"type":"clavis_<kind>","message":"…"}}`.
@@ -137,14 +226,65 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
-            headers.insert(
-                header::PROXY_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"clavis\""),
-            );
+        match &self {
+            ProxyError::ProxyAuth => {
+                headers.insert(
+                    header::PROXY_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"clavis\""),
+                );
+            }
+            ProxyError::Throttled { retry_after } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after.as_secs()),
+                );
+            }
+            _ => {}
         }
         response
     }
+}
+
+fn upstream_class(e: &UpstreamError) -> (StatusCode, &'static str, Fault) {
+    match e {
+        UpstreamError::Refused(_) => (StatusCode::FORBIDDEN, "forbidden", Fault::Agent),
+        UpstreamError::Unreachable { .. } => (
+            StatusCode::BAD_GATEWAY,
+            "upstream_unreachable",
+            Fault::Upstream,
+        ),
+        UpstreamError::Timeout { .. } => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            Fault::Upstream,
+        ),
+        UpstreamError::Target { .. } => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal", Fault::Clavis)
+        }
+    }
+}
+
+fn store_class(e: &StoreError) -> (StatusCode, &'static str, Fault) {
+    match e {
+        StoreError::Duplicate(_) => (StatusCode::CONFLICT, "conflict", Fault::Agent),
+        StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", Fault::Agent),
+        StoreError::NoCredentials(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "credentials_missing",
+            Fault::Clavis,
+        ),
+        StoreError::Seal(_) | StoreError::Corrupt(_) | StoreError::Snapshot(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal", Fault::Clavis)
+        }
+    }
+}
+
+fn audit_class() -> (StatusCode, &'static str, Fault) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "audit_unavailable",
+        Fault::Clavis,
+    )
 }
 
 impl axum::response::IntoResponse for ProxyError {
@@ -162,7 +302,7 @@ mod tests {
 
         #[test]
         fn proxy_auth_carries_the_basic_challenge() {
-            let r = ProxyError::ProxyAuthRequired.response();
+            let r = ProxyError::ProxyAuth.response();
             assert_eq!(r.status(), 407);
             assert_eq!(
                 r.headers()[header::PROXY_AUTHENTICATE],
@@ -172,10 +312,46 @@ mod tests {
 
         #[test]
         fn json_names_the_kind() {
-            let e = ProxyError::Misdirected("Host evil.test does not match".into());
+            let e = ProxyError::from(Refusal::Misdirected {
+                what: "Host",
+                value: "evil.test".into(),
+                host: "api.openai.com".into(),
+                port: 443,
+            });
             let v = e.to_json();
             assert_eq!(v["error"]["type"], "clavis_misdirected");
             assert_eq!(e.status(), 421);
+        }
+
+        #[test]
+        fn causes_decide_status_kind_and_fault() {
+            let missing = ProxyError::from(StoreError::NoCredentials("s".into()));
+            assert_eq!(missing.status(), 503);
+            assert_eq!(missing.kind(), "credentials_missing");
+            assert_eq!(
+                missing.to_string(),
+                "service \"s\" has no credentials stored"
+            );
+            let gone = ProxyError::from(StoreError::NotFound("s".into()));
+            assert_eq!((gone.status().as_u16(), gone.fault()), (404, Fault::Agent));
+            let timeout = ProxyError::from(UpstreamError::Timeout {
+                host: "h".into(),
+                after: Duration::from_secs(1),
+            });
+            assert_eq!(
+                (timeout.status().as_u16(), timeout.kind(), timeout.fault()),
+                (504, "upstream_timeout", Fault::Upstream)
+            );
+        }
+
+        #[test]
+        fn a_throttled_answer_says_when_to_come_back() {
+            let r = ProxyError::Throttled {
+                retry_after: Duration::from_secs(42),
+            }
+            .response();
+            assert_eq!(r.status(), 429);
+            assert_eq!(r.headers()[header::RETRY_AFTER], "42");
         }
     }
 }

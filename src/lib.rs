@@ -4,42 +4,62 @@
 //! real key and adds it on the way out, only to the host its connector claims.
 //!
 //! ```text
-//! agent ──CONNECT host:443──▶ proxy::serve ─▶ proxy::auth (407)
+//! agent ──CONNECT host:443──▶ proxy::serve ─▶ proxy::auth (407) → identity::Caller
 //!                                  │
 //!                         proxy::connect ── unclaimed ─▶ tunnel bytes | 403
 //!                                  │ claimed (connector::Registry)
 //!                         proxy::mitm: SNI == host?  leaf from tls::mint
-//!                                  │ each inner request (h1 or h2)
-//!                         proxy::exchange:
-//!                           authority == CONNECT host? (421)
-//!                           → service: placeholder | scope | default (403)
-//!                           → strip auth headers
-//!                           → store::open → Secret (503)
-//!                           → audit::record, fail closed (503)
-//!                           → connector::Inject::apply
-//!                           → upstream::Upstream::send, verified TLS, pooled (502/504)
-//!                           → response streamed back
+//!                                  │ each inner request (h1 or h2), checked (421)
+//!                         proxy::exchange::forward:
+//!                           admit      service: placeholder | scope | default (403), in flight (429)
+//!                           prepare    strip hop-by-hop + auth headers, URI from the target
+//!                           decide     TRACE, reserved paths
+//!                           authorize  store::open once → plan → audit (fail closed, 503) → inject
+//!                           send       upstream::Upstream, verified TLS, pooled (502/504)
+//!                           relay      proxy::scrub masks echoes; record ends with the body
 //! ```
 //!
-//! Crate map: [`config`] (YAML → typed config), [`app`] (state, serve),
-//! [`proxy`] (the proxy port), [`connector`] (hosts, strip, inject),
-//! [`tls`] (CA, leaf minting, upstream trust), [`upstream`] (dialer,
-//! connection pool), [`store`] (sealed credentials), [`audit`], [`admin`]
-//! (admin port), [`secret`] (zeroized, redacted values), [`error`] (every
-//! error answer).
+//! Modules form a one-way stack (a test, `tests/layers.rs`, keeps it so):
+//!
+//! ```text
+//! app                                   serve both ports, shutdown, process hardening
+//! proxy, admin                          the two ports (admin calls proxy::exchange)
+//! state, error                          the shared handle; ProxyError by cause
+//! catalog, tokens                       config + connectors → services; fetched tokens
+//! connector, store, tls, upstream, audit
+//! config                                YAML → typed Config
+//! secret, body, encoding, host, credentials, redact, identity, server, metrics, totp
+//! ```
+//!
+//! Only what the binary and the integration tests need is public: the rest
+//! is `pub(crate)`, so rustc reports what nothing calls.
 
-pub mod admin;
-pub mod agent;
-pub mod app;
-pub mod audit;
-pub mod body;
-pub mod config;
-pub mod connector;
-pub mod error;
-pub mod metrics;
-pub mod proxy;
-pub mod secret;
-pub mod store;
-pub mod tls;
-pub mod totp;
-pub mod upstream;
+mod admin;
+mod app;
+mod audit;
+mod body;
+mod catalog;
+mod config;
+mod connector;
+mod credentials;
+mod encoding;
+mod error;
+mod host;
+mod identity;
+mod metrics;
+mod proxy;
+mod redact;
+mod secret;
+mod server;
+mod state;
+mod store;
+mod tls;
+mod tokens;
+mod totp;
+mod upstream;
+
+pub use app::{harden_process, serve};
+pub use catalog::Settings;
+pub use config::{Config, ConfigError, ConfigErrors, Env, ProcessEnv};
+pub use state::{StartError, State};
+pub use tls::Ca;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use clavis::config::{Config, ProcessEnv};
+use clavis::{ProcessEnv, Settings};
 
 #[derive(Parser)]
 #[command(
@@ -89,9 +89,9 @@ fn config_path(explicit: Option<PathBuf>) -> Option<PathBuf> {
     })
 }
 
-fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
+fn load(path: Option<PathBuf>) -> Result<Settings, ExitCode> {
     let path = config_path(path);
-    Config::load(path.as_deref(), &ProcessEnv).map_err(|errors| {
+    Settings::load(path.as_deref(), &ProcessEnv).map_err(|errors| {
         let name = path.map_or("built-in defaults".into(), |p| p.display().to_string());
         eprintln!("clavis: invalid config ({name}):");
         for e in &errors.0 {
@@ -104,24 +104,25 @@ fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check { config } => {
-            let config = match load(config) {
-                Ok(c) => c,
+            let settings = match load(config) {
+                Ok(s) => s,
                 Err(code) => return Ok(code),
             };
-            for warning in &config.warnings {
+            for warning in &settings.config.warnings {
                 eprintln!("warning: {warning}");
             }
             eprintln!("config ok");
             Ok(ExitCode::SUCCESS)
         }
         Command::Ca { command, config } => {
-            let config = match load(config) {
-                Ok(c) => c,
+            let settings = match load(config) {
+                Ok(s) => s,
                 Err(code) => return Ok(code),
             };
-            let ca = clavis::tls::Ca::load_or_create(&config.ca)?;
+            let ca_config = &settings.config.ca;
+            let ca = clavis::Ca::load_or_create(ca_config)?;
             match command {
-                CaCommand::Init => eprintln!("CA ready at {}", config.ca.cert.display()),
+                CaCommand::Init => eprintln!("CA ready at {}", ca_config.cert.display()),
                 CaCommand::Show => {
                     use std::io::Write;
                     let mut out = std::io::stdout().lock();
@@ -135,7 +136,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let addr = match admin {
                 Some(addr) => addr,
                 None => match load(config) {
-                    Ok(c) => c.admin.listen,
+                    Ok(s) => s.config.admin.listen,
                     Err(code) => return Ok(code),
                 },
             };
@@ -155,12 +156,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            let config = match load(config) {
-                Ok(c) => c,
+            let settings = match load(config) {
+                Ok(s) => s,
                 Err(code) => return Ok(code),
             };
             let runtime = runtime(workers).context("cannot start the async runtime")?;
-            runtime.block_on(serve(config))?;
+            runtime.block_on(serve(settings))?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -225,16 +226,17 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    clavis::app::harden_process();
-    let proxy = tokio::net::TcpListener::bind(config.proxy.listen)
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    clavis::harden_process();
+    let (proxy_listen, admin_listen) = (settings.config.proxy.listen, settings.config.admin.listen);
+    let proxy = tokio::net::TcpListener::bind(proxy_listen)
         .await
-        .with_context(|| format!("cannot listen on proxy.listen {}", config.proxy.listen))?;
-    let admin = tokio::net::TcpListener::bind(config.admin.listen)
+        .with_context(|| format!("cannot listen on proxy.listen {proxy_listen}"))?;
+    let admin = tokio::net::TcpListener::bind(admin_listen)
         .await
-        .with_context(|| format!("cannot listen on admin.listen {}", config.admin.listen))?;
-    let state = clavis::app::State::new(config, proxy.local_addr()?, admin.local_addr()?)?;
-    clavis::app::serve(state, proxy, admin, shutdown_signal()).await;
+        .with_context(|| format!("cannot listen on admin.listen {admin_listen}"))?;
+    let state = clavis::State::new(settings, proxy.local_addr()?, admin.local_addr()?)?;
+    clavis::serve(state, proxy, admin, shutdown_signal()).await;
     Ok(())
 }
 

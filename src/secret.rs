@@ -73,17 +73,7 @@ impl TokenDigest {
 
     /// Parses 64 hex characters (the `token_sha256` config form).
     pub fn from_hex(hex: &str) -> Option<Self> {
-        let bytes = hex.as_bytes();
-        if bytes.len() != 64 {
-            return None;
-        }
-        let mut out = [0u8; 32];
-        for (i, pair) in bytes.chunks(2).enumerate() {
-            let hi = (pair[0] as char).to_digit(16)?;
-            let lo = (pair[1] as char).to_digit(16)?;
-            out[i] = (hi * 16 + lo) as u8;
-        }
-        Some(TokenDigest(out))
+        crate::encoding::hex_decode::<32>(hex).map(TokenDigest)
     }
 
     /// Constant-time comparison of a presented token with this digest.

@@ -350,7 +350,7 @@ async fn repeated_auth_failures_are_throttled() {
     assert_eq!(get_status(&c, &url, ADMIN).await, 429);
     // Each failure up to the throttle left a trace; the refused guesses
     // after it do not flood the log.
-    let audit = clavis.state.audit.query(100, None, None);
+    let audit = clavis.state.audit_events(100);
     let failures: Vec<_> = audit
         .iter()
         .filter(|e| e["detail"]["note"] == "authentication failed")

@@ -292,7 +292,7 @@ async fn fifty_tasks_register_store_proxy_delete() {
         mismatches[..mismatches.len().min(30)].join("\n")
     );
     // And the ring as a whole holds exactly these events (nothing else ran).
-    assert_eq!(clavis.state.audit.len(), total);
+    assert_eq!(clavis.state.audit_len(), total);
     // Every proxied call reached the upstream once.
     let proxied: usize = books
         .iter()

@@ -82,7 +82,7 @@ async fn a_service_without_credentials_is_503_and_nothing_is_forwarded() {
         "the placeholder went upstream: {:?}",
         up.seen()
     );
-    let audit = clavis.state.audit.query(10, None, None);
+    let audit = clavis.state.audit_events(10);
     assert_eq!(audit[0]["action"], "denied", "{audit:?}");
     assert_eq!(audit[0]["entry"], "empty-openai", "{audit:?}");
 }

@@ -260,7 +260,7 @@ async fn wrong_password_is_a_502_naming_the_service_not_the_password() {
         "nothing forwarded without a session"
     );
 
-    let audit = clavis.state.audit.query(1000, None, None);
+    let audit = clavis.state.audit_events(1000);
     let login = audit
         .iter()
         .find(|e| e["action"] == "login")

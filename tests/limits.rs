@@ -119,7 +119,7 @@ async fn connections_beyond_the_cap_are_closed_at_once() {
 }
 
 fn open_tunnels(clavis: &Clavis) -> usize {
-    clavis.state.config.limits.max_tunnels - clavis.state.tunnels.available_permits()
+    clavis.state.open_tunnels()
 }
 
 /// An h2 tunnel in which no request started for `limits.idle_timeout` gets

@@ -307,7 +307,7 @@ async fn in_flight_requests_per_agent_and_service_are_capped() {
             && message.contains("max_upstream_requests"),
         "{message}"
     );
-    let audit = clavis.state.audit.query(1, None, None);
+    let audit = clavis.state.audit_events(1);
     let last = &audit[0];
     assert_eq!(last["action"], "denied", "{last}");
     assert_eq!(last["entry"], "my-openai", "{last}");

@@ -64,7 +64,7 @@ fn h2_agent(clavis: &Clavis) -> reqwest::Client {
 
 /// Tunnels clavis holds open right now.
 fn open_tunnels(clavis: &Clavis) -> usize {
-    clavis.state.config.limits.max_tunnels - clavis.state.tunnels.available_permits()
+    clavis.state.open_tunnels()
 }
 
 /// Waits until every tunnel has ended (the agent dropped its client), plus a

@@ -141,7 +141,7 @@ async fn a_query_credential_echoed_in_location_is_masked() {
         location.len(),
         "https://evil.test/steal?page=2&key=REAL-query%20key%26%3D0123".len()
     );
-    let audit = clavis.state.audit.query(10, None, None);
+    let audit = clavis.state.audit_events(10);
     assert!(
         audit
             .iter()
@@ -302,7 +302,7 @@ async fn wildcard_claims_one_label_and_never_the_apex_or_suffix_tricks() {
 // ------------------------------------------------------------------ config errors
 
 fn config_error(yaml: &str) -> String {
-    match clavis::config::Config::from_yaml(yaml, &HashMap::new()) {
+    match clavis::Settings::from_yaml(yaml, &HashMap::new()) {
         Ok(_) => panic!("config accepted:\n{yaml}"),
         Err(e) => e.to_string(),
     }
@@ -335,7 +335,7 @@ connectors:
       headers: { X-Key: "{api_key}", X-Sign: "{signature}", X-Ts: "{timestamp}" }
     fields: [api_key, api_secret]
 "#;
-    clavis::config::Config::from_yaml(yaml, &HashMap::new()).unwrap();
+    clavis::Settings::from_yaml(yaml, &HashMap::new()).unwrap();
 }
 
 #[test]

@@ -13,42 +13,41 @@ use http::{header, HeaderName, HeaderValue, Method, Request};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::auth::Principal;
 use super::json;
-use crate::app::State;
-use crate::audit::Actor;
 use crate::body;
-use crate::connector::inject::percent_encode;
-use crate::error::ProxyError;
-use crate::proxy::exchange::{self, Caller, Choice, Target};
+use crate::error::{ProxyError, RequestError};
+use crate::identity::Caller;
+use crate::proxy::exchange::{self, Choice, Target};
+use crate::state::State;
+
+fn invalid(text: String) -> ProxyError {
+    RequestError::Invalid(text).into()
+}
 
 /// The JSON shape shared by `/v1/proxy` and MCP `proxy_request`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ProxyCall {
+pub(super) struct ProxyCall {
     #[serde(default)]
-    pub method: Option<String>,
-    pub path: String,
+    method: Option<String>,
+    path: String,
     #[serde(default)]
-    pub params: BTreeMap<String, Value>,
+    params: BTreeMap<String, Value>,
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub(super) headers: BTreeMap<String, String>,
     #[serde(default)]
-    pub body: Option<Value>,
+    body: Option<Value>,
 }
 
 impl ProxyCall {
     /// Builds the request; the URI carries only path and query, the
     /// destination comes from the service's connector.
-    pub fn into_request(self) -> Result<Request<body::Body>, ProxyError> {
+    fn into_request(self) -> Result<Request<body::Body>, ProxyError> {
         let method = self.method.as_deref().unwrap_or("GET").to_ascii_uppercase();
-        let method = Method::from_bytes(method.as_bytes()).map_err(|_| {
-            ProxyError::Unprocessable(format!("method {method:?} is not an HTTP method"))
-        })?;
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|_| invalid(format!("method {method:?} is not an HTTP method")))?;
         if method == Method::CONNECT {
-            return Err(ProxyError::Unprocessable(
-                "method CONNECT is not allowed".into(),
-            ));
+            return Err(invalid("method CONNECT is not allowed".into()));
         }
         let path = &self.path;
         if !path.starts_with('/')
@@ -56,48 +55,39 @@ impl ProxyCall {
             || path.contains(['#', '\\'])
             || path.bytes().any(|b| b <= b' ' || b == 0x7f)
         {
-            return Err(ProxyError::Unprocessable(format!(
+            return Err(invalid(format!(
                 "path {path:?} must start with a single '/' and contain no spaces, control characters, backslash or fragment"
             )));
         }
-        let mut target = path.clone();
-        let mut sep = if target.contains('?') { '&' } else { '?' };
+        let mut target = crate::encoding::Target::new(path);
         for (key, value) in &self.params {
             let text = match value {
                 Value::String(s) => s.clone(),
                 Value::Number(n) => n.to_string(),
                 Value::Bool(b) => b.to_string(),
                 _ => {
-                    return Err(ProxyError::Unprocessable(format!(
+                    return Err(invalid(format!(
                         "params.{key} must be a string, number or boolean"
                     )))
                 }
             };
-            target.push(sep);
-            target.push_str(&percent_encode(key));
-            target.push('=');
-            target.push_str(&percent_encode(&text));
-            sep = '&';
+            target.push(key, &text);
         }
         let mut req = Request::builder()
             .method(method)
-            .uri(&target)
+            .uri(target.finish())
             .body(())
-            .map_err(|_| {
-                ProxyError::Unprocessable(format!("path {path:?} is not a valid request target"))
-            })?;
+            .map_err(|_| invalid(format!("path {path:?} is not a valid request target")))?;
         for (name, value) in &self.headers {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                ProxyError::Unprocessable(format!("headers: {name:?} is not a header name"))
-            })?;
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(format!("headers: {name:?} is not a header name")))?;
             if set_by_clavis(&name) {
-                return Err(ProxyError::Unprocessable(format!(
+                return Err(invalid(format!(
                     "headers.{name}: clavis sets the destination and the framing; remove it"
                 )));
             }
-            let value = HeaderValue::from_str(value).map_err(|_| {
-                ProxyError::Unprocessable(format!("headers.{name}: value has control characters"))
-            })?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| invalid(format!("headers.{name}: value has control characters")))?;
             req.headers_mut().append(name, value);
         }
         let bytes = match self.body {
@@ -110,7 +100,8 @@ impl ProxyCall {
                         HeaderValue::from_static("application/json"),
                     );
                 }
-                serde_json::to_vec(&other).map_err(|e| ProxyError::Internal(e.to_string()))?
+                serde_json::to_vec(&other)
+                    .map_err(|_| ProxyError::Internal("a JSON value did not serialize"))?
             }
         };
         Ok(req.map(|()| body::full(bytes)))
@@ -126,10 +117,9 @@ fn set_by_clavis(name: &HeaderName) -> bool {
 }
 
 /// Resolves the service (404 outside scope) and forwards the call.
-pub async fn call(
+pub(super) async fn call(
     state: &State,
-    who: &Principal,
-    actor: Actor,
+    who: &Caller,
     service: &str,
     call: ProxyCall,
 ) -> Result<http::Response<body::Body>, ProxyError> {
@@ -138,29 +128,26 @@ pub async fn call(
     let host = connector
         .primary_host()
         .ok_or_else(|| {
-            ProxyError::Unprocessable(format!(
+            invalid(format!(
                 "connector {:?} has only wildcard hosts",
                 connector.name
             ))
         })?
         .to_owned();
     let target = std::sync::Arc::new(Target::new(state, host, connector.port, connector)?);
-    let caller = std::sync::Arc::new(Caller {
-        agent: who.agent().cloned(),
-        actor,
-    });
+    let caller = std::sync::Arc::new(who.clone());
     let req = call.into_request()?;
     exchange::forward(state, &caller, &target, Choice::Named(&service.name), req).await
 }
 
-pub async fn handle(
+pub(super) async fn handle(
     AxumState(state): AxumState<State>,
-    Extension(who): Extension<Principal>,
+    Extension(who): Extension<Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::response::Response, ProxyError> {
     let req: ProxyCall = json::parse(&headers, body, state.config.limits.admin_body)?;
-    let response = call(&state, &who, who.actor(), &name, req).await?;
+    let response = call(&state, &who, &name, req).await?;
     Ok(response.map(axum::body::Body::new))
 }

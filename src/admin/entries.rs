@@ -2,25 +2,23 @@
 //! entries, search, TOTP codes and password generation. Shared by the REST
 //! routes below and the MCP tools, each call audited with its actor.
 
-use std::sync::Arc;
-
 use axum::extract::{Path, Query, State as AxumState};
 use axum::{Extension, Json};
 use ring::rand::SecureRandom;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::auth::Principal;
 use super::services::visible;
-use crate::app::State;
-use crate::audit::{Action, Actor, Detail, Event};
-use crate::error::ProxyError;
-use crate::proxy::scrub::Anchors;
+use crate::audit::{Action, Detail, Event};
+use crate::error::{ProxyError, RequestError};
+use crate::identity::Caller;
+use crate::redact::Anchors;
+use crate::state::State;
 use crate::store::{Service, StoreError};
 use crate::totp::{Totp, TotpError};
 
 /// An entry as agents see it: credentials never, sensitive fields redacted.
-pub fn view(s: &Service) -> Value {
+fn view(s: &Service) -> Value {
     let mut fields = Map::new();
     for f in &s.entry.fields {
         let v = match &f.value {
@@ -46,30 +44,30 @@ fn audit(
     state: &State,
     action: Action,
     entry: &str,
-    actor: &Actor,
+    who: &Caller,
     detail: Detail,
 ) -> Result<(), ProxyError> {
     state
         .audit
-        .record(Event::new(action, entry, actor, detail))
-        .map(|_| ())
+        .record(Event::new(action, entry, &who.actor(), detail))?;
+    Ok(())
 }
 
-pub fn list(state: &State, who: &Principal, actor: &Actor) -> Result<Vec<Value>, ProxyError> {
-    audit(state, Action::Read, "", actor, Detail::note("list"))?;
+pub(super) fn list(state: &State, who: &Caller) -> Result<Vec<Value>, ProxyError> {
+    audit(state, Action::Read, "", who, Detail::note("list"))?;
     Ok(state
         .store
         .table()
         .all()
         .iter()
-        .filter(|s| who.sees(&s.name))
+        .filter(|s| who.may_use(&s.name))
         .map(|s| view(s))
         .collect())
 }
 
-pub fn read(state: &State, who: &Principal, actor: &Actor, key: &str) -> Result<Value, ProxyError> {
+fn read(state: &State, who: &Caller, key: &str) -> Result<Value, ProxyError> {
     let service = visible(state, who, key)?;
-    audit(state, Action::Read, &service.name, actor, Detail::default())?;
+    audit(state, Action::Read, &service.name, who, Detail::default())?;
     Ok(view(&service))
 }
 
@@ -84,16 +82,9 @@ fn matches(s: &Service, needle: &str) -> bool {
         || s.entry.fields.iter().any(|f| hit(&f.name))
 }
 
-pub fn search(
-    state: &State,
-    who: &Principal,
-    actor: &Actor,
-    query: &str,
-) -> Result<Vec<Value>, ProxyError> {
+pub(super) fn search(state: &State, who: &Caller, query: &str) -> Result<Vec<Value>, ProxyError> {
     if query.len() > 256 {
-        return Err(ProxyError::BadRequest(
-            "q must be at most 256 characters".into(),
-        ));
+        return Err(RequestError::Malformed("q must be at most 256 characters".into()).into());
     }
     // An agent may paste a key into a search; the audit log must not keep it.
     let shown = if may_carry_a_credential(state, query) {
@@ -105,7 +96,7 @@ pub fn search(
         state,
         Action::Search,
         "",
-        actor,
+        who,
         Detail::note(format!("q={shown}")),
     )?;
     let needle = query.to_lowercase();
@@ -114,7 +105,7 @@ pub fn search(
         .table()
         .all()
         .iter()
-        .filter(|s| who.sees(&s.name) && matches(s, &needle))
+        .filter(|s| who.may_use(&s.name) && matches(s, &needle))
         .map(|s| view(s))
         .collect())
 }
@@ -141,23 +132,17 @@ fn may_carry_a_credential(state: &State, text: &str) -> bool {
     })
 }
 
-pub fn totp(state: &State, who: &Principal, actor: &Actor, key: &str) -> Result<Value, ProxyError> {
+pub(super) fn totp(state: &State, who: &Caller, key: &str) -> Result<Value, ProxyError> {
     let service = visible(state, who, key)?;
-    let creds = state
-        .store
-        .open(&service)
-        .map_err(|e| ProxyError::Internal(e.to_string()))?
-        .ok_or_else(|| {
-            ProxyError::NotFound(format!("service {:?} has no TOTP secret", service.name))
-        })?;
+    let no_secret =
+        || RequestError::Missing(format!("service {:?} has no TOTP secret", service.name));
+    let creds = state.store.open(&service)?.ok_or_else(no_secret)?;
     let totp = Totp::from_credentials(creds.expose()).map_err(|e| match e {
-        TotpError::NoSecret => {
-            ProxyError::NotFound(format!("service {:?} has no TOTP secret", service.name))
-        }
-        other => ProxyError::Unprocessable(format!("service {:?}: {other}", service.name)),
+        TotpError::NoSecret => no_secret(),
+        other => RequestError::Invalid(format!("service {:?}: {other}", service.name)),
     })?;
     drop(creds);
-    audit(state, Action::Totp, &service.name, actor, Detail::default())?;
+    audit(state, Action::Totp, &service.name, who, Detail::default())?;
     let (code, expires_in) = totp.now();
     Ok(json!({"code": code, "period": totp.period, "expires_in": expires_in}))
 }
@@ -168,11 +153,11 @@ const DIGITS: &[u8] = b"0123456789";
 const SYMBOLS: &[u8] = b"!@#$%^&*()-_=+[]{};:,.?/~";
 
 /// A random password from the OS CSPRNG, every character class present.
-pub fn generate(length: usize, symbols: bool) -> Result<Value, ProxyError> {
+pub(super) fn generate(length: usize, symbols: bool) -> Result<Value, ProxyError> {
     if !(8..=128).contains(&length) {
-        return Err(ProxyError::BadRequest(format!(
-            "length must be 8 to 128, got {length}"
-        )));
+        return Err(
+            RequestError::Malformed(format!("length must be 8 to 128, got {length}")).into(),
+        );
     }
     let mut classes = vec![LOWER, UPPER, DIGITS];
     if symbols {
@@ -185,7 +170,7 @@ pub fn generate(length: usize, symbols: bool) -> Result<Value, ProxyError> {
         while out.len() < length {
             let mut b = [0u8; 1];
             rng.fill(&mut b)
-                .map_err(|_| ProxyError::Internal("random generator failed".into()))?;
+                .map_err(|_| ProxyError::Internal("the system random generator failed"))?;
             // Rejection sampling: no modulo bias.
             let limit = 256 - 256 % alphabet.len();
             if (b[0] as usize) < limit {
@@ -198,86 +183,71 @@ pub fn generate(length: usize, symbols: bool) -> Result<Value, ProxyError> {
     }
 }
 
-pub async fn list_route(
+pub(super) async fn list_route(
     AxumState(state): AxumState<State>,
-    Extension(who): Extension<Principal>,
+    Extension(who): Extension<Caller>,
 ) -> Result<Json<Value>, ProxyError> {
-    Ok(Json(Value::Array(list(&state, &who, &who.actor())?)))
+    Ok(Json(Value::Array(list(&state, &who)?)))
 }
 
-pub async fn read_route(
+pub(super) async fn read_route(
     AxumState(state): AxumState<State>,
-    Extension(who): Extension<Principal>,
+    Extension(who): Extension<Caller>,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ProxyError> {
-    Ok(Json(read(&state, &who, &who.actor(), &key)?))
+    Ok(Json(read(&state, &who, &key)?))
 }
 
 #[derive(Deserialize)]
-pub struct SearchQuery {
+pub(super) struct SearchQuery {
     q: String,
 }
 
-pub async fn search_route(
+pub(super) async fn search_route(
     AxumState(state): AxumState<State>,
-    Extension(who): Extension<Principal>,
+    Extension(who): Extension<Caller>,
     query: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ProxyError> {
-    let Query(q) = query.map_err(|_| ProxyError::BadRequest("missing query parameter q".into()))?;
-    Ok(Json(Value::Array(search(
-        &state,
-        &who,
-        &who.actor(),
-        &q.q,
-    )?)))
+    let Query(q) =
+        query.map_err(|_| RequestError::Malformed("missing query parameter q".into()))?;
+    Ok(Json(Value::Array(search(&state, &who, &q.q)?)))
 }
 
-pub async fn totp_route(
+pub(super) async fn totp_route(
     AxumState(state): AxumState<State>,
-    Extension(who): Extension<Principal>,
+    Extension(who): Extension<Caller>,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ProxyError> {
-    Ok(Json(totp(&state, &who, &who.actor(), &key)?))
+    Ok(Json(totp(&state, &who, &key)?))
 }
 
 #[derive(Deserialize)]
-pub struct GenerateQuery {
+pub(super) struct GenerateQuery {
     length: Option<String>,
     symbols: Option<String>,
 }
 
-pub async fn generate_route(
+pub(super) async fn generate_route(
     query: Result<Query<GenerateQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ProxyError> {
-    let Query(q) = query.map_err(|e| ProxyError::BadRequest(e.body_text()))?;
+    let malformed = |text: String| -> ProxyError { RequestError::Malformed(text).into() };
+    let Query(q) = query.map_err(|e| malformed(e.body_text()))?;
     let length = match q.length.as_deref() {
         None => 32,
-        Some(l) => l.parse().map_err(|_| {
-            ProxyError::BadRequest(format!("length must be a number 8 to 128, got {l:?}"))
-        })?,
+        Some(l) => l
+            .parse()
+            .map_err(|_| malformed(format!("length must be a number 8 to 128, got {l:?}")))?,
     };
     let symbols = match q.symbols.as_deref() {
         None | Some("true") | Some("1") => true,
         Some("false") | Some("0") => false,
         Some(other) => {
-            return Err(ProxyError::BadRequest(format!(
+            return Err(malformed(format!(
                 "symbols must be true or false, got {other:?}"
             )))
         }
     };
     Ok(Json(generate(length, symbols)?))
-}
-
-/// For tests and MCP: the services a principal sees, as `Arc`s.
-pub fn visible_services(state: &State, who: &Principal) -> Vec<Arc<Service>> {
-    state
-        .store
-        .table()
-        .all()
-        .iter()
-        .filter(|s| who.sees(&s.name))
-        .cloned()
-        .collect()
 }
 
 #[cfg(test)]

@@ -6,18 +6,18 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{header, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
-use crate::error::ProxyError;
+use crate::error::{ProxyError, RequestError};
 
-pub fn parse<T: DeserializeOwned>(
+pub(super) fn parse<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     limit: usize,
 ) -> Result<T, ProxyError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ProxyError::PayloadTooLarge { limit }
+            RequestError::TooLarge { limit }
         } else {
-            ProxyError::BadRequest(format!("cannot read request body: {rejection}"))
+            RequestError::Malformed(format!("cannot read request body: {rejection}"))
         }
     })?;
     let content_type = headers
@@ -31,17 +31,21 @@ pub fn parse<T: DeserializeOwned>(
         .trim()
         .to_ascii_lowercase();
     if mime != "application/json" && !mime.ends_with("+json") {
-        return Err(ProxyError::UnsupportedMediaType(format!(
+        return Err(RequestError::MediaType(format!(
             "send Content-Type: application/json (got {:?})",
             if content_type.is_empty() {
                 "nothing"
             } else {
                 content_type
             }
-        )));
+        ))
+        .into());
     }
-    serde_json::from_slice(&body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ProxyError::Unprocessable(e.to_string()),
-        _ => ProxyError::BadRequest(format!("malformed JSON: {e}")),
+    serde_json::from_slice(&body).map_err(|e| {
+        match e.classify() {
+            serde_json::error::Category::Data => RequestError::Invalid(e.to_string()),
+            _ => RequestError::Malformed(format!("malformed JSON: {e}")),
+        }
+        .into()
     })
 }

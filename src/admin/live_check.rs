@@ -5,12 +5,13 @@
 
 use http::{header, HeaderValue, Request};
 
-use crate::app::State;
 use crate::body;
-use crate::error::ProxyError;
-use crate::store::{Credentials, Service};
+use crate::credentials::Credentials;
+use crate::error::{ProxyError, RequestError};
+use crate::state::State;
+use crate::store::Service;
 
-pub async fn run(
+pub(super) async fn run(
     state: &State,
     service: &Service,
     creds: &Credentials,
@@ -24,7 +25,7 @@ pub async fn run(
         .method(check.method.clone())
         .uri(&uri)
         .body(())
-        .map_err(|e| ProxyError::Internal(e.to_string()))?
+        .map_err(|_| ProxyError::Internal("a live check's URI is not valid"))?
         .into_parts();
     // GitHub refuses requests without a User-Agent.
     parts.headers.insert(
@@ -34,19 +35,20 @@ pub async fn run(
     connector
         .inject
         .apply(&mut parts, host, creds, b"")
-        .map_err(|e| ProxyError::Unprocessable(e.to_string()))?;
+        .map_err(|e| RequestError::Invalid(e.to_string()))?;
     match state
         .upstream
         .send(host, Request::from_parts(parts, body::empty()))
         .await
     {
         Ok(r) if r.status().is_success() => Ok(true),
-        Ok(r) if r.status() == 401 || r.status() == 403 => Err(ProxyError::Unprocessable(format!(
+        Ok(r) if r.status() == 401 || r.status() == 403 => Err(RequestError::Invalid(format!(
             "{host} rejected the credential: {} {} answered {}",
             check.method,
             check.path,
             r.status().as_u16()
-        ))),
+        ))
+        .into()),
         Ok(r) => {
             tracing::warn!(service = %service.name, status = r.status().as_u16(), "live check inconclusive; stored unvalidated");
             Ok(false)

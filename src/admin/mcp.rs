@@ -17,15 +17,15 @@ use rmcp::{ErrorData, ServerHandler};
 use serde_json::{json, Value};
 
 use super::api_proxy::{self, ProxyCall};
-use super::auth::Principal;
 use super::entries;
-use crate::app::State;
-use crate::audit::Actor;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, RequestError};
+use crate::identity::{Caller, Via};
+use crate::state::State;
+use crate::upstream::{Cause, UpstreamError};
 
-pub type Service = StreamableHttpService<Mcp, NeverSessionManager>;
+pub(super) type Service = StreamableHttpService<Mcp, NeverSessionManager>;
 
-pub fn service(state: State) -> Service {
+pub(super) fn service(state: State) -> Service {
     let limit = state.config.limits.admin_body;
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
@@ -48,7 +48,7 @@ pub fn service(state: State) -> Service {
 }
 
 #[derive(Clone)]
-pub struct Mcp {
+pub(super) struct Mcp {
     state: State,
 }
 
@@ -82,7 +82,7 @@ fn service_arg() -> Value {
 }
 
 /// Every tool, in a fixed order; `get_token` only for agents with `reveal`.
-fn tools(who: &Principal) -> Vec<Tool> {
+fn tools(who: &Caller) -> Vec<Tool> {
     let mut tools = vec![
         Tool::new(
             "list_services",
@@ -139,11 +139,7 @@ fn tools(who: &Principal) -> Vec<Tool> {
             "required": ["password", "length"]
         }))),
     ];
-    let reveal = match who {
-        Principal::Admin => true,
-        Principal::Agent(a) => a.reveal,
-    };
-    if reveal {
+    if who.require_reveal().is_ok() {
         tools.push(Tool::new(
             "get_token",
             "Read a service's raw secret. Only for agents allowed to reveal; every call is audited.",
@@ -158,12 +154,13 @@ fn tools(who: &Principal) -> Vec<Tool> {
     tools
 }
 
-fn principal(context: &RequestContext<RoleServer>) -> Result<Principal, ErrorData> {
+/// The admin-port caller, now acting through MCP.
+fn caller(context: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
     context
         .extensions
         .get::<http::request::Parts>()
-        .and_then(|parts| parts.extensions.get::<Principal>())
-        .cloned()
+        .and_then(|parts| parts.extensions.get::<Caller>())
+        .map(|who| who.over(Via::Mcp))
         .ok_or_else(|| {
             ErrorData::internal_error("request reached MCP without authentication", None)
         })
@@ -207,8 +204,7 @@ fn tool_error(e: ProxyError) -> CallToolResponse {
 impl Mcp {
     async fn run(
         &self,
-        who: &Principal,
-        actor: &Actor,
+        who: &Caller,
         name: &str,
         args: &JsonObject,
     ) -> Result<Result<Value, ProxyError>, ErrorData> {
@@ -216,16 +212,16 @@ impl Mcp {
         Ok(match name {
             "list_services" => {
                 only(args, &[])?;
-                entries::list(state, who, actor).map(|s| json!({"services": s}))
+                entries::list(state, who).map(|s| json!({"services": s}))
             }
             "search_entries" => {
                 only(args, &["query"])?;
                 let q = string_arg(args, "query")?;
-                entries::search(state, who, actor, &q).map(|e| json!({"entries": e}))
+                entries::search(state, who, &q).map(|e| json!({"entries": e}))
             }
             "get_totp" => {
                 only(args, &["service"])?;
-                entries::totp(state, who, actor, &string_arg(args, "service")?)
+                entries::totp(state, who, &string_arg(args, "service")?)
             }
             "generate_password" => {
                 only(args, &["length", "symbols"])?;
@@ -246,7 +242,7 @@ impl Mcp {
             "get_token" => {
                 only(args, &["service"])?;
                 let service = string_arg(args, "service")?;
-                self.get_token(who, actor, &service)
+                super::services::reveal(state, who, &service)
             }
             "proxy_request" => {
                 let service = string_arg(args, "service")?;
@@ -254,14 +250,7 @@ impl Mcp {
                 rest.remove("service");
                 let call: ProxyCall = serde_json::from_value(Value::Object(rest))
                     .map_err(|e| ErrorData::invalid_params(format!("proxy_request: {e}"), None))?;
-                proxy(
-                    self.state.clone(),
-                    who.clone(),
-                    actor.clone(),
-                    service,
-                    call,
-                )
-                .await
+                proxy(self.state.clone(), who.clone(), service, call).await
             }
             other => {
                 return Err(ErrorData::invalid_params(
@@ -271,10 +260,6 @@ impl Mcp {
             }
         })
     }
-
-    fn get_token(&self, who: &Principal, actor: &Actor, key: &str) -> Result<Value, ProxyError> {
-        super::services::reveal(&self.state, who, actor, key)
-    }
 }
 
 /// `proxy_request`: the shared injection path, then the answer collected
@@ -282,8 +267,7 @@ impl Mcp {
 /// future must be `Send` for every lifetime rmcp's trait asks about.
 fn proxy(
     state: State,
-    who: Principal,
-    actor: Actor,
+    who: Caller,
     service: String,
     mut call: ProxyCall,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, ProxyError>> + Send>> {
@@ -291,17 +275,17 @@ fn proxy(
         // Ask for an identity encoding so the body is readable JSON or text.
         call.headers
             .retain(|k, _| !k.eq_ignore_ascii_case("accept-encoding"));
-        let response = api_proxy::call(&state, &who, actor, &service, call).await?;
+        let response = api_proxy::call(&state, &who, &service, call).await?;
         let limit = state.config.limits.max_body_buffer;
         let (parts, body) = response.into_parts();
         let bytes = crate::body::collect_capped(body, limit)
             .await
             .map_err(|e| match e {
-                crate::body::Capped::TooLarge => ProxyError::PayloadTooLarge { limit },
-                crate::body::Capped::Failed => ProxyError::UpstreamUnreachable {
+                crate::body::Capped::TooLarge => ProxyError::from(RequestError::TooLarge { limit }),
+                crate::body::Capped::Failed => ProxyError::from(UpstreamError::Unreachable {
                     host: service.clone(),
-                    reason: "response body failed".into(),
-                },
+                    cause: Cause::BodyBroken,
+                }),
             })?;
         let mut headers = serde_json::Map::new();
         for (k, v) in &parts.headers {
@@ -342,7 +326,7 @@ impl ServerHandler for Mcp {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let who = principal(&context)?;
+        let who = caller(&context)?;
         Ok(ListToolsResult::with_all_items(tools(&who)))
     }
 
@@ -355,11 +339,7 @@ impl ServerHandler for Mcp {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let who = principal(&context)?;
-        let actor = match &who {
-            Principal::Admin => Actor::Admin,
-            Principal::Agent(a) => Actor::Mcp(a.name.clone()),
-        };
+        let who = caller(&context)?;
         let name: Cow<'static, str> = request.name;
         if !tools(&who).iter().any(|t| t.name == name) {
             return Err(ErrorData::invalid_params(
@@ -368,8 +348,8 @@ impl ServerHandler for Mcp {
             ));
         }
         let args = request.arguments.unwrap_or_default();
-        tracing::info!(actor = %actor, tool = %name, "mcp tool call");
-        Ok(match self.run(&who, &actor, &name, &args).await? {
+        tracing::info!(actor = %who.actor(), tool = %name, "mcp tool call");
+        Ok(match self.run(&who, &name, &args).await? {
             Ok(value) => ok(value),
             Err(e) => tool_error(e),
         })

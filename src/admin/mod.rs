@@ -2,13 +2,13 @@
 //! (`/v1/...`) behind [`auth::authenticate`]. The agent shares the pod's
 //! localhost, so the port treats every caller as hostile.
 
-pub mod api_proxy;
-pub mod auth;
-pub mod entries;
+mod api_proxy;
+mod auth;
+mod entries;
 mod json;
 mod live_check;
-pub mod mcp;
-pub mod services;
+mod mcp;
+mod services;
 
 use std::net::SocketAddr;
 
@@ -22,12 +22,12 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::State;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, RequestError};
+use crate::identity::Caller;
 use crate::proxy::Ctx;
-use auth::Principal;
+use crate::state::State;
 
-pub fn router(state: State) -> Router {
+pub(crate) fn router(state: State) -> Router {
     let api = Router::new()
         .route("/v1/services", post(services::create).get(services::list))
         .route(
@@ -72,10 +72,10 @@ pub fn router(state: State) -> Router {
 /// gets the proxy port's bounds: at most `limits.admin_connections` open,
 /// request heads within `limits.header_read_timeout` (which also closes idle
 /// keep-alive connections), and the same header caps.
-pub async fn serve(ctx: Ctx, listener: TcpListener, stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(ctx: Ctx, listener: TcpListener, stop: watch::Receiver<bool>) {
     let app = router(ctx.state.clone());
     let limit = ctx.state.config.limits.admin_connections;
-    crate::app::accept_loop("admin", listener, stop, limit, |tcp, peer| {
+    crate::server::accept_loop("admin", listener, stop, limit, |tcp, peer| {
         serve_connection(ctx.clone(), app.clone(), tcp, peer)
     })
     .await;
@@ -90,7 +90,7 @@ async fn serve_connection(ctx: Ctx, app: Router, tcp: tokio::net::TcpStream, pee
                 .insert(axum::extract::ConnectInfo(peer));
             app.clone().call(req)
         });
-    let conn = crate::proxy::http1_server(&ctx.state.config.limits)
+    let conn = crate::server::http1_server(ctx.state.config.limits.heads())
         .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
     if let Err(e) = ctx.drain.watch(conn, |c| c.graceful_shutdown()).await {
         tracing::debug!(%peer, error = %e, "admin connection ended with error");
@@ -98,11 +98,11 @@ async fn serve_connection(ctx: Ctx, app: Router, tcp: tokio::net::TcpStream, pee
 }
 
 async fn not_found() -> ProxyError {
-    ProxyError::NotFound("no such route; see GET /openapi.json".into())
+    RequestError::Missing("no such route; see GET /openapi.json".into()).into()
 }
 
 async fn method_not_allowed() -> ProxyError {
-    ProxyError::MethodNotAllowed("method not allowed on this route".into())
+    RequestError::WrongMethod.into()
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -138,8 +138,7 @@ async fn ca_bundle(AxumState(state): AxumState<State>) -> impl IntoResponse {
 
 async fn metrics(AxumState(state): AxumState<State>) -> impl IntoResponse {
     let m = &state.metrics;
-    let open_tunnels = state.config.limits.max_tunnels - state.tunnels.available_permits();
-    m.tunnels_active.set(open_tunnels as i64);
+    m.tunnels_active.set(state.open_tunnels() as i64);
     m.cert_cache_entries.set(state.certs.len() as i64);
     (
         [(
@@ -167,17 +166,18 @@ struct AuditQuery {
 
 async fn audit(
     AxumState(state): AxumState<State>,
-    Extension(who): Extension<Principal>,
+    Extension(who): Extension<Caller>,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ProxyError> {
     who.require_admin()?;
-    let Query(q) = query.map_err(|e| ProxyError::BadRequest(e.body_text()))?;
+    let Query(q) = query.map_err(|e| RequestError::Malformed(e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > crate::audit::MAX_QUERY {
-        return Err(ProxyError::BadRequest(format!(
+        return Err(RequestError::Malformed(format!(
             "limit must be 1..={}",
             crate::audit::MAX_QUERY
-        )));
+        ))
+        .into());
     }
     Ok(Json(Value::Array(state.audit.query(
         limit,

@@ -12,14 +12,15 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::Principal;
 use super::json;
-use crate::app::State;
-use crate::audit::{Action, Actor, Detail, Event};
-use crate::error::ProxyError;
-use crate::store::{Credentials, Origin, Service, StoreError};
+use crate::audit::{Action, Detail, Event};
+use crate::credentials::Credentials;
+use crate::error::{ProxyError, RequestError};
+use crate::identity::{Caller, ScopeError};
+use crate::state::State;
+use crate::store::{Origin, Service, StoreError};
 
-pub fn view(s: &Service) -> Value {
+fn view(s: &Service) -> Value {
     let time = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
     json!({
         "id": s.id,
@@ -35,26 +36,20 @@ pub fn view(s: &Service) -> Value {
 }
 
 /// The service named or numbered in a path, if the caller may see it.
-pub fn visible(state: &State, who: &Principal, key: &str) -> Result<Arc<Service>, ProxyError> {
+pub(super) fn visible(state: &State, who: &Caller, key: &str) -> Result<Arc<Service>, ScopeError> {
     state
         .store
         .table()
         .find(key)
-        .filter(|s| who.sees(&s.name))
+        .filter(|s| who.may_use(&s.name))
         .cloned()
-        .ok_or_else(|| ProxyError::NotFound(format!("no service {key:?}")))
-}
-
-fn store_error(e: StoreError) -> ProxyError {
-    match e {
-        StoreError::Duplicate(_) => ProxyError::Conflict(e.to_string()),
-        StoreError::NotFound(_) => ProxyError::NotFound(e.to_string()),
-        other => ProxyError::Internal(other.to_string()),
-    }
+        .ok_or_else(|| ScopeError::Unknown {
+            key: key.to_owned(),
+        })
 }
 
 #[derive(Deserialize)]
-pub struct Create {
+pub(super) struct Create {
     name: String,
     connector_name: String,
     #[serde(default)]
@@ -70,30 +65,31 @@ pub struct Create {
 }
 
 #[derive(Deserialize)]
-pub struct CreateField {
+struct CreateField {
     name: String,
     value: String,
     #[serde(default)]
     sensitive: bool,
 }
 
-pub async fn create(
+pub(super) async fn create(
     AxumState(state): AxumState<State>,
-    Extension(who): Extension<Principal>,
+    Extension(who): Extension<Caller>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ProxyError> {
     who.require_admin()?;
     let req: Create = json::parse(&headers, body, state.config.limits.admin_body)?;
     if !crate::config::valid_name(&req.name) {
-        return Err(ProxyError::Unprocessable(format!(
+        return Err(RequestError::Invalid(format!(
             "name {:?} must be 1-128 letters, digits, '-', '_' or '.'",
             req.name
-        )));
+        ))
+        .into());
     }
-    let registry = &state.config.registry;
+    let registry = &state.catalog.registry;
     let connector = registry.get(&req.connector_name).ok_or_else(|| {
-        ProxyError::Unprocessable(format!(
+        RequestError::Invalid(format!(
             "unknown connector_name {:?}; known: {}",
             req.connector_name,
             registry.names().join(", ")
@@ -107,12 +103,13 @@ pub async fn create(
             .iter()
             .any(|s| s.default)
     {
-        return Err(ProxyError::Conflict(format!(
+        return Err(RequestError::Conflict(format!(
             "connector {:?} already has a default service",
             connector.name
-        )));
+        ))
+        .into());
     }
-    let mut entry = crate::store::NewEntry {
+    let mut entry = crate::config::EntrySpec {
         notes: req.notes,
         url: req.url,
         username: req.username,
@@ -120,10 +117,9 @@ pub async fn create(
     };
     for f in req.fields {
         if !crate::config::valid_name(&f.name) {
-            return Err(ProxyError::Unprocessable(format!(
-                "fields: {:?} is not a field name",
-                f.name
-            )));
+            return Err(
+                RequestError::Invalid(format!("fields: {:?} is not a field name", f.name)).into(),
+            );
         }
         entry
             .fields
@@ -131,12 +127,8 @@ pub async fn create(
     }
     let service = state
         .store
-        .add(&req.name, connector.clone(), req.default, Origin::Api)
-        .map_err(store_error)?;
-    let service = state
-        .store
-        .set_entry(&service.id, entry)
-        .map_err(store_error)?;
+        .add(&req.name, connector.clone(), req.default, Origin::Api)?;
+    let service = state.store.set_entry(&service.id, entry)?;
     let v = view(&service);
     Ok((
         StatusCode::CREATED,
@@ -146,31 +138,31 @@ pub async fn create(
     ))
 }
 
-pub async fn list(
+pub(super) async fn list(
     AxumState(state): AxumState<State>,
-    Extension(who): Extension<Principal>,
+    Extension(who): Extension<Caller>,
 ) -> Json<Value> {
     let table = state.store.table();
     let services: Vec<Value> = table
         .all()
         .iter()
-        .filter(|s| who.sees(&s.name))
+        .filter(|s| who.may_use(&s.name))
         .map(|s| view(s))
         .collect();
     Json(Value::Array(services))
 }
 
-pub async fn get_one(
+pub(super) async fn get_one(
     AxumState(state): AxumState<State>,
-    Extension(who): Extension<Principal>,
+    Extension(who): Extension<Caller>,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ProxyError> {
     Ok(Json(view(&*visible(&state, &who, &key)?)))
 }
 
-pub async fn delete(
+pub(super) async fn delete(
     AxumState(state): AxumState<State>,
-    Extension(who): Extension<Principal>,
+    Extension(who): Extension<Caller>,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ProxyError> {
     who.require_admin()?;
@@ -181,7 +173,8 @@ pub async fn delete(
         &who.actor(),
         Detail::default(),
     ))?;
-    state.store.remove(&service.id).map_err(store_error)?;
+    state.store.remove(&service.id)?;
+    state.tokens.forget(&service.id);
     if service.origin == Origin::Config {
         tracing::warn!(service = %service.name, "deleted a service defined in the config file; it returns at the next start");
     }
@@ -191,14 +184,14 @@ pub async fn delete(
 }
 
 #[derive(Deserialize)]
-pub struct StoreCredentials {
+pub(super) struct StoreCredentials {
     token_type: String,
     data: BTreeMap<String, Value>,
 }
 
-pub async fn store_credentials(
+pub(super) async fn store_credentials(
     AxumState(state): AxumState<State>,
-    Extension(who): Extension<Principal>,
+    Extension(who): Extension<Caller>,
     Path(key): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -207,16 +200,12 @@ pub async fn store_credentials(
     let service = visible(&state, &who, &key)?;
     let req: StoreCredentials = json::parse(&headers, body, state.config.limits.admin_body)?;
     if req.token_type.is_empty() {
-        return Err(ProxyError::Unprocessable(
-            "token_type must not be empty".into(),
-        ));
+        return Err(RequestError::Invalid("token_type must not be empty".into()).into());
     }
     let mut creds = Credentials::default();
     for (field, value) in req.data {
         let Value::String(text) = value else {
-            return Err(ProxyError::Unprocessable(format!(
-                "data.{field} must be a string"
-            )));
+            return Err(RequestError::Invalid(format!("data.{field} must be a string")).into());
         };
         creds.insert(field, zeroize::Zeroizing::new(text));
     }
@@ -227,7 +216,7 @@ pub async fn store_credentials(
         service
             .connector
             .validate(&creds)
-            .map_err(ProxyError::Unprocessable)?;
+            .map_err(RequestError::Invalid)?;
     }
     // Audited before the live check, which is the credential's first use.
     state.audit.record(Event::new(
@@ -242,33 +231,22 @@ pub async fn store_credentials(
     let validated = !totp_only && super::live_check::run(&state, &service, &creds).await?;
     state
         .store
-        .set_credentials(&service.id, &creds, validated)
-        .map_err(store_error)?;
+        .set_credentials(&service.id, &creds, validated)?;
+    // A token fetched with the old credentials is not used again.
+    state.tokens.forget(&service.id);
     Ok(Json(json!({"status": "stored", "validated": validated})))
 }
 
 /// The raw secret for the admin or an agent with `reveal` (REST `token`,
 /// MCP `get_token`); audited as `reveal` before it is read.
-pub fn reveal(
-    state: &State,
-    who: &Principal,
-    actor: &Actor,
-    key: &str,
-) -> Result<Value, ProxyError> {
+pub(super) fn reveal(state: &State, who: &Caller, key: &str) -> Result<Value, ProxyError> {
     let service = visible(state, who, key)?;
-    if let Some(agent) = who.agent() {
-        if !agent.reveal {
-            return Err(ProxyError::Forbidden(format!(
-                "agent {:?} may not read raw secrets (reveal: false)",
-                agent.name
-            )));
-        }
-    }
-    let creds = state.credentials(&service)?;
+    who.require_reveal()?;
+    let creds = state.store.open_required(&service)?;
     state.audit.record(Event::new(
         Action::Reveal,
         &service.name,
-        actor,
+        &who.actor(),
         Detail::default(),
     ))?;
     let creds = creds.expose();
@@ -281,9 +259,7 @@ pub fn reveal(
                 .next()
                 .and_then(|f| creds.get(f).map(|v| (f, v)))
         })
-        .ok_or_else(|| ProxyError::CredentialsMissing {
-            service: service.name.clone(),
-        })?;
+        .ok_or_else(|| StoreError::NoCredentials(service.name.clone()))?;
     Ok(json!({
         "access_token": value,
         "token_type": if field == "api_key" { "api_key" } else { field },
@@ -291,10 +267,10 @@ pub fn reveal(
     }))
 }
 
-pub async fn token(
+pub(super) async fn token(
     AxumState(state): AxumState<State>,
-    Extension(who): Extension<Principal>,
+    Extension(who): Extension<Caller>,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ProxyError> {
-    Ok(Json(reveal(&state, &who, &who.actor(), &key)?))
+    Ok(Json(reveal(&state, &who, &key)?))
 }

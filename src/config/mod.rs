@@ -1,27 +1,29 @@
 //! Config: YAML → serde structs (unknown keys are errors) → `CLAVIS_*`
 //! overrides → [`validate`] → a typed [`Config`]. Every YAML call of the
-//! crate lives in this module.
+//! crate lives in this module. What needs the connectors (a service's
+//! connector, its credential fields) is checked one layer up, in
+//! `catalog`, with the same key paths and lines.
 
+pub(crate) mod connectors;
 pub mod env;
 mod validate;
 
+pub use connectors::{InjectSpec, RecipeSpec, UserConnector};
 pub use validate::valid_name;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use env::{Env, Interp, ProcessEnv};
 
-use crate::agent::Agents;
-use crate::connector::{user::UserConnector, Connector, Registry};
+use crate::credentials::Credentials;
+use crate::host::IpNet;
+use crate::identity::Agents;
 use crate::secret::TokenDigest;
-use crate::store::Credentials;
-use crate::upstream::IpNet;
 
 /// One problem in the config, named by its key path (`services[2].connector`)
 /// and, where it can be found, its line.
@@ -75,6 +77,17 @@ impl std::fmt::Display for ConfigErrors {
 impl From<ConfigError> for ConfigErrors {
     fn from(e: ConfigError) -> Self {
         ConfigErrors(vec![e])
+    }
+}
+
+impl ConfigErrors {
+    /// Fills in the line of every error that has none, from its key path
+    /// in the source text.
+    pub fn locate(mut self, text: &str) -> ConfigErrors {
+        for e in &mut self.0 {
+            e.line = e.line.or_else(|| validate::line_of(text, &e.path));
+        }
+        self
     }
 }
 
@@ -199,6 +212,17 @@ pub struct Limits {
     /// Login sessions (Kalshi email + password): idle and absolute lifetimes.
     pub session_idle: HumanDuration,
     pub session_max_age: HumanDuration,
+}
+
+impl Limits {
+    /// The request-head bounds every HTTP/1 server of both ports uses.
+    pub(crate) fn heads(&self) -> crate::server::HeadLimits {
+        crate::server::HeadLimits {
+            read_timeout: self.header_read_timeout.0,
+            max_bytes: self.max_header_bytes,
+            max_count: self.max_headers,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -355,14 +379,27 @@ pub struct UpstreamConfig {
     pub request_timeout: Duration,
 }
 
-/// A service from the config file, with its credentials resolved.
+/// A service from the config file, with its credentials resolved. Its
+/// connector is checked by `catalog`.
 #[derive(Debug)]
 pub struct ServiceConfig {
+    /// Where it is in the file (`services[2]`), for errors found later.
+    pub key: String,
     pub name: String,
-    pub connector: Arc<Connector>,
+    pub connector: String,
     pub credentials: Credentials,
     pub default: bool,
-    pub entry: crate::store::NewEntry,
+    pub entry: EntrySpec,
+}
+
+/// Entry metadata as given by the config file or the API, before sealing.
+#[derive(Debug, Default)]
+pub struct EntrySpec {
+    pub notes: String,
+    pub url: Option<String>,
+    pub username: Option<String>,
+    /// `(name, value, sensitive)`.
+    pub fields: Vec<(String, crate::secret::Secret<String>, bool)>,
 }
 
 /// The validated config: every string already turned into its type.
@@ -375,7 +412,8 @@ pub struct Config {
     pub ca: CaConfig,
     pub store: StoreConfig,
     pub upstream: UpstreamConfig,
-    pub registry: Registry,
+    /// User-defined connectors as written; `catalog` builds them.
+    pub connectors: Vec<UserConnector>,
     pub services: Vec<ServiceConfig>,
     pub agents: Agents,
     /// `key.path: message` for what is valid but unwise (a short agent token).
@@ -385,25 +423,34 @@ pub struct Config {
 impl Config {
     /// Parses and validates YAML text. `source` names it in messages.
     pub fn from_yaml(text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
-        let raw = parse(text)?;
-        let raw = apply_overrides(raw, env)?;
-        validate::validate(raw, env).map_err(|mut errors| {
-            for e in &mut errors.0 {
-                e.line = e.line.or_else(|| validate::line_of(text, &e.path));
-            }
-            errors
-        })
+        let (config, errors) = Config::with_errors(text, env)?;
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors).locate(text))
+        }
     }
 
-    /// Reads a config file; `None` means built-in defaults (plus `CLAVIS_*`).
-    pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigErrors> {
-        let text = match path {
-            Some(p) => std::fs::read_to_string(p).map_err(|e| {
-                ConfigError::at("", format!("cannot read config file {}: {e}", p.display()))
-            })?,
-            None => String::new(),
-        };
-        Config::from_yaml(&text, env)
+    /// The config as far as it is valid, and every error found (without
+    /// lines): for a caller that checks more and reports all at once. Only
+    /// text that is not YAML at all is an error here.
+    pub fn with_errors(
+        text: &str,
+        env: &dyn Env,
+    ) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
+        let raw = parse(text)?;
+        let raw = apply_overrides(raw, env)?;
+        Ok(validate::validate(raw, env))
+    }
+}
+
+/// A config file's text; `None` means built-in defaults (plus `CLAVIS_*`).
+pub fn read(path: Option<&Path>) -> Result<String, ConfigErrors> {
+    match path {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| {
+            ConfigError::at("", format!("cannot read config file {}: {e}", p.display())).into()
+        }),
+        None => Ok(String::new()),
     }
 }
 

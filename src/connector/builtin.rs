@@ -3,7 +3,8 @@
 
 use http::{HeaderName, HeaderValue, Method};
 
-use super::{Connector, FieldSpec, HostPattern, Inject, LiveCheck, Template};
+use super::{Connector, FieldSpec, Inject, LiveCheck, Template};
+use crate::host::HostPattern;
 
 pub fn all() -> Vec<Connector> {
     vec![
@@ -177,7 +178,7 @@ fn coinbase() -> Connector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Credentials;
+    use crate::credentials::Credentials;
 
     fn creds(key: &str) -> Credentials {
         Credentials::from_pairs([("api_key", key)])

@@ -4,8 +4,10 @@ use http::{request::Parts, HeaderName, HeaderValue, Uri};
 
 use super::sign::recipe::Recipe;
 use super::sign::{coinbase, kalshi, SignError, SignInput};
+use super::token::TokenSource;
 use super::Template;
-use crate::store::Credentials;
+use crate::credentials::Credentials;
+use crate::encoding;
 
 #[derive(Debug)]
 pub enum Inject {
@@ -31,8 +33,10 @@ pub enum Plan {
     Stream,
     /// The signature covers the body: buffer it (capped) first.
     BufferBody,
-    /// A session token from a login (Kalshi email + password).
-    Session,
+    /// A token from a [`TokenSource`] (Kalshi email + password login). The
+    /// body is buffered (capped): a refused token is renewed and the
+    /// request sent again.
+    Token(TokenSource),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,9 +66,18 @@ impl Inject {
                 }
             }
             Inject::Kalshi if creds.get("private_key").is_some() => Plan::Stream,
-            Inject::Kalshi => Plan::Session,
+            Inject::Kalshi => Plan::Token(TokenSource::KalshiLogin),
             Inject::Recipe(r) if r.needs_body() => Plan::BufferBody,
             Inject::Recipe(_) => Plan::Stream,
+        }
+    }
+
+    /// Whether `path` on the connector's hosts is reserved to clavis (the
+    /// login of a token source), whatever the agent's credentials are.
+    pub fn reserves(&self, path: &str) -> bool {
+        match self {
+            Inject::Kalshi => TokenSource::KalshiLogin.reserves(path),
+            _ => false,
         }
     }
 
@@ -136,10 +149,7 @@ fn with_query(
     query: &[(String, Template)],
     creds: &Credentials,
 ) -> Result<Uri, InjectError> {
-    let path = uri.path();
-    let mut out = String::with_capacity(path.len() + 64);
-    out.push_str(path);
-    let mut sep = '?';
+    let mut target = encoding::Target::new(uri.path());
     for pair in uri
         .query()
         .unwrap_or("")
@@ -147,69 +157,20 @@ fn with_query(
         .filter(|p| !p.is_empty())
     {
         // Compared decoded: `k%65y=` names the same parameter as `key=`.
-        let key = percent_decode(pair.split('=').next().unwrap_or(""));
-        if query.iter().any(|(k, _)| k.as_bytes() == key.as_slice()) {
-            continue;
+        let key = encoding::percent_decode(pair.split('=').next().unwrap_or(""));
+        if !query.iter().any(|(k, _)| k.as_bytes() == key.as_slice()) {
+            target.push_raw(pair);
         }
-        out.push(sep);
-        out.push_str(pair);
-        sep = '&';
     }
     for (key, template) in query {
         let value = template
             .render(creds)
             .map_err(|f| InjectError::MissingField(f.to_owned()))?;
-        out.push(sep);
-        out.push_str(&percent_encode(key));
-        out.push('=');
-        out.push_str(&percent_encode(&value));
-        sep = '&';
+        target.push(key, &value);
     }
     let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(out.parse().map_err(|_| InjectError::BadUri)?);
+    parts.path_and_query = Some(target.finish().parse().map_err(|_| InjectError::BadUri)?);
     Uri::from_parts(parts).map_err(|_| InjectError::BadUri)
-}
-
-/// `%XX` escapes decoded (a malformed one is kept as literal text).
-pub fn percent_decode(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex_at = |j: usize| bytes.get(j).and_then(|c| char::from(*c).to_digit(16));
-        match (bytes[i], hex_at(i + 1), hex_at(i + 2)) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
-/// RFC 3986 percent-encoding of everything but unreserved characters.
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    percent_encode_into(&mut out, s.as_bytes());
-    out
-}
-
-/// [`percent_encode`] appended to `out` (uppercase hex).
-pub fn percent_encode_into(out: &mut String, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in bytes {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0x0f)]));
-        }
-    }
 }
 
 #[cfg(test)]

@@ -4,9 +4,9 @@
 
 mod builtin;
 pub mod inject;
-pub mod session;
 pub mod sign;
 pub mod template;
+pub mod token;
 pub mod user;
 
 use std::collections::HashMap;
@@ -14,79 +14,12 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Method};
 
-pub use inject::Inject;
+pub use inject::{Inject, InjectError, Plan};
 pub use template::Template;
+pub use token::{FetchError, TokenSource};
 
-use crate::store::Credentials;
-
-/// A host a connector claims: exact, or `*.` plus a suffix matching exactly one
-/// extra label (never the apex), as TLS wildcards do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostPattern {
-    Exact(String),
-    /// The suffix after `*`, starting with a dot: `.svc.example`.
-    Wildcard(String),
-}
-
-impl HostPattern {
-    pub fn parse(text: &str) -> Result<HostPattern, String> {
-        let lower = text.trim_end_matches('.').to_ascii_lowercase();
-        let (wild, name) = match lower.strip_prefix("*.") {
-            Some(rest) => (true, rest),
-            None => (false, lower.as_str()),
-        };
-        let labels: Vec<&str> = name.split('.').collect();
-        let label_ok = |l: &&str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        };
-        if name.is_empty() || !labels.iter().all(label_ok) {
-            return Err(format!(
-                "{text:?} is not a host name (letters, digits, '-' and '.' only; a wildcard is one leading \"*.\")"
-            ));
-        }
-        if wild {
-            if labels.len() < 2 {
-                return Err(format!(
-                    "{text:?}: a wildcard needs at least two labels after \"*.\" so it cannot cover a whole top-level domain"
-                ));
-            }
-            // The PSL's default rule makes any unknown TLD a suffix of one
-            // label; only listed suffixes (ICANN or private) are refused here.
-            if psl::suffix(name.as_bytes())
-                .is_some_and(|s| s.is_known() && s.as_bytes() == name.as_bytes())
-            {
-                return Err(format!(
-                    "{text:?}: {name:?} is a public suffix (Public Suffix List), so anyone can register a name under it and receive the credential"
-                ));
-            }
-            Ok(HostPattern::Wildcard(format!(".{name}")))
-        } else {
-            Ok(HostPattern::Exact(name.to_owned()))
-        }
-    }
-
-    pub fn matches(&self, host: &str) -> bool {
-        match self {
-            HostPattern::Exact(h) => h == host,
-            HostPattern::Wildcard(suffix) => host
-                .strip_suffix(suffix.as_str())
-                .is_some_and(|label| !label.is_empty() && !label.contains('.')),
-        }
-    }
-}
-
-impl std::fmt::Display for HostPattern {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            HostPattern::Exact(h) => f.write_str(h),
-            HostPattern::Wildcard(s) => write!(f, "*{s}"),
-        }
-    }
-}
+use crate::credentials::Credentials;
+use crate::host::HostPattern;
 
 /// A credential field and the prefixes a valid value starts with (empty: any
 /// non-empty value).
@@ -158,6 +91,11 @@ impl Connector {
         Err(first_error.unwrap_or_else(|| "connector accepts no credentials".into()))
     }
 
+    /// Whether `path` is reserved to clavis on this connector's hosts.
+    pub fn reserves(&self, path: &str) -> bool {
+        self.inject.reserves(path)
+    }
+
     /// The host a request goes to when the caller names only the service
     /// (`/v1/proxy`, MCP): the first exact host.
     pub fn primary_host(&self) -> Option<&str> {
@@ -165,18 +103,6 @@ impl Connector {
             HostPattern::Exact(h) => Some(h.as_str()),
             HostPattern::Wildcard(_) => None,
         })
-    }
-
-    pub fn all_fields(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self
-            .field_sets
-            .iter()
-            .flatten()
-            .map(|f| f.name.as_str())
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        names
     }
 }
 
@@ -230,6 +156,17 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// The built-in connectors alone.
+    pub fn builtin() -> Registry {
+        let mut registry = Registry::default();
+        for connector in builtin::all() {
+            // Built-in names and hosts are distinct by construction (a test
+            // proves it), so nothing is refused here.
+            let _ = registry.add(connector);
+        }
+        registry
+    }
+
     /// The built-in connectors plus `user`; a host claimed twice or a reused
     /// name is an error naming both.
     pub fn new(user: Vec<Connector>) -> Result<Registry, ClaimError> {
@@ -311,67 +248,6 @@ impl Registry {
 mod tests {
     use super::*;
 
-    mod host_pattern {
-        use super::*;
-
-        #[test]
-        fn exact_is_case_and_dot_normalized() {
-            let p = HostPattern::parse("API.Example.com.").unwrap();
-            assert!(p.matches("api.example.com"));
-            assert!(!p.matches("api.example.com.evil.net"));
-            assert!(!p.matches("evilapi.example.com"));
-        }
-
-        #[test]
-        fn wildcard_matches_one_label_never_apex() {
-            let p = HostPattern::parse("*.svc.example").unwrap();
-            assert!(p.matches("a.svc.example"));
-            assert!(!p.matches("svc.example"));
-            assert!(!p.matches("a.b.svc.example"));
-            assert!(!p.matches("asvc.example"));
-        }
-
-        #[test]
-        fn wildcards_over_public_suffixes_are_refused() {
-            for bad in [
-                "*.github.io",
-                "*.ngrok.io",
-                "*.workers.dev",
-                "*.s3.amazonaws.com",
-                "*.co.uk",
-                "*.herokuapp.com",
-            ] {
-                let e = HostPattern::parse(bad).err().unwrap_or_default();
-                assert!(e.contains("public suffix"), "{bad}: {e:?}");
-            }
-            // A registrable name's subdomains are its owner's.
-            for ok in [
-                "*.mine.github.io",
-                "*.api.example.co.uk",
-                "*.svc.cluster.local",
-            ] {
-                assert!(HostPattern::parse(ok).is_ok(), "{ok}");
-            }
-            // An exact public-suffix host is one fixed name, not a wildcard.
-            assert!(HostPattern::parse("github.io").is_ok());
-        }
-
-        #[test]
-        fn rejects_suffix_tricks_and_bad_names() {
-            for bad in [
-                "*.com",
-                "a b",
-                "api.example.com@evil",
-                "",
-                "*.",
-                "x..y",
-                "ex%41mple.com",
-            ] {
-                assert!(HostPattern::parse(bad).is_err(), "{bad}");
-            }
-        }
-    }
-
     mod registry {
         use super::*;
 
@@ -382,6 +258,12 @@ mod tests {
             assert_eq!(r.lookup("uploads.github.com").unwrap().name, "github");
             assert!(r.lookup("api.openai.com.evil.net").is_none());
             assert!(r.lookup("example.com").is_none());
+        }
+
+        #[test]
+        fn builtin_names_and_hosts_are_distinct() {
+            let checked = Registry::new(Vec::new()).expect("no built-in clash");
+            assert_eq!(Registry::builtin().names(), checked.names());
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use zeroize::Zeroizing;
 
-use crate::store::Credentials;
+use crate::credentials::Credentials;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {

@@ -1,49 +1,12 @@
 //! User-defined connectors (SPEC §4.2): the YAML shape, and its conversion to
 //! a [`Connector`] with every name, host and template checked once at load.
 
-use std::collections::BTreeMap;
-
 use http::HeaderName;
-use serde::{Deserialize, Serialize};
 
-use super::sign::recipe::{self, RecipeSpec};
-use super::{Connector, FieldSpec, HostPattern, Inject, Template};
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserConnector {
-    pub name: String,
-    pub hosts: Vec<String>,
-    #[serde(default)]
-    pub port: Option<u16>,
-    #[serde(default)]
-    pub strip: Vec<String>,
-    #[serde(default)]
-    pub inject: Option<InjectSpec>,
-    #[serde(default)]
-    pub sign: Option<RecipeSpec>,
-    #[serde(default)]
-    pub fields: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct InjectSpec {
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    #[serde(default)]
-    pub query: BTreeMap<String, String>,
-    /// `Authorization: Basic base64(username:password)`.
-    #[serde(default)]
-    pub basic: Option<BasicSpec>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct BasicSpec {
-    pub username: String,
-    pub password: String,
-}
+use super::sign::recipe;
+use super::{Connector, FieldSpec, Inject, Template};
+use crate::config::{InjectSpec, UserConnector};
+use crate::host::HostPattern;
 
 /// Converts one `connectors[i]` entry; errors are `(key suffix, message)`.
 pub fn build(spec: &UserConnector) -> Result<Connector, (String, String)> {
@@ -164,6 +127,7 @@ fn header_name(text: &str) -> Result<HeaderName, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::connectors::BasicSpec;
 
     fn spec() -> UserConnector {
         UserConnector {
@@ -209,7 +173,7 @@ mod tests {
                 .unwrap()
                 .into_parts()
                 .0;
-            let creds = crate::store::Credentials::from_pairs([
+            let creds = crate::credentials::Credentials::from_pairs([
                 ("client_id", "Aladdin"),
                 ("client_secret", "open sesame"),
             ]);

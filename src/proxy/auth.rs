@@ -4,34 +4,27 @@
 use base64::Engine;
 use http::{header, HeaderMap};
 
-use super::exchange::Caller;
-use crate::app::State;
-use crate::audit::Actor;
 use crate::error::ProxyError;
+use crate::identity::{Caller, Via};
+use crate::state::State;
 
-pub fn identify(state: &State, headers: &HeaderMap) -> Result<Caller, ProxyError> {
+pub(super) fn identify(state: &State, headers: &HeaderMap) -> Result<Caller, ProxyError> {
     let Some(value) = headers.get(header::PROXY_AUTHORIZATION) else {
         if state.config.proxy.require_auth {
-            return Err(ProxyError::ProxyAuthRequired);
+            return Err(ProxyError::ProxyAuth);
         }
-        return Ok(Caller {
-            agent: None,
-            actor: Actor::Proxy(None),
-        });
+        return Ok(Caller::anonymous());
     };
-    let (name, token) = basic(value.as_bytes()).ok_or(ProxyError::ProxyAuthRequired)?;
+    let (name, token) = basic(value.as_bytes()).ok_or(ProxyError::ProxyAuth)?;
     let agent = state
         .config
         .agents
         .authenticate(&name, token.as_bytes())
         .ok_or_else(|| {
             tracing::info!(agent = %name, "proxy authentication failed");
-            ProxyError::ProxyAuthRequired
+            ProxyError::ProxyAuth
         })?;
-    Ok(Caller {
-        actor: Actor::Proxy(Some(agent.name.clone())),
-        agent: Some(agent),
-    })
+    Ok(Caller::agent(agent, Via::Proxy))
 }
 
 /// Decodes `Basic <base64(user:password)>` (scheme case-insensitive; the

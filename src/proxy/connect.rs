@@ -12,14 +12,13 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::exchange::{Caller, Target};
-use super::{headers, mitm, plain, Ctx};
+use super::exchange::Target;
+use super::{mitm, plain, Ctx};
 use crate::body::{self, Body};
-use crate::config::Unmatched;
-use crate::error::ProxyError;
-use crate::upstream;
+use crate::error::{ProxyError, Refusal, RequestError};
+use crate::identity::Caller;
 
-pub async fn handle(
+pub(super) async fn handle(
     ctx: &Ctx,
     caller: Caller,
     mut req: Request<Incoming>,
@@ -29,12 +28,13 @@ pub async fn handle(
         .authority()
         .map(|a| a.as_str().to_owned())
         .unwrap_or_default();
-    let (host, port) = match headers::split_host_port(&authority) {
+    let (host, port) = match crate::host::split_host_port(&authority) {
         Some((host, Some(port))) => (host, port),
         _ => {
-            return Err(ProxyError::BadRequest(format!(
+            return Err(RequestError::Malformed(format!(
                 "CONNECT target {authority:?} is not host:port"
-            )))
+            ))
+            .into())
         }
     };
     let permit = ctx
@@ -42,8 +42,8 @@ pub async fn handle(
         .tunnels
         .clone()
         .try_acquire_owned()
-        .map_err(|_| ProxyError::TooManyRequests("too many open tunnels".into()))?;
-    let connector = ctx.state.config.registry.lookup(&host).cloned();
+        .map_err(|_| Refusal::Tunnels)?;
+    let connector = ctx.state.catalog.registry.lookup(&host).cloned();
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ctx = ctx.clone();
     match connector {
@@ -64,11 +64,7 @@ pub async fn handle(
             });
         }
         _ => {
-            if ctx.state.config.proxy.unmatched == Unmatched::Deny {
-                return Err(ProxyError::Forbidden(format!(
-                    "{host}:{port} is not claimed by any connector and proxy.unmatched is deny"
-                )));
-            }
+            super::refuse_unmatched(&ctx.state, &host, port)?;
             // Dial before answering 200, so an unreachable or refused
             // destination is a clear 502/403 instead of a dead tunnel.
             let stream = ctx
@@ -77,8 +73,8 @@ pub async fn handle(
                 .dialer()
                 .dial(&host, port)
                 .await
-                .map_err(|e| upstream::dial_error(&e))?;
-            tracing::debug!(agent = %caller.actor, host = %host, port, "tunnel");
+                .map_err(crate::upstream::UpstreamError::from)?;
+            tracing::debug!(agent = %caller.actor(), host = %host, port, "tunnel");
             tokio::spawn(async move {
                 if let Some(io) = upgraded(on_upgrade.await) {
                     relay(ctx, io, stream, permit).await;
@@ -107,7 +103,7 @@ async fn relay(
     mut server: TcpStream,
     _permit: OwnedSemaphorePermit,
 ) {
-    let mut stop = ctx.hard_stop.clone();
+    let mut stop = ctx.drain.deadline();
     let idle = ctx.state.config.limits.tunnel_idle_timeout.0;
     tokio::select! {
         r = super::relay::relay(&mut client, &mut server, idle) => {

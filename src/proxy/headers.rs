@@ -1,60 +1,7 @@
-//! Pure functions over authorities and headers: normalization, the
-//! destination check, hop-by-hop removal, auth stripping and placeholders.
+//! Pure functions over headers: hop-by-hop removal, auth stripping and
+//! placeholders.
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
-
-/// Splits and normalizes `host[:port]`: lowercase, one trailing dot removed,
-/// IPv6 kept in brackets. Refuses userinfo, percent-escapes, whitespace and
-/// anything but letters, digits, `-` and `.` in names.
-pub fn split_host_port(text: &str) -> Option<(String, Option<u16>)> {
-    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-        let (v6, after) = rest.split_once(']')?;
-        v6.parse::<std::net::Ipv6Addr>().ok()?;
-        let port = match after {
-            "" => None,
-            p => Some(p.strip_prefix(':')?),
-        };
-        (format!("[{}]", v6.to_ascii_lowercase()), port)
-    } else {
-        let (host, port) = match text.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (text, None),
-        };
-        let host = host.strip_suffix('.').unwrap_or(host);
-        let ok = !host.is_empty()
-            && host.len() <= 253
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-            && !host.starts_with('.')
-            && !host.contains("..");
-        if !ok {
-            return None;
-        }
-        (host.to_ascii_lowercase(), port)
-    };
-    let port = match port {
-        None => None,
-        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
-            Some(p.parse::<u16>().ok().filter(|p| *p != 0)?)
-        }
-        Some(_) => return None,
-    };
-    Some((host, port))
-}
-
-/// Does an inner `Host` / `:authority` / absolute-URI authority name the
-/// tunnel's destination? The port may be omitted when it is the scheme default.
-pub fn authority_matches(host: &str, port: u16, value: &str) -> bool {
-    // Fast path for the common exact form; `host` is already normalized.
-    if port == 443 && value.len() == host.len() && value.eq_ignore_ascii_case(host) {
-        return true;
-    }
-    match split_host_port(value) {
-        Some((h, p)) => h == host && p.unwrap_or(443) == port,
-        None => false,
-    }
-}
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), `Upgrade` and `HTTP2-Settings`
 /// (upgrades are handled explicitly, not passed along) and the proxy-only
@@ -138,80 +85,9 @@ fn placeholder_in(value: &HeaderValue) -> Option<String> {
     (!name.is_empty()).then(|| name.to_owned())
 }
 
-/// The path without its query, for logs and audit (query values may be secret).
-pub fn path_only(uri: &http::Uri) -> &str {
-    uri.path()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    mod split_host_port {
-        use super::*;
-
-        #[test]
-        fn normalizes() {
-            assert_eq!(
-                split_host_port("API.OpenAI.com.:443"),
-                Some(("api.openai.com".into(), Some(443)))
-            );
-            assert_eq!(
-                split_host_port("api.openai.com"),
-                Some(("api.openai.com".into(), None))
-            );
-            assert_eq!(
-                split_host_port("[::1]:8080"),
-                Some(("[::1]".into(), Some(8080)))
-            );
-        }
-
-        #[test]
-        fn refuses_tricks() {
-            for bad in [
-                "api.openai.com@evil.test:443",
-                "api.openai.com%00.evil:443",
-                "evil.test#api.openai.com",
-                "a b:443",
-                ":443",
-                "host:",
-                "host:99999",
-                "host:0",
-                "host:+1",
-                "[::1",
-                "[zz]:1",
-                "..:1",
-                "a..b",
-            ] {
-                assert_eq!(split_host_port(bad), None, "{bad}");
-            }
-        }
-    }
-
-    mod authority_matches {
-        use super::*;
-
-        #[test]
-        fn default_port_is_optional() {
-            assert!(authority_matches("api.openai.com", 443, "api.openai.com"));
-            assert!(authority_matches(
-                "api.openai.com",
-                443,
-                "API.OPENAI.COM:443"
-            ));
-            assert!(!authority_matches(
-                "api.openai.com",
-                443,
-                "api.openai.com:8443"
-            ));
-            assert!(!authority_matches("api.openai.com", 443, "evil.test"));
-            assert!(!authority_matches(
-                "api.openai.com",
-                443,
-                "api.openai.com.evil.test"
-            ));
-        }
-    }
 
     mod strip {
         use super::*;

@@ -11,11 +11,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::LazyConfigAcceptor;
 
-use super::exchange::{self, Caller, Target};
-use super::{framing, headers, Ctx};
+use super::exchange::{self, Target};
+use super::{framing, Ctx};
+use crate::identity::Caller;
+use crate::server::IdleTimer;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub async fn serve(
+pub(super) async fn serve(
     ctx: Ctx,
     io: TokioIo<Upgraded>,
     caller: Arc<Caller>,
@@ -49,7 +51,7 @@ pub async fn serve(
     // ALPN already chose the protocol: serve it directly (no sniffing layer).
     let io = TokioIo::new(io);
     let ended = if h1 {
-        let conn = super::http1_server(limits)
+        let conn = crate::server::http1_server(limits.heads())
             .serve_connection(io, service)
             .with_upgrades();
         ctx.drain.watch(conn, |c| c.graceful_shutdown()).await
@@ -102,10 +104,10 @@ async fn accept(
     };
     // SNI is only checked against the CONNECT host, never used to choose anything.
     if let Some(sni) = start.client_hello().server_name() {
-        let same = headers::split_host_port(sni)
+        let same = crate::host::split_host_port(sni)
             .is_some_and(|(h, port)| port.is_none() && h == target.host);
         if !same {
-            tracing::warn!(agent = %caller.actor, host = %target.host, sni, "TLS SNI differs from the CONNECT host; refused");
+            tracing::warn!(agent = %caller.actor(), host = %target.host, sni, "TLS SNI differs from the CONNECT host; refused");
             return None;
         }
     }
@@ -134,15 +136,13 @@ async fn accept(
 
 pin_project_lite::pin_project! {
     /// A connection that is asked to shut down gracefully once `served` has
-    /// not moved for `idle`.
+    /// not moved for a whole idle period.
     struct IdleClose<C> {
         #[pin]
         conn: C,
         #[pin]
-        tick: tokio::time::Sleep,
+        timer: IdleTimer,
         served: Arc<AtomicU64>,
-        seen: u64,
-        idle: std::time::Duration,
         shutdown: fn(std::pin::Pin<&mut C>),
         closing: bool,
     }
@@ -157,10 +157,8 @@ impl<C: std::future::Future> IdleClose<C> {
     ) -> Self {
         IdleClose {
             conn,
-            tick: tokio::time::sleep(idle),
-            seen: served.load(Ordering::Relaxed),
+            timer: IdleTimer::new(idle, served.load(Ordering::Relaxed)),
             served,
-            idle,
             shutdown,
             closing: false,
         }
@@ -185,17 +183,12 @@ impl<C: std::future::Future> std::future::Future for IdleClose<C> {
         if let std::task::Poll::Ready(out) = self.as_mut().project().conn.poll(cx) {
             return std::task::Poll::Ready(out);
         }
-        let mut this = self.as_mut().project();
-        while !*this.closing && this.tick.as_mut().poll(cx).is_ready() {
-            let now = this.served.load(Ordering::Relaxed);
-            if now == *this.seen {
-                self.as_mut().graceful_shutdown();
-                // Drive the GOAWAY out.
-                return self.project().conn.poll(cx);
-            }
-            *this.seen = now;
-            let next = tokio::time::Instant::now() + *this.idle;
-            this.tick.as_mut().reset(next);
+        let this = self.as_mut().project();
+        let served = this.served.load(Ordering::Relaxed);
+        if !*this.closing && this.timer.poll_idle(cx, served).is_ready() {
+            self.as_mut().graceful_shutdown();
+            // Drive the GOAWAY out.
+            return self.project().conn.poll(cx);
         }
         std::task::Poll::Pending
     }

@@ -1,73 +1,76 @@
 //! The proxy port: accept loop, one hyper HTTP/1 connection per client with
 //! upgrades (CONNECT), and the dispatch of each request:
 //! `auth → CONNECT (connect.rs) | absolute http:// (plain.rs) | 400`.
+//! Inside an intercepted tunnel every request becomes an exchange
+//! ([`exchange::forward`]).
 
-pub mod auth;
-pub mod connect;
-pub mod exchange;
-pub mod framing;
-pub mod headers;
-pub mod mitm;
-pub mod plain;
+mod auth;
+mod connect;
+pub(crate) mod exchange;
+mod framing;
+pub(crate) mod headers;
+mod mitm;
+mod plain;
 mod relay;
-pub mod scrub;
+mod scrub;
 
 use std::net::SocketAddr;
 
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::State;
 use crate::body::Body;
-use crate::error::ProxyError;
+use crate::config::Unmatched;
+use crate::error::{ProxyError, Refusal, RequestError};
+use crate::server::Drain;
+use crate::state::State;
 
-/// What every connection task holds: the state, its graceful-shutdown watcher,
-/// its graceful-shutdown handle, and the signal that ends tunnels when the drain deadline passes.
+/// What every connection task holds: the state and its graceful-shutdown
+/// watcher.
 #[derive(Clone)]
-pub struct Ctx {
+pub(crate) struct Ctx {
     pub state: State,
-    pub drain: crate::app::Drain,
-    pub hard_stop: watch::Receiver<bool>,
+    pub drain: Drain,
 }
 
 /// Accepts until `stop` fires. Connections beyond `limits.max_connections`
 /// are closed at once.
-pub async fn serve(ctx: Ctx, listener: TcpListener, stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(ctx: Ctx, listener: TcpListener, stop: watch::Receiver<bool>) {
     let limit = ctx.state.config.limits.max_connections;
-    crate::app::accept_loop("proxy", listener, stop, limit, |tcp, peer| {
+    crate::server::accept_loop("proxy", listener, stop, limit, |tcp, peer| {
         serve_connection(ctx.clone(), tcp, peer)
     })
     .await;
 }
 
-/// The HTTP/1 server side of every port and tunnel: request heads within
-/// `limits.header_read_timeout` (which also closes idle keep-alive
-/// connections) and within the header size and count caps.
-pub fn http1_server(limits: &crate::config::Limits) -> http1::Builder {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.0)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers);
-    builder
-}
-
 /// Whether a request target is longer than `limits.max_uri_bytes`, measured
 /// without formatting it.
-pub fn check_target_len(uri: &http::Uri, max: usize) -> Result<(), ProxyError> {
+fn check_target_len(uri: &http::Uri, max: usize) -> Result<(), ProxyError> {
     let len = uri.scheme_str().map_or(0, |s| s.len() + 3)
         + uri.authority().map_or(0, |a| a.as_str().len())
         + uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     if len > max {
-        return Err(ProxyError::BadRequest(format!(
+        return Err(RequestError::Malformed(format!(
             "request target is longer than limits.max_uri_bytes ({max})"
-        )));
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// A host no connector claims (or a claimed one on another port), with
+/// `proxy.unmatched: deny`: refused on every path that could reach it.
+fn refuse_unmatched(state: &State, host: &str, port: u16) -> Result<(), ProxyError> {
+    if state.config.proxy.unmatched == Unmatched::Deny {
+        return Err(Refusal::Unmatched {
+            host: host.to_owned(),
+            port,
+        }
+        .into());
     }
     Ok(())
 }
@@ -75,7 +78,7 @@ pub fn check_target_len(uri: &http::Uri, max: usize) -> Result<(), ProxyError> {
 async fn serve_connection(ctx: Ctx, tcp: tokio::net::TcpStream, peer: SocketAddr) {
     let service_ctx = ctx.clone();
     let service = service_fn(move |req| handle(service_ctx.clone(), req));
-    let conn = http1_server(&ctx.state.config.limits)
+    let conn = crate::server::http1_server(ctx.state.config.limits.heads())
         .serve_connection(TokioIo::new(tcp), service)
         .with_upgrades();
     if let Err(e) = ctx.drain.watch(conn, |c| c.graceful_shutdown()).await {
@@ -96,9 +99,10 @@ async fn handle(
         } else if req.uri().scheme().is_some() {
             plain::handle(ctx, &caller, req).await
         } else {
-            Err(ProxyError::BadRequest(
+            Err(RequestError::Malformed(
                 "this is a forward proxy: send CONNECT or an absolute http:// URL (set HTTPS_PROXY)".into(),
-            ))
+            )
+            .into())
         }
     }
     .await;

@@ -7,11 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::upgrade::OnUpgrade;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::server::IdleTimer;
 
 /// Copies between `a` and `b`; ends with `TimedOut` after `idle` without a
 /// byte read on either side.
-pub async fn relay<A, B>(a: &mut A, b: &mut B, idle: Duration) -> std::io::Result<()>
+pub(super) async fn relay<A, B>(a: &mut A, b: &mut B, idle: Duration) -> std::io::Result<()>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -26,23 +29,33 @@ where
         reads: &reads,
     };
     let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
-    tokio::pin!(copy);
-    let mut seen = 0;
-    loop {
-        tokio::select! {
-            copied = &mut copy => return copied.map(drop),
-            () = tokio::time::sleep(idle) => {
-                let now = reads.load(Ordering::Relaxed);
-                if now == seen {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "no bytes either way for limits.tunnel_idle_timeout",
-                    ));
-                }
-                seen = now;
-            }
-        }
+    let mut timer = std::pin::pin!(IdleTimer::new(idle, 0));
+    let idle_for =
+        std::future::poll_fn(|cx| timer.as_mut().poll_idle(cx, reads.load(Ordering::Relaxed)));
+    tokio::select! {
+        copied = copy => copied.map(drop),
+        () = idle_for => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no bytes either way for limits.tunnel_idle_timeout",
+        )),
     }
+}
+
+/// Joins an agent's websocket to the upstream's after `101`, in a task of
+/// its own; frames pass both ways untouched (SPEC §3).
+pub(super) fn websocket(client: OnUpgrade, upstream: OnUpgrade, idle: Duration) {
+    tokio::spawn(async move {
+        match tokio::try_join!(client, upstream) {
+            Ok((client, upstream)) => {
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+                if let Err(e) = relay(&mut client, &mut upstream, idle).await {
+                    tracing::debug!(error = %e, "websocket closed with error");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
 }
 
 /// An I/O object that counts the reads that brought bytes.

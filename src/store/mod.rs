@@ -2,7 +2,6 @@
 //! ciphertext. `open` is the one way to plaintext, and it returns a
 //! [`Secret`] that is wiped when the request that needed it is done.
 
-mod credentials;
 pub mod seal;
 pub mod snapshot;
 
@@ -12,14 +11,15 @@ use std::time::SystemTime;
 
 use ring::rand::{SecureRandom, SystemRandom};
 
-pub use credentials::Credentials;
 pub use seal::{SealError, Sealer};
 pub use snapshot::{Snapshot, SnapshotError};
 
 use snapshot::Record;
 
+use crate::config::EntrySpec;
 use crate::connector::Connector;
-use crate::proxy::scrub::{Anchors, Patterns};
+use crate::credentials::Credentials;
+use crate::redact::{Anchors, Patterns};
 use crate::secret::Secret;
 
 /// Where a service was defined: config services are rebuilt at every start,
@@ -47,17 +47,20 @@ pub struct Service {
 /// A service's credentials as kept: AES-GCM sealed, plus what the response
 /// scrubber derives from them on first use (only the first bytes of each
 /// encoded form, see [`Anchors`]). Shared by clones of the service; new
-/// credentials make a new one.
+/// credentials make a new one, with a new version.
 #[derive(Debug)]
 struct Sealed {
     bytes: Vec<u8>,
+    version: u64,
     anchors: OnceLock<Arc<Anchors>>,
 }
 
 impl Sealed {
     fn new(bytes: Vec<u8>) -> Arc<Sealed> {
+        static VERSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Arc::new(Sealed {
             bytes,
+            version: VERSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             anchors: OnceLock::new(),
         })
     }
@@ -96,19 +99,15 @@ impl EntryField {
     }
 }
 
-/// Entry metadata as given by the config file or the API, before sealing.
-#[derive(Debug, Default)]
-pub struct NewEntry {
-    pub notes: String,
-    pub url: Option<String>,
-    pub username: Option<String>,
-    /// `(name, value, sensitive)`.
-    pub fields: Vec<(String, crate::secret::Secret<String>, bool)>,
-}
-
 impl Service {
     pub fn has_credentials(&self) -> bool {
         self.sealed.is_some()
+    }
+
+    /// Changes whenever the credentials do (`0`: none stored): what a
+    /// token fetched with them is tied to.
+    pub fn credentials_version(&self) -> u64 {
+        self.sealed.as_ref().map_or(0, |s| s.version)
     }
 
     fn record(&self) -> Record {
@@ -191,6 +190,8 @@ pub enum StoreError {
     Duplicate(String),
     #[error("no service {0:?}")]
     NotFound(String),
+    #[error("service {0:?} has no credentials stored")]
+    NoCredentials(String),
     #[error(transparent)]
     Seal(#[from] SealError),
     #[error("stored credentials for {0:?} are corrupt")]
@@ -393,10 +394,7 @@ impl Store {
     fn new_id(&self) -> Result<String, StoreError> {
         let mut bytes = [0u8; 8];
         self.rng.fill(&mut bytes).map_err(|_| SealError::Random)?;
-        Ok(format!(
-            "svc_{}",
-            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        ))
+        Ok(format!("svc_{}", crate::encoding::hex(&bytes)))
     }
 
     /// Registers a service; the name must be new.
@@ -453,7 +451,7 @@ impl Store {
     }
 
     /// Replaces a service's entry metadata, sealing its sensitive fields.
-    pub fn set_entry(&self, name_or_id: &str, new: NewEntry) -> Result<Arc<Service>, StoreError> {
+    pub fn set_entry(&self, name_or_id: &str, new: EntrySpec) -> Result<Arc<Service>, StoreError> {
         self.update(|list| {
             let slot = list
                 .iter_mut()
@@ -523,6 +521,13 @@ impl Store {
         Ok(Secret::new(text.to_owned()))
     }
 
+    /// Decrypts a service's credentials for one use; none stored is
+    /// [`StoreError::NoCredentials`].
+    pub fn open_required(&self, service: &Service) -> Result<Secret<Credentials>, StoreError> {
+        self.open(service)?
+            .ok_or_else(|| StoreError::NoCredentials(service.name.clone()))
+    }
+
     /// Decrypts a service's credentials for one use. `Ok(None)`: none stored.
     pub fn open(&self, service: &Service) -> Result<Option<Secret<Credentials>>, StoreError> {
         let Some(sealed) = &service.sealed else {
@@ -555,22 +560,23 @@ impl Store {
     /// The scrubber's anchors for a service's credentials: derived once per
     /// set of credentials (opening them that one time), then shared.
     pub fn anchors(&self, service: &Service) -> Result<Option<Arc<Anchors>>, StoreError> {
-        let Some(sealed) = &service.sealed else {
-            return Ok(None);
-        };
-        if let Some(anchors) = sealed.anchors.get() {
+        if let Some(anchors) = service.sealed.as_ref().and_then(|s| s.anchors.get()) {
             return Ok(Some(anchors.clone()));
         }
         let Some(creds) = self.open(service)? else {
             return Ok(None);
         };
-        let patterns = Patterns::from_credentials(creds.expose());
-        Ok(Some(
-            sealed
-                .anchors
-                .get_or_init(|| Arc::new(Anchors::of(&patterns)))
-                .clone(),
-        ))
+        Ok(Some(Self::anchors_of(service, creds.expose())))
+    }
+
+    /// The same anchors, derived from credentials the caller opened already
+    /// (an exchange's authorize phase) instead of opening them again.
+    pub fn anchors_of(service: &Service, creds: &Credentials) -> Arc<Anchors> {
+        let derive = || Arc::new(Anchors::of(&Patterns::from_credentials(creds)));
+        match &service.sealed {
+            Some(sealed) => sealed.anchors.get_or_init(derive).clone(),
+            None => derive(),
+        }
     }
 }
 

@@ -66,14 +66,7 @@ impl Sealer {
         let text = std::str::from_utf8(bytes)
             .map_err(|_| SealError::BadKey)?
             .trim();
-        if text.len() != 64 {
-            return Err(SealError::BadKey);
-        }
-        let mut key = Zeroizing::new([0u8; 32]);
-        for (i, pair) in text.as_bytes().chunks(2).enumerate() {
-            let hex = std::str::from_utf8(pair).map_err(|_| SealError::BadKey)?;
-            key[i] = u8::from_str_radix(hex, 16).map_err(|_| SealError::BadKey)?;
-        }
+        let key = Zeroizing::new(crate::encoding::hex_decode::<32>(text).ok_or(SealError::BadKey)?);
         Sealer::new(key.as_ref())
     }
 

@@ -4,70 +4,12 @@
 //! link-local (cloud metadata) or clavis itself is refused at dial time.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-/// A CIDR block, `10.0.0.0/8` or `fd00::/8`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl IpNet {
-    pub fn parse(text: &str) -> Option<IpNet> {
-        let (addr, prefix) = match text.split_once('/') {
-            Some((a, p)) => (a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
-            None => {
-                let a = text.parse::<IpAddr>().ok()?;
-                (a, if a.is_ipv4() { 32 } else { 128 })
-            }
-        };
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        (prefix <= max).then_some(IpNet { addr, prefix })
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        fn bits_match(a: &[u8], b: &[u8], prefix: u8) -> bool {
-            let full = (prefix / 8) as usize;
-            let rest = prefix % 8;
-            if a[..full] != b[..full] {
-                return false;
-            }
-            rest == 0 || (a[full] ^ b[full]) >> (8 - rest) == 0
-        }
-        match (self.addr, canonical(ip)) {
-            (IpAddr::V4(n), IpAddr::V4(ip)) => bits_match(&n.octets(), &ip.octets(), self.prefix),
-            (IpAddr::V6(n), IpAddr::V6(ip)) => bits_match(&n.octets(), &ip.octets(), self.prefix),
-            _ => false,
-        }
-    }
-}
-
-/// IPv4-mapped and NAT64 IPv6 addresses as the IPv4 address they carry.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return IpAddr::V4(v4);
-            }
-            let s = v6.segments();
-            let o = v6.octets();
-            // NAT64 (64:ff9b::/96): the IPv4 address in the last 32 bits.
-            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                return IpAddr::V4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
-            }
-            // 6to4 (2002::/16): the IPv4 address right after the prefix.
-            if s[0] == 0x2002 {
-                return IpAddr::V4(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
-            }
-            IpAddr::V6(v6)
-        }
-        v4 => v4,
-    }
-}
+use crate::host::{canonical, IpNet};
 
 /// Loopback, private, link-local, CGNAT, ULA, unspecified, broadcast and
 /// multicast, also inside IPv6 (mapped, NAT64, 6to4; Teredo refused whole):
@@ -250,22 +192,6 @@ mod tests {
             ] {
                 assert!(!is_private(ip.parse().unwrap()), "{ip}");
             }
-        }
-    }
-
-    mod ip_net {
-        use super::*;
-
-        #[test]
-        fn contains_by_prefix() {
-            let n = IpNet::parse("10.0.0.0/8").unwrap();
-            assert!(n.contains("10.200.0.1".parse().unwrap()));
-            assert!(!n.contains("11.0.0.1".parse().unwrap()));
-            assert!(IpNet::parse("127.0.0.1")
-                .unwrap()
-                .contains("::ffff:127.0.0.1".parse().unwrap()));
-            assert!(IpNet::parse("10.0.0.0/33").is_none());
-            assert!(IpNet::parse("nope").is_none());
         }
     }
 

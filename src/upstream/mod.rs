@@ -21,11 +21,78 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-pub use dial::{is_private, DialError, Dialer, IpNet};
+pub use dial::{DialError, Dialer};
 
 use crate::body::Body;
-use crate::error::ProxyError;
 use pool::{Checkout, Key, Pool, Pooled, Sender};
+
+/// Why an upstream exchange failed. Messages name the upstream, never a
+/// header or body.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Not dialed at all: a private address or clavis itself.
+    #[error(transparent)]
+    Refused(DialError),
+    #[error("upstream {host} unreachable: {cause}")]
+    Unreachable { host: String, cause: Cause },
+    #[error("upstream {host} did not answer within {after:?}")]
+    Timeout { host: String, after: Duration },
+    /// A request clavis built without a destination: a bug.
+    #[error("request to {host}: {what}")]
+    Target { host: String, what: &'static str },
+}
+
+/// What broke an upstream connection: the dial or TLS, or HTTP (hyper's
+/// messages describe framing and connection faults, never bodies).
+#[derive(Debug)]
+pub enum Cause {
+    Dial(DialError),
+    Http(hyper::Error),
+    /// The response body ended with an error after its head arrived.
+    BodyBroken,
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cause::Dial(e) => write!(f, "{e}"),
+            Cause::BodyBroken => f.write_str("response body failed"),
+            Cause::Http(e) => {
+                write!(f, "{e}")?;
+                let mut source = std::error::Error::source(e);
+                while let Some(inner) = source {
+                    write!(f, ": {inner}")?;
+                    source = inner.source();
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl UpstreamError {
+    fn http(host: &str, e: hyper::Error) -> UpstreamError {
+        UpstreamError::Unreachable {
+            host: host.to_owned(),
+            cause: Cause::Http(e),
+        }
+    }
+}
+
+impl From<DialError> for UpstreamError {
+    fn from(e: DialError) -> UpstreamError {
+        match e {
+            DialError::Private { .. } | DialError::OwnPort { .. } => UpstreamError::Refused(e),
+            DialError::Timeout { host, after, .. } => UpstreamError::Timeout { host, after },
+            DialError::Resolve { ref host, .. }
+            | DialError::Connect { ref host, .. }
+            | DialError::Tls { ref host, .. } => UpstreamError::Unreachable {
+                host: host.clone(),
+                cause: Cause::Dial(e),
+            },
+        }
+    }
+}
 
 pub struct Upstream {
     pool: Pool,
@@ -76,41 +143,19 @@ impl Upstream {
     pub async fn send_upgrade(
         &self,
         host: &str,
-        req: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let after = self.request_timeout;
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let work = async {
-            let port = req.uri().port_u16().unwrap_or(443);
-            let tcp = self
-                .dialer
-                .dial(host, port)
-                .await
-                .map_err(|e| dial_error(&e))?;
-            let tls = tls_connect(&self.upgrade_tls, host, tcp)
-                .await
-                .map_err(|e| dial_error(&e))?;
-            let (mut sender, conn) = http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| unreachable(host, &e))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(error = %e, "upgraded upstream connection ended");
-                }
-            });
-            let mut req = req;
-            let key = Key::of(req.uri()).map_err(|e| ProxyError::Internal(e.into()))?;
-            to_origin_form(&mut req, &key)?;
+            let key = key_of(host, req.uri())?;
+            let conn = self.open(&key, &self.upgrade_tls).await?;
+            let mut sender = handshake_h1(host, conn, true).await?;
+            to_origin_form(host, &mut req, &key)?;
             sender
                 .send_request(req)
                 .await
-                .map_err(|e| unreachable(host, &e))
+                .map_err(|e| UpstreamError::http(host, e))
         };
-        tokio::time::timeout(after, work)
-            .await
-            .map_err(|_| ProxyError::UpstreamTimeout {
-                host: host.to_owned(),
-                after,
-            })?
+        self.in_time(host, work).await
     }
 
     pub fn dialer(&self) -> &Dialer {
@@ -128,23 +173,31 @@ impl Upstream {
         &self,
         host: &str,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.request_timeout, self.exchange(host, req)).await {
-            Err(_) => Err(ProxyError::UpstreamTimeout {
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        self.in_time(host, self.exchange(host, req)).await
+    }
+
+    async fn in_time<T>(
+        &self,
+        host: &str,
+        work: impl std::future::Future<Output = Result<T, UpstreamError>>,
+    ) -> Result<T, UpstreamError> {
+        let after = self.request_timeout;
+        tokio::time::timeout(after, work)
+            .await
+            .map_err(|_| UpstreamError::Timeout {
                 host: host.to_owned(),
-                after: self.request_timeout,
-            }),
-            Ok(result) => result,
-        }
+                after,
+            })?
     }
 
     async fn exchange(
         &self,
         host: &str,
         mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let uri = req.uri().clone();
-        let key = Arc::new(Key::of(&uri).map_err(|e| ProxyError::Internal(e.into()))?);
+        let key = Arc::new(key_of(host, &uri)?);
         loop {
             let mut pooled = match self.pool.checkout(&key) {
                 Checkout::Ready(pooled) => pooled,
@@ -168,7 +221,7 @@ impl Upstream {
             };
             let sent = match &mut pooled.sender {
                 Sender::H1(sender) => {
-                    to_origin_form(&mut req, &key)?;
+                    to_origin_form(host, &mut req, &key)?;
                     sender.try_send_request(req).await
                 }
                 Sender::H2(sender) => {
@@ -191,29 +244,28 @@ impl Upstream {
                         req = unsent;
                         *req.uri_mut() = uri.clone();
                     }
-                    _ => return Err(unreachable(host, e.error())),
+                    _ => return Err(UpstreamError::http(host, e.into_error())),
                 },
             }
         }
     }
 
-    /// Dials `key`'s upstream, verifies its certificate, and speaks h2 if
-    /// it chose h2 over ALPN, else HTTP/1.1.
-    async fn connect(&self, host: &str, key: &Arc<Key>) -> Result<Pooled, ProxyError> {
-        let tcp = self
-            .dialer
-            .dial(&key.host, key.port)
-            .await
-            .map_err(|e| dial_error(&e))?;
-        let io = if key.tls {
-            let bare = key.host.trim_start_matches('[').trim_end_matches(']');
-            let tls = tls_connect(&self.tls, bare, tcp)
-                .await
-                .map_err(|e| dial_error(&e))?;
-            Conn::Tls(Box::new(TokioIo::new(tls)))
-        } else {
-            Conn::Plain(TokioIo::new(tcp))
-        };
+    /// A connection to `key`'s upstream: dialed through the [`Dialer`]
+    /// (every address checked), then TLS verified for its host.
+    async fn open(&self, key: &Key, tls: &TlsConnector) -> Result<Conn, UpstreamError> {
+        let tcp = self.dialer.dial(&key.host, key.port).await?;
+        if !key.tls {
+            return Ok(Conn::Plain(TokioIo::new(tcp)));
+        }
+        let bare = key.host.trim_start_matches('[').trim_end_matches(']');
+        let tls = tls_connect(tls, bare, tcp).await?;
+        Ok(Conn::Tls(Box::new(TokioIo::new(tls))))
+    }
+
+    /// Opens a pooled connection: h2 if the upstream chose it over ALPN
+    /// (then shared at once), else HTTP/1.1.
+    async fn connect(&self, host: &str, key: &Arc<Key>) -> Result<Pooled, UpstreamError> {
+        let io = self.open(key, &self.tls).await?;
         let sender = if io.is_h2() {
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
@@ -221,7 +273,7 @@ impl Upstream {
                 .keep_alive_while_idle(false)
                 .handshake(io)
                 .await
-                .map_err(|e| unreachable(host, &e))?;
+                .map_err(|e| UpstreamError::http(host, e))?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream h2 connection ended");
@@ -230,15 +282,7 @@ impl Upstream {
             self.pool.share(key, &sender);
             Sender::H2(sender)
         } else {
-            let (sender, conn) = http1::handshake(io)
-                .await
-                .map_err(|e| unreachable(host, &e))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-            });
-            Sender::H1(sender)
+            Sender::H1(handshake_h1(host, io, false).await?)
         };
         Ok(Pooled {
             key: key.clone(),
@@ -246,6 +290,36 @@ impl Upstream {
             reused: false,
         })
     }
+}
+
+/// The HTTP/1.1 client handshake over `io`, its connection driven by a
+/// task of its own (`upgrades`: one that can become a websocket).
+async fn handshake_h1(
+    host: &str,
+    io: Conn,
+    upgrades: bool,
+) -> Result<http1::SendRequest<Body>, UpstreamError> {
+    let (sender, conn) = http1::handshake(io)
+        .await
+        .map_err(|e| UpstreamError::http(host, e))?;
+    tokio::spawn(async move {
+        let ended = if upgrades {
+            conn.with_upgrades().await
+        } else {
+            conn.await
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+fn key_of(host: &str, uri: &Uri) -> Result<Key, UpstreamError> {
+    Key::of(uri).map_err(|what| UpstreamError::Target {
+        host: host.to_owned(),
+        what,
+    })
 }
 
 /// TLS to `host` over `tcp`, verified for `host`.
@@ -268,9 +342,13 @@ async fn tls_connect(
 
 /// HTTP/1 requests carry the path only; the authority goes in `Host`
 /// (kept if the caller set one).
-fn to_origin_form(req: &mut Request<Body>, key: &Key) -> Result<(), ProxyError> {
+fn to_origin_form(host: &str, req: &mut Request<Body>, key: &Key) -> Result<(), UpstreamError> {
     if !req.headers().contains_key(header::HOST) {
-        req.headers_mut().insert(header::HOST, host_header(key)?);
+        let value = host_header(key).ok_or_else(|| UpstreamError::Target {
+            host: host.to_owned(),
+            what: "the host is not a valid Host header",
+        })?;
+        req.headers_mut().insert(header::HOST, value);
     }
     let origin = match req.uri().path_and_query() {
         Some(pq) if pq.as_str() != "*" => Uri::from(pq.clone()),
@@ -281,46 +359,12 @@ fn to_origin_form(req: &mut Request<Body>, key: &Key) -> Result<(), ProxyError> 
 }
 
 /// `Host` for `key`: the host, and the port unless it is the scheme's own.
-fn host_header(key: &Key) -> Result<HeaderValue, ProxyError> {
+fn host_header(key: &Key) -> Option<HeaderValue> {
     let default = if key.tls { 443 } else { 80 };
-    let value = if key.port == default {
-        HeaderValue::from_str(&key.host)
+    if key.port == default {
+        HeaderValue::from_str(&key.host).ok()
     } else {
-        HeaderValue::from_str(&format!("{}:{}", key.host, key.port))
-    };
-    value.map_err(|_| ProxyError::Internal(format!("{:?} is not a valid Host", key.host)))
-}
-
-/// A connection fault as the agent sees it. hyper's messages describe
-/// framing and connection faults, never bodies.
-fn unreachable(host: &str, err: &hyper::Error) -> ProxyError {
-    let mut reason = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(e) = source {
-        reason = format!("{reason}: {e}");
-        source = e.source();
-    }
-    ProxyError::UpstreamUnreachable {
-        host: host.to_owned(),
-        reason,
-    }
-}
-
-pub fn dial_error(e: &DialError) -> ProxyError {
-    match e {
-        DialError::Private { .. } | DialError::OwnPort { .. } => {
-            ProxyError::Forbidden(e.to_string())
-        }
-        DialError::Timeout { host, after, .. } => ProxyError::UpstreamTimeout {
-            host: host.clone(),
-            after: *after,
-        },
-        DialError::Resolve { host, .. }
-        | DialError::Connect { host, .. }
-        | DialError::Tls { host, .. } => ProxyError::UpstreamUnreachable {
-            host: host.clone(),
-            reason: e.to_string(),
-        },
+        HeaderValue::from_str(&format!("{}:{}", key.host, key.port)).ok()
     }
 }
 

@@ -112,7 +112,7 @@ pub struct Clavis {
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
-    pub state: clavis::app::State,
+    pub state: clavis::State,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -259,14 +259,14 @@ impl ClavisBuilder {
                 yaml.push_str(&format!("    \"{k}\": \"{v}\"\n"));
             }
         }
-        let config = clavis::config::Config::from_yaml(&yaml, &self.env)
+        let config = clavis::Settings::from_yaml(&yaml, &self.env)
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"));
         let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (proxy_addr, admin_addr) = (proxy.local_addr().unwrap(), admin.local_addr().unwrap());
-        let state = clavis::app::State::new(config, proxy_addr, admin_addr).unwrap();
+        let state = clavis::State::new(config, proxy_addr, admin_addr).unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(clavis::app::serve(state.clone(), proxy, admin, async {
+        let task = tokio::spawn(clavis::serve(state.clone(), proxy, admin, async {
             let _ = rx.await;
         }));
         Clavis {

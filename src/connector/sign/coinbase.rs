@@ -11,7 +11,7 @@ use super::{
     header, hex, parse_pem, required, sec1_p256_to_pkcs8, unescape_newlines, unix_secs, SignError,
     SignInput, Signed,
 };
-use crate::store::Credentials;
+use crate::credentials::Credentials;
 
 const SECRET: &str = "api_secret";
 /// The CDP JWT lifetime the SDK and docs use.

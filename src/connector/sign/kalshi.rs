@@ -9,7 +9,7 @@ use rustls_pki_types::PrivateKeyDer;
 use super::{
     header, parse_pem, required, unescape_newlines, unix_millis, SignError, SignInput, Signed,
 };
-use crate::store::Credentials;
+use crate::credentials::Credentials;
 
 const KEY_FIELD: &str = "private_key";
 

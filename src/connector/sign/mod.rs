@@ -12,6 +12,8 @@ use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::PrivateKeyDer;
 use zeroize::Zeroizing;
 
+use crate::encoding::hex;
+
 /// What a signer sees of the outgoing request, after the agent's auth headers were stripped.
 #[derive(Debug, Clone, Copy)]
 pub struct SignInput<'a> {
@@ -62,7 +64,10 @@ impl SignError {
 }
 
 /// A credential field that must be present and non-empty.
-fn required<'c>(creds: &'c crate::store::Credentials, field: &str) -> Result<&'c str, SignError> {
+fn required<'c>(
+    creds: &'c crate::credentials::Credentials,
+    field: &str,
+) -> Result<&'c str, SignError> {
     creds
         .get(field)
         .filter(|v| !v.is_empty())
@@ -81,16 +86,6 @@ fn unix_millis(now: SystemTime) -> Result<u128, SignError> {
         .duration_since(UNIX_EPOCH)
         .map_err(|_| SignError::Clock)?
         .as_millis())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    out
 }
 
 /// A header from a static lowercase name and a value that may not be a valid
@@ -162,11 +157,6 @@ mod tests {
 
     mod helpers {
         use super::*;
-
-        #[test]
-        fn hex_is_lowercase() {
-            assert_eq!(hex(&[0x00, 0xab, 0x0f]), "00ab0f");
-        }
 
         #[test]
         fn der_long_lengths() {

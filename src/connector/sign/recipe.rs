@@ -1,17 +1,15 @@
 //! User-defined signing recipes (SPEC §4.2 `sign:`): HMAC over a templated message, or AWS SigV4.
 
-use std::collections::BTreeMap;
-
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use http::{HeaderName, HeaderValue};
 use ring::hmac;
-use serde::{Deserialize, Serialize};
 
 use super::sigv4::{self, SigV4Key};
 use super::{required, unix_millis, unix_secs, SignError, SignInput, Signed};
+use crate::config::RecipeSpec;
 use crate::connector::Template;
-use crate::store::Credentials;
+use crate::credentials::Credentials;
 
 /// Request values every template may use, besides the credential fields.
 const REQUEST_VALUES: [&str; 7] = [
@@ -23,29 +21,6 @@ const REQUEST_VALUES: [&str; 7] = [
     "body",
     "host",
 ];
-
-/// The `sign:` section as written in YAML.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RecipeSpec {
-    /// `hmac-sha256`, `hmac-sha512` or `aws-sigv4`.
-    pub algorithm: String,
-    #[serde(default)]
-    pub secret: Option<String>,
-    #[serde(default)]
-    pub message: Option<String>,
-    /// `hex` (default) or `base64`.
-    #[serde(default)]
-    pub encoding: Option<String>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// aws-sigv4 only.
-    #[serde(default)]
-    pub region: Option<String>,
-    /// aws-sigv4 only.
-    #[serde(default)]
-    pub service: Option<String>,
-}
 
 /// A recipe checked and parsed once at load. Holds templates, never values.
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@ use ring::hmac;
 use zeroize::Zeroizing;
 
 use super::{header, hex, unix_secs, SignError, SignInput, Signed};
-use crate::connector::inject::{percent_decode, percent_encode_into};
+use crate::encoding::{percent_decode, percent_encode_into};
 
 /// The key and scope a request is signed with. No `Debug`: it holds the secret.
 pub struct SigV4Key<'a> {

@@ -1,5 +1,5 @@
 //! `Credentials`: a service's secret fields, only ever alive (in plaintext)
-//! between `Store::open` and the end of one request's signing.
+//! between `Store::open` and the end of one exchange's authorize phase.
 
 use std::fmt;
 

@@ -1,0 +1,207 @@
+//! What clavis serves, built from a config: the connector [`Registry`]
+//! (built-in plus user-defined) and the config's services bound to their
+//! connectors, their credentials checked against each connector's fields.
+//! [`Settings`] is a config with its catalog: what `clavis check`
+//! validates and what `serve` runs on. Errors carry the config's key paths
+//! and lines, like the config's own.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigError, ConfigErrors, EntrySpec, Env};
+use crate::connector::{user, Connector, Registry};
+use crate::credentials::Credentials;
+
+/// A config service with its connector.
+#[derive(Debug)]
+pub struct BoundService {
+    pub name: String,
+    pub connector: Arc<Connector>,
+    pub credentials: Credentials,
+    pub default: bool,
+    pub entry: EntrySpec,
+}
+
+#[derive(Debug)]
+pub struct Catalog {
+    pub registry: Registry,
+    /// The config's services, taken out of the config (their credentials
+    /// are sealed into the store at start, then dropped).
+    pub services: Vec<BoundService>,
+}
+
+/// A validated config and what it describes.
+#[derive(Debug)]
+pub struct Settings {
+    pub config: Config,
+    pub catalog: Catalog,
+}
+
+impl Settings {
+    /// Reads and checks a config file (`None`: built-in defaults plus
+    /// `CLAVIS_*`), reporting every error with its key path and line.
+    pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Settings, ConfigErrors> {
+        Settings::from_yaml(&crate::config::read(path)?, env)
+    }
+
+    pub fn from_yaml(text: &str, env: &dyn Env) -> Result<Settings, ConfigErrors> {
+        let (mut config, mut errors) = Config::with_errors(text, env)?;
+        let catalog = Catalog::build(&mut config, &mut errors);
+        if errors.is_empty() {
+            Ok(Settings { config, catalog })
+        } else {
+            Err(ConfigErrors(errors).locate(text))
+        }
+    }
+}
+
+impl Catalog {
+    /// Builds the registry and binds the config's services to it, adding
+    /// every problem to `errors`.
+    fn build(config: &mut Config, errors: &mut Vec<ConfigError>) -> Catalog {
+        let registry = registry(config, errors);
+        let mut services = Vec::new();
+        let mut defaults: HashMap<String, String> = HashMap::new();
+        for s in std::mem::take(&mut config.services) {
+            let Some(connector) = registry.get(&s.connector) else {
+                errors.push(ConfigError::at(
+                    format!("{}.connector", s.key),
+                    format!(
+                        "unknown connector {:?}; known: {}",
+                        s.connector,
+                        registry.names().join(", ")
+                    ),
+                ));
+                continue;
+            };
+            if s.default {
+                if let Some(other) = defaults.insert(connector.name.clone(), s.name.clone()) {
+                    errors.push(ConfigError::at(
+                        format!("{}.default", s.key),
+                        format!(
+                            "{other:?} is already the default for connector {:?}",
+                            connector.name
+                        ),
+                    ));
+                }
+            }
+            if !s.credentials.is_empty() {
+                if let Err(msg) = connector.validate(&s.credentials) {
+                    errors.push(ConfigError::at(format!("{}.credentials", s.key), msg));
+                }
+            }
+            services.push(BoundService {
+                name: s.name,
+                connector: connector.clone(),
+                credentials: s.credentials,
+                default: s.default,
+                entry: s.entry,
+            });
+        }
+        Catalog { registry, services }
+    }
+}
+
+/// The built-in connectors plus the config's; on an error the built-in
+/// ones alone, so the services can still be checked against them.
+fn registry(config: &Config, errors: &mut Vec<ConfigError>) -> Registry {
+    let mut built = Vec::new();
+    let mut positions = Vec::new();
+    for (i, spec) in config.connectors.iter().enumerate() {
+        match user::build(spec) {
+            Ok(c) => {
+                built.push(c);
+                positions.push(i);
+            }
+            Err((key, msg)) => errors.push(ConfigError::at(format!("connectors[{i}].{key}"), msg)),
+        }
+    }
+    match Registry::new(built) {
+        Ok(r) => r,
+        Err(e) => {
+            let path = match e.user_index.and_then(|i| positions.get(i)) {
+                Some(i) => format!("connectors[{i}].{}", e.key),
+                None => "connectors".into(),
+            };
+            errors.push(ConfigError::at(path, e.message));
+            Registry::builtin()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> HashMap<String, String> {
+        [("OPENAI_API_KEY".to_string(), "sk-real".to_string())].into()
+    }
+
+    fn check(yaml: &str) -> Result<Settings, ConfigErrors> {
+        Settings::from_yaml(yaml, &env())
+    }
+
+    #[test]
+    fn two_line_openai_config() {
+        let s = check("services:\n  - { name: openai, connector: openai, credentials: { api_key: \"${OPENAI_API_KEY}\" } }\n").unwrap();
+        assert_eq!(
+            s.catalog.services[0].credentials.get("api_key"),
+            Some("sk-real")
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_with_path_and_line() {
+        let yaml = "\
+services:
+  - name: a
+    connector: openai
+  - name: b
+    connector: opnai
+agents:
+  - name: x
+    token: t
+    services: [nope]
+";
+        let e = check(yaml).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("services[1].connector: unknown connector \"opnai\""),
+            "{msg}"
+        );
+        assert!(msg.contains("(line 5)"), "{msg}");
+        assert!(
+            msg.contains("agents[0].services[0]: no service named \"nope\""),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn bad_prefix_names_field_not_value() {
+        let e = check("services:\n  - { name: a, connector: openai, credentials: { api_key: pk-secretvalue } }\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("api_key") && !msg.contains("secretvalue"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn host_claimed_twice_is_an_error() {
+        let yaml = "connectors:\n  - name: mine\n    hosts: [api.openai.com]\n    inject: { headers: { X-Key: \"{k}\" } }\n    fields: [k]\n";
+        let e = check(yaml).unwrap_err();
+        assert!(e.to_string().contains("api.openai.com"), "{e}");
+    }
+
+    #[test]
+    fn a_second_default_is_named() {
+        let yaml = "services:\n  - { name: a, connector: openai, default: true }\n  - { name: b, connector: openai, default: true }\n";
+        let e = check(yaml).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("services[1].default: \"a\" is already the default"),
+            "{e}"
+        );
+    }
+}

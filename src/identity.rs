@@ -1,0 +1,398 @@
+//! Who is calling. One [`Caller`] for every path (the proxy port, the admin
+//! REST API, MCP): the agent (or the admin, or an anonymous local process)
+//! and the channel it came through. The audit actor is derived from it, and
+//! [`Caller::may_use`] is the one scope check.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::secret::TokenDigest;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Services(HashSet<String>),
+}
+
+#[derive(Debug)]
+pub struct Agent {
+    pub name: String,
+    pub token: TokenDigest,
+    pub scope: Scope,
+    /// May read raw secrets through `get_token`.
+    pub reveal: bool,
+    /// Its upstream requests in flight, per service.
+    pub in_flight: InFlight,
+}
+
+impl Agent {
+    fn may_use(&self, service_name: &str) -> bool {
+        match &self.scope {
+            Scope::All => true,
+            Scope::Services(names) => names.contains(service_name),
+        }
+    }
+}
+
+/// The channel a call came through; part of the audit actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Proxy,
+    Api,
+    Mcp,
+}
+
+#[derive(Debug, Clone)]
+enum Who {
+    /// A local process without proxy credentials (`proxy.require_auth: false`).
+    Anonymous,
+    Admin,
+    Agent(Arc<Agent>),
+    /// A failed admin-port authentication from this address (audited only).
+    Unauthenticated(IpAddr),
+}
+
+/// Whoever is calling, and how.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    who: Who,
+    via: Via,
+}
+
+impl Caller {
+    pub fn anonymous() -> Caller {
+        Caller {
+            who: Who::Anonymous,
+            via: Via::Proxy,
+        }
+    }
+
+    pub fn admin(via: Via) -> Caller {
+        Caller {
+            who: Who::Admin,
+            via,
+        }
+    }
+
+    pub fn agent(agent: Arc<Agent>, via: Via) -> Caller {
+        Caller {
+            who: Who::Agent(agent),
+            via,
+        }
+    }
+
+    pub fn unauthenticated(peer: IpAddr) -> Caller {
+        Caller {
+            who: Who::Unauthenticated(peer),
+            via: Via::Api,
+        }
+    }
+
+    /// The same caller on another channel (an admin-port caller using MCP).
+    pub fn over(&self, via: Via) -> Caller {
+        Caller {
+            who: self.who.clone(),
+            via,
+        }
+    }
+
+    /// The name messages use: the agent's, `admin` or `anonymous`.
+    pub fn name(&self) -> &str {
+        match &self.who {
+            Who::Agent(a) => &a.name,
+            Who::Admin => "admin",
+            Who::Anonymous | Who::Unauthenticated(_) => "anonymous",
+        }
+    }
+
+    /// The one scope check: may this caller see and use `service`? The
+    /// admin and anonymous local callers may use everything (SPEC §3); an
+    /// agent only its `services`; a failed authentication nothing.
+    pub fn may_use(&self, service: &str) -> bool {
+        match &self.who {
+            Who::Admin | Who::Anonymous => true,
+            Who::Agent(a) => a.may_use(service),
+            Who::Unauthenticated(_) => false,
+        }
+    }
+
+    /// May read raw secrets (`get_token`): the admin, or an agent with `reveal`.
+    pub fn require_reveal(&self) -> Result<(), ScopeError> {
+        match &self.who {
+            Who::Admin => Ok(()),
+            Who::Agent(a) if a.reveal => Ok(()),
+            _ => Err(ScopeError::NoReveal {
+                agent: self.name().to_owned(),
+            }),
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<(), ScopeError> {
+        match &self.who {
+            Who::Admin => Ok(()),
+            _ => Err(ScopeError::AdminOnly {
+                agent: self.name().to_owned(),
+            }),
+        }
+    }
+
+    /// Its in-flight counter: the agent's own, or `shared` for callers
+    /// without one (the admin, anonymous local processes).
+    pub fn in_flight<'a>(&'a self, shared: &'a InFlight) -> &'a InFlight {
+        match &self.who {
+            Who::Agent(a) => &a.in_flight,
+            _ => shared,
+        }
+    }
+
+    /// The audit actor: `proxy:<agent>`, `proxy:anonymous`, `api:<agent>`,
+    /// `mcp:<agent>`, `admin`, or `api:unauthenticated@<ip>` (`@` is not
+    /// allowed in agent names, so that label cannot pass for one).
+    pub fn actor(&self) -> Actor<'_> {
+        let kind = match self.via {
+            Via::Proxy => "proxy:",
+            Via::Api => "api:",
+            Via::Mcp => "mcp:",
+        };
+        let name = match &self.who {
+            Who::Admin => {
+                return Actor {
+                    kind: "admin",
+                    name: Cow::Borrowed(""),
+                }
+            }
+            Who::Agent(a) => Cow::Borrowed(a.name.as_str()),
+            Who::Anonymous => Cow::Borrowed("anonymous"),
+            Who::Unauthenticated(ip) => Cow::Owned(format!("unauthenticated@{ip}")),
+        };
+        Actor { kind, name }
+    }
+}
+
+/// An audit actor label in two halves (kept apart so an event can store it
+/// without formatting).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor<'a> {
+    kind: &'static str,
+    name: Cow<'a, str>,
+}
+
+impl Actor<'_> {
+    pub fn parts(&self) -> (&'static str, &str) {
+        (self.kind, &self.name)
+    }
+
+    pub fn into_owned(self) -> Actor<'static> {
+        Actor {
+            kind: self.kind,
+            name: Cow::Owned(self.name.into_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for Actor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind)?;
+        f.write_str(&self.name)
+    }
+}
+
+/// A caller reaching for something outside its scope. Service lookups
+/// outside scope read as missing (`404`), so an agent cannot probe names.
+#[derive(Debug, thiserror::Error)]
+pub enum ScopeError {
+    #[error("agent {agent:?} may not call an admin-only route")]
+    AdminOnly { agent: String },
+    #[error("agent {agent:?} may not read raw secrets (reveal: false)")]
+    NoReveal { agent: String },
+    #[error("no service {key:?}")]
+    Unknown { key: String },
+    #[error("no service {name:?} for connector {connector:?}")]
+    NoSuchService { name: String, connector: String },
+    #[error("agent {agent:?} may not use service {service:?}")]
+    NotAllowed { agent: String, service: String },
+    #[error("agent {agent:?} has no service for connector {connector:?}")]
+    NoneForConnector { agent: String, connector: String },
+    #[error("several services for connector {connector:?} ({names}) and none is default; send a placeholder key \"clavis:<service>\"")]
+    Ambiguous { connector: String, names: String },
+}
+
+/// Upstream requests in flight per service for one caller, capped by
+/// `limits.max_upstream_requests`: however many tunnels and streams an agent
+/// opens (or resets), it cannot hold more than that many requests against
+/// one account at a time (threat model T17).
+#[derive(Debug, Default)]
+pub struct InFlight(dashmap::DashMap<String, Arc<AtomicUsize>>);
+
+/// One request counted in [`InFlight`] until it is dropped (with the
+/// response body, for streamed answers).
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// Counts one more request to `service_id`, or `None` at `limit`.
+    pub fn try_start(&self, service_id: &str, limit: usize) -> Option<InFlightGuard> {
+        let counter = match self.0.get(service_id) {
+            Some(c) => c.clone(),
+            None => self.0.entry(service_id.to_owned()).or_default().clone(),
+        };
+        let admitted = counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok();
+        admitted.then_some(InFlightGuard(counter))
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The agents of the config file, looked up by name.
+#[derive(Debug, Default)]
+pub struct Agents {
+    list: Vec<Arc<Agent>>,
+}
+
+impl Agents {
+    pub fn new(list: Vec<Agent>) -> Agents {
+        Agents {
+            list: list.into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    /// The agent whose name and token both match (token compared in constant time).
+    pub fn authenticate(&self, name: &str, token: &[u8]) -> Option<Arc<Agent>> {
+        let agent = self.list.iter().find(|a| a.name == name)?;
+        agent.token.matches(token).then(|| agent.clone())
+    }
+
+    /// The agent owning a bearer token (admin port), whatever its name.
+    pub fn by_token(&self, token: &[u8]) -> Option<Arc<Agent>> {
+        let digest = TokenDigest::of(token);
+        // Every agent is compared so timing does not depend on which matched.
+        let mut found = None;
+        for agent in &self.list {
+            if agent.token == digest {
+                found = Some(agent.clone());
+            }
+        }
+        found
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Agent>> {
+        self.list.iter()
+    }
+}
+
+/// Failed authentications per peer: past `LIMIT` in `WINDOW`, every request
+/// from that peer gets 429 until the window ends.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+const LIMIT: u32 = 10;
+const WINDOW: Duration = Duration::from_secs(60);
+
+impl Throttle {
+    /// How long `ip` must still wait, once it failed too often.
+    pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
+        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&ip)
+            .filter(|(_, n)| *n >= LIMIT)
+            .and_then(|(start, _)| WINDOW.checked_sub(start.elapsed()))
+            .filter(|left| !left.is_zero())
+    }
+
+    pub fn fail(&self, ip: IpAddr) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 10_000 {
+            map.retain(|_, (start, _)| start.elapsed() < WINDOW);
+        }
+        let entry = map.entry(ip).or_insert((Instant::now(), 0));
+        if entry.0.elapsed() >= WINDOW {
+            *entry = (Instant::now(), 0);
+        }
+        entry.1 += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(name: &str, scope: Scope, reveal: bool) -> Arc<Agent> {
+        Arc::new(Agent {
+            name: name.into(),
+            token: TokenDigest::of(b"t"),
+            scope,
+            reveal,
+            in_flight: InFlight::default(),
+        })
+    }
+
+    #[test]
+    fn actors_name_the_channel_and_the_agent() {
+        let codex = agent("codex", Scope::All, false);
+        let label = |c: Caller| c.actor().to_string();
+        assert_eq!(label(Caller::anonymous()), "proxy:anonymous");
+        assert_eq!(
+            label(Caller::agent(codex.clone(), Via::Proxy)),
+            "proxy:codex"
+        );
+        assert_eq!(label(Caller::agent(codex.clone(), Via::Api)), "api:codex");
+        assert_eq!(
+            label(Caller::agent(codex, Via::Api).over(Via::Mcp)),
+            "mcp:codex"
+        );
+        assert_eq!(label(Caller::admin(Via::Mcp)), "admin");
+        assert_eq!(
+            label(Caller::unauthenticated([127, 0, 0, 1].into())),
+            "api:unauthenticated@127.0.0.1"
+        );
+    }
+
+    #[test]
+    fn one_scope_check_for_every_caller() {
+        let scoped = agent("a", Scope::Services(["x".to_string()].into()), false);
+        let caller = Caller::agent(scoped, Via::Proxy);
+        assert!(caller.may_use("x") && !caller.may_use("y"));
+        assert!(caller.require_admin().is_err() && caller.require_reveal().is_err());
+        assert!(Caller::admin(Via::Api).may_use("y"));
+        assert!(Caller::anonymous().may_use("y"));
+        assert!(!Caller::unauthenticated([127, 0, 0, 1].into()).may_use("y"));
+        let revealer = Caller::agent(agent("r", Scope::All, true), Via::Mcp);
+        assert!(revealer.require_reveal().is_ok());
+    }
+
+    #[test]
+    fn in_flight_caps_each_service_and_frees_on_drop() {
+        let f = InFlight::default();
+        let a1 = f.try_start("svc-a", 2).unwrap();
+        let _a2 = f.try_start("svc-a", 2).unwrap();
+        assert!(
+            f.try_start("svc-a", 2).is_none(),
+            "third request over the cap"
+        );
+        let _b = f
+            .try_start("svc-b", 2)
+            .expect("another service has its own count");
+        drop(a1);
+        assert!(
+            f.try_start("svc-a", 2).is_some(),
+            "a finished request frees its slot"
+        );
+    }
+}

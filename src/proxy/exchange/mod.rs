@@ -1,0 +1,589 @@
+//! One exchange, from agent to upstream and back, in phases that read top to
+//! bottom in [`forward`]:
+//!
+//! ```text
+//! admit      the service (placeholder, scope, default: 403) and a slot in flight (429)
+//! prepare    strip hop-by-hop and auth headers, defaults, the upstream URI from the target
+//! decide     clavis's rules: TRACE never, a connector's reserved paths never
+//! authorize  open the credentials once, buffer the body if the plan needs it,
+//!            audit the use (fail closed: 503), inject (or fetch a token)
+//! send       over verified TLS, pooled (502/504); a refused token renewed once
+//! relay      response headers and body scrubbed of echoes, streamed back
+//! ```
+//!
+//! A [`Record`] carries what every exchange ends with (permit, audit
+//! event, status, metrics, log line) and writes it once. The proxy port,
+//! `/v1/proxy` and MCP all call [`forward`]; no provider is named here:
+//! what differs per API is asked of the connector.
+
+mod check;
+mod record;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+
+use super::{headers, scrub};
+use crate::body::{self, Body};
+use crate::connector::{Connector, Plan, TokenSource};
+use crate::error::{ProxyError, Refusal, RequestError};
+use crate::identity::{Caller, ScopeError};
+use crate::redact::{Anchors, Patterns};
+use crate::secret::Secret;
+use crate::state::State;
+use crate::store::{Service, Store, StoreError};
+use record::{Ended, Record};
+
+/// Where requests go. Fixed by the CONNECT authority on the proxy port (or by
+/// the service on the admin port) and never by anything inside a request.
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub host: String,
+    pub port: u16,
+    pub connector: Arc<Connector>,
+    /// `host[:port]` as every upstream URI carries it.
+    authority: http::uri::Authority,
+    stats: crate::metrics::ConnectorStats,
+}
+
+impl Target {
+    /// `host` is already normalized (lowercase, no trailing dot); a name
+    /// that is not a valid authority is refused.
+    pub(crate) fn new(
+        state: &State,
+        host: String,
+        port: u16,
+        connector: Arc<Connector>,
+    ) -> Result<Target, ProxyError> {
+        let text = if port == 443 {
+            host.clone()
+        } else {
+            format!("{host}:{port}")
+        };
+        let authority = text
+            .parse()
+            .map_err(|_| RequestError::Malformed(format!("{text:?} is not a valid authority")))?;
+        let stats = state.metrics.for_connector(&connector.name);
+        Ok(Target {
+            host,
+            port,
+            connector,
+            authority,
+            stats,
+        })
+    }
+}
+
+/// How the service is picked.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Choice<'a> {
+    /// From a `clavis:<name>` placeholder, the agent's scope, or `default`.
+    FromRequest,
+    /// Named by the caller (`/v1/proxy/{name}`, MCP `proxy_request`).
+    Named(&'a str),
+}
+
+/// A request received inside a MITM'd tunnel: checked against the tunnel's
+/// destination, then forwarded.
+pub(crate) async fn tunneled(
+    state: State,
+    caller: Arc<Caller>,
+    target: Arc<Target>,
+    req: Request<Incoming>,
+    ambiguous_framing: bool,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let checked = if ambiguous_framing {
+        Err(RequestError::Malformed(
+            "ambiguous framing (Transfer-Encoding with Content-Length, or differing Content-Length values) is refused"
+                .into(),
+        )
+        .into())
+    } else {
+        check::check_inner(&target, &req, state.config.limits.max_uri_bytes)
+    };
+    let outcome = match checked {
+        // Boxed per request: hyper keeps one slot of this future's size per
+        // connection for its whole life, and most tunnels are idle.
+        Ok(()) => {
+            let req = req.map(body::boxed);
+            Box::pin(forward(&state, &caller, &target, Choice::FromRequest, req)).await
+        }
+        Err(e) => {
+            Record::new(&state, &caller, &target, req.method(), req.uri()).failed(&e);
+            Err(e)
+        }
+    };
+    Ok(outcome.unwrap_or_else(ProxyError::response))
+}
+
+/// Forwards one request with the credential injected. The request's own
+/// authority is ignored: the URI is rebuilt from `target`.
+pub(crate) async fn forward(
+    state: &State,
+    caller: &Arc<Caller>,
+    target: &Arc<Target>,
+    choice: Choice<'_>,
+    req: Request<Body>,
+) -> Result<Response<Body>, ProxyError> {
+    let mut record = Record::new(state, caller, target, req.method(), req.uri());
+    match exchange(&mut record, choice, req).await {
+        Ok(sent) => relay(record, sent),
+        Err(e) => {
+            record.failed(&e);
+            Err(e)
+        }
+    }
+}
+
+async fn exchange(
+    record: &mut Record,
+    choice: Choice<'_>,
+    req: Request<Body>,
+) -> Result<Sent, ProxyError> {
+    let (parts, body) = req.into_parts();
+    admit(record, choice, &parts)?;
+    let outgoing = prepare(record, parts, body)?;
+    decide(record, &outgoing)?;
+    let authorized = authorize(record, outgoing).await?;
+    send(record, authorized).await
+}
+
+/// The service this request may use, and its slot among the caller's
+/// requests in flight to it.
+fn admit(record: &mut Record, choice: Choice<'_>, parts: &Parts) -> Result<(), ProxyError> {
+    let service = choose_service(record, choice, &parts.headers)?;
+    record.service = Some(service.clone());
+    let state = &record.state;
+    let limit = state.config.limits.max_upstream_requests;
+    let in_flight = record.caller.in_flight(&state.anonymous_in_flight);
+    let permit = in_flight
+        .try_start(&service.id, limit)
+        .ok_or_else(|| Refusal::InFlight {
+            caller: record.caller.name().to_owned(),
+            limit,
+            service: service.name.clone(),
+        })?;
+    record.permit = Some(permit);
+    Ok(())
+}
+
+/// SPEC §3 step 2: placeholder, else the agent's only service for this
+/// connector, else the connector's `default`; always within the caller's scope.
+fn choose_service(
+    record: &Record,
+    choice: Choice<'_>,
+    headers_in: &http::HeaderMap,
+) -> Result<Arc<Service>, ScopeError> {
+    let (caller, target) = (&record.caller, &record.target);
+    let table = record.state.store.table();
+    let connector = &target.connector.name;
+    let named = match choice {
+        Choice::Named(n) => Some(n.to_owned()),
+        Choice::FromRequest => headers::placeholder(headers_in, &target.connector.strip),
+    };
+    if let Some(name) = named {
+        let service = table
+            .find(&name)
+            .filter(|s| s.connector.name == *connector)
+            .ok_or_else(|| ScopeError::NoSuchService {
+                name: name.clone(),
+                connector: connector.clone(),
+            })?;
+        if !caller.may_use(&service.name) {
+            return Err(ScopeError::NotAllowed {
+                agent: caller.name().to_owned(),
+                service: service.name.clone(),
+            });
+        }
+        return Ok(service.clone());
+    }
+    let usable = || {
+        table
+            .for_connector(connector)
+            .iter()
+            .filter(|s| caller.may_use(&s.name))
+    };
+    let mut first_two = usable();
+    match (first_two.next(), first_two.next()) {
+        (Some(only), None) => Ok(only.clone()),
+        (None, _) => Err(ScopeError::NoneForConnector {
+            agent: caller.name().to_owned(),
+            connector: connector.clone(),
+        }),
+        (Some(_), Some(_)) => usable().find(|s| s.default).cloned().ok_or_else(|| {
+            let names: Vec<&str> = usable().map(|s| s.name.as_str()).collect();
+            ScopeError::Ambiguous {
+                connector: connector.clone(),
+                names: names.join(", "),
+            }
+        }),
+    }
+}
+
+/// The request on its way out, before the credential.
+struct Outgoing {
+    parts: Parts,
+    body: Body,
+    /// The agent's side of a websocket upgrade.
+    websocket: Option<OnUpgrade>,
+}
+
+/// Strips what the agent may not send on (hop-by-hop headers, every auth
+/// header the connector knows, `Host`), adds the connector's defaults and
+/// points the URI at the target.
+fn prepare(record: &Record, mut parts: Parts, body: Body) -> Result<Outgoing, ProxyError> {
+    let connector = &record.target.connector;
+    let websocket = check::is_websocket(&parts.method, parts.version, &parts.headers)
+        .then(|| parts.extensions.remove::<OnUpgrade>())
+        .flatten();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::strip_auth(&mut parts.headers, &connector.strip);
+    if websocket.is_some() {
+        let h = &mut parts.headers;
+        h.insert(
+            header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+        h.insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    }
+    parts.headers.remove(header::HOST);
+    for (name, value) in &connector.defaults {
+        if !parts.headers.contains_key(name) {
+            parts.headers.insert(name.clone(), value.clone());
+        }
+    }
+    parts.uri = upstream_uri(&record.target, &parts.uri)?;
+    parts.version = Version::HTTP_11;
+    Ok(Outgoing {
+        parts,
+        body,
+        websocket,
+    })
+}
+
+/// What clavis's own rules say: `TRACE` (the upstream would echo the
+/// request, credential included) never, a connector's reserved paths (a
+/// token source's login) never.
+fn decide(record: &Record, out: &Outgoing) -> Result<(), ProxyError> {
+    if out.parts.method == Method::TRACE {
+        return Err(Refusal::Trace.into());
+    }
+    if record.target.connector.reserves(out.parts.uri.path()) {
+        return Err(Refusal::Reserved.into());
+    }
+    Ok(())
+}
+
+/// The request with its credential, and what sending and relaying need.
+struct Authorized {
+    request: Request<Body>,
+    websocket: Option<OnUpgrade>,
+    scrub: Scrub,
+    /// A token request: what renewing the token and sending again needs.
+    retry: Option<Retry>,
+}
+
+/// What a refused token's renewal needs: the request without it.
+struct Retry {
+    source: TokenSource,
+    generation: u64,
+    parts: Parts,
+    body: Bytes,
+}
+
+/// Where the scrubber's patterns come from.
+enum Scrub {
+    /// The service's cached anchors; the credentials are opened again only
+    /// if an anchor shows up in the response (SPEC §3.1).
+    Cached(Arc<Anchors>),
+    /// Every form known up front: credentials plus the tokens sent.
+    Known(Patterns),
+}
+
+/// Opens the credentials (once), buffers the body if the plan needs it,
+/// audits the use before it happens, then injects the credential or the
+/// token it fetches.
+async fn authorize(record: &mut Record, out: Outgoing) -> Result<Authorized, ProxyError> {
+    let (state, target) = (record.state.clone(), record.target.clone());
+    let service = record.service()?.clone();
+    let creds = state.store.open_required(&service)?;
+    let plan = target.connector.inject.plan(creds.expose());
+    let Outgoing {
+        mut parts,
+        body,
+        websocket,
+    } = out;
+    let (buffered, body) = match plan {
+        Plan::Stream => (None, body),
+        Plan::BufferBody | Plan::Token(_) => {
+            let limit = state.config.limits.max_body_buffer;
+            (Some(buffer(body, limit).await?), body::empty())
+        }
+    };
+    record.audit_use()?;
+    if let Plan::Token(source) = plan {
+        let mut patterns = Patterns::from_credentials(creds.expose());
+        let fetcher = state.fetcher();
+        let (host, actor) = (&target.host, record.caller.actor());
+        let issued = state
+            .tokens
+            .get(
+                &fetcher,
+                source,
+                &service,
+                creds.expose(),
+                host,
+                &actor,
+                None,
+            )
+            .await?;
+        drop(creds);
+        patterns.add(issued.token.expose().as_bytes());
+        let body = buffered.unwrap_or_default();
+        return Ok(Authorized {
+            request: with_token(&parts, source, &issued.token, body.clone())?,
+            websocket,
+            scrub: Scrub::Known(patterns),
+            retry: Some(Retry {
+                source,
+                generation: issued.generation,
+                parts,
+                body,
+            }),
+        });
+    }
+    let signed_body = buffered.as_deref().unwrap_or(&[]);
+    target
+        .connector
+        .inject
+        .apply(&mut parts, &target.host, creds.expose(), signed_body)
+        .map_err(|source| ProxyError::Inject {
+            service: service.name.clone(),
+            source,
+        })?;
+    let anchors = Store::anchors_of(&service, creds.expose());
+    drop(creds);
+    let body = buffered.map_or(body, body::full);
+    Ok(Authorized {
+        request: Request::from_parts(parts, body),
+        websocket,
+        scrub: Scrub::Cached(anchors),
+        retry: None,
+    })
+}
+
+/// The whole request body, up to `limit` bytes (a signature covers it, or
+/// a refused token means sending it again).
+async fn buffer(body: Body, limit: usize) -> Result<Bytes, ProxyError> {
+    Box::pin(body::collect_capped(body, limit))
+        .await
+        .map_err(|e| match e {
+            body::Capped::TooLarge => RequestError::TooLarge { limit }.into(),
+            body::Capped::Failed => {
+                RequestError::Malformed("the request body could not be read".into()).into()
+            }
+        })
+}
+
+/// A copy of the request head with the token on it.
+fn with_token(
+    parts: &Parts,
+    source: TokenSource,
+    token: &Secret<String>,
+    body: Bytes,
+) -> Result<Request<Body>, ProxyError> {
+    let mut request = Request::new(body::full(body));
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    // A token that is no header value is refused when it is read.
+    if !source.apply(request.headers_mut(), token) {
+        return Err(ProxyError::Internal("a token is not a header value"));
+    }
+    Ok(request)
+}
+
+/// The upstream's answer, and what the relay needs.
+struct Sent {
+    response: Response<Incoming>,
+    websocket: Option<OnUpgrade>,
+    scrub: Scrub,
+}
+
+/// Sends the request upstream. A websocket goes on a fresh HTTP/1.1
+/// connection; a token the upstream refuses (`401`) is renewed, shared
+/// with every request waiting for it, and the request sent once more.
+async fn send(record: &mut Record, auth: Authorized) -> Result<Sent, ProxyError> {
+    let Authorized {
+        request,
+        websocket,
+        mut scrub,
+        retry,
+    } = auth;
+    let (upstream, host) = (&record.state.upstream, &record.target.host);
+    if websocket.is_some() {
+        let response = Box::pin(upstream.send_upgrade(host, request)).await?;
+        return Ok(Sent {
+            response,
+            websocket,
+            scrub,
+        });
+    }
+    let mut response = upstream.send(host, request).await?;
+    if let Some(retry) = retry.filter(|_| response.status() == StatusCode::UNAUTHORIZED) {
+        response = Box::pin(renew(record, retry, &mut scrub)).await?;
+    }
+    Ok(Sent {
+        response,
+        websocket: None,
+        scrub,
+    })
+}
+
+/// A second login is a second use of the credentials: they are opened
+/// again for it (only if no other request renewed the token meanwhile).
+async fn renew(
+    record: &Record,
+    retry: Retry,
+    scrub: &mut Scrub,
+) -> Result<Response<Incoming>, ProxyError> {
+    let (state, host) = (&record.state, &record.target.host);
+    let service = record.service()?;
+    tracing::info!(service = %service.name, "session token refused; logging in again");
+    let creds = state.store.open_required(service)?;
+    let issued = state
+        .tokens
+        .get(
+            &state.fetcher(),
+            retry.source,
+            service,
+            creds.expose(),
+            host,
+            &record.caller.actor(),
+            Some(retry.generation),
+        )
+        .await?;
+    drop(creds);
+    if let Scrub::Known(patterns) = scrub {
+        patterns.add(issued.token.expose().as_bytes());
+    }
+    let again = with_token(&retry.parts, retry.source, &issued.token, retry.body)?;
+    Ok(state.upstream.send(host, again).await?)
+}
+
+/// Streams the answer back: a websocket's `101` bridged, any other answer
+/// with hop-by-hop headers removed and echoes of the credential masked in
+/// its headers, body and trailers. The record ends with the body.
+fn relay(mut record: Record, sent: Sent) -> Result<Response<Body>, ProxyError> {
+    let Sent {
+        response,
+        websocket,
+        scrub,
+    } = sent;
+    let (mut parts, body) = response.into_parts();
+    let status = parts.status;
+    if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (websocket, status) {
+        if let Some(upstream) = parts.extensions.remove::<OnUpgrade>() {
+            let idle = record.state.config.limits.tunnel_idle_timeout.0;
+            super::relay::websocket(client, upstream, idle);
+        }
+        record.answered(status.as_u16());
+        let body = Ended::new(body::empty(), record);
+        return Ok(Response::from_parts(
+            parts,
+            http_body_util::BodyExt::boxed(body),
+        ));
+    }
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let mut scrubber = scrubber(&record, scrub)?;
+    if let Some(s) = &mut scrubber {
+        if let Err(e) = s.mask_headers(&mut parts.headers) {
+            let e = ProxyError::from(e);
+            record.failed(&e);
+            return Err(e);
+        }
+    }
+    record.answered(status.as_u16());
+    let body = Ended::new(body, record);
+    let body = match scrubber {
+        Some(s) => s.wrap(body),
+        None => body::boxed(body),
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// The scrubber for this answer, or none when no secret is long enough to
+/// be masked.
+fn scrubber(record: &Record, scrub: Scrub) -> Result<Option<scrub::Scrubber>, ProxyError> {
+    let (anchors, known) = match scrub {
+        Scrub::Cached(anchors) => (anchors, None),
+        Scrub::Known(patterns) => (Arc::new(Anchors::of(&patterns)), Some(patterns)),
+    };
+    if anchors.is_empty() {
+        return Ok(None);
+    }
+    let echo = Echo {
+        state: record.state.clone(),
+        service: record.service()?.clone(),
+        caller: record.caller.clone(),
+        target: record.target.clone(),
+        known,
+    };
+    Ok(Some(scrub::Scrubber::new(anchors, Box::new(echo))))
+}
+
+/// The scrubber's view of one exchange: where the full patterns come from
+/// when an anchor shows up, and where a masked echo is reported.
+struct Echo {
+    state: State,
+    service: Arc<Service>,
+    caller: Arc<Caller>,
+    target: Arc<Target>,
+    /// Forms known up front (a token exchange's).
+    known: Option<Patterns>,
+}
+
+impl scrub::Source for Echo {
+    fn patterns(&mut self) -> Result<Patterns, StoreError> {
+        if let Some(known) = self.known.take() {
+            return Ok(known);
+        }
+        let creds = self.state.store.open_required(&self.service)?;
+        Ok(Patterns::from_credentials(creds.expose()))
+    }
+
+    fn masked(&self, hits: usize) {
+        use crate::audit::{Action, Detail, Event};
+        let (entry, host) = (&self.service.name, &self.target.host);
+        tracing::warn!(service = %entry, host = %host, hits, "upstream echoed the credential; masked");
+        let detail = Detail::note(format!(
+            "upstream {host} echoed the credential; {hits} occurrence(s) masked"
+        ));
+        let _ = self.state.audit.record(Event::new(
+            Action::Denied,
+            entry,
+            &self.caller.actor(),
+            detail,
+        ));
+    }
+}
+
+/// `https://{target}{path?query}`: the destination comes from the target only.
+fn upstream_uri(target: &Target, uri: &Uri) -> Result<Uri, ProxyError> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTPS);
+    parts.authority = Some(target.authority.clone());
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).map_err(|_| {
+        RequestError::Malformed("request target is not a valid URI path".into()).into()
+    })
+}

@@ -1,0 +1,269 @@
+//! The shared state both ports read: a cheap `Clone` handle over the
+//! settings and every long-lived part (CA and leaf cache, sealed store,
+//! audit log, upstream pool, tokens, metrics), built once at start by
+//! [`State::new`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::audit::AuditLog;
+use crate::catalog::{Catalog, Settings};
+use crate::config::Config;
+use crate::identity::InFlight;
+use crate::store::{Origin, Sealer, Store, StoreError};
+use crate::tls::{verify, Ca, LeafCache, TlsError};
+use crate::tokens::{Fetcher, Tokens};
+use crate::upstream::{Dialer, Upstream};
+
+pub struct Shared {
+    pub config: Config,
+    pub catalog: Catalog,
+    pub ca: Arc<Ca>,
+    pub certs: LeafCache,
+    pub store: Store,
+    pub audit: AuditLog,
+    pub upstream: Upstream,
+    pub tunnels: Arc<Semaphore>,
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// The admin bearer token's digest (configured, or generated at start).
+    pub admin_token: crate::secret::TokenDigest,
+    pub admin_throttle: crate::identity::Throttle,
+    pub metrics: crate::metrics::Metrics,
+    pub tokens: Tokens,
+    /// In-flight upstream requests of callers without an agent (the admin,
+    /// or anyone on loopback when `proxy.require_auth` is off).
+    pub anonymous_in_flight: InFlight,
+    ready: AtomicBool,
+}
+
+/// A cheap handle to everything a request needs.
+#[derive(Clone)]
+pub struct State(Arc<Shared>);
+
+impl std::ops::Deref for State {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("CA: {0}")]
+    Ca(#[from] TlsError),
+    #[error("master key {path}: {source}")]
+    MasterKey {
+        path: String,
+        #[source]
+        source: KeyFileError,
+    },
+    #[error("audit file: {0}")]
+    Audit(#[source] std::io::Error),
+    #[error("admin token {path}: {source}")]
+    AdminToken {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the system random generator failed")]
+    Random,
+    #[error("store: {0}")]
+    Snapshot(#[source] StoreError),
+    #[error("service {name:?}: {source}")]
+    Service {
+        name: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// Why the master key file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("{0}")]
+    Read(#[from] std::io::Error),
+    #[error("{0}")]
+    Key(#[from] crate::store::SealError),
+}
+
+impl State {
+    /// Builds everything that does not need a socket: CA, store, agents,
+    /// audit, upstream client. `proxy_addr`/`admin_addr` are the bound ports
+    /// (never dialed as upstreams).
+    pub fn new(
+        settings: Settings,
+        proxy_addr: SocketAddr,
+        admin_addr: SocketAddr,
+    ) -> Result<State, StartError> {
+        let Settings {
+            config,
+            mut catalog,
+        } = settings;
+        let ca = Arc::new(Ca::load_or_create(&config.ca)?);
+        let metrics = crate::metrics::Metrics::new();
+        let certs = LeafCache::new(
+            ca.clone(),
+            config.limits.leaf_cache,
+            metrics.certs_issued.clone(),
+        )?;
+        let sealer = sealer(&config)?;
+        if !sealer.key_locked() {
+            tracing::warn!(
+                "could not lock the master key's memory page (RLIMIT_MEMLOCK); \
+                 it is kept out of core dumps but may be swapped"
+            );
+        }
+        let store = Store::new(sealer);
+        // Config credentials are sealed here and their plaintext dropped.
+        for s in std::mem::take(&mut catalog.services) {
+            let err = |source: StoreError| StartError::Service {
+                name: s.name.clone(),
+                source,
+            };
+            store
+                .add(&s.name, s.connector.clone(), s.default, Origin::Config)
+                .map_err(err)?;
+            if !s.credentials.is_empty() {
+                store
+                    .set_credentials(&s.name, &s.credentials, false)
+                    .map_err(err)?;
+            }
+            let name = s.name.clone();
+            store.set_entry(&name, s.entry).map_err(err)?;
+        }
+        // Loaded after the config services, so the config wins on a clash
+        // and nothing is written before the snapshot was read.
+        if let Some(path) = config.store.snapshot.clone() {
+            let restored = store
+                .restore(crate::store::Snapshot::new(path), &catalog.registry)
+                .map_err(StartError::Snapshot)?;
+            tracing::info!(services = restored, "restored services from the snapshot");
+        }
+        let tls = verify::client_config(&config.upstream.extra_ca)?;
+        let dialer = Dialer {
+            resolve: config.upstream.resolve.clone(),
+            allow_private: config.proxy.allow_private.clone(),
+            own: vec![proxy_addr, admin_addr],
+            connect_timeout: config.upstream.connect_timeout,
+        };
+        let upstream = Upstream::new(
+            dialer,
+            tls,
+            config.upstream.request_timeout,
+            config.limits.idle_timeout.0,
+        );
+        let audit = AuditLog::open(&config.audit).map_err(StartError::Audit)?;
+        let tunnels = Arc::new(Semaphore::new(config.limits.max_tunnels));
+        let admin_token = match config.admin.token {
+            Some(digest) => digest,
+            None => generate_admin_token(&config)?,
+        };
+        let tokens = Tokens::new(
+            config.limits.session_idle.0,
+            config.limits.session_max_age.0,
+        );
+        Ok(State(Arc::new(Shared {
+            config,
+            catalog,
+            ca,
+            certs,
+            store,
+            audit,
+            upstream,
+            tunnels,
+            proxy_addr,
+            admin_addr,
+            admin_token,
+            admin_throttle: Default::default(),
+            tokens,
+            metrics,
+            anonymous_in_flight: Default::default(),
+            ready: AtomicBool::new(false),
+        })))
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// What fetching a token needs.
+    pub(crate) fn fetcher(&self) -> Fetcher<'_> {
+        Fetcher {
+            upstream: &self.upstream,
+            audit: &self.audit,
+            store: &self.store,
+        }
+    }
+
+    /// The newest audit events as JSON (newest first), for tests and tools.
+    pub fn audit_events(&self, limit: usize) -> Vec<serde_json::Value> {
+        self.audit.query(limit, None, None)
+    }
+
+    /// How many audit events the in-memory ring holds.
+    pub fn audit_len(&self) -> usize {
+        self.audit.len()
+    }
+
+    /// How many tunnels are open now.
+    pub fn open_tunnels(&self) -> usize {
+        self.config.limits.max_tunnels - self.tunnels.available_permits()
+    }
+}
+
+/// The master key from `store.master_key_file`, or a fresh one per process.
+fn sealer(config: &Config) -> Result<Sealer, StartError> {
+    let Some(path) = &config.store.master_key_file else {
+        return Sealer::random().map_err(|e| StartError::MasterKey {
+            path: "(generated)".into(),
+            source: e.into(),
+        });
+    };
+    let err = |source: KeyFileError| StartError::MasterKey {
+        path: path.display().to_string(),
+        source,
+    };
+    let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| err(e.into()))?);
+    Sealer::from_file_bytes(&bytes).map_err(|e| err(e.into()))
+}
+
+/// Without a configured admin token, clavis makes one and writes it to
+/// `admin.token` beside the CA key (0600). The path is logged, never the token.
+fn generate_admin_token(config: &Config) -> Result<crate::secret::TokenDigest, StartError> {
+    use ring::rand::SecureRandom;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = config
+        .ca
+        .key
+        .parent()
+        .map(|d| d.join("admin.token"))
+        .unwrap_or_else(|| "admin.token".into());
+    let err = |source: std::io::Error| StartError::AdminToken {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut bytes = zeroize::Zeroizing::new([0u8; 24]);
+    ring::rand::SystemRandom::new()
+        .fill(bytes.as_mut())
+        .map_err(|_| StartError::Random)?;
+    let token = zeroize::Zeroizing::new(crate::encoding::hex(bytes.as_ref()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(err)?;
+    f.write_all(token.as_bytes()).map_err(err)?;
+    tracing::info!(path = %path.display(), "generated an admin token (admin.token is not set)");
+    Ok(crate::secret::TokenDigest::of(token.as_bytes()))
+}
