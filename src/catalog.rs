@@ -88,7 +88,10 @@ impl Catalog {
             }
             if !s.credentials.is_empty() {
                 if let Err(msg) = connector.validate(&s.credentials) {
-                    errors.push(ConfigError::at(format!("{}.credentials", s.key), msg));
+                    errors.push(ConfigError::at(
+                        format!("{}.credentials", s.key),
+                        msg.to_string(),
+                    ));
                 }
             }
             services.push(BoundService {
@@ -114,7 +117,10 @@ fn registry(config: &Config, errors: &mut Vec<ConfigError>) -> Registry {
                 built.push(c);
                 positions.push(i);
             }
-            Err((key, msg)) => errors.push(ConfigError::at(format!("connectors[{i}].{key}"), msg)),
+            Err(e) => errors.push(ConfigError::at(
+                format!("connectors[{i}].{}", e.key),
+                e.message,
+            )),
         }
     }
     match Registry::new(built) {

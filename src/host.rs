@@ -67,8 +67,19 @@ pub enum HostPattern {
     Wildcard(String),
 }
 
+/// Why a connector's host is not one it may claim.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("{0:?} is not a host name (letters, digits, '-' and '.' only; a wildcard is one leading \"*.\")")]
+    NotAName(String),
+    #[error("{0:?}: a wildcard needs at least two labels after \"*.\" so it cannot cover a whole top-level domain")]
+    WildcardTooWide(String),
+    #[error("{text:?}: {suffix:?} is a public suffix (Public Suffix List), so anyone can register a name under it and receive the credential")]
+    PublicSuffix { text: String, suffix: String },
+}
+
 impl HostPattern {
-    pub fn parse(text: &str) -> Result<HostPattern, String> {
+    pub fn parse(text: &str) -> Result<HostPattern, HostError> {
         let lower = text.trim_end_matches('.').to_ascii_lowercase();
         let (wild, name) = match lower.strip_prefix("*.") {
             Some(rest) => (true, rest),
@@ -83,24 +94,21 @@ impl HostPattern {
                 && !l.ends_with('-')
         };
         if name.is_empty() || !labels.iter().all(label_ok) {
-            return Err(format!(
-                "{text:?} is not a host name (letters, digits, '-' and '.' only; a wildcard is one leading \"*.\")"
-            ));
+            return Err(HostError::NotAName(text.to_owned()));
         }
         if wild {
             if labels.len() < 2 {
-                return Err(format!(
-                    "{text:?}: a wildcard needs at least two labels after \"*.\" so it cannot cover a whole top-level domain"
-                ));
+                return Err(HostError::WildcardTooWide(text.to_owned()));
             }
             // The PSL's default rule makes any unknown TLD a suffix of one
             // label; only listed suffixes (ICANN or private) are refused here.
             if psl::suffix(name.as_bytes())
                 .is_some_and(|s| s.is_known() && s.as_bytes() == name.as_bytes())
             {
-                return Err(format!(
-                    "{text:?}: {name:?} is a public suffix (Public Suffix List), so anyone can register a name under it and receive the credential"
-                ));
+                return Err(HostError::PublicSuffix {
+                    text: text.to_owned(),
+                    suffix: name.to_owned(),
+                });
             }
             Ok(HostPattern::Wildcard(format!(".{name}")))
         } else {
@@ -287,7 +295,7 @@ mod tests {
                 "*.co.uk",
                 "*.herokuapp.com",
             ] {
-                let e = HostPattern::parse(bad).err().unwrap_or_default();
+                let e = HostPattern::parse(bad).unwrap_err().to_string();
                 assert!(e.contains("public suffix"), "{bad}: {e:?}");
             }
             // A registrable name's subdomains are its owner's.

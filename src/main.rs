@@ -143,7 +143,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             match probe_ready(addr) {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(why) => {
-                    eprintln!("clavis: not ready at {addr}: {why}");
+                    eprintln!("clavis: not ready at {addr}: {why:#}");
                     Ok(ExitCode::FAILURE)
                 }
             }
@@ -169,7 +169,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 
 /// `GET /readyz` on the admin port, answered `200` within two seconds. An
 /// unspecified listen address (`0.0.0.0`, `[::]`) is asked on loopback.
-fn probe_ready(mut addr: SocketAddr) -> Result<(), String> {
+fn probe_ready(mut addr: SocketAddr) -> anyhow::Result<()> {
     use std::io::{Read, Write};
     if addr.ip().is_unspecified() {
         addr.set_ip(match addr {
@@ -178,33 +178,26 @@ fn probe_ready(mut addr: SocketAddr) -> Result<(), String> {
         });
     }
     let timeout = std::time::Duration::from_secs(2);
-    let mut conn =
-        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, timeout)?;
     let request = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    conn.set_read_timeout(Some(timeout))
-        .and_then(|()| conn.set_write_timeout(Some(timeout)))
-        .and_then(|()| conn.write_all(request.as_bytes()))
-        .map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    conn.write_all(request.as_bytes())?;
     let mut head = [0u8; 12];
-    conn.read_exact(&mut head).map_err(|e| e.to_string())?;
+    conn.read_exact(&mut head)?;
     match &head {
         b"HTTP/1.1 200" => Ok(()),
-        _ => Err(format!(
-            "/readyz answered {:?}",
-            String::from_utf8_lossy(&head[9..])
-        )),
+        _ => anyhow::bail!("/readyz answered {:?}", String::from_utf8_lossy(&head[9..])),
     }
 }
 
 /// One worker per CPU clavis may use (its affinity mask and cgroup quota),
 /// or `TOKIO_WORKER_THREADS`.
-fn workers() -> Result<usize, String> {
+fn workers() -> anyhow::Result<usize> {
     match std::env::var("TOKIO_WORKER_THREADS") {
         Ok(v) => match v.trim().parse::<usize>() {
             Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!(
-                "TOKIO_WORKER_THREADS must be a positive integer, not {v:?}"
-            )),
+            _ => anyhow::bail!("TOKIO_WORKER_THREADS must be a positive integer, not {v:?}"),
         },
         Err(_) => Ok(std::thread::available_parallelism().map_or(1, usize::from)),
     }

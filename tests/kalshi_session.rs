@@ -311,3 +311,59 @@ async fn agents_may_not_call_the_login_endpoint() {
     assert_eq!(up.kalshi.login_count(), 0, "nothing reached the upstream");
     assert!(up.seen().is_empty());
 }
+
+const ADMIN: &str = "admin-token-0123456789abcdef";
+
+/// Stores Kalshi credentials for `kalshi-session` through the admin API.
+async fn store_password(clavis: &Clavis, password: &str) {
+    let r = admin_client()
+        .post(format!(
+            "http://{}/v1/services/kalshi-session/credentials",
+            clavis.admin
+        ))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({
+            "token_type": "api_key",
+            "data": {"email": KALSHI_EMAIL, "password": password},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
+/// New credentials end the cached session: the next request logs in with
+/// them, and a fixed password is tried at once, whatever the backoff.
+#[tokio::test]
+async fn changed_credentials_log_in_again_at_once() {
+    let admin = format!("admin: {{ token: \"{ADMIN}\" }}");
+    let (_ca, up, clavis) = setup("WRONG-password-first", &admin).await;
+    let client = client(&clavis);
+    assert_eq!(get(&client, BALANCE).await.status(), 502);
+    assert_eq!(up.kalshi.login_count(), 1);
+
+    store_password(&clavis, KALSHI_PASSWORD).await;
+    assert_eq!(get(&client, BALANCE).await.status(), 200);
+    assert_eq!(up.kalshi.login_count(), 2, "the fixed password logs in");
+
+    // The same value stored again is still new credentials: a new login.
+    store_password(&clavis, KALSHI_PASSWORD).await;
+    assert_eq!(get(&client, BALANCE).await.status(), 200);
+    assert_eq!(up.kalshi.login_count(), 3);
+    let last = up.kalshi.logins.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last["password"], KALSHI_PASSWORD);
+
+    // A deleted service's session is gone with it.
+    let r = admin_client()
+        .delete(format!(
+            "http://{}/v1/services/kalshi-session",
+            clavis.admin
+        ))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(get(&client, BALANCE).await.status(), 403);
+    assert_eq!(up.kalshi.login_count(), 3);
+}

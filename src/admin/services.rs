@@ -216,7 +216,7 @@ pub(super) async fn store_credentials(
         service
             .connector
             .validate(&creds)
-            .map_err(RequestError::Invalid)?;
+            .map_err(|e| RequestError::Invalid(e.to_string()))?;
     }
     // Audited before the live check, which is the credential's first use.
     state.audit.record(Event::new(

@@ -195,7 +195,7 @@ mod tests {
                 "sk-a\0bc",
                 "sk-a\u{7f}",
             ] {
-                let e = openai().validate(&creds(bad)).unwrap_err();
+                let e = openai().validate(&creds(bad)).unwrap_err().to_string();
                 assert!(
                     e.contains("\"api_key\"") && e.contains("control character"),
                     "{e}"
@@ -223,12 +223,36 @@ mod tests {
 
         #[test]
         fn error_names_the_field_not_the_value() {
-            let e = openai().validate(&creds("pk-secret-value")).unwrap_err();
+            let e = openai()
+                .validate(&creds("pk-secret-value"))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("api_key") && !e.contains("secret"), "{e}");
             let e = openai()
                 .validate(&Credentials::from_pairs([("other", "x")]))
-                .unwrap_err();
+                .unwrap_err()
+                .to_string();
             assert_eq!(e, "missing credential field \"api_key\"");
+        }
+
+        #[test]
+        fn two_schemes_the_given_fields_choose_which_to_name() {
+            let kalshi = super::super::kalshi();
+            let only_email = Credentials::from_pairs([("email", "me@example.com")]);
+            assert_eq!(
+                kalshi.validate(&only_email).unwrap_err().to_string(),
+                "missing credential field \"password\""
+            );
+            let only_key = Credentials::from_pairs([("api_key_id", "k-1")]);
+            assert_eq!(
+                kalshi.validate(&only_key).unwrap_err().to_string(),
+                "missing credential field \"private_key\""
+            );
+            let neither = Credentials::from_pairs([("token", "x")]);
+            assert_eq!(
+                kalshi.validate(&neither).unwrap_err().to_string(),
+                "credentials need api_key_id + private_key, or email + password"
+            );
         }
     }
 

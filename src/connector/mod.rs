@@ -70,25 +70,48 @@ pub struct Connector {
 
 impl Connector {
     /// Checks credentials against the connector's field sets; the error names
-    /// the missing or malformed field (never its value).
-    pub fn validate(&self, creds: &Credentials) -> Result<(), String> {
-        for name in creds.names() {
-            if creds.get(name).is_some_and(has_stray_control) {
-                return Err(format!(
-                    "credential field {name:?} contains a control character (line breaks only inside a PEM key)"
-                ));
-            }
+    /// the missing or malformed field (never its value). With several
+    /// schemes, the one the given fields point to is checked (Kalshi's
+    /// `email` alone asks for `password`); with none pointed to, every
+    /// scheme is named.
+    pub fn validate(&self, creds: &Credentials) -> Result<(), CredentialError> {
+        if let Some(name) = creds
+            .names()
+            .find(|n| creds.get(n).is_some_and(has_stray_control))
+        {
+            return Err(CredentialError::ControlChar(name.to_owned()));
         }
-        let mut first_error = None;
+        let overlap =
+            |set: &[FieldSpec]| set.iter().filter(|f| creds.get(&f.name).is_some()).count();
+        let mut best: Option<(usize, CredentialError)> = None;
         for set in &self.field_sets {
             match check_set(set, creds) {
                 Ok(()) => return Ok(()),
                 Err(e) => {
-                    first_error.get_or_insert(e);
+                    let n = overlap(set);
+                    if best.as_ref().is_none_or(|(m, _)| n > *m) {
+                        best = Some((n, e));
+                    }
                 }
             }
         }
-        Err(first_error.unwrap_or_else(|| "connector accepts no credentials".into()))
+        match best {
+            Some((0, _)) if self.field_sets.len() > 1 => {
+                let schemes: Vec<String> = self
+                    .field_sets
+                    .iter()
+                    .map(|set| {
+                        set.iter()
+                            .map(|f| f.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" + ")
+                    })
+                    .collect();
+                Err(CredentialError::NoScheme(schemes.join(", or ")))
+            }
+            Some((_, e)) => Err(e),
+            None => Err(CredentialError::NoneAccepted),
+        }
     }
 
     /// Whether `path` is reserved to clavis on this connector's hosts.
@@ -115,26 +138,60 @@ fn has_stray_control(value: &str) -> bool {
         .any(|c| c.is_control() && c != '\t' && !(pem && matches!(c, '\r' | '\n')))
 }
 
-fn check_set(set: &[FieldSpec], creds: &Credentials) -> Result<(), String> {
+fn check_set(set: &[FieldSpec], creds: &Credentials) -> Result<(), CredentialError> {
     for field in set {
         let value = creds
             .get(&field.name)
             .filter(|v| !v.is_empty())
-            .ok_or_else(|| format!("missing credential field {:?}", field.name))?;
+            .ok_or_else(|| CredentialError::Missing(field.name.clone()))?;
         if !field.prefixes.is_empty() && !field.prefixes.iter().any(|p| value.starts_with(p)) {
-            return Err(format!(
-                "credential field {:?} must start with {}",
-                field.name,
-                field
+            return Err(CredentialError::Prefix {
+                field: field.name.clone(),
+                prefixes: field
                     .prefixes
                     .iter()
                     .map(|p| format!("{p:?}"))
                     .collect::<Vec<_>>()
-                    .join(" or ")
-            ));
+                    .join(" or "),
+            });
         }
     }
     Ok(())
+}
+
+/// Credentials that do not fit a connector: names fields, never values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    #[error(
+        "credential field {0:?} contains a control character (line breaks only inside a PEM key)"
+    )]
+    ControlChar(String),
+    #[error("missing credential field {0:?}")]
+    Missing(String),
+    #[error("credential field {field:?} must start with {prefixes}")]
+    Prefix { field: String, prefixes: String },
+    #[error("credentials need {0}")]
+    NoScheme(String),
+    #[error("connector accepts no credentials")]
+    NoneAccepted,
+}
+
+/// A user-defined connector that cannot be built: the key within its spec
+/// (`hosts[1]`, `sign.secret`) and what is wrong there.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct SpecError {
+    pub key: String,
+    pub message: String,
+}
+
+impl SpecError {
+    pub fn at(key: impl Into<String>, message: impl std::fmt::Display) -> SpecError {
+        SpecError {
+            key: key.into(),
+            message: message.to_string(),
+        }
+    }
 }
 
 /// A name or host claimed twice; `user_index` is the position among the
@@ -172,32 +229,27 @@ impl Registry {
     pub fn new(user: Vec<Connector>) -> Result<Registry, ClaimError> {
         let mut registry = Registry::default();
         for connector in builtin::all() {
-            registry
-                .add(connector)
-                .map_err(|(key, message)| ClaimError {
-                    user_index: None,
-                    key,
-                    message,
-                })?;
+            registry.add(connector).map_err(|e| ClaimError {
+                user_index: None,
+                key: e.key,
+                message: e.message,
+            })?;
         }
         for (i, connector) in user.into_iter().enumerate() {
-            registry
-                .add(connector)
-                .map_err(|(key, message)| ClaimError {
-                    user_index: Some(i),
-                    key,
-                    message,
-                })?;
+            registry.add(connector).map_err(|e| ClaimError {
+                user_index: Some(i),
+                key: e.key,
+                message: e.message,
+            })?;
         }
         Ok(registry)
     }
 
-    /// Errors are `(key within the connector, message)`.
-    fn add(&mut self, connector: Connector) -> Result<(), (String, String)> {
+    fn add(&mut self, connector: Connector) -> Result<(), SpecError> {
         let connector = Arc::new(connector);
         if self.by_name.contains_key(&connector.name) {
-            return Err((
-                "name".into(),
+            return Err(SpecError::at(
+                "name",
                 format!(
                     "connector name {:?} is already taken (built-in names cannot be redefined)",
                     connector.name
@@ -210,7 +262,7 @@ impl Registry {
                 HostPattern::Wildcard(s) => (&mut self.wildcard, s[1..].to_owned()),
             };
             if let Some(other) = map.get(&key) {
-                return Err((
+                return Err(SpecError::at(
                     format!("hosts[{j}]"),
                     format!(
                         "host {host} is claimed by both {:?} and {:?}",

@@ -4,20 +4,19 @@
 use http::HeaderName;
 
 use super::sign::recipe;
-use super::{Connector, FieldSpec, Inject, Template};
+use super::{Connector, FieldSpec, Inject, SpecError, Template};
 use crate::config::{InjectSpec, UserConnector};
 use crate::host::HostPattern;
 
-/// Converts one `connectors[i]` entry; errors are `(key suffix, message)`.
-pub fn build(spec: &UserConnector) -> Result<Connector, (String, String)> {
-    let err = |key: &str, msg: String| (key.to_owned(), msg);
+/// Converts one `connectors[i]` entry; an error names its key within it.
+pub fn build(spec: &UserConnector) -> Result<Connector, SpecError> {
     if spec.name.is_empty()
         || !spec
             .name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
-        return Err(err(
+        return Err(SpecError::at(
             "name",
             format!(
                 "{:?} is not a connector name (letters, digits, '-', '_')",
@@ -26,18 +25,18 @@ pub fn build(spec: &UserConnector) -> Result<Connector, (String, String)> {
         ));
     }
     if spec.hosts.is_empty() {
-        return Err(err("hosts", "at least one host is required".into()));
+        return Err(SpecError::at("hosts", "at least one host is required"));
     }
     let hosts = spec
         .hosts
         .iter()
         .enumerate()
-        .map(|(i, h)| HostPattern::parse(h).map_err(|m| err(&format!("hosts[{i}]"), m)))
+        .map(|(i, h)| HostPattern::parse(h).map_err(|m| SpecError::at(format!("hosts[{i}]"), m)))
         .collect::<Result<Vec<_>, _>>()?;
     if spec.fields.is_empty() {
-        return Err(err(
+        return Err(SpecError::at(
             "fields",
-            "list the credential fields the templates use".into(),
+            "list the credential fields the templates use",
         ));
     }
     let known: Vec<&str> = spec.fields.iter().map(String::as_str).collect();
@@ -45,15 +44,18 @@ pub fn build(spec: &UserConnector) -> Result<Connector, (String, String)> {
         .strip
         .iter()
         .enumerate()
-        .map(|(i, h)| header_name(h).map_err(|m| err(&format!("strip[{i}]"), m)))
+        .map(|(i, h)| header_name(h).map_err(|m| SpecError::at(format!("strip[{i}]"), m)))
         .collect::<Result<Vec<_>, _>>()?;
     let inject = match (&spec.inject, &spec.sign) {
         (Some(inject), None) => build_inject(inject, &known)?,
         (None, Some(sign)) => Inject::Recipe(recipe::build(sign, &known)?),
         (Some(_), Some(_)) => {
-            return Err(err("inject", "set either inject or sign, not both".into()))
+            return Err(SpecError::at(
+                "inject",
+                "set either inject or sign, not both",
+            ))
         }
-        (None, None) => return Err(err("inject", "set inject (headers and/or query)".into())),
+        (None, None) => return Err(SpecError::at("inject", "set inject (headers and/or query)")),
     };
     let mut strip = strip;
     // Whatever clavis injects is stripped first, so an agent value never survives.
@@ -78,39 +80,39 @@ pub fn build(spec: &UserConnector) -> Result<Connector, (String, String)> {
     })
 }
 
-fn build_inject(spec: &InjectSpec, known: &[&str]) -> Result<Inject, (String, String)> {
+fn build_inject(spec: &InjectSpec, known: &[&str]) -> Result<Inject, SpecError> {
     if spec.headers.is_empty() && spec.query.is_empty() && spec.basic.is_none() {
-        return Err((
-            "inject".into(),
-            "inject needs headers, query or basic".into(),
+        return Err(SpecError::at(
+            "inject",
+            "inject needs headers, query or basic",
         ));
     }
     let mut headers = Vec::new();
     for (name, text) in &spec.headers {
         let key = format!("inject.headers.{name}");
-        let header = header_name(name).map_err(|m| (key.clone(), m))?;
-        let template = Template::parse(text, known).map_err(|e| (key, e.to_string()))?;
+        let header = header_name(name).map_err(|m| SpecError::at(&key, m))?;
+        let template = Template::parse(text, known).map_err(|e| SpecError::at(&key, e))?;
         headers.push((header, template));
     }
     let mut query = Vec::new();
     for (name, text) in &spec.query {
         let key = format!("inject.query.{name}");
-        let template = Template::parse(text, known).map_err(|e| (key, e.to_string()))?;
+        let template = Template::parse(text, known).map_err(|e| SpecError::at(&key, e))?;
         query.push((name.clone(), template));
     }
     if let Some(b) = &spec.basic {
         {
             let user = Template::parse(&b.username, known)
-                .map_err(|e| ("inject.basic.username".to_owned(), e.to_string()))?;
+                .map_err(|e| SpecError::at("inject.basic.username", e))?;
             let pass = Template::parse(&b.password, known)
-                .map_err(|e| ("inject.basic.password".to_owned(), e.to_string()))?;
+                .map_err(|e| SpecError::at("inject.basic.password", e))?;
             if headers
                 .iter()
                 .any(|(n, _)| n == http::header::AUTHORIZATION)
             {
-                return Err((
-                    "inject.basic".into(),
-                    "basic sets Authorization; do not set it in inject.headers too".into(),
+                return Err(SpecError::at(
+                    "inject.basic",
+                    "basic sets Authorization; do not set it in inject.headers too",
                 ));
             }
             headers.push((http::header::AUTHORIZATION, Template::basic(&user, &pass)));
@@ -194,17 +196,17 @@ mod tests {
                 .unwrap()
                 .headers
                 .insert("X-Other".into(), "{secret}".into());
-            let (key, msg) = build(&s).unwrap_err();
-            assert_eq!(key, "inject.headers.X-Other");
-            assert!(msg.contains("{secret}"), "{msg}");
+            let e = build(&s).unwrap_err();
+            assert_eq!(e.key, "inject.headers.X-Other");
+            assert!(e.message.contains("{secret}"), "{e}");
 
             let mut s = spec();
             s.hosts.push("*.com".into());
-            assert_eq!(build(&s).unwrap_err().0, "hosts[2]");
+            assert_eq!(build(&s).unwrap_err().key, "hosts[2]");
 
             let mut s = spec();
             s.strip.push("Bad Header".into());
-            assert_eq!(build(&s).unwrap_err().0, "strip[1]");
+            assert_eq!(build(&s).unwrap_err().key, "strip[1]");
         }
     }
 }

@@ -8,7 +8,7 @@ use ring::hmac;
 use super::sigv4::{self, SigV4Key};
 use super::{required, unix_millis, unix_secs, SignError, SignInput, Signed};
 use crate::config::RecipeSpec;
-use crate::connector::Template;
+use crate::connector::{SpecError, Template};
 use crate::credentials::Credentials;
 
 /// Request values every template may use, besides the credential fields.
@@ -43,28 +43,26 @@ enum Kind {
     },
 }
 
-type BuildError = (String, String);
-
-fn err(key: &str, msg: impl Into<String>) -> BuildError {
-    (format!("sign.{key}"), msg.into())
+fn err(key: &str, msg: impl std::fmt::Display) -> SpecError {
+    SpecError::at(format!("sign.{key}"), msg)
 }
 
-/// Checks `spec` against the connector's credential `fields`; errors are
-/// `(key suffix, message)` like the rest of the user-connector loader.
-pub fn build(spec: &RecipeSpec, fields: &[&str]) -> Result<Recipe, BuildError> {
+/// Checks `spec` against the connector's credential `fields`; an error
+/// names its key, like the rest of the user-connector loader.
+pub fn build(spec: &RecipeSpec, fields: &[&str]) -> Result<Recipe, SpecError> {
     if let Some(clash) = fields
         .iter()
         .find(|f| REQUEST_VALUES.contains(f) || **f == "signature")
     {
-        return Err((
-            "fields".into(),
+        return Err(SpecError::at(
+            "fields",
             format!("credential field {clash:?} has the name of a signing placeholder; rename it"),
         ));
     }
     let mut known: Vec<&str> = fields.to_vec();
     known.extend(REQUEST_VALUES);
     let template = |key: &str, text: &str, known: &[&str]| {
-        Template::parse(text, known).map_err(|e| err(key, e.to_string()))
+        Template::parse(text, known).map_err(|e| err(key, e))
     };
     let kind = match spec.algorithm.as_str() {
         "hmac-sha256" | "hmac-sha512" => {
@@ -117,9 +115,9 @@ pub fn build(spec: &RecipeSpec, fields: &[&str]) -> Result<Recipe, BuildError> {
             }
             for needed in ["access_key_id", "secret_access_key"] {
                 if !fields.contains(&needed) {
-                    return Err((
-                        "fields".into(),
-                        "aws-sigv4 needs credential fields access_key_id and secret_access_key (and optionally session_token)".into(),
+                    return Err(SpecError::at(
+                        "fields",
+                        "aws-sigv4 needs credential fields access_key_id and secret_access_key (and optionally session_token)",
                     ));
                 }
             }
@@ -150,7 +148,7 @@ pub fn build(spec: &RecipeSpec, fields: &[&str]) -> Result<Recipe, BuildError> {
 }
 
 /// A region or service name: it goes into the credential scope verbatim.
-fn scope_part(value: Option<&str>, key: &str, example: &str) -> Result<String, BuildError> {
+fn scope_part(value: Option<&str>, key: &str, example: &str) -> Result<String, SpecError> {
     let value =
         value.ok_or_else(|| err(key, format!("required for aws-sigv4, e.g. {example:?}")))?;
     if value.is_empty()
