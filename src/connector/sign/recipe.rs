@@ -280,7 +280,8 @@ headers: { X-Key: "{api_key}", X-Sign: "{signature}", X-Ts: "{timestamp}" }
     }
 
     fn build_err(yaml: &str, fields: &[&str]) -> (String, String) {
-        build(&spec(yaml), fields).unwrap_err()
+        let e = build(&spec(yaml), fields).unwrap_err();
+        (e.key, e.message)
     }
 
     fn creds() -> Credentials {
