@@ -18,10 +18,10 @@ use crate::identity::Actor;
 /// credential must not (fail closed).
 #[derive(Debug, thiserror::Error)]
 #[error("the audit log cannot be written, so the credential was not used")]
-pub struct AuditError(#[source] std::io::Error);
+pub(crate) struct AuditError(#[source] std::io::Error);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     Inject,
     Proxy,
     Reveal,
@@ -35,7 +35,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Action::Inject => "inject",
             Action::Proxy => "proxy",
@@ -54,13 +54,13 @@ impl Action {
 /// What happened, without secrets: method, host, path (never the query), and
 /// the upstream status once known.
 #[derive(Debug, Default)]
-pub struct Detail {
-    pub method: Option<std::borrow::Cow<'static, str>>,
+pub(crate) struct Detail {
+    pub(crate) method: Option<std::borrow::Cow<'static, str>>,
     /// Host and path in one allocation (there is an event per request, and
     /// the ring frees them long after, from cold memory): the text and
     /// where the host ends.
     target: Option<(Box<str>, usize)>,
-    pub note: Option<String>,
+    pub(crate) note: Option<String>,
     status: AtomicU16,
 }
 
@@ -74,7 +74,7 @@ fn static_method(method: &str) -> std::borrow::Cow<'static, str> {
 }
 
 impl Detail {
-    pub fn request(method: &str, host: &str, path: &str) -> Detail {
+    pub(crate) fn request(method: &str, host: &str, path: &str) -> Detail {
         Detail {
             method: Some(static_method(method)),
             target: Some((concat(host, path), host.len())),
@@ -82,19 +82,19 @@ impl Detail {
         }
     }
 
-    pub fn host(&self) -> Option<&str> {
+    pub(crate) fn host(&self) -> Option<&str> {
         self.target.as_ref().map(|(text, at)| &text[..*at])
     }
 
-    pub fn path(&self) -> Option<&str> {
+    pub(crate) fn path(&self) -> Option<&str> {
         self.target.as_ref().map(|(text, at)| &text[*at..])
     }
 
-    pub fn set_status(&self, status: u16) {
+    pub(crate) fn set_status(&self, status: u16) {
         self.status.store(status, Ordering::Relaxed);
     }
 
-    pub fn note(text: impl Into<String>) -> Detail {
+    pub(crate) fn note(text: impl Into<String>) -> Detail {
         Detail {
             note: Some(text.into()),
             ..Detail::default()
@@ -111,18 +111,18 @@ fn concat(a: &str, b: &str) -> Box<str> {
 }
 
 #[derive(Debug)]
-pub struct Event {
-    pub time: SystemTime,
-    pub action: Action,
+pub(crate) struct Event {
+    pub(crate) time: SystemTime,
+    pub(crate) action: Action,
     /// The entry's name and the actor's label in one allocation, and where
     /// the name ends (see [`Detail`]).
     names: Box<str>,
     entry_len: usize,
-    pub detail: Detail,
+    pub(crate) detail: Detail,
 }
 
 impl Event {
-    pub fn new(action: Action, entry: &str, actor: &Actor<'_>, detail: Detail) -> Event {
+    pub(crate) fn new(action: Action, entry: &str, actor: &Actor<'_>, detail: Detail) -> Event {
         let (kind, name) = actor.parts();
         let mut names = String::with_capacity(entry.len() + kind.len() + name.len());
         names.push_str(entry);
@@ -138,21 +138,21 @@ impl Event {
     }
 
     /// The entry (service) the event is about; empty when none.
-    pub fn entry(&self) -> &str {
+    pub(crate) fn entry(&self) -> &str {
         &self.names[..self.entry_len]
     }
 
     /// `proxy:<agent>`, `api:<agent>`, `mcp:<agent>` or `admin`.
-    pub fn actor(&self) -> &str {
+    pub(crate) fn actor(&self) -> &str {
         &self.names[self.entry_len..]
     }
 
     /// Fills in the status once the upstream answered (the in-memory copy).
-    pub fn set_status(&self, status: u16) {
+    pub(crate) fn set_status(&self, status: u16) {
         self.detail.set_status(status);
     }
 
-    pub fn to_json(&self) -> serde_json::Value {
+    pub(crate) fn to_json(&self) -> serde_json::Value {
         let mut detail = serde_json::Map::new();
         let d = &self.detail;
         if let Some(method) = &d.method {
@@ -181,7 +181,7 @@ impl Event {
     }
 }
 
-pub struct AuditLog {
+pub(crate) struct AuditLog {
     ring: Mutex<VecDeque<Arc<Event>>>,
     cap: usize,
     file: Option<Mutex<std::fs::File>>,
@@ -196,10 +196,10 @@ impl std::fmt::Debug for AuditLog {
 }
 
 /// The most `GET /v1/audit` returns at once.
-pub const MAX_QUERY: usize = 1000;
+pub(crate) const MAX_QUERY: usize = 1000;
 
 impl AuditLog {
-    pub fn open(cfg: &AuditConfig) -> std::io::Result<AuditLog> {
+    pub(crate) fn open(cfg: &AuditConfig) -> std::io::Result<AuditLog> {
         let file = match &cfg.file {
             Some(path) => {
                 use std::os::unix::fs::OpenOptionsExt;
@@ -221,7 +221,7 @@ impl AuditLog {
 
     /// Records an event; with a file configured, the line is written first,
     /// and a failed write is an [`AuditError`].
-    pub fn record(&self, event: Event) -> Result<Arc<Event>, AuditError> {
+    pub(crate) fn record(&self, event: Event) -> Result<Arc<Event>, AuditError> {
         if let Some(file) = &self.file {
             let mut line = event.to_json().to_string();
             line.push('\n');
@@ -241,7 +241,7 @@ impl AuditLog {
     }
 
     /// Newest first, filtered by exact actor and entry.
-    pub fn query(
+    pub(crate) fn query(
         &self,
         limit: usize,
         actor: Option<&str>,
@@ -257,12 +257,8 @@ impl AuditLog {
             .collect()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.ring.lock().map(|r| r.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -347,7 +343,7 @@ mod tests {
                 Detail::default(),
             ));
             assert!(r.is_err());
-            assert!(a.is_empty());
+            assert_eq!(a.len(), 0);
         }
     }
 

@@ -3,26 +3,26 @@
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Request and response bodies on every path: streamed, never collected unless
 /// a signer or the admin API needs the whole body (and then capped).
-pub type Body = BoxBody<Bytes, BoxError>;
+pub(crate) type Body = BoxBody<Bytes, BoxError>;
 
-pub fn empty() -> Body {
+pub(crate) fn empty() -> Body {
     Empty::<Bytes>::new()
         .map_err(|never| match never {})
         .boxed()
 }
 
-pub fn full(bytes: impl Into<Bytes>) -> Body {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed()
 }
 
 /// Boxes any body whose error converts into [`BoxError`].
-pub fn boxed<B>(body: B) -> Body
+pub(crate) fn boxed<B>(body: B) -> Body
 where
     B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
@@ -32,14 +32,14 @@ where
 
 /// Why [`collect_capped`] stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Capped {
+pub(crate) enum Capped {
     TooLarge,
     Failed,
 }
 
 /// Reads a body up to `limit` bytes, frame by frame, so nothing past the
 /// limit is buffered.
-pub async fn collect_capped<B>(mut body: B, limit: usize) -> Result<Bytes, Capped>
+pub(crate) async fn collect_capped<B>(mut body: B, limit: usize) -> Result<Bytes, Capped>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {

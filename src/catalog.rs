@@ -15,27 +15,27 @@ use crate::credentials::Credentials;
 
 /// A config service with its connector.
 #[derive(Debug)]
-pub struct BoundService {
-    pub name: String,
-    pub connector: Arc<Connector>,
-    pub credentials: Credentials,
-    pub default: bool,
-    pub entry: EntrySpec,
+pub(crate) struct BoundService {
+    pub(crate) name: String,
+    pub(crate) connector: Arc<Connector>,
+    pub(crate) credentials: Credentials,
+    pub(crate) default: bool,
+    pub(crate) entry: EntrySpec,
 }
 
 #[derive(Debug)]
-pub struct Catalog {
-    pub registry: Registry,
+pub(crate) struct Catalog {
+    pub(crate) registry: Registry,
     /// The config's services, taken out of the config (their credentials
     /// are sealed into the store at start, then dropped).
-    pub services: Vec<BoundService>,
+    pub(crate) services: Vec<BoundService>,
 }
 
 /// A validated config and what it describes.
 #[derive(Debug)]
 pub struct Settings {
     pub config: Config,
-    pub catalog: Catalog,
+    pub(crate) catalog: Catalog,
 }
 
 impl Settings {

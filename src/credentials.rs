@@ -8,7 +8,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::secret::Plain;
 
 #[derive(Clone, Default)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     fields: Vec<(String, Zeroizing<String>)>,
 }
 
@@ -28,7 +28,10 @@ impl Zeroize for Credentials {
 }
 
 impl Credentials {
-    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Credentials {
+    #[cfg(test)]
+    pub(crate) fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Credentials {
         let mut c = Credentials::default();
         for (k, v) in pairs {
             c.insert(k.to_owned(), Zeroizing::new(v.to_owned()));
@@ -36,31 +39,31 @@ impl Credentials {
         c
     }
 
-    pub fn insert(&mut self, name: String, value: Zeroizing<String>) {
+    pub(crate) fn insert(&mut self, name: String, value: Zeroizing<String>) {
         match self.fields.iter_mut().find(|(k, _)| *k == name) {
             Some(slot) => slot.1 = value,
             None => self.fields.push((name, value)),
         }
     }
 
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.fields
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
         self.fields.iter().map(|(k, _)| k.as_str())
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.fields.is_empty()
     }
 
     /// Length-prefixed encoding (`u16 name, u32 value` per field): no
     /// serializer keeps an unzeroed copy of a value along the way.
-    pub fn encode(&self) -> Plain {
+    pub(crate) fn encode(&self) -> Plain {
         let size: usize = self.fields.iter().map(|(k, v)| 6 + k.len() + v.len()).sum();
         let mut out = Zeroizing::new(Vec::with_capacity(size));
         for (k, v) in &self.fields {
@@ -72,7 +75,7 @@ impl Credentials {
         out
     }
 
-    pub fn decode(mut bytes: &[u8]) -> Option<Credentials> {
+    pub(crate) fn decode(mut bytes: &[u8]) -> Option<Credentials> {
         let mut c = Credentials::default();
         while !bytes.is_empty() {
             let (len, rest) = bytes.split_first_chunk::<2>()?;

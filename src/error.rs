@@ -20,14 +20,14 @@ use crate::upstream::UpstreamError;
 /// Who caused an error: logged with it, as pingora does, so an operator can
 /// tell a misbehaving agent from a failing upstream from a clavis bug.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     Agent,
     Upstream,
     Clavis,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     #[error("proxy authentication required: send Proxy-Authorization: Basic base64(agent:token)")]
     ProxyAuth,
     #[error("missing or invalid bearer token")]
@@ -61,7 +61,7 @@ pub enum ProxyError {
 
 /// A rule of clavis's that says no to a well-formed request.
 #[derive(Debug, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error("TRACE is not forwarded to a host clavis injects into")]
     Trace,
     #[error("CONNECT inside a tunnel is not allowed")]
@@ -95,7 +95,7 @@ pub enum Refusal {
 
 /// What is wrong with the request itself.
 #[derive(Debug, thiserror::Error)]
-pub enum RequestError {
+pub(crate) enum RequestError {
     /// Unparsable or ambiguous: framing, target, query.
     #[error("{0}")]
     Malformed(String),
@@ -185,21 +185,21 @@ impl ProxyError {
         }
     }
 
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         self.class().0
     }
 
     /// The `clavis_<kind>` suffix.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         self.class().1
     }
 
-    pub fn fault(&self) -> Fault {
+    pub(crate) fn fault(&self) -> Fault {
         self.class().2
     }
 
     /// Whether the audit log refused a record (counted by a metric).
-    pub fn is_audit_failure(&self) -> bool {
+    pub(crate) fn is_audit_failure(&self) -> bool {
         matches!(
             self,
             ProxyError::Audit(_) | ProxyError::Token(TokenError::Audit(_))
@@ -207,7 +207,7 @@ impl ProxyError {
     }
 
     /// The JSON body, `{"error":{"type":"clavis_<kind>","message":"…"}}`.
-    pub fn to_json(&self) -> serde_json::Value {
+    pub(crate) fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "error": {
                 "type": format!("clavis_{}", self.kind()),
@@ -216,7 +216,7 @@ impl ProxyError {
         })
     }
 
-    pub fn response(self) -> Response<Body> {
+    pub(crate) fn response(self) -> Response<Body> {
         let status = self.status();
         let bytes = self.to_json().to_string();
         let mut response = Response::new(body::full(bytes));

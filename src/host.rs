@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 /// Splits and normalizes `host[:port]`: lowercase, one trailing dot removed,
 /// IPv6 kept in brackets. Refuses userinfo, percent-escapes, whitespace and
 /// anything but letters, digits, `-` and `.` in names.
-pub fn split_host_port(text: &str) -> Option<(String, Option<u16>)> {
+pub(crate) fn split_host_port(text: &str) -> Option<(String, Option<u16>)> {
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
         let (v6, after) = rest.split_once(']')?;
         v6.parse::<std::net::Ipv6Addr>().ok()?;
@@ -47,7 +47,7 @@ pub fn split_host_port(text: &str) -> Option<(String, Option<u16>)> {
 
 /// Does an inner `Host` / `:authority` / absolute-URI authority name the
 /// tunnel's destination? The port may be omitted when it is the scheme default.
-pub fn authority_matches(host: &str, port: u16, value: &str) -> bool {
+pub(crate) fn authority_matches(host: &str, port: u16, value: &str) -> bool {
     // Fast path for the common exact form; `host` is already normalized.
     if port == 443 && value.len() == host.len() && value.eq_ignore_ascii_case(host) {
         return true;
@@ -61,7 +61,7 @@ pub fn authority_matches(host: &str, port: u16, value: &str) -> bool {
 /// A host a connector claims: exact, or `*.` plus a suffix matching exactly one
 /// extra label (never the apex), as TLS wildcards do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostPattern {
+pub(crate) enum HostPattern {
     Exact(String),
     /// The suffix after `*`, starting with a dot: `.svc.example`.
     Wildcard(String),
@@ -69,7 +69,7 @@ pub enum HostPattern {
 
 /// Why a connector's host is not one it may claim.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HostError {
+pub(crate) enum HostError {
     #[error("{0:?} is not a host name (letters, digits, '-' and '.' only; a wildcard is one leading \"*.\")")]
     NotAName(String),
     #[error("{0:?}: a wildcard needs at least two labels after \"*.\" so it cannot cover a whole top-level domain")]
@@ -79,7 +79,7 @@ pub enum HostError {
 }
 
 impl HostPattern {
-    pub fn parse(text: &str) -> Result<HostPattern, HostError> {
+    pub(crate) fn parse(text: &str) -> Result<HostPattern, HostError> {
         let lower = text.trim_end_matches('.').to_ascii_lowercase();
         let (wild, name) = match lower.strip_prefix("*.") {
             Some(rest) => (true, rest),
@@ -116,7 +116,8 @@ impl HostPattern {
         }
     }
 
-    pub fn matches(&self, host: &str) -> bool {
+    #[cfg(test)]
+    pub(crate) fn matches(&self, host: &str) -> bool {
         match self {
             HostPattern::Exact(h) => h == host,
             HostPattern::Wildcard(suffix) => host
@@ -137,13 +138,13 @@ impl std::fmt::Display for HostPattern {
 
 /// A CIDR block, `10.0.0.0/8` or `fd00::/8`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
+pub(crate) struct IpNet {
     addr: IpAddr,
     prefix: u8,
 }
 
 impl IpNet {
-    pub fn parse(text: &str) -> Option<IpNet> {
+    pub(crate) fn parse(text: &str) -> Option<IpNet> {
         let (addr, prefix) = match text.split_once('/') {
             Some((a, p)) => (a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
             None => {
@@ -155,7 +156,7 @@ impl IpNet {
         (prefix <= max).then_some(IpNet { addr, prefix })
     }
 
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         fn bits_match(a: &[u8], b: &[u8], prefix: u8) -> bool {
             let full = (prefix / 8) as usize;
             let rest = prefix % 8;

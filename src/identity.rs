@@ -13,20 +13,20 @@ use std::time::{Duration, Instant};
 use crate::secret::TokenDigest;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     All,
     Services(HashSet<String>),
 }
 
 #[derive(Debug)]
-pub struct Agent {
-    pub name: String,
-    pub token: TokenDigest,
-    pub scope: Scope,
+pub(crate) struct Agent {
+    pub(crate) name: String,
+    pub(crate) token: TokenDigest,
+    pub(crate) scope: Scope,
     /// May read raw secrets through `get_token`.
-    pub reveal: bool,
+    pub(crate) reveal: bool,
     /// Its upstream requests in flight, per service.
-    pub in_flight: InFlight,
+    pub(crate) in_flight: InFlight,
 }
 
 impl Agent {
@@ -40,7 +40,7 @@ impl Agent {
 
 /// The channel a call came through; part of the audit actor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
+pub(crate) enum Via {
     Proxy,
     Api,
     Mcp,
@@ -58,34 +58,34 @@ enum Who {
 
 /// Whoever is calling, and how.
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub(crate) struct Caller {
     who: Who,
     via: Via,
 }
 
 impl Caller {
-    pub fn anonymous() -> Caller {
+    pub(crate) fn anonymous() -> Caller {
         Caller {
             who: Who::Anonymous,
             via: Via::Proxy,
         }
     }
 
-    pub fn admin(via: Via) -> Caller {
+    pub(crate) fn admin(via: Via) -> Caller {
         Caller {
             who: Who::Admin,
             via,
         }
     }
 
-    pub fn agent(agent: Arc<Agent>, via: Via) -> Caller {
+    pub(crate) fn agent(agent: Arc<Agent>, via: Via) -> Caller {
         Caller {
             who: Who::Agent(agent),
             via,
         }
     }
 
-    pub fn unauthenticated(peer: IpAddr) -> Caller {
+    pub(crate) fn unauthenticated(peer: IpAddr) -> Caller {
         Caller {
             who: Who::Unauthenticated(peer),
             via: Via::Api,
@@ -93,7 +93,7 @@ impl Caller {
     }
 
     /// The same caller on another channel (an admin-port caller using MCP).
-    pub fn over(&self, via: Via) -> Caller {
+    pub(crate) fn over(&self, via: Via) -> Caller {
         Caller {
             who: self.who.clone(),
             via,
@@ -101,7 +101,7 @@ impl Caller {
     }
 
     /// The name messages use: the agent's, `admin` or `anonymous`.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match &self.who {
             Who::Agent(a) => &a.name,
             Who::Admin => "admin",
@@ -112,7 +112,7 @@ impl Caller {
     /// The one scope check: may this caller see and use `service`? The
     /// admin and anonymous local callers may use everything (SPEC §3); an
     /// agent only its `services`; a failed authentication nothing.
-    pub fn may_use(&self, service: &str) -> bool {
+    pub(crate) fn may_use(&self, service: &str) -> bool {
         match &self.who {
             Who::Admin | Who::Anonymous => true,
             Who::Agent(a) => a.may_use(service),
@@ -121,7 +121,7 @@ impl Caller {
     }
 
     /// May read raw secrets (`get_token`): the admin, or an agent with `reveal`.
-    pub fn require_reveal(&self) -> Result<(), ScopeError> {
+    pub(crate) fn require_reveal(&self) -> Result<(), ScopeError> {
         match &self.who {
             Who::Admin => Ok(()),
             Who::Agent(a) if a.reveal => Ok(()),
@@ -131,7 +131,7 @@ impl Caller {
         }
     }
 
-    pub fn require_admin(&self) -> Result<(), ScopeError> {
+    pub(crate) fn require_admin(&self) -> Result<(), ScopeError> {
         match &self.who {
             Who::Admin => Ok(()),
             _ => Err(ScopeError::AdminOnly {
@@ -142,7 +142,7 @@ impl Caller {
 
     /// Its in-flight counter: the agent's own, or `shared` for callers
     /// without one (the admin, anonymous local processes).
-    pub fn in_flight<'a>(&'a self, shared: &'a InFlight) -> &'a InFlight {
+    pub(crate) fn in_flight<'a>(&'a self, shared: &'a InFlight) -> &'a InFlight {
         match &self.who {
             Who::Agent(a) => &a.in_flight,
             _ => shared,
@@ -152,7 +152,7 @@ impl Caller {
     /// The audit actor: `proxy:<agent>`, `proxy:anonymous`, `api:<agent>`,
     /// `mcp:<agent>`, `admin`, or `api:unauthenticated@<ip>` (`@` is not
     /// allowed in agent names, so that label cannot pass for one).
-    pub fn actor(&self) -> Actor<'_> {
+    pub(crate) fn actor(&self) -> Actor<'_> {
         let kind = match self.via {
             Via::Proxy => "proxy:",
             Via::Api => "api:",
@@ -176,17 +176,18 @@ impl Caller {
 /// An audit actor label in two halves (kept apart so an event can store it
 /// without formatting).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Actor<'a> {
+pub(crate) struct Actor<'a> {
     kind: &'static str,
     name: Cow<'a, str>,
 }
 
 impl Actor<'_> {
-    pub fn parts(&self) -> (&'static str, &str) {
+    pub(crate) fn parts(&self) -> (&'static str, &str) {
         (self.kind, &self.name)
     }
 
-    pub fn into_owned(self) -> Actor<'static> {
+    #[cfg(test)]
+    pub(crate) fn into_owned(self) -> Actor<'static> {
         Actor {
             kind: self.kind,
             name: Cow::Owned(self.name.into_owned()),
@@ -204,7 +205,7 @@ impl std::fmt::Display for Actor<'_> {
 /// A caller reaching for something outside its scope. Service lookups
 /// outside scope read as missing (`404`), so an agent cannot probe names.
 #[derive(Debug, thiserror::Error)]
-pub enum ScopeError {
+pub(crate) enum ScopeError {
     #[error("agent {agent:?} may not call an admin-only route")]
     AdminOnly { agent: String },
     #[error("agent {agent:?} may not read raw secrets (reveal: false)")]
@@ -226,16 +227,16 @@ pub enum ScopeError {
 /// opens (or resets), it cannot hold more than that many requests against
 /// one account at a time (threat model T17).
 #[derive(Debug, Default)]
-pub struct InFlight(dashmap::DashMap<String, Arc<AtomicUsize>>);
+pub(crate) struct InFlight(dashmap::DashMap<String, Arc<AtomicUsize>>);
 
 /// One request counted in [`InFlight`] until it is dropped (with the
 /// response body, for streamed answers).
 #[derive(Debug)]
-pub struct InFlightGuard(Arc<AtomicUsize>);
+pub(crate) struct InFlightGuard(Arc<AtomicUsize>);
 
 impl InFlight {
     /// Counts one more request to `service_id`, or `None` at `limit`.
-    pub fn try_start(&self, service_id: &str, limit: usize) -> Option<InFlightGuard> {
+    pub(crate) fn try_start(&self, service_id: &str, limit: usize) -> Option<InFlightGuard> {
         let counter = match self.0.get(service_id) {
             Some(c) => c.clone(),
             None => self.0.entry(service_id.to_owned()).or_default().clone(),
@@ -257,25 +258,25 @@ impl Drop for InFlightGuard {
 
 /// The agents of the config file, looked up by name.
 #[derive(Debug, Default)]
-pub struct Agents {
+pub(crate) struct Agents {
     list: Vec<Arc<Agent>>,
 }
 
 impl Agents {
-    pub fn new(list: Vec<Agent>) -> Agents {
+    pub(crate) fn new(list: Vec<Agent>) -> Agents {
         Agents {
             list: list.into_iter().map(Arc::new).collect(),
         }
     }
 
     /// The agent whose name and token both match (token compared in constant time).
-    pub fn authenticate(&self, name: &str, token: &[u8]) -> Option<Arc<Agent>> {
+    pub(crate) fn authenticate(&self, name: &str, token: &[u8]) -> Option<Arc<Agent>> {
         let agent = self.list.iter().find(|a| a.name == name)?;
         agent.token.matches(token).then(|| agent.clone())
     }
 
     /// The agent owning a bearer token (admin port), whatever its name.
-    pub fn by_token(&self, token: &[u8]) -> Option<Arc<Agent>> {
+    pub(crate) fn by_token(&self, token: &[u8]) -> Option<Arc<Agent>> {
         let digest = TokenDigest::of(token);
         // Every agent is compared so timing does not depend on which matched.
         let mut found = None;
@@ -286,20 +287,12 @@ impl Agents {
         }
         found
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Agent>> {
-        self.list.iter()
-    }
 }
 
 /// Failed authentications per peer: past `LIMIT` in `WINDOW`, every request
 /// from that peer gets 429 until the window ends.
 #[derive(Debug, Default)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
 }
 
@@ -308,7 +301,7 @@ const WINDOW: Duration = Duration::from_secs(60);
 
 impl Throttle {
     /// How long `ip` must still wait, once it failed too often.
-    pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
+    pub(crate) fn blocked(&self, ip: IpAddr) -> Option<Duration> {
         let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&ip)
             .filter(|(_, n)| *n >= LIMIT)
@@ -316,7 +309,7 @@ impl Throttle {
             .filter(|left| !left.is_zero())
     }
 
-    pub fn fail(&self, ip: IpAddr) {
+    pub(crate) fn fail(&self, ip: IpAddr) {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() > 10_000 {
             map.retain(|_, (start, _)| start.elapsed() < WINDOW);

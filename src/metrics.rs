@@ -10,38 +10,38 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Outcome {
-    pub connector: String,
-    pub outcome: &'static str,
+pub(crate) struct Outcome {
+    pub(crate) connector: String,
+    pub(crate) outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ConnectorLabel {
-    pub connector: String,
+pub(crate) struct ConnectorLabel {
+    pub(crate) connector: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Version {
-    pub version: &'static str,
+pub(crate) struct Version {
+    pub(crate) version: &'static str,
 }
 
 /// Handles on one connector's request series (cheap to clone: shared atomics).
 #[derive(Clone, Debug)]
-pub struct ConnectorStats {
-    pub injected: Counter,
-    pub denied: Counter,
-    pub error: Counter,
-    pub duration: Histogram,
+pub(crate) struct ConnectorStats {
+    pub(crate) injected: Counter,
+    pub(crate) denied: Counter,
+    pub(crate) error: Counter,
+    pub(crate) duration: Histogram,
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
-    pub requests: Family<Outcome, Counter>,
-    pub duration: Family<ConnectorLabel, Histogram>,
-    pub tunnels_active: Gauge,
-    pub cert_cache_entries: Gauge,
-    pub certs_issued: Counter,
-    pub audit_failures: Counter,
+    pub(crate) requests: Family<Outcome, Counter>,
+    pub(crate) duration: Family<ConnectorLabel, Histogram>,
+    pub(crate) tunnels_active: Gauge,
+    pub(crate) cert_cache_entries: Gauge,
+    pub(crate) certs_issued: Counter,
+    pub(crate) audit_failures: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -57,7 +57,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let mut registry = Registry::with_prefix("clavis");
         let requests = Family::<Outcome, Counter>::default();
         registry.register(
@@ -120,7 +120,7 @@ impl Metrics {
 
     /// One connector's series, resolved once (per tunnel) so the request
     /// path only touches atomics.
-    pub fn for_connector(&self, connector: &str) -> ConnectorStats {
+    pub(crate) fn for_connector(&self, connector: &str) -> ConnectorStats {
         let outcome = |outcome| {
             self.requests
                 .get_or_create(&Outcome {
@@ -143,7 +143,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -16,7 +16,7 @@ const MIN_SECRET: usize = 10;
 const MASK: &[u8] = b"[REDACTED]";
 
 /// The encoded forms of one exchange's secrets; wiped on drop.
-pub struct Patterns {
+pub(crate) struct Patterns {
     list: Vec<Zeroizing<Vec<u8>>>,
     longest: usize,
 }
@@ -28,14 +28,14 @@ impl std::fmt::Debug for Patterns {
 }
 
 impl Patterns {
-    pub fn new() -> Patterns {
+    pub(crate) fn new() -> Patterns {
         Patterns {
             list: Vec::new(),
             longest: 0,
         }
     }
 
-    pub fn from_credentials(creds: &Credentials) -> Patterns {
+    pub(crate) fn from_credentials(creds: &Credentials) -> Patterns {
         let mut p = Patterns::new();
         for name in creds.names() {
             if let Some(value) = creds.get(name) {
@@ -46,7 +46,7 @@ impl Patterns {
     }
 
     /// Adds a secret in every form an echo endpoint might use.
-    pub fn add(&mut self, secret: &[u8]) {
+    pub(crate) fn add(&mut self, secret: &[u8]) {
         if secret.len() < MIN_SECRET {
             return;
         }
@@ -89,7 +89,7 @@ impl Patterns {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
 
@@ -146,12 +146,12 @@ impl Default for Patterns {
 }
 
 /// How many leading bytes of each encoded form the cached index keeps.
-pub const ANCHOR: usize = 4;
+pub(crate) const ANCHOR: usize = 4;
 
 /// Where an echo could begin: the first [`ANCHOR`] bytes of every form in a
 /// [`Patterns`], never more (a form is at least [`MIN_SECRET`] long).
 #[derive(Debug, Default)]
-pub struct Anchors {
+pub(crate) struct Anchors {
     /// Each anchor's bytes as one native-endian word.
     list: Vec<u32>,
     /// All anchors in one SIMD pass (None on a CPU without the instructions).
@@ -161,7 +161,7 @@ pub struct Anchors {
 }
 
 impl Anchors {
-    pub fn of(patterns: &Patterns) -> Anchors {
+    pub(crate) fn of(patterns: &Patterns) -> Anchors {
         let mut anchors = Anchors::default();
         for p in &patterns.list {
             let a = word(&p[..ANCHOR]);
@@ -182,7 +182,7 @@ impl Anchors {
         anchors
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
 
@@ -194,7 +194,7 @@ impl Anchors {
 
     /// Whether a whole anchor (the start of a secret's encoded form) is in
     /// `text`.
-    pub fn contains_anchor(&self, text: &[u8]) -> bool {
+    pub(crate) fn contains_anchor(&self, text: &[u8]) -> bool {
         match &self.searcher {
             Some(searcher) => searcher.find(text).is_some(),
             None => {

@@ -10,14 +10,14 @@ use zeroize::{Zeroize, Zeroizing};
 /// Reading it is explicit (`expose`), so every place that touches plaintext is
 /// easy to find with grep.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret<T: Zeroize>(T);
+pub(crate) struct Secret<T: Zeroize>(T);
 
 impl<T: Zeroize> Secret<T> {
-    pub fn new(value: T) -> Self {
+    pub(crate) fn new(value: T) -> Self {
         Secret(value)
     }
 
-    pub fn expose(&self) -> &T {
+    pub(crate) fn expose(&self) -> &T {
         &self.0
     }
 }
@@ -53,12 +53,12 @@ impl From<&str> for Secret<String> {
 }
 
 /// A scratch buffer for plaintext that is wiped on drop.
-pub type Plain = Zeroizing<Vec<u8>>;
+pub(crate) type Plain = Zeroizing<Vec<u8>>;
 
 /// SHA-256 of a token, as stored for agents and the admin: the token itself is
 /// never kept.
 #[derive(Clone, Copy, Eq)]
-pub struct TokenDigest([u8; 32]);
+pub(crate) struct TokenDigest([u8; 32]);
 
 impl PartialEq for TokenDigest {
     fn eq(&self, other: &Self) -> bool {
@@ -67,17 +67,17 @@ impl PartialEq for TokenDigest {
 }
 
 impl TokenDigest {
-    pub fn of(token: &[u8]) -> Self {
+    pub(crate) fn of(token: &[u8]) -> Self {
         TokenDigest(Sha256::digest(token).into())
     }
 
     /// Parses 64 hex characters (the `token_sha256` config form).
-    pub fn from_hex(hex: &str) -> Option<Self> {
+    pub(crate) fn from_hex(hex: &str) -> Option<Self> {
         crate::encoding::hex_decode::<32>(hex).map(TokenDigest)
     }
 
     /// Constant-time comparison of a presented token with this digest.
-    pub fn matches(&self, token: &[u8]) -> bool {
+    pub(crate) fn matches(&self, token: &[u8]) -> bool {
         ct_eq(&self.0, &TokenDigest::of(token).0)
     }
 }
@@ -95,7 +95,7 @@ impl fmt::Debug for TokenDigest {
 /// Locking is best effort (`RLIMIT_MEMLOCK` may forbid it); [`Locked::is_locked`]
 /// says whether it took. Moving a value in still passes it through the stack
 /// once, which only the next calls overwrite.
-pub struct Locked<T> {
+pub(crate) struct Locked<T> {
     ptr: std::ptr::NonNull<T>,
     /// Bytes mapped: `size_of::<T>()` rounded up to whole pages.
     len: usize,
@@ -108,7 +108,7 @@ unsafe impl<T: Send> Send for Locked<T> {}
 unsafe impl<T: Sync> Sync for Locked<T> {}
 
 impl<T> Locked<T> {
-    pub fn new(value: T) -> std::io::Result<Locked<T>> {
+    pub(crate) fn new(value: T) -> std::io::Result<Locked<T>> {
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
         if std::mem::align_of::<T>() > page {
@@ -145,7 +145,7 @@ impl<T> Locked<T> {
     }
 
     /// Whether the pages are locked in RAM (`mlock` succeeded).
-    pub fn is_locked(&self) -> bool {
+    pub(crate) fn is_locked(&self) -> bool {
         self.locked
     }
 }
@@ -181,7 +181,7 @@ impl<T> fmt::Debug for Locked<T> {
 }
 
 /// Compares two byte strings without an early exit on the first difference.
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -19,9 +19,9 @@ use tokio::sync::{mpsc, watch, Semaphore};
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HeadLimits {
     /// Also closes idle keep-alive connections.
-    pub read_timeout: Duration,
-    pub max_bytes: usize,
-    pub max_count: usize,
+    pub(crate) read_timeout: Duration,
+    pub(crate) max_bytes: usize,
+    pub(crate) max_count: usize,
 }
 
 /// The HTTP/1 server side of every port and tunnel: request heads within

@@ -19,24 +19,24 @@ use crate::tokens::{Fetcher, Tokens};
 use crate::upstream::{Dialer, Upstream};
 
 pub struct Shared {
-    pub config: Config,
-    pub catalog: Catalog,
-    pub ca: Arc<Ca>,
-    pub certs: LeafCache,
-    pub store: Store,
-    pub audit: AuditLog,
-    pub upstream: Upstream,
-    pub tunnels: Arc<Semaphore>,
-    pub proxy_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
+    pub(crate) config: Config,
+    pub(crate) catalog: Catalog,
+    pub(crate) ca: Arc<Ca>,
+    pub(crate) certs: LeafCache,
+    pub(crate) store: Store,
+    pub(crate) audit: AuditLog,
+    pub(crate) upstream: Upstream,
+    pub(crate) tunnels: Arc<Semaphore>,
+    pub(crate) proxy_addr: SocketAddr,
+    pub(crate) admin_addr: SocketAddr,
     /// The admin bearer token's digest (configured, or generated at start).
-    pub admin_token: crate::secret::TokenDigest,
-    pub admin_throttle: crate::identity::Throttle,
-    pub metrics: crate::metrics::Metrics,
-    pub tokens: Tokens,
+    pub(crate) admin_token: crate::secret::TokenDigest,
+    pub(crate) admin_throttle: crate::identity::Throttle,
+    pub(crate) metrics: crate::metrics::Metrics,
+    pub(crate) tokens: Tokens,
     /// In-flight upstream requests of callers without an agent (the admin,
     /// or anyone on loopback when `proxy.require_auth` is off).
-    pub anonymous_in_flight: InFlight,
+    pub(crate) anonymous_in_flight: InFlight,
     ready: AtomicBool,
 }
 

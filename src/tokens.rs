@@ -22,13 +22,13 @@ use crate::secret::Secret;
 use crate::store::{Service, Store, StoreError};
 use crate::upstream::{Upstream, UpstreamError};
 
-pub const RELOGIN_BACKOFF: Duration = Duration::from_secs(20);
+pub(crate) const RELOGIN_BACKOFF: Duration = Duration::from_secs(20);
 
 /// The largest token answer read.
 const MAX_ANSWER: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     #[error("service {service:?}: login failed: {source}")]
     Fetch {
         service: String,
@@ -47,7 +47,7 @@ pub enum TokenError {
 
 /// Why no fetch was tried.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
-pub enum Backoff {
+pub(crate) enum Backoff {
     #[error("the last login failed moments ago; not trying again so soon")]
     LastFailed,
     #[error("the upstream refused a fresh session token; not logging in again so soon")]
@@ -56,10 +56,10 @@ pub enum Backoff {
 
 /// What fetching a token needs besides the credentials: explicit
 /// dependencies, not the whole state.
-pub struct Fetcher<'a> {
-    pub upstream: &'a Upstream,
-    pub audit: &'a AuditLog,
-    pub store: &'a Store,
+pub(crate) struct Fetcher<'a> {
+    pub(crate) upstream: &'a Upstream,
+    pub(crate) audit: &'a AuditLog,
+    pub(crate) store: &'a Store,
 }
 
 struct Token {
@@ -93,7 +93,7 @@ impl LastFetch {
     }
 }
 
-pub struct Tokens {
+pub(crate) struct Tokens {
     slots: DashMap<String, Arc<Slot>>,
     idle: Duration,
     max_age: Duration,
@@ -109,13 +109,13 @@ impl std::fmt::Debug for Tokens {
 
 /// One token, open for one request, with the generation to name it by when
 /// the upstream refuses it.
-pub struct Issued {
-    pub token: Secret<String>,
-    pub generation: u64,
+pub(crate) struct Issued {
+    pub(crate) token: Secret<String>,
+    pub(crate) generation: u64,
 }
 
 impl Tokens {
-    pub fn new(idle: Duration, max_age: Duration) -> Tokens {
+    pub(crate) fn new(idle: Duration, max_age: Duration) -> Tokens {
         Tokens {
             slots: DashMap::new(),
             idle,
@@ -126,7 +126,7 @@ impl Tokens {
     /// Forgets a service's token: its credentials changed or it was
     /// deleted. (A token is also never used with credentials other than
     /// the ones that fetched it.)
-    pub fn forget(&self, service_id: &str) {
+    pub(crate) fn forget(&self, service_id: &str) {
         self.slots.remove(service_id);
     }
 
@@ -158,7 +158,7 @@ impl Tokens {
     /// A valid token for `service`, fetched when there is none, it expired,
     /// or it is `stale` (the generation the upstream just refused).
     #[allow(clippy::too_many_arguments)]
-    pub async fn get(
+    pub(crate) async fn get(
         &self,
         fetcher: &Fetcher<'_>,
         source: TokenSource,

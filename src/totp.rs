@@ -10,14 +10,14 @@ use ring::hmac;
 use crate::credentials::Credentials;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
+pub(crate) enum Algorithm {
     Sha1,
     Sha256,
     Sha512,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TotpError {
+pub(crate) enum TotpError {
     #[error("the service has no totp_secret")]
     NoSecret,
     #[error("totp_secret is not valid base32")]
@@ -27,11 +27,11 @@ pub enum TotpError {
 }
 
 /// A TOTP generator; the key bytes are wiped on drop.
-pub struct Totp {
+pub(crate) struct Totp {
     key: zeroize::Zeroizing<Vec<u8>>,
-    pub digits: u32,
-    pub period: u64,
-    pub algorithm: Algorithm,
+    pub(crate) digits: u32,
+    pub(crate) period: u64,
+    pub(crate) algorithm: Algorithm,
 }
 
 impl std::fmt::Debug for Totp {
@@ -45,7 +45,7 @@ impl std::fmt::Debug for Totp {
 }
 
 impl Totp {
-    pub fn from_credentials(creds: &Credentials) -> Result<Totp, TotpError> {
+    pub(crate) fn from_credentials(creds: &Credentials) -> Result<Totp, TotpError> {
         let secret = creds.get("totp_secret").ok_or(TotpError::NoSecret)?;
         let mut digits = creds.get("totp_digits").map(str::to_owned);
         let mut period = creds.get("totp_period").map(str::to_owned);
@@ -104,7 +104,7 @@ impl Totp {
     }
 
     /// The code for a Unix time, zero-padded to `digits`.
-    pub fn code_at(&self, unix: u64) -> String {
+    pub(crate) fn code_at(&self, unix: u64) -> String {
         let counter = unix / self.period;
         let alg = match self.algorithm {
             Algorithm::Sha1 => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
@@ -125,7 +125,7 @@ impl Totp {
     }
 
     /// `(code, seconds until it changes)` now.
-    pub fn now(&self) -> (String, u64) {
+    pub(crate) fn now(&self) -> (String, u64) {
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -134,7 +134,7 @@ impl Totp {
 }
 
 /// RFC 4648 base32, case-insensitive, padding and spaces ignored.
-pub fn base32_decode(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn base32_decode(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() * 5 / 8);
     let (mut buffer, mut bits) = (0u64, 0u32);
     for c in text.chars().filter(|c| !matches!(c, '=' | ' ' | '-')) {

@@ -7,59 +7,59 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct UserConnector {
-    pub name: String,
-    pub hosts: Vec<String>,
+pub(crate) struct UserConnector {
+    pub(crate) name: String,
+    pub(crate) hosts: Vec<String>,
     #[serde(default)]
-    pub port: Option<u16>,
+    pub(crate) port: Option<u16>,
     #[serde(default)]
-    pub strip: Vec<String>,
+    pub(crate) strip: Vec<String>,
     #[serde(default)]
-    pub inject: Option<InjectSpec>,
+    pub(crate) inject: Option<InjectSpec>,
     #[serde(default)]
-    pub sign: Option<RecipeSpec>,
+    pub(crate) sign: Option<RecipeSpec>,
     #[serde(default)]
-    pub fields: Vec<String>,
+    pub(crate) fields: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct InjectSpec {
+pub(crate) struct InjectSpec {
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub(crate) headers: BTreeMap<String, String>,
     #[serde(default)]
-    pub query: BTreeMap<String, String>,
+    pub(crate) query: BTreeMap<String, String>,
     /// `Authorization: Basic base64(username:password)`.
     #[serde(default)]
-    pub basic: Option<BasicSpec>,
+    pub(crate) basic: Option<BasicSpec>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct BasicSpec {
-    pub username: String,
-    pub password: String,
+pub(crate) struct BasicSpec {
+    pub(crate) username: String,
+    pub(crate) password: String,
 }
 
 /// The `sign:` section as written in YAML.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RecipeSpec {
+pub(crate) struct RecipeSpec {
     /// `hmac-sha256`, `hmac-sha512` or `aws-sigv4`.
-    pub algorithm: String,
+    pub(crate) algorithm: String,
     #[serde(default)]
-    pub secret: Option<String>,
+    pub(crate) secret: Option<String>,
     #[serde(default)]
-    pub message: Option<String>,
+    pub(crate) message: Option<String>,
     /// `hex` (default) or `base64`.
     #[serde(default)]
-    pub encoding: Option<String>,
+    pub(crate) encoding: Option<String>,
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub(crate) headers: BTreeMap<String, String>,
     /// aws-sigv4 only.
     #[serde(default)]
-    pub region: Option<String>,
+    pub(crate) region: Option<String>,
     /// aws-sigv4 only.
     #[serde(default)]
-    pub service: Option<String>,
+    pub(crate) service: Option<String>,
 }

@@ -34,7 +34,7 @@ impl Env for HashMap<String, String> {
 /// It stays raw until [`Interp::resolve`], so errors can name its key.
 #[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(transparent)]
-pub struct Interp(pub String);
+pub(crate) struct Interp(pub String);
 
 impl std::fmt::Debug for Interp {
     // Raw values may be literal secrets (credentials written inline).
@@ -46,7 +46,7 @@ impl std::fmt::Debug for Interp {
 impl Interp {
     /// Expands every `${…}`; `$${` is a literal `${`. An unset variable or an
     /// unreadable file is an error naming it (never its value).
-    pub fn resolve(&self, env: &dyn Env, path: &str) -> Result<Secret<String>, ConfigError> {
+    pub(crate) fn resolve(&self, env: &dyn Env, path: &str) -> Result<Secret<String>, ConfigError> {
         let raw = &self.0;
         let mut out = String::with_capacity(raw.len());
         let mut rest = raw.as_str();
@@ -71,7 +71,7 @@ impl Interp {
     }
 
     /// Resolves a value that is not secret (addresses, paths, names).
-    pub fn resolve_plain(&self, env: &dyn Env, path: &str) -> Result<String, ConfigError> {
+    pub(crate) fn resolve_plain(&self, env: &dyn Env, path: &str) -> Result<String, ConfigError> {
         Ok(self.resolve(env, path)?.expose().clone())
     }
 }
@@ -98,7 +98,7 @@ fn lookup(env: &dyn Env, name: &str, path: &str) -> Result<String, ConfigError> 
 /// section has (present in the file or not) may be set from the environment.
 /// The value is read as a YAML scalar, so `true`, `10s` and `127.0.0.1:8080`
 /// all work.
-pub fn override_section<T>(section: &str, value: T, env: &dyn Env) -> Result<T, ConfigError>
+pub(crate) fn override_section<T>(section: &str, value: T, env: &dyn Env) -> Result<T, ConfigError>
 where
     T: Serialize + for<'de> Deserialize<'de>,
 {

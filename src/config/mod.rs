@@ -5,11 +5,11 @@
 //! `catalog`, with the same key paths and lines.
 
 pub(crate) mod connectors;
-pub mod env;
+pub(crate) mod env;
 mod validate;
 
-pub use connectors::{InjectSpec, RecipeSpec, UserConnector};
-pub use validate::valid_name;
+pub(crate) use connectors::{InjectSpec, RecipeSpec, UserConnector};
+pub(crate) use validate::valid_name;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use env::{Env, Interp, ProcessEnv};
+pub(crate) use env::Interp;
+pub use env::{Env, ProcessEnv};
 
 use crate::credentials::Credentials;
 use crate::host::IpNet;
@@ -93,7 +94,7 @@ impl ConfigErrors {
 
 /// A duration written the human way: `10s`, `5m`, `300ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
+pub(crate) struct HumanDuration(pub Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -118,7 +119,7 @@ fn secs(n: u64) -> HumanDuration {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Unmatched {
+pub(crate) enum Unmatched {
     #[default]
     Tunnel,
     Deny,
@@ -126,11 +127,11 @@ pub enum Unmatched {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawProxy {
-    pub listen: Interp,
-    pub unmatched: Unmatched,
-    pub require_auth: bool,
-    pub allow_private: Vec<String>,
+pub(crate) struct RawProxy {
+    pub(crate) listen: Interp,
+    pub(crate) unmatched: Unmatched,
+    pub(crate) require_auth: bool,
+    pub(crate) allow_private: Vec<String>,
 }
 
 impl Default for RawProxy {
@@ -146,14 +147,14 @@ impl Default for RawProxy {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawAdmin {
-    pub listen: Interp,
-    pub token: Option<Interp>,
-    pub allow_remote: bool,
+pub(crate) struct RawAdmin {
+    pub(crate) listen: Interp,
+    pub(crate) token: Option<Interp>,
+    pub(crate) allow_remote: bool,
     /// Extra `Origin` values accepted besides loopback ones (MCP web clients).
-    pub allowed_origins: Vec<String>,
+    pub(crate) allowed_origins: Vec<String>,
     /// Extra `Host` names accepted besides loopback (pod and Service names).
-    pub allowed_hosts: Vec<String>,
+    pub(crate) allowed_hosts: Vec<String>,
 }
 
 impl Default for RawAdmin {
@@ -170,11 +171,11 @@ impl Default for RawAdmin {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct AuditConfig {
+pub(crate) struct AuditConfig {
     /// Events kept in memory.
-    pub ring: usize,
+    pub(crate) ring: usize,
     /// JSON lines appended here; a failed write refuses the credential use.
-    pub file: Option<PathBuf>,
+    pub(crate) file: Option<PathBuf>,
 }
 
 impl Default for AuditConfig {
@@ -189,29 +190,29 @@ impl Default for AuditConfig {
 /// Resource bounds (threat model §4). Every one has a safe default.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    pub max_connections: usize,
+pub(crate) struct Limits {
+    pub(crate) max_connections: usize,
     /// Open connections on the admin port.
-    pub admin_connections: usize,
-    pub max_tunnels: usize,
-    pub header_read_timeout: HumanDuration,
-    pub tls_handshake_timeout: HumanDuration,
-    pub idle_timeout: HumanDuration,
+    pub(crate) admin_connections: usize,
+    pub(crate) max_tunnels: usize,
+    pub(crate) header_read_timeout: HumanDuration,
+    pub(crate) tls_handshake_timeout: HumanDuration,
+    pub(crate) idle_timeout: HumanDuration,
     /// A raw tunnel or websocket with no byte either way for this long closes.
-    pub tunnel_idle_timeout: HumanDuration,
-    pub max_header_bytes: usize,
-    pub max_headers: usize,
-    pub max_uri_bytes: usize,
-    pub h2_max_streams: u32,
+    pub(crate) tunnel_idle_timeout: HumanDuration,
+    pub(crate) max_header_bytes: usize,
+    pub(crate) max_headers: usize,
+    pub(crate) max_uri_bytes: usize,
+    pub(crate) h2_max_streams: u32,
     /// Upstream requests one agent may have in flight to one service.
-    pub max_upstream_requests: usize,
-    pub max_body_buffer: usize,
-    pub leaf_cache: usize,
-    pub admin_body: usize,
-    pub drain_timeout: HumanDuration,
+    pub(crate) max_upstream_requests: usize,
+    pub(crate) max_body_buffer: usize,
+    pub(crate) leaf_cache: usize,
+    pub(crate) admin_body: usize,
+    pub(crate) drain_timeout: HumanDuration,
     /// Login sessions (Kalshi email + password): idle and absolute lifetimes.
-    pub session_idle: HumanDuration,
-    pub session_max_age: HumanDuration,
+    pub(crate) session_idle: HumanDuration,
+    pub(crate) session_max_age: HumanDuration,
 }
 
 impl Limits {
@@ -270,18 +271,18 @@ impl Default for CaConfig {
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    pub master_key_file: Option<PathBuf>,
-    pub snapshot: Option<PathBuf>,
+pub(crate) struct StoreConfig {
+    pub(crate) master_key_file: Option<PathBuf>,
+    pub(crate) snapshot: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawUpstream {
-    pub extra_ca: Vec<PathBuf>,
-    pub resolve: BTreeMap<String, String>,
-    pub connect_timeout: HumanDuration,
-    pub request_timeout: HumanDuration,
+pub(crate) struct RawUpstream {
+    pub(crate) extra_ca: Vec<PathBuf>,
+    pub(crate) resolve: BTreeMap<String, String>,
+    pub(crate) connect_timeout: HumanDuration,
+    pub(crate) request_timeout: HumanDuration,
 }
 
 impl Default for RawUpstream {
@@ -297,109 +298,108 @@ impl Default for RawUpstream {
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawService {
-    pub name: String,
-    pub connector: String,
+pub(crate) struct RawService {
+    pub(crate) name: String,
+    pub(crate) connector: String,
     #[serde(default)]
-    pub credentials: BTreeMap<String, Interp>,
+    pub(crate) credentials: BTreeMap<String, Interp>,
     #[serde(default)]
-    pub default: bool,
+    pub(crate) default: bool,
     #[serde(default)]
-    pub notes: String,
+    pub(crate) notes: String,
     #[serde(default)]
-    pub url: Option<String>,
+    pub(crate) url: Option<String>,
     #[serde(default)]
-    pub username: Option<String>,
+    pub(crate) username: Option<String>,
     /// Custom entry fields; `sensitive: true` ones are sealed and never shown.
     #[serde(default)]
-    pub fields: Vec<RawField>,
+    pub(crate) fields: Vec<RawField>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawField {
-    pub name: String,
-    pub value: Interp,
+pub(crate) struct RawField {
+    pub(crate) name: String,
+    pub(crate) value: Interp,
     #[serde(default)]
-    pub sensitive: bool,
+    pub(crate) sensitive: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAgent {
-    pub name: String,
+pub(crate) struct RawAgent {
+    pub(crate) name: String,
     #[serde(default)]
-    pub token: Option<Interp>,
+    pub(crate) token: Option<Interp>,
     #[serde(default)]
-    pub token_sha256: Option<String>,
+    pub(crate) token_sha256: Option<String>,
     #[serde(default)]
-    pub services: Vec<String>,
+    pub(crate) services: Vec<String>,
     #[serde(default)]
-    pub reveal: bool,
+    pub(crate) reveal: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawConfig {
-    pub proxy: RawProxy,
-    pub admin: RawAdmin,
-    pub audit: AuditConfig,
-    pub limits: Limits,
+pub(crate) struct RawConfig {
+    pub(crate) proxy: RawProxy,
+    pub(crate) admin: RawAdmin,
+    pub(crate) audit: AuditConfig,
+    pub(crate) limits: Limits,
     pub ca: CaConfig,
-    pub store: StoreConfig,
-    pub upstream: RawUpstream,
-    pub services: Vec<RawService>,
-    pub connectors: Vec<UserConnector>,
-    pub agents: Vec<RawAgent>,
+    pub(crate) store: StoreConfig,
+    pub(crate) upstream: RawUpstream,
+    pub(crate) services: Vec<RawService>,
+    pub(crate) connectors: Vec<UserConnector>,
+    pub(crate) agents: Vec<RawAgent>,
 }
 
 #[derive(Debug)]
 pub struct ProxyConfig {
     pub listen: SocketAddr,
-    pub unmatched: Unmatched,
-    pub require_auth: bool,
-    pub allow_private: Vec<IpNet>,
+    pub(crate) unmatched: Unmatched,
+    pub(crate) require_auth: bool,
+    pub(crate) allow_private: Vec<IpNet>,
 }
 
 #[derive(Debug)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
-    pub token: Option<TokenDigest>,
-    pub allow_remote: bool,
-    pub allowed_origins: Vec<String>,
-    pub allowed_hosts: Vec<String>,
+    pub(crate) token: Option<TokenDigest>,
+    pub(crate) allowed_origins: Vec<String>,
+    pub(crate) allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug)]
-pub struct UpstreamConfig {
-    pub extra_ca: Vec<PathBuf>,
+pub(crate) struct UpstreamConfig {
+    pub(crate) extra_ca: Vec<PathBuf>,
     /// `(host, port)` → socket address, like curl `--resolve`.
-    pub resolve: HashMap<(String, u16), SocketAddr>,
-    pub connect_timeout: Duration,
-    pub request_timeout: Duration,
+    pub(crate) resolve: HashMap<(String, u16), SocketAddr>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
 }
 
 /// A service from the config file, with its credentials resolved. Its
 /// connector is checked by `catalog`.
 #[derive(Debug)]
-pub struct ServiceConfig {
+pub(crate) struct ServiceConfig {
     /// Where it is in the file (`services[2]`), for errors found later.
-    pub key: String,
-    pub name: String,
-    pub connector: String,
-    pub credentials: Credentials,
-    pub default: bool,
-    pub entry: EntrySpec,
+    pub(crate) key: String,
+    pub(crate) name: String,
+    pub(crate) connector: String,
+    pub(crate) credentials: Credentials,
+    pub(crate) default: bool,
+    pub(crate) entry: EntrySpec,
 }
 
 /// Entry metadata as given by the config file or the API, before sealing.
 #[derive(Debug, Default)]
-pub struct EntrySpec {
-    pub notes: String,
-    pub url: Option<String>,
-    pub username: Option<String>,
+pub(crate) struct EntrySpec {
+    pub(crate) notes: String,
+    pub(crate) url: Option<String>,
+    pub(crate) username: Option<String>,
     /// `(name, value, sensitive)`.
-    pub fields: Vec<(String, crate::secret::Secret<String>, bool)>,
+    pub(crate) fields: Vec<(String, crate::secret::Secret<String>, bool)>,
 }
 
 /// The validated config: every string already turned into its type.
@@ -407,15 +407,15 @@ pub struct EntrySpec {
 pub struct Config {
     pub proxy: ProxyConfig,
     pub admin: AdminConfig,
-    pub audit: AuditConfig,
-    pub limits: Limits,
+    pub(crate) audit: AuditConfig,
+    pub(crate) limits: Limits,
     pub ca: CaConfig,
-    pub store: StoreConfig,
-    pub upstream: UpstreamConfig,
+    pub(crate) store: StoreConfig,
+    pub(crate) upstream: UpstreamConfig,
     /// User-defined connectors as written; `catalog` builds them.
-    pub connectors: Vec<UserConnector>,
-    pub services: Vec<ServiceConfig>,
-    pub agents: Agents,
+    pub(crate) connectors: Vec<UserConnector>,
+    pub(crate) services: Vec<ServiceConfig>,
+    pub(crate) agents: Agents,
     /// `key.path: message` for what is valid but unwise (a short agent token).
     pub warnings: Vec<String>,
 }
@@ -445,7 +445,7 @@ impl Config {
 }
 
 /// A config file's text; `None` means built-in defaults (plus `CLAVIS_*`).
-pub fn read(path: Option<&Path>) -> Result<String, ConfigErrors> {
+pub(crate) fn read(path: Option<&Path>) -> Result<String, ConfigErrors> {
     match path {
         Some(p) => std::fs::read_to_string(p).map_err(|e| {
             ConfigError::at("", format!("cannot read config file {}: {e}", p.display())).into()

@@ -108,7 +108,6 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Env) -> (Config, Vec<ConfigErro
         admin: AdminConfig {
             listen: admin_listen,
             token: admin_token,
-            allow_remote: raw.admin.allow_remote,
             allowed_origins: raw.admin.allowed_origins,
             allowed_hosts: raw.admin.allowed_hosts,
         },
@@ -286,7 +285,7 @@ fn agents(
     out
 }
 
-pub fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && name

@@ -6,7 +6,7 @@ use http::{HeaderName, HeaderValue, Method};
 use super::{Connector, FieldSpec, Inject, LiveCheck, Template};
 use crate::host::HostPattern;
 
-pub fn all() -> Vec<Connector> {
+pub(crate) fn all() -> Vec<Connector> {
     vec![
         openai(),
         anthropic(),

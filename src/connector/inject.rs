@@ -10,7 +10,7 @@ use crate::credentials::Credentials;
 use crate::encoding;
 
 #[derive(Debug)]
-pub enum Inject {
+pub(crate) enum Inject {
     /// Static headers and query parameters rendered from credential fields.
     Headers {
         headers: Vec<(HeaderName, Template)>,
@@ -28,7 +28,7 @@ pub enum Inject {
 
 /// What the exchange must do before [`Inject::apply`] for these credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Plan {
+pub(crate) enum Plan {
     /// Headers only; the body streams.
     Stream,
     /// The signature covers the body: buffer it (capped) first.
@@ -40,7 +40,7 @@ pub enum Plan {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum InjectError {
+pub(crate) enum InjectError {
     #[error("credential field {0:?} is missing")]
     MissingField(String),
     #[error("credential field {0:?} cannot be sent in an HTTP header (control characters)")]
@@ -52,7 +52,7 @@ pub enum InjectError {
 }
 
 impl Inject {
-    pub fn plan(&self, creds: &Credentials) -> Plan {
+    pub(crate) fn plan(&self, creds: &Credentials) -> Plan {
         match self {
             Inject::Headers { .. } => Plan::Stream,
             Inject::Coinbase => {
@@ -74,7 +74,7 @@ impl Inject {
 
     /// Whether `path` on the connector's hosts is reserved to clavis (the
     /// login of a token source), whatever the agent's credentials are.
-    pub fn reserves(&self, path: &str) -> bool {
+    pub(crate) fn reserves(&self, path: &str) -> bool {
         match self {
             Inject::Kalshi => TokenSource::KalshiLogin.reserves(path),
             _ => false,
@@ -83,7 +83,7 @@ impl Inject {
 
     /// Headers a signer sets: a connector built around this adds them to its
     /// strip list, so the agent's copies never survive.
-    pub fn extra_strip(&self) -> Vec<HeaderName> {
+    pub(crate) fn extra_strip(&self) -> Vec<HeaderName> {
         match self {
             Inject::Recipe(r) => r.header_names(),
             _ => Vec::new(),
@@ -94,7 +94,7 @@ impl Inject {
     /// been stripped. `host` is the destination (signatures cover it) and
     /// `body` the buffered body when [`Inject::plan`] asked for it. Header
     /// values are marked sensitive, so HPACK never indexes them.
-    pub fn apply(
+    pub(crate) fn apply(
         &self,
         parts: &mut Parts,
         host: &str,

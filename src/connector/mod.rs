@@ -3,20 +3,20 @@
 //! The [`Registry`] maps a normalized CONNECT host to its connector in O(1).
 
 mod builtin;
-pub mod inject;
-pub mod sign;
-pub mod template;
-pub mod token;
-pub mod user;
+pub(crate) mod inject;
+pub(crate) mod sign;
+pub(crate) mod template;
+pub(crate) mod token;
+pub(crate) mod user;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Method};
 
-pub use inject::{Inject, InjectError, Plan};
-pub use template::Template;
-pub use token::{FetchError, TokenSource};
+pub(crate) use inject::{Inject, InjectError, Plan};
+pub(crate) use template::Template;
+pub(crate) use token::{FetchError, TokenSource};
 
 use crate::credentials::Credentials;
 use crate::host::HostPattern;
@@ -24,20 +24,20 @@ use crate::host::HostPattern;
 /// A credential field and the prefixes a valid value starts with (empty: any
 /// non-empty value).
 #[derive(Debug, Clone)]
-pub struct FieldSpec {
-    pub name: String,
-    pub prefixes: Vec<&'static str>,
+pub(crate) struct FieldSpec {
+    pub(crate) name: String,
+    pub(crate) prefixes: Vec<&'static str>,
 }
 
 impl FieldSpec {
-    pub fn any(name: &str) -> FieldSpec {
+    pub(crate) fn any(name: &str) -> FieldSpec {
         FieldSpec {
             name: name.to_owned(),
             prefixes: Vec::new(),
         }
     }
 
-    pub fn prefixed(name: &str, prefixes: &[&'static str]) -> FieldSpec {
+    pub(crate) fn prefixed(name: &str, prefixes: &[&'static str]) -> FieldSpec {
         FieldSpec {
             name: name.to_owned(),
             prefixes: prefixes.to_vec(),
@@ -47,25 +47,25 @@ impl FieldSpec {
 
 /// A cheap authenticated call that proves a credential works.
 #[derive(Debug, Clone)]
-pub struct LiveCheck {
-    pub method: Method,
-    pub path: &'static str,
+pub(crate) struct LiveCheck {
+    pub(crate) method: Method,
+    pub(crate) path: &'static str,
 }
 
 #[derive(Debug)]
-pub struct Connector {
-    pub name: String,
-    pub hosts: Vec<HostPattern>,
+pub(crate) struct Connector {
+    pub(crate) name: String,
+    pub(crate) hosts: Vec<HostPattern>,
     /// The only port on which clavis intercepts and injects.
-    pub port: u16,
+    pub(crate) port: u16,
     /// Auth headers removed from every request, whatever their case or `_`/`-` spelling.
-    pub strip: Vec<HeaderName>,
-    pub inject: Inject,
+    pub(crate) strip: Vec<HeaderName>,
+    pub(crate) inject: Inject,
     /// Headers set when the agent did not send them (`anthropic-version`).
-    pub defaults: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) defaults: Vec<(HeaderName, HeaderValue)>,
     /// Accepted credential shapes: the credentials must fill one set completely.
-    pub field_sets: Vec<Vec<FieldSpec>>,
-    pub live_check: Option<LiveCheck>,
+    pub(crate) field_sets: Vec<Vec<FieldSpec>>,
+    pub(crate) live_check: Option<LiveCheck>,
 }
 
 impl Connector {
@@ -74,7 +74,7 @@ impl Connector {
     /// schemes, the one the given fields point to is checked (Kalshi's
     /// `email` alone asks for `password`); with none pointed to, every
     /// scheme is named.
-    pub fn validate(&self, creds: &Credentials) -> Result<(), CredentialError> {
+    pub(crate) fn validate(&self, creds: &Credentials) -> Result<(), CredentialError> {
         if let Some(name) = creds
             .names()
             .find(|n| creds.get(n).is_some_and(has_stray_control))
@@ -115,13 +115,13 @@ impl Connector {
     }
 
     /// Whether `path` is reserved to clavis on this connector's hosts.
-    pub fn reserves(&self, path: &str) -> bool {
+    pub(crate) fn reserves(&self, path: &str) -> bool {
         self.inject.reserves(path)
     }
 
     /// The host a request goes to when the caller names only the service
     /// (`/v1/proxy`, MCP): the first exact host.
-    pub fn primary_host(&self) -> Option<&str> {
+    pub(crate) fn primary_host(&self) -> Option<&str> {
         self.hosts.iter().find_map(|h| match h {
             HostPattern::Exact(h) => Some(h.as_str()),
             HostPattern::Wildcard(_) => None,
@@ -161,7 +161,7 @@ fn check_set(set: &[FieldSpec], creds: &Credentials) -> Result<(), CredentialErr
 
 /// Credentials that do not fit a connector: names fields, never values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CredentialError {
+pub(crate) enum CredentialError {
     #[error(
         "credential field {0:?} contains a control character (line breaks only inside a PEM key)"
     )]
@@ -180,13 +180,13 @@ pub enum CredentialError {
 /// (`hosts[1]`, `sign.secret`) and what is wrong there.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: {message}")]
-pub struct SpecError {
-    pub key: String,
-    pub message: String,
+pub(crate) struct SpecError {
+    pub(crate) key: String,
+    pub(crate) message: String,
 }
 
 impl SpecError {
-    pub fn at(key: impl Into<String>, message: impl std::fmt::Display) -> SpecError {
+    pub(crate) fn at(key: impl Into<String>, message: impl std::fmt::Display) -> SpecError {
         SpecError {
             key: key.into(),
             message: message.to_string(),
@@ -197,15 +197,15 @@ impl SpecError {
 /// A name or host claimed twice; `user_index` is the position among the
 /// user-defined connectors given to [`Registry::new`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClaimError {
-    pub user_index: Option<usize>,
-    pub key: String,
-    pub message: String,
+pub(crate) struct ClaimError {
+    pub(crate) user_index: Option<usize>,
+    pub(crate) key: String,
+    pub(crate) message: String,
 }
 
 /// Every connector, built-in and user-defined, indexed by host.
 #[derive(Debug, Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     by_name: HashMap<String, Arc<Connector>>,
     exact: HashMap<String, Arc<Connector>>,
     /// Keyed by the suffix without its leading dot: `svc.example`.
@@ -214,7 +214,7 @@ pub struct Registry {
 
 impl Registry {
     /// The built-in connectors alone.
-    pub fn builtin() -> Registry {
+    pub(crate) fn builtin() -> Registry {
         let mut registry = Registry::default();
         for connector in builtin::all() {
             // Built-in names and hosts are distinct by construction (a test
@@ -226,7 +226,7 @@ impl Registry {
 
     /// The built-in connectors plus `user`; a host claimed twice or a reused
     /// name is an error naming both.
-    pub fn new(user: Vec<Connector>) -> Result<Registry, ClaimError> {
+    pub(crate) fn new(user: Vec<Connector>) -> Result<Registry, ClaimError> {
         let mut registry = Registry::default();
         for connector in builtin::all() {
             registry.add(connector).map_err(|e| ClaimError {
@@ -277,7 +277,7 @@ impl Registry {
     }
 
     /// The connector claiming a normalized (lowercase, no trailing dot) host.
-    pub fn lookup(&self, host: &str) -> Option<&Arc<Connector>> {
+    pub(crate) fn lookup(&self, host: &str) -> Option<&Arc<Connector>> {
         if let Some(c) = self.exact.get(host) {
             return Some(c);
         }
@@ -285,11 +285,11 @@ impl Registry {
         self.wildcard.get(parent)
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<Connector>> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<Connector>> {
         self.by_name.get(name)
     }
 
-    pub fn names(&self) -> Vec<&str> {
+    pub(crate) fn names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
         names.sort_unstable();
         names

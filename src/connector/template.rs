@@ -14,12 +14,12 @@ enum Part {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template {
+pub(crate) struct Template {
     parts: Vec<Part>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TemplateError {
+pub(crate) enum TemplateError {
     #[error("unclosed \"{{\" in template")]
     Unclosed,
     #[error("empty placeholder \"{{}}\" in template")]
@@ -31,7 +31,7 @@ pub enum TemplateError {
 impl Template {
     /// Parses `text`, accepting only placeholders named in `known`.
     /// `{{` and `}}` are literal braces.
-    pub fn parse(text: &str, known: &[&str]) -> Result<Template, TemplateError> {
+    pub(crate) fn parse(text: &str, known: &[&str]) -> Result<Template, TemplateError> {
         let mut parts = Vec::new();
         let mut lit = String::new();
         let mut chars = text.chars().peekable();
@@ -78,7 +78,7 @@ impl Template {
     }
 
     /// `prefix` followed by one field: the shape of every built-in header.
-    pub fn prefixed(prefix: &str, field: &str) -> Template {
+    pub(crate) fn prefixed(prefix: &str, field: &str) -> Template {
         let mut parts = Vec::with_capacity(2);
         if !prefix.is_empty() {
             parts.push(Part::Lit(prefix.to_owned()));
@@ -88,7 +88,7 @@ impl Template {
     }
 
     /// `Basic base64(<user>:<pass>)` from two templates.
-    pub fn basic(user: &Template, pass: &Template) -> Template {
+    pub(crate) fn basic(user: &Template, pass: &Template) -> Template {
         Template {
             parts: vec![
                 Part::Lit("Basic ".into()),
@@ -98,7 +98,7 @@ impl Template {
     }
 
     /// The credential fields this template reads.
-    pub fn fields(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+    pub(crate) fn fields(&self) -> Box<dyn Iterator<Item = &str> + '_> {
         Box::new(
             self.parts
                 .iter()
@@ -114,7 +114,7 @@ impl Template {
 
     /// Renders with `lookup` supplying each placeholder; `None` names the
     /// missing field.
-    pub fn render_with<'a>(
+    pub(crate) fn render_with<'a>(
         &'a self,
         lookup: impl Fn(&str) -> Option<&'a str> + Copy,
     ) -> Result<Zeroizing<String>, &'a str> {
@@ -139,7 +139,10 @@ impl Template {
     }
 
     /// Renders from a service's opened credentials.
-    pub fn render<'a>(&'a self, creds: &'a Credentials) -> Result<Zeroizing<String>, &'a str> {
+    pub(crate) fn render<'a>(
+        &'a self,
+        creds: &'a Credentials,
+    ) -> Result<Zeroizing<String>, &'a str> {
         self.render_with(|f| creds.get(f))
     }
 }

@@ -13,11 +13,11 @@ use crate::credentials::Credentials;
 use crate::secret::Secret;
 
 /// The login endpoint, relative to the connector's host. Agents may not call it.
-pub const KALSHI_LOGIN_PATH: &str = "/trade-api/v2/login";
+pub(crate) const KALSHI_LOGIN_PATH: &str = "/trade-api/v2/login";
 
 /// Where a connector's tokens come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenSource {
+pub(crate) enum TokenSource {
     /// `POST /trade-api/v2/login {"email","password"}` → `{"token"}` on the
     /// request's own host.
     KalshiLogin,
@@ -26,7 +26,7 @@ pub enum TokenSource {
 /// Why no token could be had from an answer or from the credentials.
 /// Messages never quote a credential or the answer.
 #[derive(Debug, thiserror::Error)]
-pub enum FetchError {
+pub(crate) enum FetchError {
     #[error("credentials need {0}")]
     Fields(&'static str),
     #[error("{host} answered {status} to the login")]
@@ -42,7 +42,7 @@ pub enum FetchError {
 impl TokenSource {
     /// The request that fetches a token for a request to `host`, and the
     /// path it goes to (for the audit record).
-    pub fn request(
+    pub(crate) fn request(
         &self,
         creds: &Credentials,
         host: &str,
@@ -65,7 +65,7 @@ impl TokenSource {
     }
 
     /// The token in a successful answer's body.
-    pub fn read(&self, body: &[u8]) -> Result<Secret<String>, FetchError> {
+    pub(crate) fn read(&self, body: &[u8]) -> Result<Secret<String>, FetchError> {
         let parsed: serde_json::Value =
             serde_json::from_slice(body).map_err(|_| FetchError::NotJson)?;
         let token = parsed
@@ -78,7 +78,7 @@ impl TokenSource {
 
     /// Puts the token on a request: `Authorization: Bearer <token>`,
     /// marked sensitive so HPACK never indexes it.
-    pub fn apply(&self, headers: &mut http::HeaderMap, token: &Secret<String>) -> bool {
+    pub(crate) fn apply(&self, headers: &mut http::HeaderMap, token: &Secret<String>) -> bool {
         match HeaderValue::from_str(&format!("Bearer {}", token.expose())) {
             Ok(mut value) => {
                 value.set_sensitive(true);
@@ -90,7 +90,7 @@ impl TokenSource {
     }
 
     /// Paths on the connector's hosts that only clavis may call (the login).
-    pub fn reserves(&self, path: &str) -> bool {
+    pub(crate) fn reserves(&self, path: &str) -> bool {
         is_login_path(path)
     }
 }
@@ -98,7 +98,7 @@ impl TokenSource {
 /// Whether `path` names the login endpoint however it is spelled: escapes
 /// decoded (twice, for servers that decode again), dot segments resolved,
 /// empty segments and a trailing `/` dropped, any case.
-pub fn is_login_path(path: &str) -> bool {
+pub(crate) fn is_login_path(path: &str) -> bool {
     // Every Kalshi request asks: without an escape or the word itself there
     // is nothing to decode.
     let bytes = path.as_bytes();

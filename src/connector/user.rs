@@ -9,7 +9,7 @@ use crate::config::{InjectSpec, UserConnector};
 use crate::host::HostPattern;
 
 /// Converts one `connectors[i]` entry; an error names its key within it.
-pub fn build(spec: &UserConnector) -> Result<Connector, SpecError> {
+pub(crate) fn build(spec: &UserConnector) -> Result<Connector, SpecError> {
     if spec.name.is_empty()
         || !spec
             .name

@@ -16,12 +16,12 @@ const MAX_HEAD: usize = 64 * 1024;
 
 /// Which requests (1-based, in order) had ambiguous framing.
 #[derive(Debug, Default)]
-pub struct Verdicts {
+pub(crate) struct Verdicts {
     ambiguous: Mutex<Vec<u64>>,
 }
 
 impl Verdicts {
-    pub fn is_ambiguous(&self, request: u64) -> bool {
+    pub(crate) fn is_ambiguous(&self, request: u64) -> bool {
         self.ambiguous
             .lock()
             .map(|v| v.contains(&request))
@@ -48,7 +48,7 @@ enum State {
 }
 
 pin_project_lite::pin_project! {
-    pub struct Guard<S> {
+    pub(crate) struct Guard<S> {
         #[pin]
         inner: S,
         state: State,
@@ -59,7 +59,7 @@ pin_project_lite::pin_project! {
 
 impl<S> Guard<S> {
     /// `watch: false` (h2, whose frames carry no such ambiguity) passes bytes through.
-    pub fn new(inner: S, verdicts: Arc<Verdicts>, watch: bool) -> Guard<S> {
+    pub(crate) fn new(inner: S, verdicts: Arc<Verdicts>, watch: bool) -> Guard<S> {
         Guard {
             inner,
             state: if watch {

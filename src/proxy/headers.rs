@@ -6,7 +6,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue};
 /// Hop-by-hop headers (RFC 9110 §7.6.1), `Upgrade` and `HTTP2-Settings`
 /// (upgrades are handled explicitly, not passed along) and the proxy-only
 /// ones, which never cross clavis in either direction.
-pub fn is_hop_by_hop(name: &str) -> bool {
+pub(crate) fn is_hop_by_hop(name: &str) -> bool {
     matches!(
         name,
         "connection"
@@ -21,7 +21,7 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 
 /// Removes hop-by-hop headers, those named in `Connection`, every `Proxy-*`
 /// header, and `Upgrade`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // `keep-alive` / `close` name no other header; other tokens do (rare:
     // only then is anything allocated).
     let named: Vec<HeaderName> = headers
@@ -48,7 +48,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Removes every header in `names`, whatever its case (HeaderName is already
 /// lowercase) or its `_`/`-` spelling (`x_api_key` reaches some servers as
 /// `x-api-key`).
-pub fn strip_auth(headers: &mut HeaderMap, names: &[HeaderName]) {
+pub(crate) fn strip_auth(headers: &mut HeaderMap, names: &[HeaderName]) {
     for name in names {
         headers.remove(name);
     }
@@ -68,7 +68,7 @@ pub fn strip_auth(headers: &mut HeaderMap, names: &[HeaderName]) {
 
 /// The service named by a `clavis:<service>` placeholder in one of the
 /// connector's auth headers, bare or after a scheme (`Bearer `, `token `).
-pub fn placeholder(headers: &HeaderMap, names: &[HeaderName]) -> Option<String> {
+pub(crate) fn placeholder(headers: &HeaderMap, names: &[HeaderName]) -> Option<String> {
     names
         .iter()
         .flat_map(|n| headers.get_all(n))

@@ -33,8 +33,8 @@ use crate::state::State;
 /// watcher.
 #[derive(Clone)]
 pub(crate) struct Ctx {
-    pub state: State,
-    pub drain: Drain,
+    pub(crate) state: State,
+    pub(crate) drain: Drain,
 }
 
 /// Accepts until `stop` fires. Connections beyond `limits.max_connections`

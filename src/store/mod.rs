@@ -2,8 +2,8 @@
 //! ciphertext. `open` is the one way to plaintext, and it returns a
 //! [`Secret`] that is wiped when the request that needed it is done.
 
-pub mod seal;
-pub mod snapshot;
+pub(crate) mod seal;
+pub(crate) mod snapshot;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -11,8 +11,8 @@ use std::time::SystemTime;
 
 use ring::rand::{SecureRandom, SystemRandom};
 
-pub use seal::{SealError, Sealer};
-pub use snapshot::{Snapshot, SnapshotError};
+pub(crate) use seal::{SealError, Sealer};
+pub(crate) use snapshot::{Snapshot, SnapshotError};
 
 use snapshot::Record;
 
@@ -25,22 +25,22 @@ use crate::secret::Secret;
 /// Where a service was defined: config services are rebuilt at every start,
 /// API services live in the snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     Config,
     Api,
 }
 
 #[derive(Debug, Clone)]
-pub struct Service {
-    pub id: String,
-    pub name: String,
-    pub connector: Arc<Connector>,
-    pub default: bool,
-    pub origin: Origin,
-    pub created_at: SystemTime,
-    pub validated_at: Option<SystemTime>,
+pub(crate) struct Service {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) connector: Arc<Connector>,
+    pub(crate) default: bool,
+    pub(crate) origin: Origin,
+    pub(crate) created_at: SystemTime,
+    pub(crate) validated_at: Option<SystemTime>,
     /// What the entries API shows: notes, URL, username, custom fields.
-    pub entry: Entry,
+    pub(crate) entry: Entry,
     sealed: Option<Arc<Sealed>>,
 }
 
@@ -69,18 +69,18 @@ impl Sealed {
 /// A service seen as a vault entry. Sensitive field values are sealed like
 /// credentials and never shown; the others are plain metadata.
 #[derive(Debug, Clone, Default)]
-pub struct Entry {
-    pub notes: String,
-    pub url: Option<String>,
-    pub username: Option<String>,
-    pub fields: Vec<EntryField>,
+pub(crate) struct Entry {
+    pub(crate) notes: String,
+    pub(crate) url: Option<String>,
+    pub(crate) username: Option<String>,
+    pub(crate) fields: Vec<EntryField>,
 }
 
 #[derive(Clone)]
-pub struct EntryField {
-    pub name: String,
+pub(crate) struct EntryField {
+    pub(crate) name: String,
     /// `None` for sensitive fields: their value exists only sealed.
-    pub value: Option<String>,
+    pub(crate) value: Option<String>,
     sealed: Option<Vec<u8>>,
 }
 
@@ -94,19 +94,19 @@ impl std::fmt::Debug for EntryField {
 }
 
 impl EntryField {
-    pub fn sensitive(&self) -> bool {
+    pub(crate) fn sensitive(&self) -> bool {
         self.sealed.is_some()
     }
 }
 
 impl Service {
-    pub fn has_credentials(&self) -> bool {
+    pub(crate) fn has_credentials(&self) -> bool {
         self.sealed.is_some()
     }
 
     /// Changes whenever the credentials do (`0`: none stored): what a
     /// token fetched with them is tied to.
-    pub fn credentials_version(&self) -> u64 {
+    pub(crate) fn credentials_version(&self) -> u64 {
         self.sealed.as_ref().map_or(0, |s| s.version)
     }
 
@@ -203,7 +203,7 @@ pub enum StoreError {
 /// An immutable view of every service, swapped whole on each change, so the
 /// request path reads it without holding a lock.
 #[derive(Debug, Default)]
-pub struct Table {
+pub(crate) struct Table {
     list: Vec<Arc<Service>>,
     by_name: HashMap<String, Arc<Service>>,
     by_id: HashMap<String, Arc<Service>>,
@@ -225,18 +225,18 @@ impl Table {
         t
     }
 
-    pub fn all(&self) -> &[Arc<Service>] {
+    pub(crate) fn all(&self) -> &[Arc<Service>] {
         &self.list
     }
 
     /// By name, or by id.
-    pub fn find(&self, name_or_id: &str) -> Option<&Arc<Service>> {
+    pub(crate) fn find(&self, name_or_id: &str) -> Option<&Arc<Service>> {
         self.by_name
             .get(name_or_id)
             .or_else(|| self.by_id.get(name_or_id))
     }
 
-    pub fn for_connector(&self, connector: &str) -> &[Arc<Service>] {
+    pub(crate) fn for_connector(&self, connector: &str) -> &[Arc<Service>] {
         self.by_connector
             .get(connector)
             .map(Vec::as_slice)
@@ -244,7 +244,7 @@ impl Table {
     }
 }
 
-pub struct Store {
+pub(crate) struct Store {
     sealer: Sealer,
     table: RwLock<Arc<Table>>,
     rng: SystemRandom,
@@ -263,7 +263,7 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    pub fn new(sealer: Sealer) -> Store {
+    pub(crate) fn new(sealer: Sealer) -> Store {
         Store {
             sealer,
             table: RwLock::new(Arc::new(Table::default())),
@@ -274,7 +274,7 @@ impl Store {
     }
 
     /// The current services; cheap (one `Arc` clone).
-    pub fn table(&self) -> Arc<Table> {
+    pub(crate) fn table(&self) -> Arc<Table> {
         match self.table.read() {
             Ok(t) => t.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -306,7 +306,7 @@ impl Store {
     /// The config wins on a name clash (with a warning), except that a config
     /// service without credentials takes the ones stored through the API.
     /// Any unreadable record refuses the whole start.
-    pub fn restore(
+    pub(crate) fn restore(
         &self,
         snapshot: Snapshot,
         registry: &crate::connector::Registry,
@@ -398,7 +398,7 @@ impl Store {
     }
 
     /// Registers a service; the name must be new.
-    pub fn add(
+    pub(crate) fn add(
         &self,
         name: &str,
         connector: Arc<Connector>,
@@ -427,7 +427,7 @@ impl Store {
     }
 
     /// Seals and stores credentials for a service (replacing earlier ones).
-    pub fn set_credentials(
+    pub(crate) fn set_credentials(
         &self,
         name_or_id: &str,
         creds: &Credentials,
@@ -451,7 +451,11 @@ impl Store {
     }
 
     /// Replaces a service's entry metadata, sealing its sensitive fields.
-    pub fn set_entry(&self, name_or_id: &str, new: EntrySpec) -> Result<Arc<Service>, StoreError> {
+    pub(crate) fn set_entry(
+        &self,
+        name_or_id: &str,
+        new: EntrySpec,
+    ) -> Result<Arc<Service>, StoreError> {
         self.update(|list| {
             let slot = list
                 .iter_mut()
@@ -489,7 +493,7 @@ impl Store {
         })
     }
 
-    pub fn remove(&self, name_or_id: &str) -> Result<Arc<Service>, StoreError> {
+    pub(crate) fn remove(&self, name_or_id: &str) -> Result<Arc<Service>, StoreError> {
         self.update(|list| {
             let pos = list
                 .iter()
@@ -501,14 +505,18 @@ impl Store {
 
     /// Seals a login session's token (Kalshi email + password) for
     /// `service`: like credentials, it is kept only as ciphertext.
-    pub fn seal_session(&self, service: &Service, token: &str) -> Result<Vec<u8>, StoreError> {
+    pub(crate) fn seal_session(
+        &self,
+        service: &Service,
+        token: &str,
+    ) -> Result<Vec<u8>, StoreError> {
         Ok(self
             .sealer
             .seal(&Service::session_aad(&service.id), token.as_bytes())?)
     }
 
     /// Opens a token sealed by [`Store::seal_session`] for one use.
-    pub fn open_session(
+    pub(crate) fn open_session(
         &self,
         service: &Service,
         sealed: &[u8],
@@ -523,13 +531,19 @@ impl Store {
 
     /// Decrypts a service's credentials for one use; none stored is
     /// [`StoreError::NoCredentials`].
-    pub fn open_required(&self, service: &Service) -> Result<Secret<Credentials>, StoreError> {
+    pub(crate) fn open_required(
+        &self,
+        service: &Service,
+    ) -> Result<Secret<Credentials>, StoreError> {
         self.open(service)?
             .ok_or_else(|| StoreError::NoCredentials(service.name.clone()))
     }
 
     /// Decrypts a service's credentials for one use. `Ok(None)`: none stored.
-    pub fn open(&self, service: &Service) -> Result<Option<Secret<Credentials>>, StoreError> {
+    pub(crate) fn open(
+        &self,
+        service: &Service,
+    ) -> Result<Option<Secret<Credentials>>, StoreError> {
         let Some(sealed) = &service.sealed else {
             return Ok(None);
         };
@@ -543,7 +557,7 @@ impl Store {
     /// Anchors for the service's sensitive entry fields (opened for this
     /// call, never kept): what a search query must not carry into the audit
     /// log. `None` without sensitive fields.
-    pub fn sensitive_field_anchors(
+    pub(crate) fn sensitive_field_anchors(
         &self,
         service: &Service,
     ) -> Result<Option<Anchors>, StoreError> {
@@ -559,7 +573,7 @@ impl Store {
 
     /// The scrubber's anchors for a service's credentials: derived once per
     /// set of credentials (opening them that one time), then shared.
-    pub fn anchors(&self, service: &Service) -> Result<Option<Arc<Anchors>>, StoreError> {
+    pub(crate) fn anchors(&self, service: &Service) -> Result<Option<Arc<Anchors>>, StoreError> {
         if let Some(anchors) = service.sealed.as_ref().and_then(|s| s.anchors.get()) {
             return Ok(Some(anchors.clone()));
         }
@@ -571,7 +585,7 @@ impl Store {
 
     /// The same anchors, derived from credentials the caller opened already
     /// (an exchange's authorize phase) instead of opening them again.
-    pub fn anchors_of(service: &Service, creds: &Credentials) -> Arc<Anchors> {
+    pub(crate) fn anchors_of(service: &Service, creds: &Credentials) -> Arc<Anchors> {
         let derive = || Arc::new(Anchors::of(&Patterns::from_credentials(creds)));
         match &service.sealed {
             Some(sealed) => sealed.anchors.get_or_init(derive).clone(),

@@ -20,7 +20,7 @@ pub enum SealError {
     Memory(String),
 }
 
-pub struct Sealer {
+pub(crate) struct Sealer {
     /// The key schedule, on locked pages kept out of core dumps (SPEC §3.1).
     key: Locked<LessSafeKey>,
     /// First 8 bytes of SHA-256(key): names the key in snapshots without revealing it.
@@ -35,7 +35,7 @@ impl std::fmt::Debug for Sealer {
 }
 
 impl Sealer {
-    pub fn new(key_bytes: &[u8]) -> Result<Sealer, SealError> {
+    pub(crate) fn new(key_bytes: &[u8]) -> Result<Sealer, SealError> {
         let key = UnboundKey::new(&AES_256_GCM, key_bytes).map_err(|_| SealError::BadKey)?;
         let digest = ring::digest::digest(&ring::digest::SHA256, key_bytes);
         let mut key_id = [0u8; 8];
@@ -49,7 +49,7 @@ impl Sealer {
     }
 
     /// A fresh random key, for a process without `store.master_key_file`.
-    pub fn random() -> Result<Sealer, SealError> {
+    pub(crate) fn random() -> Result<Sealer, SealError> {
         let mut key = Zeroizing::new([0u8; 32]);
         SystemRandom::new()
             .fill(key.as_mut())
@@ -59,7 +59,7 @@ impl Sealer {
 
     /// Reads a key file's contents: 32 raw bytes, or 64 hex characters
     /// (surrounding whitespace ignored).
-    pub fn from_file_bytes(bytes: &[u8]) -> Result<Sealer, SealError> {
+    pub(crate) fn from_file_bytes(bytes: &[u8]) -> Result<Sealer, SealError> {
         if bytes.len() == 32 {
             return Sealer::new(bytes);
         }
@@ -72,16 +72,16 @@ impl Sealer {
 
     /// Whether the key's pages are locked in RAM (`mlock` may be refused by
     /// `RLIMIT_MEMLOCK`; they are kept out of core dumps either way).
-    pub fn key_locked(&self) -> bool {
+    pub(crate) fn key_locked(&self) -> bool {
         self.key.is_locked()
     }
 
-    pub fn key_id(&self) -> [u8; 8] {
+    pub(crate) fn key_id(&self) -> [u8; 8] {
         self.key_id
     }
 
     /// `nonce ‖ ciphertext ‖ tag`.
-    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+    pub(crate) fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| SealError::Random)?;
         let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
@@ -100,7 +100,7 @@ impl Sealer {
     }
 
     /// Opens into a buffer that is zeroed when dropped.
-    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Plain, SealError> {
+    pub(crate) fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Plain, SealError> {
         if sealed.len() < NONCE_LEN + AES_256_GCM.tag_len() {
             return Err(SealError::Open);
         }

@@ -32,43 +32,43 @@ pub enum SnapshotError {
 /// One service as persisted. `sealed` is the per-service ciphertext, already
 /// bound to `id` and `connector` by its own associated data.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Record {
-    pub id: String,
-    pub name: String,
-    pub connector: String,
-    pub default: bool,
-    pub origin: String,
-    pub created_at: u64,
-    pub validated_at: Option<u64>,
-    pub sealed: Option<String>,
+pub(crate) struct Record {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) connector: String,
+    pub(crate) default: bool,
+    pub(crate) origin: String,
+    pub(crate) created_at: u64,
+    pub(crate) validated_at: Option<u64>,
+    pub(crate) sealed: Option<String>,
     #[serde(default)]
-    pub entry: RecordEntry,
+    pub(crate) entry: RecordEntry,
 }
 
 /// Entry metadata as persisted; sensitive values stay sealed (base64).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct RecordEntry {
+pub(crate) struct RecordEntry {
     #[serde(default)]
-    pub notes: String,
+    pub(crate) notes: String,
     #[serde(default)]
-    pub url: Option<String>,
+    pub(crate) url: Option<String>,
     #[serde(default)]
-    pub username: Option<String>,
+    pub(crate) username: Option<String>,
     #[serde(default)]
-    pub fields: Vec<RecordField>,
+    pub(crate) fields: Vec<RecordField>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RecordField {
-    pub name: String,
+pub(crate) struct RecordField {
+    pub(crate) name: String,
     #[serde(default)]
-    pub value: Option<String>,
+    pub(crate) value: Option<String>,
     #[serde(default)]
-    pub sealed: Option<String>,
+    pub(crate) sealed: Option<String>,
 }
 
 impl Record {
-    pub fn origin(&self) -> Origin {
+    pub(crate) fn origin(&self) -> Origin {
         if self.origin == "config" {
             Origin::Config
         } else {
@@ -76,29 +76,29 @@ impl Record {
         }
     }
 
-    pub fn sealed_bytes(&self) -> Option<Vec<u8>> {
+    pub(crate) fn sealed_bytes(&self) -> Option<Vec<u8>> {
         self.sealed
             .as_ref()
             .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
     }
 }
 
-pub fn unix(t: SystemTime) -> u64 {
+pub(crate) fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-pub fn from_unix(secs: u64) -> SystemTime {
+pub(crate) fn from_unix(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
 #[derive(Debug)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     path: PathBuf,
     generation: std::sync::atomic::AtomicU64,
 }
 
 impl Snapshot {
-    pub fn new(path: PathBuf) -> Snapshot {
+    pub(crate) fn new(path: PathBuf) -> Snapshot {
         Snapshot {
             path,
             generation: std::sync::atomic::AtomicU64::new(0),
@@ -113,7 +113,7 @@ impl Snapshot {
     }
 
     /// Reads the records; a missing file is an empty store.
-    pub fn load(&self, sealer: &Sealer) -> Result<Vec<Record>, SnapshotError> {
+    pub(crate) fn load(&self, sealer: &Sealer) -> Result<Vec<Record>, SnapshotError> {
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -148,7 +148,7 @@ impl Snapshot {
     }
 
     /// Writes all records atomically; on error the old file is untouched.
-    pub fn write(&self, sealer: &Sealer, records: &[Record]) -> Result<(), SnapshotError> {
+    pub(crate) fn write(&self, sealer: &Sealer, records: &[Record]) -> Result<(), SnapshotError> {
         let werr = |source| SnapshotError::Write {
             path: self.path.display().to_string(),
             source,

@@ -25,7 +25,7 @@ struct Leaf {
     minted: Instant,
 }
 
-pub struct LeafCache {
+pub(crate) struct LeafCache {
     ca: Arc<Ca>,
     /// One leaf key per process (as mitmproxy does): minting is then a single
     /// ECDSA signature.
@@ -46,7 +46,7 @@ impl std::fmt::Debug for LeafCache {
 }
 
 impl LeafCache {
-    pub fn new(
+    pub(crate) fn new(
         ca: Arc<Ca>,
         cap: usize,
         issued: prometheus_client::metrics::counter::Counter,
@@ -62,16 +62,12 @@ impl LeafCache {
         })
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.cache.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.cache.is_empty()
-    }
-
     /// The TLS server config presenting a leaf for `host` (already normalized).
-    pub async fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, TlsError> {
+    pub(crate) async fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, TlsError> {
         let cell = self.cell(host);
         let leaf = cell.get_or_try_init(|| async { self.mint(host) }).await?;
         if leaf.minted.elapsed() < RENEW_AFTER {

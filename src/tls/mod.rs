@@ -3,15 +3,15 @@
 //! ([`verify`]). One crypto provider, ring, for all of it.
 
 pub mod ca;
-pub mod mint;
-pub mod verify;
+pub(crate) mod mint;
+pub(crate) mod verify;
 
 use std::sync::Arc;
 
 pub use ca::Ca;
-pub use mint::LeafCache;
+pub(crate) use mint::LeafCache;
 
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -26,7 +26,7 @@ pub enum TlsError {
 }
 
 impl TlsError {
-    pub fn file(path: &std::path::Path, message: impl std::fmt::Display) -> TlsError {
+    pub(crate) fn file(path: &std::path::Path, message: impl std::fmt::Display) -> TlsError {
         TlsError::File {
             path: path.display().to_string(),
             message: message.to_string(),

@@ -10,7 +10,7 @@ use rustls::{ClientConfig, RootCertStore};
 use super::TlsError;
 
 /// The public roots as PEM, for the bundle file agents point `SSL_CERT_FILE` at.
-pub fn public_roots_pem() -> &'static str {
+pub(crate) fn public_roots_pem() -> &'static str {
     static PEM: OnceLock<String> = OnceLock::new();
     PEM.get_or_init(|| {
         use base64::Engine;
@@ -30,7 +30,7 @@ pub fn public_roots_pem() -> &'static str {
 
 /// The TLS client config for every upstream connection: roots + extra CAs,
 /// ALPN h2 then http/1.1.
-pub fn client_config(extra_ca: &[PathBuf]) -> Result<Arc<ClientConfig>, TlsError> {
+pub(crate) fn client_config(extra_ca: &[PathBuf]) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     roots.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
     for path in extra_ca {

@@ -14,7 +14,7 @@ use crate::host::{canonical, IpNet};
 /// Loopback, private, link-local, CGNAT, ULA, unspecified, broadcast and
 /// multicast, also inside IPv6 (mapped, NAT64, 6to4; Teredo refused whole):
 /// addresses an agent must not reach through clavis.
-pub fn is_private(ip: IpAddr) -> bool {
+pub(crate) fn is_private(ip: IpAddr) -> bool {
     match canonical(ip) {
         IpAddr::V4(v4) => {
             let o = v4.octets();
@@ -45,7 +45,7 @@ pub fn is_private(ip: IpAddr) -> bool {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum DialError {
+pub(crate) enum DialError {
     #[error("{host} resolves to {addr}, a private or local address clavis does not dial")]
     Private { host: String, addr: IpAddr },
     #[error("{host}:{port} is clavis itself")]
@@ -69,18 +69,18 @@ pub enum DialError {
 }
 
 #[derive(Debug)]
-pub struct Dialer {
-    pub resolve: HashMap<(String, u16), SocketAddr>,
-    pub allow_private: Vec<IpNet>,
+pub(crate) struct Dialer {
+    pub(crate) resolve: HashMap<(String, u16), SocketAddr>,
+    pub(crate) allow_private: Vec<IpNet>,
     /// clavis's own listeners: never a destination.
-    pub own: Vec<SocketAddr>,
-    pub connect_timeout: Duration,
+    pub(crate) own: Vec<SocketAddr>,
+    pub(crate) connect_timeout: Duration,
 }
 
 impl Dialer {
     /// Resolves and connects within `connect_timeout`; every resolved address
     /// is checked before it is dialed.
-    pub async fn dial(&self, host: &str, port: u16) -> Result<TcpStream, DialError> {
+    pub(crate) async fn dial(&self, host: &str, port: u16) -> Result<TcpStream, DialError> {
         let after = self.connect_timeout;
         let timeout = || DialError::Timeout {
             host: host.to_owned(),

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-pub use dial::{DialError, Dialer};
+pub(crate) use dial::{DialError, Dialer};
 
 use crate::body::Body;
 use pool::{Checkout, Key, Pool, Pooled, Sender};
@@ -29,7 +29,7 @@ use pool::{Checkout, Key, Pool, Pooled, Sender};
 /// Why an upstream exchange failed. Messages name the upstream, never a
 /// header or body.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// Not dialed at all: a private address or clavis itself.
     #[error(transparent)]
     Refused(DialError),
@@ -45,7 +45,7 @@ pub enum UpstreamError {
 /// What broke an upstream connection: the dial or TLS, or HTTP (hyper's
 /// messages describe framing and connection faults, never bodies).
 #[derive(Debug)]
-pub enum Cause {
+pub(crate) enum Cause {
     Dial(DialError),
     Http(hyper::Error),
     /// The response body ended with an error after its head arrived.
@@ -94,7 +94,7 @@ impl From<DialError> for UpstreamError {
     }
 }
 
-pub struct Upstream {
+pub(crate) struct Upstream {
     pool: Pool,
     dialer: Arc<Dialer>,
     tls: TlsConnector,
@@ -113,7 +113,7 @@ impl std::fmt::Debug for Upstream {
 impl Upstream {
     /// Idle connections are closed after `idle_timeout`; the sweeper that
     /// does it starts with [`Upstream::start`].
-    pub fn new(
+    pub(crate) fn new(
         dialer: Dialer,
         tls: Arc<rustls::ClientConfig>,
         request_timeout: Duration,
@@ -132,7 +132,7 @@ impl Upstream {
 
     /// Starts closing idle connections past the idle timeout. Needs the
     /// tokio runtime, which `new` does not.
-    pub fn start(&self, idle_timeout: Duration) {
+    pub(crate) fn start(&self, idle_timeout: Duration) {
         self.pool
             .sweep_every(idle_timeout.clamp(Duration::from_secs(1), Duration::from_secs(30)));
     }
@@ -140,7 +140,7 @@ impl Upstream {
     /// Sends an upgrade request (websocket) on a fresh HTTP/1.1 connection
     /// and returns the answer; on `101` the caller takes the upgraded stream
     /// with `hyper::upgrade::on(&mut response)`.
-    pub async fn send_upgrade(
+    pub(crate) async fn send_upgrade(
         &self,
         host: &str,
         mut req: Request<Body>,
@@ -158,18 +158,14 @@ impl Upstream {
         self.in_time(host, work).await
     }
 
-    pub fn dialer(&self) -> &Dialer {
+    pub(crate) fn dialer(&self) -> &Dialer {
         &self.dialer
-    }
-
-    pub fn request_timeout(&self) -> Duration {
-        self.request_timeout
     }
 
     /// Sends one request and waits for the response head within
     /// `request_timeout`. Redirects are never followed. `host` names the
     /// upstream in errors.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         host: &str,
         req: Request<Body>,
@@ -369,7 +365,7 @@ fn host_header(key: &Key) -> Option<HeaderValue> {
 }
 
 /// An upstream connection, plain (tunnels' HTTP) or TLS.
-pub enum Conn {
+pub(crate) enum Conn {
     Plain(TokioIo<TcpStream>),
     Tls(Box<TokioIo<TlsStream<TcpStream>>>),
 }

@@ -31,13 +31,13 @@ const MAX_IDLE_PER_UPSTREAM: usize = 1024;
 /// One upstream: scheme, host and port, as the request URI names them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct Key {
-    pub tls: bool,
-    pub host: Box<str>,
-    pub port: u16,
+    pub(crate) tls: bool,
+    pub(crate) host: Box<str>,
+    pub(crate) port: u16,
 }
 
 impl Key {
-    pub fn of(uri: &Uri) -> Result<Key, &'static str> {
+    pub(crate) fn of(uri: &Uri) -> Result<Key, &'static str> {
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -59,12 +59,12 @@ pub(super) enum Sender {
 
 /// A connection in use by one request.
 pub(super) struct Pooled {
-    pub key: Arc<Key>,
-    pub sender: Sender,
+    pub(crate) key: Arc<Key>,
+    pub(crate) sender: Sender,
     /// Taken from the pool rather than dialed for this request:
     /// the upstream may have closed it meanwhile, so a request that was
     /// never written on it may be retried on a fresh one.
-    pub reused: bool,
+    pub(crate) reused: bool,
 }
 
 struct Entry {
@@ -202,7 +202,7 @@ pub(super) struct Pool {
 }
 
 impl Pool {
-    pub fn new(idle_timeout: Duration) -> Pool {
+    pub(crate) fn new(idle_timeout: Duration) -> Pool {
         Pool {
             inner: Arc::new(Inner {
                 upstreams: Mutex::new(HashMap::new()),
@@ -213,7 +213,7 @@ impl Pool {
 
     /// Starts the sweeper, which ends when the pool is dropped. Needs a
     /// tokio runtime.
-    pub fn sweep_every(&self, period: Duration) {
+    pub(crate) fn sweep_every(&self, period: Duration) {
         let pool = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
@@ -231,7 +231,7 @@ impl Pool {
 
     /// A live connection to `key`'s upstream (the shared HTTP/2 one, else
     /// the most recently returned idle HTTP/1 one), or what to do instead.
-    pub fn checkout(&self, key: &Arc<Key>) -> Checkout {
+    pub(crate) fn checkout(&self, key: &Arc<Key>) -> Checkout {
         let mut upstreams = self.inner.upstreams();
         if let Some(pooled) = upstreams
             .get_mut(key.as_ref())
@@ -258,7 +258,7 @@ impl Pool {
     }
 
     /// Records what a dial to `key` found (`None`: it failed).
-    pub fn dialed(&self, key: &Arc<Key>, h2: Option<bool>) {
+    pub(crate) fn dialed(&self, key: &Arc<Key>, h2: Option<bool>) {
         let mut upstreams = self.inner.upstreams();
         entry(&mut upstreams, key).last_dial = match h2 {
             Some(true) => LastDial::Http2,
@@ -300,7 +300,7 @@ impl Pool {
     /// Shares a new HTTP/2 connection with later requests, unless another
     /// one to the same upstream was set up meanwhile (then this one serves
     /// only the request that dialed it).
-    pub fn share(&self, key: &Arc<Key>, sender: &http2::SendRequest<Body>) {
+    pub(crate) fn share(&self, key: &Arc<Key>, sender: &http2::SendRequest<Body>) {
         let mut upstreams = self.inner.upstreams();
         let entry = entry(&mut upstreams, key);
         if entry.shared.as_ref().is_none_or(|s| s.is_closed()) {
@@ -309,7 +309,7 @@ impl Pool {
     }
 
     /// Takes a connection back after its response head arrived.
-    pub fn release(&self, conn: Pooled) {
+    pub(crate) fn release(&self, conn: Pooled) {
         match conn.sender {
             Sender::H1(sender) => self.inner.put(conn.key, sender),
             // Already shared from the pool since it was dialed.

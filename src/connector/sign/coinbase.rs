@@ -21,7 +21,7 @@ const JWT_LIFETIME_SECS: u64 = 120;
 const MIN_BASE64_KEY_LEN: usize = 40;
 
 /// A parsed CDP signing key. No `Debug`: nothing about it needs printing.
-pub enum CdpKey {
+pub(crate) enum CdpKey {
     Es256(EcdsaKeyPair),
     EdDsa(Ed25519KeyPair),
 }
@@ -48,7 +48,7 @@ impl CdpKey {
 
 /// Signs `input` with the scheme the form of `api_secret` selects: EC PEM →
 /// ES256 JWT, Ed25519 PEM or base64 → EdDSA JWT, anything else → legacy HMAC.
-pub fn sign(creds: &Credentials, input: &SignInput) -> Result<Signed, SignError> {
+pub(crate) fn sign(creds: &Credentials, input: &SignInput) -> Result<Signed, SignError> {
     let key_name = required(creds, "api_key")?;
     let secret = required(creds, SECRET)?;
     let now = unix_secs(input.now)?;
@@ -65,7 +65,7 @@ pub fn sign(creds: &Credentials, input: &SignInput) -> Result<Signed, SignError>
 
 /// Cheap check of the scheme without parsing the key: the legacy HMAC scheme
 /// signs the body, so the proxy must buffer it. Mirrors [`parse_secret`].
-pub fn is_legacy_hmac_secret(secret: &str) -> bool {
+pub(crate) fn is_legacy_hmac_secret(secret: &str) -> bool {
     !looks_like_key(unescape_newlines(secret).trim())
 }
 
@@ -82,7 +82,7 @@ fn looks_like_key(trimmed: &str) -> bool {
 /// `None` means "plain string": the legacy HMAC scheme. A secret that looks
 /// like a PEM or base64 key but does not parse is an error, as in the SDK,
 /// rather than silently becoming an HMAC secret that upstream will reject.
-pub fn parse_secret(secret: &str) -> Result<Option<CdpKey>, SignError> {
+pub(crate) fn parse_secret(secret: &str) -> Result<Option<CdpKey>, SignError> {
     let text = unescape_newlines(secret);
     let trimmed = text.trim();
     if trimmed.starts_with("-----BEGIN") {
@@ -152,7 +152,7 @@ fn random_nonce() -> Result<String, SignError> {
 /// A CDP JWT. Header keys sorted and payload keys in the SDK's order, both
 /// compact, so fixed inputs give the documented bytes. `uri` is `None` for
 /// the WebSocket form.
-pub fn jwt_with_nonce(
+pub(crate) fn jwt_with_nonce(
     key_name: &str,
     key: &CdpKey,
     uri: Option<&str>,

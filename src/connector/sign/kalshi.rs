@@ -14,14 +14,14 @@ use crate::credentials::Credentials;
 const KEY_FIELD: &str = "private_key";
 
 /// A parsed Kalshi API key. No `Debug`: nothing about it needs printing.
-pub enum KalshiKey {
+pub(crate) enum KalshiKey {
     Rsa(RsaKeyPair),
     Ed25519(Ed25519KeyPair),
 }
 
 /// Signs `input` with `api_key_id` + `private_key` (PEM: PKCS#1 RSA, or
 /// PKCS#8 RSA or Ed25519). Neither the query nor the body is signed.
-pub fn sign(creds: &Credentials, input: &SignInput) -> Result<Signed, SignError> {
+pub(crate) fn sign(creds: &Credentials, input: &SignInput) -> Result<Signed, SignError> {
     let key_id = required(creds, "api_key_id")?;
     let key = parse_key(required(creds, KEY_FIELD)?)?;
     let timestamp = unix_millis(input.now)?.to_string();
@@ -35,12 +35,12 @@ pub fn sign(creds: &Credentials, input: &SignInput) -> Result<Signed, SignError>
 
 /// The signed string. The path includes `/trade-api/v2` and never the query
 /// (cut here too in case a caller passes one).
-pub fn message(timestamp_ms: &str, method: &str, path: &str) -> String {
+pub(crate) fn message(timestamp_ms: &str, method: &str, path: &str) -> String {
     let path = path.split_once('?').map_or(path, |(p, _)| p);
     format!("{timestamp_ms}{method}{path}")
 }
 
-pub fn parse_key(pem: &str) -> Result<KalshiKey, SignError> {
+pub(crate) fn parse_key(pem: &str) -> Result<KalshiKey, SignError> {
     let der = parse_pem(KEY_FIELD, &unescape_newlines(pem))?;
     let rejected = |kind: &str, e: ring::error::KeyRejected| {
         SignError::bad_key(KEY_FIELD, format!("{kind} key rejected: {e}"))

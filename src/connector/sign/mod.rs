@@ -1,9 +1,9 @@
 //! Per-request signers (Kalshi, Coinbase, user HMAC recipes, AWS SigV4): pure functions from credentials and the outgoing request to the headers to set.
 
-pub mod coinbase;
-pub mod kalshi;
-pub mod recipe;
-pub mod sigv4;
+pub(crate) mod coinbase;
+pub(crate) mod kalshi;
+pub(crate) mod recipe;
+pub(crate) mod sigv4;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,28 +16,28 @@ use crate::encoding::hex;
 
 /// What a signer sees of the outgoing request, after the agent's auth headers were stripped.
 #[derive(Debug, Clone, Copy)]
-pub struct SignInput<'a> {
+pub(crate) struct SignInput<'a> {
     /// Uppercase.
-    pub method: &'a str,
+    pub(crate) method: &'a str,
     /// No port, e.g. `api.coinbase.com`.
-    pub host: &'a str,
+    pub(crate) host: &'a str,
     /// Path only, no query, as sent on the wire (percent-encoded).
-    pub path: &'a str,
+    pub(crate) path: &'a str,
     /// Raw query without `?`, may be empty.
-    pub query: &'a str,
+    pub(crate) query: &'a str,
     /// For SigV4's signed headers (`content-type`).
-    pub headers: &'a http::HeaderMap,
-    pub body: &'a [u8],
-    pub now: SystemTime,
+    pub(crate) headers: &'a http::HeaderMap,
+    pub(crate) body: &'a [u8],
+    pub(crate) now: SystemTime,
 }
 
 /// Headers to set on the request (values marked sensitive by the caller).
-pub type Signed = Vec<(HeaderName, HeaderValue)>;
+pub(crate) type Signed = Vec<(HeaderName, HeaderValue)>;
 
 /// Why a request could not be signed. Messages name fields and headers, never
 /// their values, and never quote key material or parser output that could.
 #[derive(Debug, thiserror::Error)]
-pub enum SignError {
+pub(crate) enum SignError {
     #[error("credential field {0:?} is missing or empty")]
     MissingField(String),
     #[error("credential field {field:?} is not a usable key: {reason}")]

@@ -24,7 +24,7 @@ const REQUEST_VALUES: [&str; 7] = [
 
 /// A recipe checked and parsed once at load. Holds templates, never values.
 #[derive(Debug, Clone)]
-pub struct Recipe {
+pub(crate) struct Recipe {
     kind: Kind,
     headers: Vec<(HeaderName, Template)>,
 }
@@ -49,7 +49,7 @@ fn err(key: &str, msg: impl std::fmt::Display) -> SpecError {
 
 /// Checks `spec` against the connector's credential `fields`; an error
 /// names its key, like the rest of the user-connector loader.
-pub fn build(spec: &RecipeSpec, fields: &[&str]) -> Result<Recipe, SpecError> {
+pub(crate) fn build(spec: &RecipeSpec, fields: &[&str]) -> Result<Recipe, SpecError> {
     if let Some(clash) = fields
         .iter()
         .find(|f| REQUEST_VALUES.contains(f) || **f == "signature")
@@ -166,7 +166,7 @@ fn scope_part(value: Option<&str>, key: &str, example: &str) -> Result<String, S
 
 impl Recipe {
     /// Whether signing reads the request body (the proxy must buffer it).
-    pub fn needs_body(&self) -> bool {
+    pub(crate) fn needs_body(&self) -> bool {
         match &self.kind {
             Kind::SigV4 { .. } => true,
             Kind::Hmac {
@@ -180,7 +180,7 @@ impl Recipe {
     }
 
     /// Every header this recipe sets: the proxy strips the agent's copies first.
-    pub fn header_names(&self) -> Vec<HeaderName> {
+    pub(crate) fn header_names(&self) -> Vec<HeaderName> {
         let mut names: Vec<HeaderName> = self.headers.iter().map(|(n, _)| n.clone()).collect();
         if matches!(self.kind, Kind::SigV4 { .. }) {
             for n in [
@@ -195,7 +195,7 @@ impl Recipe {
         names
     }
 
-    pub fn sign(&self, creds: &Credentials, input: &SignInput) -> Result<Signed, SignError> {
+    pub(crate) fn sign(&self, creds: &Credentials, input: &SignInput) -> Result<Signed, SignError> {
         let timestamp = unix_secs(input.now)?.to_string();
         let timestamp_ms = unix_millis(input.now)?.to_string();
         let body = std::str::from_utf8(input.body).ok();

@@ -8,13 +8,13 @@ use super::{header, hex, unix_secs, SignError, SignInput, Signed};
 use crate::encoding::{percent_decode, percent_encode_into};
 
 /// The key and scope a request is signed with. No `Debug`: it holds the secret.
-pub struct SigV4Key<'a> {
-    pub access_key_id: &'a str,
-    pub secret_access_key: &'a str,
+pub(crate) struct SigV4Key<'a> {
+    pub(crate) access_key_id: &'a str,
+    pub(crate) secret_access_key: &'a str,
     /// Temporary (`ASIA…`) credentials only.
-    pub session_token: Option<&'a str>,
-    pub region: &'a str,
-    pub service: &'a str,
+    pub(crate) session_token: Option<&'a str>,
+    pub(crate) region: &'a str,
+    pub(crate) service: &'a str,
 }
 
 /// Headers clavis sets itself: an agent's copies were signed with its dummy
@@ -31,7 +31,7 @@ const OWN: [&str; 5] = [
 /// other services accept it), x-amz-security-token when there is a session
 /// token, content-type when present, and every other `x-amz-*` header the
 /// request carries (S3 refuses unsigned `x-amz-*` headers; botocore signs them).
-pub fn sign(key: &SigV4Key, input: &SignInput) -> Result<Signed, SignError> {
+pub(crate) fn sign(key: &SigV4Key, input: &SignInput) -> Result<Signed, SignError> {
     let date = amz_date(input.now)?;
     let payload = payload_hash(input)?;
     let mut signed: Vec<(String, String)> = vec![
@@ -94,7 +94,7 @@ fn payload_hash(input: &SignInput) -> Result<String, SignError> {
 /// The `Authorization` value signing exactly `headers` (lowercase names,
 /// values as sent). Used by [`sign`], and directly by the documented vectors,
 /// which sign other header sets.
-pub fn authorization(
+pub(crate) fn authorization(
     key: &SigV4Key,
     input: &SignInput,
     amz_date: &str,

@@ -42,9 +42,9 @@ use record::{Ended, Record};
 /// the service on the admin port) and never by anything inside a request.
 #[derive(Debug)]
 pub(crate) struct Target {
-    pub host: String,
-    pub port: u16,
-    pub connector: Arc<Connector>,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) connector: Arc<Connector>,
     /// `host[:port]` as every upstream URI carries it.
     authority: http::uri::Authority,
     stats: crate::metrics::ConnectorStats,
