@@ -30,6 +30,7 @@ use hyper::upgrade::OnUpgrade;
 use super::{headers, scrub};
 use crate::body::{self, Body};
 use crate::connector::{Connector, Plan, TokenSource};
+use crate::credentials::Credentials;
 use crate::error::{ProxyError, Refusal, RequestError};
 use crate::identity::{Caller, ScopeError};
 use crate::redact::{Anchors, Patterns};
@@ -308,10 +309,10 @@ enum Scrub {
 /// audits the use before it happens, then injects the credential or the
 /// token it fetches.
 async fn authorize(record: &mut Record, out: Outgoing) -> Result<Authorized, ProxyError> {
-    let (state, target) = (record.state.clone(), record.target.clone());
+    let state = record.state.clone();
     let service = record.service()?.clone();
     let creds = state.store.open_required(&service)?;
-    let plan = target.connector.inject.plan(creds.expose());
+    let plan = record.target.connector.inject.plan(creds.expose());
     let Outgoing {
         mut parts,
         body,
@@ -326,36 +327,10 @@ async fn authorize(record: &mut Record, out: Outgoing) -> Result<Authorized, Pro
     };
     record.audit_use()?;
     if let Plan::Token(source) = plan {
-        let mut patterns = Patterns::from_credentials(creds.expose());
-        let fetcher = state.fetcher();
-        let (host, actor) = (&target.host, record.caller.actor());
-        let issued = state
-            .tokens
-            .get(
-                &fetcher,
-                source,
-                &service,
-                creds.expose(),
-                host,
-                &actor,
-                None,
-            )
-            .await?;
-        drop(creds);
-        patterns.add(issued.token.expose().as_bytes());
         let body = buffered.unwrap_or_default();
-        return Ok(Authorized {
-            request: with_token(&parts, source, &issued.token, body.clone())?,
-            websocket,
-            scrub: Scrub::Known(patterns),
-            retry: Some(Retry {
-                source,
-                generation: issued.generation,
-                parts,
-                body,
-            }),
-        });
+        return with_fetched_token(record, source, creds, parts, body, websocket).await;
     }
+    let target = &record.target;
     let signed_body = buffered.as_deref().unwrap_or(&[]);
     target
         .connector
@@ -367,12 +342,51 @@ async fn authorize(record: &mut Record, out: Outgoing) -> Result<Authorized, Pro
         })?;
     let anchors = Store::anchors_of(&service, creds.expose());
     drop(creds);
-    let body = buffered.map_or(body, body::full);
     Ok(Authorized {
-        request: Request::from_parts(parts, body),
+        request: Request::from_parts(parts, buffered.map_or(body, body::full)),
         websocket,
         scrub: Scrub::Cached(anchors),
         retry: None,
+    })
+}
+
+/// The token plan: the source's token (fetched with the credentials if
+/// none is cached) goes on a copy of the request; the rest is kept to send
+/// again if the upstream refuses it.
+async fn with_fetched_token(
+    record: &Record,
+    source: TokenSource,
+    creds: Secret<Credentials>,
+    parts: Parts,
+    body: Bytes,
+    websocket: Option<OnUpgrade>,
+) -> Result<Authorized, ProxyError> {
+    let (state, service) = (&record.state, record.service()?);
+    let mut patterns = Patterns::from_credentials(creds.expose());
+    let issued = state
+        .tokens
+        .get(
+            &state.fetcher(),
+            source,
+            service,
+            creds.expose(),
+            &record.target.host,
+            &record.caller.actor(),
+            None,
+        )
+        .await?;
+    drop(creds);
+    patterns.add(issued.token.expose().as_bytes());
+    Ok(Authorized {
+        request: with_token(&parts, source, &issued.token, body.clone())?,
+        websocket,
+        scrub: Scrub::Known(patterns),
+        retry: Some(Retry {
+            source,
+            generation: issued.generation,
+            parts,
+            body,
+        }),
     })
 }
 
