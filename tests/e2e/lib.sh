@@ -34,23 +34,41 @@ fail() {
     return 0
 }
 
-# step NAME CMD...: runs CMD, PASS on exit 0. An external command is capped at
-# $STEP_TIMEOUT s (shell functions bound their own commands' time). Output is
-# shown on failure, and always with E2E_VERBOSE=1. Steps whose name matches the
-# extended regex E2E_SKIP are skipped.
+# run_step CMD...: a step's command. A shell function runs with errexit and
+# pipefail, also inside its $(...) (inherit_errexit), so any command in it that
+# fails, not only its last, fails the step. Bash ignores errexit inside a
+# function called from `cmd || ...` or `if cmd`, so the caller must not call
+# this there (step does not). An external command is capped at $STEP_TIMEOUT s
+# (shell functions bound their own commands' time).
+run_step() {
+    if declare -F "$1" >/dev/null; then
+        set -eE -o pipefail
+        shopt -s inherit_errexit
+        # Says which command stopped the step (errtrace: inside functions too).
+        trap 'echo "step stopped at ${BASH_SOURCE[0]##*/}:$LINENO: \`$BASH_COMMAND\` exited $?" >&2' ERR
+        "$@"
+    else
+        timeout -k 5 "$STEP_TIMEOUT" "$@"
+    fi
+}
+
+# step NAME CMD...: runs CMD (see run_step), PASS on exit 0. Output is shown on
+# failure, and always with E2E_VERBOSE=1. Steps whose name matches the extended
+# regex E2E_SKIP are skipped.
 step() {
-    local name=$1 out rc=0
+    local - name=$1 out rc
     shift
     if [[ -n "${E2E_SKIP:-}" && $name =~ $E2E_SKIP ]]; then
         SKIPPED=$((SKIPPED + 1))
         printf 'SKIP  %s\n' "$name"
         return 0
     fi
-    if declare -F "$1" >/dev/null; then
-        out=$("$@" 2>&1) || rc=$?
-    else
-        out=$(timeout -k 5 "$STEP_TIMEOUT" "$@" 2>&1) || rc=$?
-    fi
+    # `local -` restores the caller's errexit when step returns. The step runs
+    # in the command substitution's subshell, not in a `||` list: there its own
+    # errexit holds.
+    set +e
+    out=$(run_step "$@" 2>&1)
+    rc=$?
     if ((rc == 0)); then
         pass "$name"
         if [[ -n "${E2E_VERBOSE:-}" && -n "$out" ]]; then indent <<<"$out"; fi

@@ -145,7 +145,7 @@ EOF
     out=$(timeout -k 5 90 "$node" "$cli" --cli "$ADMIN/mcp" --transport http \
         --header "Authorization: Bearer $PLAIN_TOKEN" --method tools/call --tool-name generate_password \
         --tool-arg length=24 --tool-arg symbols=false 2>&1) || { echo "$out"; return 1; }
-    echo "$out" | head -c 600
+    head -c 600 <<<"$out"
     grep -q '"password' <<<"$out" || { echo "no password in the tools/call answer"; return 1; }
 }
 if [[ -n "${E2E_NO_INSPECTOR:-}" ]]; then
