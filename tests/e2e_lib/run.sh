@@ -11,27 +11,37 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=../e2e/lib.sh
 source "$HERE/../e2e/lib.sh"
 e2e_init clavis-e2e-lib
-# This script's own steps must not be skipped by an E2E_SKIP meant for others.
-OUTER_SKIP=${E2E_SKIP:-}
-unset E2E_SKIP
 
-# verdict CMD...: runs `step inner CMD...` with fresh counters in a subshell;
-# prints "PASSED FAILED SKIPPED" (its output is in $TMP/inner.out).
-verdict() {
+# tally [VAR=VALUE...] CMD...: runs CMD in a subshell with fresh counters and
+# with E2E_SKIP and CI unset unless given; prints "PASSED FAILED SKIPPED" (CMD's
+# output is in $TMP/inner.out).
+tally() {
     (
+        unset E2E_SKIP CI
+        while [[ $1 == [A-Z_]*=* ]]; do export "${1?}"; shift; done
         PASSED=0 FAILED=0 SKIPPED=0 FAILED_STEPS=()
-        step inner "$@" >"$TMP/inner.out" 2>&1
+        "$@" >"$TMP/inner.out" 2>&1
         echo "$PASSED $FAILED $SKIPPED"
     )
 }
 
-# want EXPECTED CMD...: the verdict on CMD is EXPECTED ("1 0 0" = passed).
-want() {
-    local expected=$1 got
-    shift
-    got=$(verdict "$@")
+# verdict [VAR=VALUE...] CMD...: tally of `step inner CMD...`.
+verdict() {
+    local vars=()
+    while [[ $1 == [A-Z_]*=* ]]; do vars+=("$1"); shift; done
+    tally "${vars[@]}" step inner "$@"
+}
+
+# want EXPECTED [VAR=VALUE...] CMD...: the verdict is EXPECTED ("1 0 0" = passed).
+# want_tally EXPECTED [VAR=VALUE...] CMD...: the same for CMD run as it is.
+want() { expect verdict "$@"; }
+want_tally() { expect tally "$@"; }
+expect() {
+    local how=$1 expected=$2 got
+    shift 2
+    got=$("$how" "$@")
     [[ $got == "$expected" ]] || {
-        echo "step $* gave passed/failed/skipped $got, want $expected; its output:"
+        echo "$how $* gave passed/failed/skipped $got, want $expected; its output:"
         cat "$TMP/inner.out"
         return 1
     }
@@ -67,6 +77,19 @@ errexit_restored() {
 }
 step "step leaves the caller's shell options as they were" errexit_restored
 
-[[ -z $OUTER_SKIP ]] || E2E_SKIP=$OUTER_SKIP
+# Skips: visible outside CI, failures under it (CI=true must run every step).
+step "outside CI, a step matching E2E_SKIP is skipped" want "0 0 1" E2E_SKIP=inner passes
+skip_line() {
+    verdict E2E_SKIP=inner passes >/dev/null
+    grep -q '^SKIP  inner ' "$TMP/inner.out" || { echo "no SKIP line:"; cat "$TMP/inner.out"; return 1; }
+}
+step "outside CI, a skipped step prints a SKIP line" skip_line
+step "under CI=true, a step matching E2E_SKIP fails instead of skipping" want "0 1 0" CI=true E2E_SKIP=inner passes
+step "under CI=1, a step matching E2E_SKIP fails instead of skipping" want "0 1 0" CI=1 E2E_SKIP=inner passes
+step "with CI=false, a step matching E2E_SKIP is skipped" want "0 0 1" CI=false E2E_SKIP=inner passes
+step "under CI=true, a step that E2E_SKIP does not name runs" want "1 0 0" CI=true E2E_SKIP=other passes
+step "outside CI, a script's own skip is counted as skipped" want_tally "0 0 1" skip inner "a reason"
+step "under CI=true, a script's own skip is a failure" want_tally "0 1 0" CI=true skip inner "a reason"
+
 summary
 ((FAILED == 0))
