@@ -237,7 +237,7 @@ async fn sni_other_than_the_connect_host_fails_the_handshake() {
     let (_ca, up, clavis) = setup().await;
 
     let (tls, shown) = any_cert_handshake(&clavis, "evil.test").await;
-    let err = tls.err().expect("handshake with SNI evil.test succeeded");
+    let err = tls.expect_err("handshake with SNI evil.test succeeded");
     assert_eq!(
         err.kind(),
         std::io::ErrorKind::UnexpectedEof,
