@@ -173,7 +173,10 @@ EOF
 if out=$(check_upstream 2>&1); then pass "upstream saw the stored Anthropic key on both /v1/proxy calls"; else
     fail "upstream saw the stored Anthropic key on both /v1/proxy calls" "$out"; fi
 
-if grep -qF -e "$KEY_OPENAI" -e "$KEY_ANTHROPIC" "$CLAVIS_LOG"; then
+# A missing log would make grep fail (status 2), which the else would call clean.
+if [[ ! -s $CLAVIS_LOG ]]; then
+    fail "clavis log holds no key" "the log $CLAVIS_LOG is missing or empty"
+elif grep -qF -e "$KEY_OPENAI" -e "$KEY_ANTHROPIC" "$CLAVIS_LOG"; then
     fail "clavis log holds no key" "$(grep -F -e "$KEY_OPENAI" -e "$KEY_ANTHROPIC" "$CLAVIS_LOG" | head -n 3 | cut -c1-300)"
 else
     pass "clavis log holds no key"

@@ -84,8 +84,11 @@ CONFIG="$POD/etc/clavis/clavis.yaml"
 
 # probe NAME: the manifest's probe command, with this binary as `clavis`.
 probe() {
-    local cmd
-    mapfile -t cmd < <("$PY" -c 'import json,sys; print(*json.load(open(sys.argv[1]))["probes"][sys.argv[2]], sep="\n")' "$POD/pod.json" "$1")
+    local cmd text
+    # Read into a variable first: `mapfile < <(...)` would drop the reader's exit status.
+    text=$("$PY" -c 'import json,sys; print(*json.load(open(sys.argv[1]))["probes"][sys.argv[2]], sep="\n")' \
+        "$POD/pod.json" "$1") || { echo "no $1 in $POD/pod.json"; return 1; }
+    mapfile -t cmd <<<"$text"
     [[ ${cmd[0]} == clavis ]] || { echo "probe does not run clavis: ${cmd[*]}"; return 1; }
     "$CLAVIS_BIN" "${cmd[@]:1}"
 }
@@ -121,10 +124,16 @@ shared_files() {
 }
 step "only the CA certificate and bundle reach the shared volume; the key stays private (0600)" shared_files
 
-# The agent container's environment, exactly as the manifest gives it.
+# The agent container's environment, exactly as the manifest gives it. Without
+# it (pod.json unreadable) a client would go to the real host, not to clavis:
+# refuse to run one unless HTTPS_PROXY points at this clavis.
 agent() {
-    local envs=()
-    mapfile -t envs < <("$PY" -c 'import json,sys; [print(f"{k}={v}") for k, v in json.load(open(sys.argv[1]))["agent_env"].items()]' "$POD/pod.json")
+    local envs=() text
+    text=$("$PY" -c 'import json,sys; [print(f"{k}={v}") for k, v in json.load(open(sys.argv[1]))["agent_env"].items()]' \
+        "$POD/pod.json") || { echo "cannot read the agent's environment from $POD/pod.json"; return 1; }
+    mapfile -t envs <<<"$text"
+    printf '%s\n' "${envs[@]}" | grep -q "^HTTPS_PROXY=http://.*@127\.0\.0\.1:$PROXY_PORT\$" ||
+        { echo "the agent's HTTPS_PROXY is not this clavis (127.0.0.1:$PROXY_PORT)"; return 1; }
     env -i PATH="$PATH" HOME="$TMP" "${envs[@]}" OPENAI_API_KEY=placeholder "$@"
 }
 
@@ -153,13 +162,17 @@ step "curl with the agent's environment (lower-case proxy variable, CA bundle)" 
 
 no_token() {
     local code
-    code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 --proxy "http://127.0.0.1:$PROXY_PORT" \
-        --cacert "$POD/var/run/clavis-ca/clavis-ca-bundle.pem" https://api.openai.com/v1/models 2>&1 || true)
-    [[ $code == *407* ]] || { echo "got $code"; return 1; }
+    # The CONNECT's own status, alone: curl's error text (merged before) says
+    # "407" too, whatever the status.
+    code=$(curl -s -o /dev/null -w '%{http_connect}' --max-time 10 --proxy "http://127.0.0.1:$PROXY_PORT" \
+        --cacert "$POD/var/run/clavis-ca/clavis-ca-bundle.pem" https://api.openai.com/v1/models || true)
+    [[ $code == 407 ]] || { echo "CONNECT answered $code, want 407"; return 1; }
 }
 step "another process in the pod without the agent's token gets 407" no_token
 
 no_secret_in_log() {
+    # A missing log would make grep fail (status 2) and `!` call that clean.
+    [[ -s $CLAVIS_LOG ]] || { echo "clavis's log $CLAVIS_LOG is missing or empty"; return 1; }
     ! grep -F -e "$KEY_OPENAI" -e "$AGENT_TOKEN" -e "$ADMIN_TOKEN" "$CLAVIS_LOG"
 }
 step "no key or token in clavis's log" no_secret_in_log
