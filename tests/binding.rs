@@ -8,6 +8,8 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -137,14 +139,124 @@ async fn wrong_host_on_a_kept_alive_connection_is_refused() {
     assert_eq!(seen[0].host, "api.openai.com");
 }
 
+/// A client-side certificate verifier that accepts any certificate for any
+/// name (it still checks the handshake signatures, so the handshake is real)
+/// and counts the certificates it was shown: with it, only the server can
+/// make a handshake fail.
+#[derive(Debug)]
+struct AnyCert {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    shown: AtomicUsize,
+}
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.shown.fetch_add(1, Ordering::SeqCst);
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// TLS with SNI `sni` inside a fresh tunnel CONNECTed to api.openai.com:443,
+/// from a client that accepts any certificate. Returns the handshake's
+/// result and how many certificates the client was shown.
+async fn any_cert_handshake(
+    clavis: &Clavis,
+    sni: &str,
+) -> (
+    std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    usize,
+) {
+    let (status, tcp) = connect_raw(clavis.proxy, OPENAI, "").await;
+    assert_eq!(status, 200);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(AnyCert {
+        provider: provider.clone(),
+        shown: AtomicUsize::new(0),
+    });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await;
+    (tls, verifier.shown.load(Ordering::SeqCst))
+}
+
+/// The client here checks no certificate, so the refusal can only be
+/// clavis's: it ends the connection after the ClientHello, before any
+/// certificate is sent. The same client with the CONNECT host as SNI
+/// completes the handshake and is served, so the client is not what fails.
 #[tokio::test]
 async fn sni_other_than_the_connect_host_fails_the_handshake() {
     let (_ca, up, clavis) = setup().await;
-    let (status, tcp) = connect_raw(clavis.proxy, OPENAI, "").await;
-    assert_eq!(status, 200);
-    let tls = tls_over(tcp, "evil.test", &clavis.ca_pem(), &[b"http/1.1"]).await;
-    assert!(tls.is_err(), "handshake with SNI evil.test succeeded");
-    assert!(up.seen().is_empty());
+
+    let (tls, shown) = any_cert_handshake(&clavis, "evil.test").await;
+    let err = tls.expect_err("handshake with SNI evil.test succeeded");
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::UnexpectedEof,
+        "want clavis to close the connection: {err:?}"
+    );
+    assert_eq!(shown, 0, "clavis sent a certificate to SNI evil.test");
+
+    let (tls, shown) = any_cert_handshake(&clavis, "api.openai.com").await;
+    let mut tls = tls.expect("the same client with SNI api.openai.com");
+    assert_eq!(shown, 1);
+    let r = raw_exchange(
+        &mut tls,
+        "GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\nAuthorization: Bearer placeholder\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&r), 200, "{r}");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].host, "api.openai.com");
 }
 
 #[tokio::test]

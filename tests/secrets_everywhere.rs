@@ -425,12 +425,20 @@ async fn no_secret_in_answers_audit_metrics_snapshot_or_logs() {
         );
     }
 
-    let metrics = c.get(format!("{base}/metrics")).send().await.unwrap();
-    if metrics.status() == 404 {
-        eprintln!("note: GET /metrics answered 404; the metrics check is skipped");
-    } else {
-        answers.push(answer("metrics", metrics).await);
-    }
+    // SPEC §5 lists GET /metrics: an answer that is not the metrics (a 404,
+    // an empty body) would leave the leak check below nothing to look at.
+    let metrics = answer(
+        "metrics",
+        c.get(format!("{base}/metrics")).send().await.unwrap(),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&metrics.2);
+    assert_eq!(metrics.1, 200, "GET /metrics: {text}");
+    assert!(
+        text.contains("clavis_requests_total{") && text.contains("clavis_build_info"),
+        "GET /metrics holds no clavis metrics: {text}"
+    );
+    answers.push(metrics);
 
     let mut problems = Vec::new();
     for (label, _, bytes) in &answers {

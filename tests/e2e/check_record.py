@@ -65,6 +65,26 @@ def check_connector(name, records):
     print(f"{len(mine)} request(s) to {host} carried the real credential in {header}")
 
 
+def check_anthropic_both_headers(records):
+    """The request clients.py sent with both x-api-key and Authorization
+    (marked X-E2E-Step: anthropic-both-headers) reached the upstream with the
+    real key in x-api-key alone: both placeholders stripped, nothing else added."""
+    mine = [r for r in records if values(r, "x-e2e-step") == ["anthropic-both-headers"]]
+    if len(mine) != 1:
+        raise Failed(f"want one request marked x-e2e-step: anthropic-both-headers at the upstream, got {len(mine)}")
+    r = mine[0]
+    where = f"{r['method']} https://{r['host']}{r['path']}"
+    if r["host"] != "api.anthropic.com" or r.get("sni") != "api.anthropic.com":
+        raise Failed(f"{where}: arrived for host {r['host']!r}, SNI {r.get('sni')!r}")
+    keys = values(r, "x-api-key")
+    if keys != [KEYS["anthropic"]]:
+        shown = ["<the real key>" if v == KEYS["anthropic"] else v for v in keys]
+        raise Failed(f"{where}: want exactly one x-api-key with the real key, got {shown}")
+    if values(r, "authorization"):
+        raise Failed(f"{where}: authorization reached the upstream: {values(r, 'authorization')}")
+    print(f"{where}: x-api-key = the real key (once), no authorization")
+
+
 def decoded_forms(value):
     yield value
     yield urllib.parse.unquote(value)
@@ -123,7 +143,7 @@ def check_log(log_path):
 
 
 def main():
-    checks = list(EXPECT) + ["no-placeholder", "no-proxy-headers", "tunnel", "log"]
+    checks = list(EXPECT) + ["anthropic-both-headers", "no-placeholder", "no-proxy-headers", "tunnel", "log"]
     if len(sys.argv) == 2 and sys.argv[1] == "--list":
         print("\n".join(checks))
         return 0
@@ -137,6 +157,8 @@ def main():
             if not KEYS[check]:
                 raise Failed(f"E2E_KEY_{check.upper()} is not set")
             check_connector(check, records)
+        elif check == "anthropic-both-headers":
+            check_anthropic_both_headers(records)
         elif check == "no-placeholder":
             check_no_placeholder(records)
         elif check == "no-proxy-headers":

@@ -103,12 +103,32 @@ def step_anthropic_auth_token():
     _anthropic_create(_anthropic(auth_token=PLACEHOLDER))
 
 
+# Marks the request of step_anthropic_both_headers, for check_record.py's
+# anthropic-both-headers check on what the upstream received.
+BOTH_HEADERS_MARK = ("X-E2E-Step", "anthropic-both-headers")
+
+
 def step_anthropic_both_headers():
     # Older SDK releases (and the API docs) send the key as X-Api-Key, newer ones
     # as Authorization: Bearer, and some releases sent both when api_key and
     # auth_token were set (current ones refuse that combination). Send both
-    # headers at once so clavis must strip both before it injects x-api-key.
-    _anthropic_create(_anthropic(api_key=PLACEHOLDER, default_headers={"X-Api-Key": PLACEHOLDER}))
+    # headers at once, whichever the installed SDK puts api_key in, so clavis
+    # must strip both before it injects x-api-key.
+    import anthropic
+    sent = []  # the requests as the SDK put them on the wire (to clavis)
+    client = _anthropic(
+        api_key=PLACEHOLDER,
+        default_headers={"X-Api-Key": PLACEHOLDER, "Authorization": "Bearer " + PLACEHOLDER,
+                         BOTH_HEADERS_MARK[0]: BOTH_HEADERS_MARK[1]},
+        http_client=anthropic.DefaultHttpxClient(event_hooks={"request": [sent.append]}),
+    )
+    _anthropic_create(client)
+    check(len(sent) == 1, f"want one request, the SDK sent {len(sent)}")
+    headers = sent[0].headers
+    for name, want in (("x-api-key", PLACEHOLDER), ("authorization", "Bearer " + PLACEHOLDER)):
+        got = headers.get_list(name)
+        check(got == [want], f"the SDK sent {name}: {got!r}, want [{want!r}]")
+    print("sent x-api-key and authorization, both with the placeholder")
 
 
 # -- GitHub / Stripe -----------------------------------------------------------

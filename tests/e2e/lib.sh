@@ -12,7 +12,8 @@
 #   summary
 #   ((FAILED == 0))
 #
-# Env honoured here: CLAVIS_BIN, E2E_VERBOSE, E2E_KEEP_TMP, E2E_SKIP (see step).
+# Env honoured here: CLAVIS_BIN, E2E_VERBOSE, E2E_KEEP_TMP, E2E_SKIP (see step),
+# CI (under CI=true a skipped step is a failed one, see skip).
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd) # tests/e2e: gen_certs.py, fake_upstream.py
 ROOT=$(cd "$E2E_DIR/../.." && pwd)
@@ -34,23 +35,55 @@ fail() {
     return 0
 }
 
-# step NAME CMD...: runs CMD, PASS on exit 0. An external command is capped at
-# $STEP_TIMEOUT s (shell functions bound their own commands' time). Output is
-# shown on failure, and always with E2E_VERBOSE=1. Steps whose name matches the
-# extended regex E2E_SKIP are skipped.
+# in_ci: whether this runs under CI (CI set, as CI systems do, and not false/0).
+in_ci() { [[ -n ${CI:-} && $CI != false && $CI != 0 ]]; }
+
+# skip NAME WHY [DETAIL...]: a step that did not run. Outside CI that is a
+# visible SKIP line; under CI (CI=true) nothing may go unchecked, so it is a
+# failure (with the DETAILs). Every script says "skipped" only through this.
+skip() {
+    if in_ci; then
+        fail "$1" "skipped under CI=true, which must run every step: $2" "${@:3}"
+    else
+        SKIPPED=$((SKIPPED + 1))
+        printf 'SKIP  %s (%s)\n' "$1" "$2"
+    fi
+}
+
+# run_step CMD...: a step's command. A shell function runs with errexit and
+# pipefail, also inside its $(...) (inherit_errexit), so any command in it that
+# fails, not only its last, fails the step. Bash ignores errexit inside a
+# function called from `cmd || ...` or `if cmd`, so the caller must not call
+# this there (step does not). An external command is capped at $STEP_TIMEOUT s
+# (shell functions bound their own commands' time).
+run_step() {
+    if declare -F "$1" >/dev/null; then
+        set -eE -o pipefail
+        shopt -s inherit_errexit
+        # Says which command stopped the step (errtrace: inside functions too).
+        trap 'echo "step stopped at ${BASH_SOURCE[0]##*/}:$LINENO: \`$BASH_COMMAND\` exited $?" >&2' ERR
+        "$@"
+    else
+        timeout -k 5 "$STEP_TIMEOUT" "$@"
+    fi
+}
+
+# step NAME CMD...: runs CMD (see run_step), PASS on exit 0. Output is shown on
+# failure, and always with E2E_VERBOSE=1. Steps whose name matches the extended
+# regex E2E_SKIP are skipped (a failure under CI, see skip).
 step() {
-    local name=$1 out rc=0
+    local - name=$1 out rc
     shift
     if [[ -n "${E2E_SKIP:-}" && $name =~ $E2E_SKIP ]]; then
-        SKIPPED=$((SKIPPED + 1))
-        printf 'SKIP  %s\n' "$name"
+        skip "$name" "its name matches E2E_SKIP='$E2E_SKIP'"
         return 0
     fi
-    if declare -F "$1" >/dev/null; then
-        out=$("$@" 2>&1) || rc=$?
-    else
-        out=$(timeout -k 5 "$STEP_TIMEOUT" "$@" 2>&1) || rc=$?
-    fi
+    # `local -` restores the caller's errexit when step returns. The step runs
+    # in the command substitution's subshell, not in a `||` list: there its own
+    # errexit holds.
+    set +e
+    out=$(run_step "$@" 2>&1)
+    rc=$?
     if ((rc == 0)); then
         pass "$name"
         if [[ -n "${E2E_VERBOSE:-}" && -n "$out" ]]; then indent <<<"$out"; fi

@@ -99,6 +99,11 @@ PROXY_URL="http://$AGENT:$AGENT_TOKEN@127.0.0.1:$PROXY_PORT"
 SDK_ENV=(HTTPS_PROXY="$PROXY_URL" https_proxy="$PROXY_URL" HTTP_PROXY="$PROXY_URL" http_proxy="$PROXY_URL"
     NO_PROXY= no_proxy= SSL_CERT_FILE="$BUNDLE" REQUESTS_CA_BUNDLE="$BUNDLE")
 client() { timeout -k 5 90 env "${SDK_ENV[@]}" "$PY" "$HERE/clients.py" "$@"; }
+# checks NAME: check_record.py NAME on the upstream's record and clavis's log.
+checks() {
+    timeout -k 5 60 env E2E_KEY_OPENAI="$KEY_OPENAI" E2E_KEY_ANTHROPIC="$KEY_ANTHROPIC" E2E_KEY_GITHUB="$KEY_GITHUB" \
+        E2E_KEY_STRIPE="$KEY_STRIPE" E2E_KEY_BRAVE="$KEY_BRAVE" "$PY" "$HERE/check_record.py" "$1" "$RECORD" "$CLAVIS_LOG"
+}
 
 log "SDK and library clients"
 step "openai SDK: chat.completions.create" client openai-plain
@@ -106,7 +111,13 @@ step "openai SDK: chat.completions.create stream=True (streamed, not buffered)" 
 step "anthropic SDK: messages.create" client anthropic-plain
 step "anthropic SDK: messages.stream (streamed, not buffered)" client anthropic-stream
 step "anthropic SDK: auth_token (Authorization: Bearer)" client anthropic-auth-token
-step "anthropic SDK: x-api-key and Authorization both sent" client anthropic-both-headers
+# Both placeholders go out; the upstream must see the real key in x-api-key
+# alone (the anthropic connector strips both, injects x-api-key).
+anthropic_both_headers() {
+    client anthropic-both-headers
+    checks anthropic-both-headers
+}
+step "anthropic SDK: x-api-key and Authorization both sent" anthropic_both_headers
 step "PyGithub: get_user().login (Authorization: token ...)" client pygithub
 step "stripe SDK: Balance.retrieve()" client stripe
 step "requests: GET api.openai.com/v1/models (HTTP/1.0 CONNECT)" client requests
@@ -210,10 +221,6 @@ step "node fetch: GET http://plain.test.example/ (undici CONNECT :80, tunnelled)
 
 # ---------------------------------------------------------------- 7. what arrived
 log "upstream record and clavis log"
-checks() {
-    timeout -k 5 60 env E2E_KEY_OPENAI="$KEY_OPENAI" E2E_KEY_ANTHROPIC="$KEY_ANTHROPIC" E2E_KEY_GITHUB="$KEY_GITHUB" \
-        E2E_KEY_STRIPE="$KEY_STRIPE" E2E_KEY_BRAVE="$KEY_BRAVE" "$PY" "$HERE/check_record.py" "$1" "$RECORD" "$CLAVIS_LOG"
-}
 step "upstream saw the real OpenAI key (Authorization: Bearer)" checks openai
 step "upstream saw the real Anthropic key (x-api-key, no Authorization)" checks anthropic
 step "upstream saw the real GitHub token (Authorization: Bearer)" checks github

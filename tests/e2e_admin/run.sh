@@ -61,13 +61,25 @@ pass "clavis ready (GET /readyz = 200)"
 
 # ------------------------------------------------------------ httpx
 log "httpx"
+# calls.py prints its own PASS/FAIL lines, counted here; its exit status is a
+# check of its own: a crash, a timeout or an exception after the last line
+# must fail the run even when every line it printed says PASS.
+calls_rc=0
 out=$(timeout -k 5 120 "$PY" "$HERE/calls.py" --admin "$ADMIN" --token "$ADMIN_TOKEN" --openai-key "$KEY_OPENAI" \
-    --reveal-token "$REVEAL_TOKEN" --plain-agent-token "$PLAIN_TOKEN" 2>&1) || true
+    --reveal-token "$REVEAL_TOKEN" --plain-agent-token "$PLAIN_TOKEN" 2>&1) || calls_rc=$?
 echo "$out"
 PASSED=$((PASSED + $(grep -c '^PASS ' <<<"$out" || true)))
 FAILED=$((FAILED + $(grep -c '^FAIL ' <<<"$out" || true)))
 while IFS= read -r line; do FAILED_STEPS+=("httpx: ${line#FAIL }"); done < <(grep '^FAIL ' <<<"$out" || true)
 grep -q '^PASS ' <<<"$out" || fail "httpx: calls.py ran no check"
+CALLS_EXIT="httpx: calls.py exited 0 (its exit status counts, not only its PASS lines)"
+if ((calls_rc == 0)); then
+    pass "$CALLS_EXIT"
+elif ((calls_rc == 124)); then
+    fail "$CALLS_EXIT" "timed out after 120 s"
+else
+    fail "$CALLS_EXIT" "exit $calls_rc"
+fi
 
 # ------------------------------------------------------------ curl
 log "curl"
@@ -161,7 +173,10 @@ EOF
 if out=$(check_upstream 2>&1); then pass "upstream saw the stored Anthropic key on both /v1/proxy calls"; else
     fail "upstream saw the stored Anthropic key on both /v1/proxy calls" "$out"; fi
 
-if grep -qF -e "$KEY_OPENAI" -e "$KEY_ANTHROPIC" "$CLAVIS_LOG"; then
+# A missing log would make grep fail (status 2), which the else would call clean.
+if [[ ! -s $CLAVIS_LOG ]]; then
+    fail "clavis log holds no key" "the log $CLAVIS_LOG is missing or empty"
+elif grep -qF -e "$KEY_OPENAI" -e "$KEY_ANTHROPIC" "$CLAVIS_LOG"; then
     fail "clavis log holds no key" "$(grep -F -e "$KEY_OPENAI" -e "$KEY_ANTHROPIC" "$CLAVIS_LOG" | head -n 3 | cut -c1-300)"
 else
     pass "clavis log holds no key"

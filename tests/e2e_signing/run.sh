@@ -46,15 +46,17 @@ log "keys, test CA and upstream certificate in $TMP"
 K="$TMP/keys"
 mkdir -p "$K"
 chmod 700 "$K"
+# Chained with &&: in a `{ ...; } || abort` group only the last command's
+# status would count (errexit is off in a || list).
 {
     # Real keys: clavis signs with them; the upstream knows only their public halves.
-    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$K/real-kalshi.pem"
-    openssl pkey -in "$K/real-kalshi.pem" -pubout -out "$K/real-kalshi.pub.pem"
-    openssl ecparam -name prime256v1 -genkey -noout -out "$K/real-coinbase.pem"
-    openssl pkey -in "$K/real-coinbase.pem" -pubout -out "$K/real-coinbase.pub.pem"
-    # Throw-away keys the SDKs hold (valid, so the SDKs sign; worthless upstream).
-    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$K/agent-kalshi.pem"
-    openssl ecparam -name prime256v1 -genkey -noout -out "$K/agent-coinbase.pem"
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$K/real-kalshi.pem" &&
+        openssl pkey -in "$K/real-kalshi.pem" -pubout -out "$K/real-kalshi.pub.pem" &&
+        openssl ecparam -name prime256v1 -genkey -noout -out "$K/real-coinbase.pem" &&
+        openssl pkey -in "$K/real-coinbase.pem" -pubout -out "$K/real-coinbase.pub.pem" &&
+        # Throw-away keys the SDKs hold (valid, so the SDKs sign; worthless upstream).
+        openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$K/agent-kalshi.pem" &&
+        openssl ecparam -name prime256v1 -genkey -noout -out "$K/agent-coinbase.pem"
 } >"$TMP/keys.log" 2>&1 || abort "generate keys with openssl" "$(tail -n 20 "$TMP/keys.log")"
 gen_certs "${HOSTS[@]}"
 
@@ -133,6 +135,8 @@ step "every request through clavis verified upstream; no agent key id leaked" ch
 
 no_key_in_log() {
     local line
+    # A missing log would make grep fail (status 2), which the if would call clean.
+    [[ -s $CLAVIS_LOG ]] || { echo "clavis's log $CLAVIS_LOG is missing or empty"; return 1; }
     for f in real-kalshi.pem real-coinbase.pem; do
         # The second line of each PEM: 64 characters of the private key's base64.
         line=$(sed -n 2p "$K/$f")
