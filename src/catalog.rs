@@ -1,6 +1,7 @@
 //! What clavis serves, built from a config: the connector [`Registry`]
-//! (built-in plus user-defined) and the config's services bound to their
-//! connectors, their credentials checked against each connector's fields.
+//! (built-in plus user-defined), the config's services bound to their
+//! connectors (credentials checked against each connector's fields), the
+//! compiled policies and what they apply to, and the budgets.
 //! [`Settings`] is a config with its catalog: what `clavis check`
 //! validates and what `serve` runs on. Errors carry the config's key paths
 //! and lines, like the config's own.
@@ -9,9 +10,12 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::budget;
+use crate::config::guardrails::Unit;
 use crate::config::{Config, ConfigError, ConfigErrors, EntrySpec, Env};
 use crate::connector::{user, Connector, Registry};
 use crate::credentials::Credentials;
+use crate::policy::{Policies, Policy};
 
 /// A config service with its connector.
 #[derive(Debug)]
@@ -29,6 +33,9 @@ pub(crate) struct Catalog {
     /// The config's services, taken out of the config (their credentials
     /// are sealed into the store at start, then dropped).
     pub(crate) services: Vec<BoundService>,
+    pub(crate) policies: Policies,
+    /// Taken by the state, which keeps their counts.
+    pub(crate) budgets: Vec<budget::Spec>,
 }
 
 /// A validated config and what it describes.
@@ -61,6 +68,8 @@ impl Catalog {
     /// every problem to `errors`.
     fn build(config: &mut Config, errors: &mut Vec<ConfigError>) -> Catalog {
         let registry = registry(config, errors);
+        let policies = policies(config, &registry, errors);
+        let budgets = budgets(config, &registry, errors);
         let mut services = Vec::new();
         let mut defaults: HashMap<String, String> = HashMap::new();
         for s in std::mem::take(&mut config.services) {
@@ -102,8 +111,141 @@ impl Catalog {
                 entry: s.entry,
             });
         }
-        Catalog { registry, services }
+        Catalog {
+            registry,
+            services,
+            policies,
+            budgets,
+        }
     }
+}
+
+/// Compiles every policy and attaches it to the services and agents that
+/// name it. A rule's host must be one its service's connector claims, and
+/// a body rule cannot apply to a `GET` (a websocket's messages are never
+/// seen).
+fn policies(config: &Config, registry: &Registry, errors: &mut Vec<ConfigError>) -> Policies {
+    let mut out = Policies::default();
+    let mut by_name: HashMap<String, (usize, Arc<Policy>)> = HashMap::new();
+    for (i, raw) in config.policies.iter().enumerate() {
+        let key = format!("policies[{i}]");
+        if !crate::config::valid_name(&raw.name) {
+            errors.push(ConfigError::at(
+                format!("{key}.name"),
+                format!("{:?} is not a policy name", raw.name),
+            ));
+            continue;
+        }
+        let policy = match Policy::compile(raw) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                errors.push(ConfigError::at(format!("{key}.{}", e.key), e.message));
+                continue;
+            }
+        };
+        if let Some(rule) = policy.body_rules_on_get() {
+            errors.push(ConfigError::at(
+                key.clone(),
+                format!("rule {rule:?} reads the body but could match a GET, and a websocket upgrade's messages are never seen: give it methods without GET"),
+            ));
+        }
+        if by_name
+            .insert(raw.name.clone(), (i, policy.clone()))
+            .is_some()
+        {
+            errors.push(ConfigError::at(
+                format!("{key}.name"),
+                format!("duplicate policy name {:?}", raw.name),
+            ));
+            continue;
+        }
+        out.all.push(policy);
+    }
+    let connector_of = |service: &str| {
+        config
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .and_then(|s| registry.get(&s.connector))
+    };
+    let attach = |key: &str, name: &str, service: &str, errors: &mut Vec<ConfigError>| {
+        let Some((_, policy)) = by_name.get(name) else {
+            errors.push(ConfigError::at(
+                key,
+                format!("no policy named {name:?} in policies"),
+            ));
+            return None;
+        };
+        if let Some(connector) = connector_of(service) {
+            for (rule, host) in policy.rule_hosts() {
+                if !connector.hosts.iter().any(|h| h.matches(host)) {
+                    errors.push(ConfigError::at(
+                        key,
+                        format!("policy {name:?} rule {rule:?} names host {host:?}, which service {service:?} (connector {:?}) does not claim", connector.name),
+                    ));
+                }
+            }
+        }
+        Some(policy.clone())
+    };
+    for s in &config.services {
+        if let Some(name) = &s.policy {
+            if let Some(p) = attach(&format!("{}.policy", s.key), name, &s.name, errors) {
+                out.attach_to_service(&s.name, p);
+            }
+        }
+        if s.readonly {
+            out.attach_to_service(&s.name, Arc::new(Policy::readonly()));
+        }
+    }
+    for a in &config.agent_policies {
+        if let Some(p) = attach(&a.key, &a.policy, &a.service, errors) {
+            out.attach_to_agent(&a.agent, &a.service, p);
+        }
+    }
+    out
+}
+
+/// Budgets bound to their services: a unit the service's API cannot
+/// report is an error (it would count nothing and refuse nothing).
+fn budgets(
+    config: &Config,
+    registry: &Registry,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<budget::Spec> {
+    let mut out = Vec::new();
+    for (i, raw) in config.budgets.iter().enumerate() {
+        let Some(spec) = budget::Spec::from_raw(raw) else {
+            continue; // its shape was reported by config
+        };
+        let connector = config
+            .services
+            .iter()
+            .find(|s| s.name == spec.service)
+            .and_then(|s| registry.get(&s.connector));
+        if let (Some(unit), Some(connector)) = (spec.unit(), connector) {
+            let meter = connector.meter;
+            let ok = match unit {
+                Unit::Requests => true,
+                Unit::Tokens | Unit::InputTokens | Unit::OutputTokens => meter.reports_tokens(),
+                Unit::Spend => meter.reports_spend(),
+            };
+            if !ok {
+                errors.push(ConfigError::at(
+                    format!("budgets[{i}].limit.{}", unit.as_str()),
+                    format!(
+                        "service {:?} (connector {:?}) reports no {}: tokens are counted for openai and anthropic, spend for stripe, kalshi and coinbase",
+                        spec.service,
+                        connector.name,
+                        unit.as_str()
+                    ),
+                ));
+                continue;
+            }
+        }
+        out.push(spec);
+    }
+    out
 }
 
 /// The built-in connectors plus the config's; on an error the built-in

@@ -11,8 +11,11 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::audit::AuditError;
 use crate::body::{self, Body};
+use crate::budget::BudgetError;
+use crate::connector::meter::Unmeasurable;
 use crate::connector::InjectError;
 use crate::identity::ScopeError;
+use crate::policy::ViewError;
 use crate::store::StoreError;
 use crate::tokens::TokenError;
 use crate::upstream::UpstreamError;
@@ -38,6 +41,10 @@ pub(crate) enum ProxyError {
     Scope(#[from] ScopeError),
     #[error(transparent)]
     Refused(#[from] Refusal),
+    #[error(transparent)]
+    Guard(#[from] Guard),
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
     #[error(transparent)]
     Request(#[from] RequestError),
     #[error(transparent)]
@@ -91,6 +98,31 @@ pub(crate) enum Refusal {
         limit: usize,
         service: String,
     },
+}
+
+/// A guardrail that says no (SPEC §10–§11): a policy, or a cost that
+/// cannot be counted.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Guard {
+    /// Refused by a policy rule (or its default).
+    #[error("{request} was {why}. This policy allows: {allowed}")]
+    Policy {
+        request: String,
+        why: String,
+        allowed: String,
+    },
+    /// An `approve` rule matched, but approvals are not configured.
+    #[error("{request} {why}, but approvals are not configured here (SPEC §12): it is refused. This policy allows without approval: {allowed}")]
+    NoApprovals {
+        request: String,
+        why: String,
+        allowed: String,
+    },
+    /// A request a policy cannot judge safely.
+    #[error("{0}")]
+    View(#[from] ViewError),
+    #[error("budget {budget:?} cannot count this request: {why}")]
+    Unmeasurable { budget: String, why: Unmeasurable },
 }
 
 /// What is wrong with the request itself.
@@ -149,6 +181,28 @@ impl ProxyError {
                 | Refusal::AdminHost
                 | Refusal::AdminOrigin => (StatusCode::FORBIDDEN, "forbidden", Agent),
             },
+            ProxyError::Guard(g) => match g {
+                Guard::Policy { .. } | Guard::NoApprovals { .. } => {
+                    (StatusCode::FORBIDDEN, "policy_denied", Agent)
+                }
+                Guard::View(_) => (StatusCode::BAD_REQUEST, "bad_request", Agent),
+                Guard::Unmeasurable { .. } => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "budget_unmeasurable",
+                    Agent,
+                ),
+            },
+            ProxyError::Budget(b) => match b {
+                BudgetError::Exceeded { .. } => {
+                    (StatusCode::TOO_MANY_REQUESTS, "budget_exceeded", Agent)
+                }
+                BudgetError::Rate { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", Agent),
+                BudgetError::Store(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "budget_store_unavailable",
+                    Clavis,
+                ),
+            },
             ProxyError::Request(r) => match r {
                 RequestError::Malformed(_) => (StatusCode::BAD_REQUEST, "bad_request", Agent),
                 RequestError::Invalid(_) => {
@@ -206,16 +260,28 @@ impl ProxyError {
         )
     }
 
-    /// The JSON body, `{"error":{"type":"clavis_<kind>","message":"…"}}`.
+    /// The problem document (RFC 9457): `type`, `title`, `status`,
+    /// `detail`, and for SDKs that read the OpenAI shape `error.message`
+    /// (the same text) and `error.type` (`clavis_<kind>`).
     pub(crate) fn to_json(&self) -> serde_json::Value {
+        let kind = self.kind();
+        let status = self.status();
+        let detail = self.to_string();
         serde_json::json!({
+            "type": format!("urn:clavis:problem:{}", kind.replace('_', "-")),
+            "title": title(kind, status),
+            "status": status.as_u16(),
+            "detail": detail,
             "error": {
-                "type": format!("clavis_{}", self.kind()),
-                "message": self.to_string(),
+                "type": format!("clavis_{kind}"),
+                "message": detail,
             }
         })
     }
 
+    /// The answer clavis makes itself: the problem document, `Clavis-Error:
+    /// <kind>` so an agent can tell it from the upstream's own, and the
+    /// headers its kind calls for.
     pub(crate) fn response(self) -> Response<Body> {
         let status = self.status();
         let bytes = self.to_json().to_string();
@@ -224,8 +290,11 @@ impl ProxyError {
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
+            HeaderValue::from_static("application/problem+json"),
         );
+        if let Ok(kind) = HeaderValue::from_str(&self.kind().replace('_', "-")) {
+            headers.insert(CLAVIS_ERROR, kind);
+        }
         match &self {
             ProxyError::ProxyAuth => {
                 headers.insert(
@@ -239,9 +308,37 @@ impl ProxyError {
                     HeaderValue::from(retry_after.as_secs()),
                 );
             }
+            ProxyError::Budget(b) => {
+                if let Some(secs) = b.retry_after() {
+                    headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                }
+                if let Some((policy, now)) = b.ratelimit_headers() {
+                    let value = |v: String| HeaderValue::from_str(&v).ok();
+                    if let (Some(p), Some(n)) = (value(policy), value(now)) {
+                        headers.insert("ratelimit-policy", p);
+                        headers.insert("ratelimit", n);
+                    }
+                }
+            }
             _ => {}
         }
         response
+    }
+}
+
+/// The header on every answer clavis makes itself (SPEC §9).
+pub(crate) const CLAVIS_ERROR: header::HeaderName = header::HeaderName::from_static("clavis-error");
+
+/// A short, stable title per kind: the guardrails' own, else the status's
+/// reason phrase.
+fn title(kind: &str, status: StatusCode) -> &'static str {
+    match kind {
+        "policy_denied" => "Refused by policy",
+        "budget_exceeded" => "Budget exceeded",
+        "rate_limited" => "Rate limited",
+        "budget_store_unavailable" => "Budget store unavailable",
+        "budget_unmeasurable" => "Cost cannot be counted",
+        _ => status.canonical_reason().unwrap_or("Error"),
     }
 }
 
@@ -287,9 +384,21 @@ fn audit_class() -> (StatusCode, &'static str, Fault) {
     )
 }
 
+/// The admin port answers in the SPEC §3 shape, `{"error":{"type",
+/// "message"}}` as `application/json` (SPEC §5), with the same status and
+/// headers; the problem document is the proxy port's (SPEC §9).
 impl axum::response::IntoResponse for ProxyError {
     fn into_response(self) -> axum::response::Response {
-        self.response().map(axum::body::Body::new)
+        let body = serde_json::json!({
+            "error": {"type": format!("clavis_{}", self.kind()), "message": self.to_string()}
+        })
+        .to_string();
+        let mut response = self.response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response.map(|_| axum::body::Body::from(body))
     }
 }
 
@@ -308,6 +417,24 @@ mod tests {
                 r.headers()[header::PROXY_AUTHENTICATE],
                 "Basic realm=\"clavis\""
             );
+        }
+
+        #[test]
+        fn answers_are_problem_documents_with_the_openai_shape_alongside() {
+            let e = ProxyError::from(StoreError::NoCredentials("s".into()));
+            let v = e.to_json();
+            assert_eq!(v["type"], "urn:clavis:problem:credentials-missing");
+            assert_eq!(v["title"], "Service Unavailable");
+            assert_eq!(v["status"], 503);
+            assert_eq!(v["detail"], "service \"s\" has no credentials stored");
+            assert_eq!(v["error"]["message"], v["detail"]);
+            assert_eq!(v["error"]["type"], "clavis_credentials_missing");
+            let r = e.response();
+            assert_eq!(
+                r.headers()[header::CONTENT_TYPE],
+                "application/problem+json"
+            );
+            assert_eq!(r.headers()[CLAVIS_ERROR], "credentials-missing");
         }
 
         #[test]

@@ -116,7 +116,6 @@ impl HostPattern {
         }
     }
 
-    #[cfg(test)]
     pub(crate) fn matches(&self, host: &str) -> bool {
         match self {
             HostPattern::Exact(h) => h == host,

@@ -100,6 +100,18 @@ impl Caller {
         }
     }
 
+    pub(crate) fn is_admin(&self) -> bool {
+        matches!(self.who, Who::Admin)
+    }
+
+    /// The configured agent's name, if the caller is one.
+    pub(crate) fn agent_name(&self) -> Option<&str> {
+        match &self.who {
+            Who::Agent(a) => Some(&a.name),
+            _ => None,
+        }
+    }
+
     /// The name messages use: the agent's, `admin` or `anonymous`.
     pub(crate) fn name(&self) -> &str {
         match &self.who {

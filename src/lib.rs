@@ -28,7 +28,7 @@
 //! catalog, tokens                       config + connectors → services; fetched tokens
 //! connector, store, tls, upstream, audit
 //! config                                YAML → typed Config
-//! secret, body, encoding, host, credentials, redact, identity, server, metrics, totp
+//! secret, body, encoding, host, json, credentials, redact, identity, server, metrics, totp
 //! ```
 //!
 //! Only what the binary and the integration tests need is public: the rest
@@ -38,6 +38,7 @@ mod admin;
 mod app;
 mod audit;
 mod body;
+mod budget;
 mod catalog;
 mod config;
 mod connector;
@@ -46,7 +47,9 @@ mod encoding;
 mod error;
 mod host;
 mod identity;
+mod json;
 mod metrics;
+mod policy;
 mod proxy;
 mod redact;
 mod secret;

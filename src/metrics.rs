@@ -21,6 +21,18 @@ pub(crate) struct ConnectorLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Decision {
+    pub(crate) policy: String,
+    pub(crate) rule: String,
+    pub(crate) decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct BudgetLabel {
+    pub(crate) budget: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct Version {
     pub(crate) version: &'static str,
 }
@@ -42,6 +54,10 @@ pub(crate) struct Metrics {
     pub(crate) cert_cache_entries: Gauge,
     pub(crate) certs_issued: Counter,
     pub(crate) audit_failures: Counter,
+    /// Policy outcomes by policy, rule (or `default`) and decision.
+    pub(crate) policy_decisions: Family<Decision, Counter>,
+    /// What each budget has used in its current window (set at scrape).
+    pub(crate) budget_used: Family<BudgetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -100,6 +116,19 @@ impl Metrics {
             "Audit writes that failed (the credential was not used)",
             audit_failures.clone(),
         );
+        let policy_decisions = Family::<Decision, Counter>::default();
+        registry.register(
+            "policy_decisions",
+            "Policy decisions by policy, rule and decision (allow, deny, approve, would_deny, would_approve)",
+            policy_decisions.clone(),
+        );
+        let budget_used =
+            Family::<BudgetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "budget_used",
+            "What each budget has used in its current window (requests, tokens or spend)",
+            budget_used.clone(),
+        );
         let build = Family::<Version, Gauge>::default();
         build
             .get_or_create(&Version {
@@ -115,6 +144,8 @@ impl Metrics {
             cert_cache_entries,
             certs_issued,
             audit_failures,
+            policy_decisions,
+            budget_used,
         }
     }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use crate::audit::AuditLog;
+use crate::budget::{BudgetError, Budgets};
 use crate::catalog::{Catalog, Settings};
 use crate::config::Config;
 use crate::identity::InFlight;
@@ -34,6 +35,7 @@ pub struct Shared {
     pub(crate) admin_throttle: crate::identity::Throttle,
     pub(crate) metrics: crate::metrics::Metrics,
     pub(crate) tokens: Tokens,
+    pub(crate) budgets: Budgets,
     /// In-flight upstream requests of callers without an agent (the admin,
     /// or anyone on loopback when `proxy.require_auth` is off).
     pub(crate) anonymous_in_flight: InFlight,
@@ -73,6 +75,8 @@ pub enum StartError {
     Random,
     #[error("store: {0}")]
     Snapshot(#[source] StoreError),
+    #[error("budget_store: {0}")]
+    Budgets(#[source] BudgetError),
     #[error("service {name:?}: {source}")]
     Service {
         name: String,
@@ -162,6 +166,11 @@ impl State {
             Some(digest) => digest,
             None => generate_admin_token(&config)?,
         };
+        let budgets = Budgets::new(std::mem::take(&mut catalog.budgets), &config.budget_store)
+            .map_err(StartError::Budgets)?;
+        if let Some(saved) = store.section("budgets") {
+            budgets.restore(&saved);
+        }
         let tokens = Tokens::new(
             config.limits.session_idle.0,
             config.limits.session_max_age.0,
@@ -180,6 +189,7 @@ impl State {
             admin_token,
             admin_throttle: Default::default(),
             tokens,
+            budgets,
             metrics,
             anonymous_in_flight: Default::default(),
             ready: AtomicBool::new(false),
@@ -192,6 +202,16 @@ impl State {
 
     pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Writes the budget counts to the snapshot if they changed (memory
+    /// budget store with a snapshot; otherwise nothing to keep).
+    pub(crate) fn persist_budgets(&self) {
+        if let Some(counts) = self.budgets.to_snapshot() {
+            if let Err(e) = self.store.write_section("budgets", counts) {
+                tracing::warn!(error = %e, "could not keep the budget counts in the snapshot");
+            }
+        }
     }
 
     /// What fetching a token needs.

@@ -31,6 +31,7 @@ const BASE_TOOLS: &[&str] = &[
     "search_entries",
     "get_totp",
     "proxy_request",
+    "get_budgets",
     "generate_password",
 ];
 
@@ -466,6 +467,9 @@ async fn every_tool(era: &'static str) {
     let p = v["password"].as_str().unwrap();
     assert_eq!(p.len(), 20, "{v}");
     assert!(p.bytes().all(|b| b.is_ascii_alphanumeric()), "{v}");
+    // No budget is configured here: an empty list, not an error.
+    let v = plain.call("get_budgets", json!({})).await;
+    assert_eq!(v["budgets"], json!([]), "{v}");
     let v = plain.call("generate_password", json!({})).await;
     assert_eq!(v["password"].as_str().unwrap().len(), 32, "{v}");
 
@@ -834,7 +838,7 @@ async fn token_origin_and_host_are_checked() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let (_, v) = rpc_body(r).await;
-    assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 5, "{v}");
+    assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 6, "{v}");
 }
 
 #[tokio::test]

@@ -47,7 +47,15 @@ upstream:
         .await
         .unwrap();
     assert_eq!(r.status(), 502);
-    assert_eq!(r.headers().get("content-type").unwrap(), "application/json");
+    // SPEC §9: clavis's own answers are problem documents, marked as its.
+    assert_eq!(
+        r.headers().get("content-type").unwrap(),
+        "application/problem+json"
+    );
+    assert_eq!(
+        r.headers().get("clavis-error").unwrap(),
+        "upstream-unreachable"
+    );
     let text = r.text().await.unwrap();
     assert!(!text.contains(REAL_OPENAI), "{text}");
     assert!(!text.contains("placeholder"), "{text}");

@@ -129,6 +129,16 @@ fn tools(who: &Caller) -> Vec<Tool> {
             "required": ["status", "headers", "body"]
         }))),
         Tool::new(
+            "get_budgets",
+            "Budgets and rate limits that apply to this agent: what is used, reserved and left, and when each resets.",
+            schema(json!({"type": "object", "properties": {}, "additionalProperties": false})),
+        )
+        .with_raw_output_schema(schema(json!({
+            "type": "object",
+            "properties": {"budgets": {"type": "array", "items": {"type": "object"}}},
+            "required": ["budgets"]
+        }))),
+        Tool::new(
             "generate_password",
             "A random password from the OS CSPRNG (8-128 characters, every character class present).",
             schema(json!({"type": "object", "properties": {"length": {"type": "integer", "minimum": 8, "maximum": 128}, "symbols": {"type": "boolean"}}, "additionalProperties": false})),
@@ -222,6 +232,12 @@ impl Mcp {
             "get_totp" => {
                 only(args, &["service"])?;
                 entries::totp(state, who, &string_arg(args, "service")?)
+            }
+            "get_budgets" => {
+                only(args, &[])?;
+                super::guardrails::budgets(state, who)
+                    .await
+                    .map(|b| json!({"budgets": b}))
             }
             "generate_password" => {
                 only(args, &["length", "symbols"])?;

@@ -5,6 +5,7 @@
 mod api_proxy;
 mod auth;
 mod entries;
+mod guardrails;
 mod json;
 mod live_check;
 mod mcp;
@@ -41,6 +42,9 @@ pub(crate) fn router(state: State) -> Router {
         .route("/v1/services/{key}/token", get(services::token))
         .route("/v1/proxy/{name}", post(api_proxy::handle))
         .route("/v1/audit", get(audit))
+        .route("/v1/budgets", get(guardrails::budgets_route))
+        .route("/api/budgets", get(guardrails::budgets_route))
+        .route("/v1/policies", get(guardrails::policies_route))
         .route("/api/entries", get(entries::list_route))
         .route("/api/entries/{key}", get(entries::read_route))
         .route("/api/search", get(entries::search_route))
@@ -137,6 +141,7 @@ async fn ca_bundle(AxumState(state): AxumState<State>) -> impl IntoResponse {
 }
 
 async fn metrics(AxumState(state): AxumState<State>) -> impl IntoResponse {
+    guardrails::update_gauges(&state).await;
     let m = &state.metrics;
     m.tunnels_active.set(state.open_tunnels() as i64);
     m.cert_cache_entries.set(state.certs.len() as i64);

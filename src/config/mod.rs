@@ -6,6 +6,7 @@
 
 pub(crate) mod connectors;
 pub(crate) mod env;
+pub(crate) mod guardrails;
 mod validate;
 
 pub(crate) use connectors::{InjectSpec, RecipeSpec, UserConnector};
@@ -210,6 +211,11 @@ pub(crate) struct Limits {
     pub(crate) leaf_cache: usize,
     pub(crate) admin_body: usize,
     pub(crate) drain_timeout: HumanDuration,
+    /// The most of a request body a policy's body rules or a budget read.
+    pub(crate) policy_body: usize,
+    /// The output cap clavis sets on an LLM request that has none while a
+    /// token budget applies: at most this, else what the budget leaves.
+    pub(crate) budget_output_cap: u64,
     /// Login sessions (Kalshi email + password): idle and absolute lifetimes.
     pub(crate) session_idle: HumanDuration,
     pub(crate) session_max_age: HumanDuration,
@@ -245,6 +251,8 @@ impl Default for Limits {
             leaf_cache: 1024,
             admin_body: 1024 * 1024,
             drain_timeout: secs(10),
+            policy_body: 1024 * 1024,
+            budget_output_cap: 16_384,
             session_idle: secs(30 * 60),
             session_max_age: secs(24 * 3600),
         }
@@ -314,6 +322,12 @@ pub(crate) struct RawService {
     /// Custom entry fields; `sensitive: true` ones are sealed and never shown.
     #[serde(default)]
     pub(crate) fields: Vec<RawField>,
+    /// The policy every request to this service must pass (SPEC §10).
+    #[serde(default)]
+    pub(crate) policy: Option<String>,
+    /// Shorthand policy: `GET`, `HEAD` and `OPTIONS` only.
+    #[serde(default)]
+    pub(crate) readonly: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -337,6 +351,9 @@ pub(crate) struct RawAgent {
     pub(crate) services: Vec<String>,
     #[serde(default)]
     pub(crate) reveal: bool,
+    /// Service → policy this agent's requests to it must pass as well.
+    #[serde(default)]
+    pub(crate) policies: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -352,6 +369,9 @@ pub(crate) struct RawConfig {
     pub(crate) services: Vec<RawService>,
     pub(crate) connectors: Vec<UserConnector>,
     pub(crate) agents: Vec<RawAgent>,
+    pub(crate) policies: Vec<guardrails::RawPolicy>,
+    pub(crate) budgets: Vec<guardrails::RawBudget>,
+    pub(crate) budget_store: guardrails::RawBudgetStore,
 }
 
 #[derive(Debug)]
@@ -390,6 +410,28 @@ pub(crate) struct ServiceConfig {
     pub(crate) credentials: Credentials,
     pub(crate) default: bool,
     pub(crate) entry: EntrySpec,
+    pub(crate) policy: Option<String>,
+    pub(crate) readonly: bool,
+}
+
+/// `agents[i].policies.<service>: <policy>`, checked by `catalog`.
+#[derive(Debug)]
+pub(crate) struct AgentPolicy {
+    /// `agents[2].policies.stripe`, for errors.
+    pub(crate) key: String,
+    pub(crate) agent: String,
+    pub(crate) service: String,
+    pub(crate) policy: String,
+}
+
+/// Where budget counts are kept.
+#[derive(Debug, Default)]
+pub(crate) enum BudgetStore {
+    /// This process; the sealed snapshot keeps them across restarts.
+    #[default]
+    Memory,
+    /// `redis://…`: shared by every clavis pointing at it.
+    Redis(crate::secret::Secret<String>),
 }
 
 /// Entry metadata as given by the config file or the API, before sealing.
@@ -416,6 +458,12 @@ pub struct Config {
     pub(crate) connectors: Vec<UserConnector>,
     pub(crate) services: Vec<ServiceConfig>,
     pub(crate) agents: Agents,
+    pub(crate) agent_policies: Vec<AgentPolicy>,
+    /// Policies as written; `catalog` compiles them.
+    pub(crate) policies: Vec<guardrails::RawPolicy>,
+    /// Budgets as written, checked for shape; `catalog` binds them.
+    pub(crate) budgets: Vec<guardrails::RawBudget>,
+    pub(crate) budget_store: BudgetStore,
     /// `key.path: message` for what is valid but unwise (a short agent token).
     pub warnings: Vec<String>,
 }

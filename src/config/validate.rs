@@ -97,6 +97,10 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Env) -> (Config, Vec<ConfigErro
     let services = services(&raw.services, env, &mut errs);
     let names: HashSet<&str> = raw.services.iter().map(|s| s.name.as_str()).collect();
     let agents = agents(&raw.agents, &names, env, &mut errs);
+    let agent_policies = agent_policies(&raw.agents, &names, &mut errs);
+    let agent_names: HashSet<&str> = raw.agents.iter().map(|a| a.name.as_str()).collect();
+    budgets(&raw.budgets, &names, &agent_names, &mut errs);
+    let budget_store = budget_store(&raw.budget_store, env, &mut errs);
 
     let config = Config {
         proxy: ProxyConfig {
@@ -124,6 +128,10 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Env) -> (Config, Vec<ConfigErro
         connectors: raw.connectors,
         services,
         agents: Agents::new(agents),
+        agent_policies,
+        policies: raw.policies,
+        budgets: raw.budgets,
+        budget_store,
         warnings: errs.1,
     };
     (config, errs.0)
@@ -192,6 +200,8 @@ fn services(raw: &[RawService], env: &dyn Env, errs: &mut Errors) -> Vec<Service
             credentials: creds,
             default: s.default,
             entry,
+            policy: s.policy.clone(),
+            readonly: s.readonly,
         });
     }
     out
@@ -283,6 +293,135 @@ fn agents(
         }
     }
     out
+}
+
+/// `agents[i].policies`: each names a service the agent may use.
+fn agent_policies(
+    raw: &[RawAgent],
+    services: &HashSet<&str>,
+    errs: &mut Errors,
+) -> Vec<AgentPolicy> {
+    let mut out = Vec::new();
+    for (i, a) in raw.iter().enumerate() {
+        for (service, policy) in &a.policies {
+            let key = format!("agents[{i}].policies.{service}");
+            if !services.contains(service.as_str()) {
+                errs.push(&key, format!("no service named {service:?} in services"));
+                continue;
+            }
+            out.push(AgentPolicy {
+                key,
+                agent: a.name.clone(),
+                service: service.clone(),
+                policy: policy.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// Budgets: names unique, the agent and service defined, and either a
+/// window with one limit or a rate.
+fn budgets(
+    raw: &[guardrails::RawBudget],
+    services: &HashSet<&str>,
+    agents: &HashSet<&str>,
+    errs: &mut Errors,
+) {
+    let mut seen = HashSet::new();
+    for (i, b) in raw.iter().enumerate() {
+        let path = format!("budgets[{i}]");
+        if !valid_name(&b.name) {
+            errs.push(
+                format!("{path}.name"),
+                format!("{:?} is not a budget name", b.name),
+            );
+        } else if !seen.insert(b.name.as_str()) {
+            errs.push(
+                format!("{path}.name"),
+                format!("duplicate budget name {:?}", b.name),
+            );
+        }
+        if !services.contains(b.service.as_str()) {
+            errs.push(
+                format!("{path}.service"),
+                format!("no service named {:?} in services", b.service),
+            );
+        }
+        if let Some(agent) = &b.agent {
+            if !agents.contains(agent.as_str()) {
+                errs.push(
+                    format!("{path}.agent"),
+                    format!("no agent named {agent:?} in agents"),
+                );
+            }
+        }
+        match (&b.window, b.limit.is_empty(), &b.rate) {
+            (Some(window), false, None) => {
+                if crate::config::guardrails::window_seconds(window).is_none() {
+                    errs.push(
+                        format!("{path}.window"),
+                        format!("{window:?} is not a window: 1m, 1h, 1d, 7d or 30d"),
+                    );
+                }
+                if b.limit.len() > 1 {
+                    errs.push(
+                        format!("{path}.limit"),
+                        "one unit per budget: requests, tokens, input_tokens, output_tokens or spend (define another budget for another unit)",
+                    );
+                }
+                for (unit, amount) in &b.limit {
+                    if guardrails::Unit::parse(unit).is_none() {
+                        errs.push(
+                            format!("{path}.limit.{unit}"),
+                            "not a unit: requests, tokens, input_tokens, output_tokens or spend",
+                        );
+                    }
+                    if !(amount.is_finite() && *amount >= 0.0) {
+                        errs.push(format!("{path}.limit.{unit}"), "must be a number ≥ 0");
+                    }
+                }
+            }
+            (None, true, Some(rate)) => {
+                let burst = rate.burst.unwrap_or(rate.requests);
+                let positive = rate.requests.is_finite()
+                    && rate.requests > 0.0
+                    && burst.is_finite()
+                    && burst >= 1.0;
+                if !positive || rate.per.0.is_zero() {
+                    errs.push(
+                        format!("{path}.rate"),
+                        "requests and burst must be positive numbers (burst ≥ 1) and per a duration above 0",
+                    );
+                }
+            }
+            _ => errs.push(
+                path,
+                "give either window and limit (a budget) or rate (a rate limit)",
+            ),
+        }
+    }
+}
+
+fn budget_store(raw: &guardrails::RawBudgetStore, env: &dyn Env, errs: &mut Errors) -> BudgetStore {
+    let Some(value) = &raw.0 else {
+        return BudgetStore::Memory;
+    };
+    let Some(url) = errs.take(value.resolve(env, "budget_store")) else {
+        return BudgetStore::Memory;
+    };
+    let text = url.expose();
+    if text == "memory" {
+        BudgetStore::Memory
+    } else if text.starts_with("redis://") || text.starts_with("rediss://") {
+        BudgetStore::Redis(url)
+    } else {
+        errs.push(
+            "budget_store",
+            "must be memory, or a redis:// or rediss:// URL",
+        );
+        BudgetStore::Memory
+    }
 }
 
 pub(crate) fn valid_name(name: &str) -> bool {

@@ -3,6 +3,7 @@
 
 use http::{HeaderName, HeaderValue, Method};
 
+use super::meter::Meter;
 use super::{Connector, FieldSpec, Inject, LiveCheck, Template};
 use crate::host::HostPattern;
 
@@ -50,6 +51,7 @@ fn bearer(name: &str, hosts_list: &[&str], prefixes: &[&'static str]) -> Connect
         defaults: Vec::new(),
         field_sets: vec![vec![FieldSpec::prefixed("api_key", prefixes)]],
         live_check: None,
+        meter: Meter::None,
     }
 }
 
@@ -61,6 +63,7 @@ fn openai() -> Connector {
     );
     // Azure-style `api-key` is stripped too, so no agent value rides along.
     c.strip = names(&["authorization", "api-key"]);
+    c.meter = Meter::OpenAi;
     c
 }
 
@@ -79,6 +82,7 @@ fn anthropic() -> Connector {
         )],
         field_sets: vec![vec![FieldSpec::prefixed("api_key", &["sk-ant-"])]],
         live_check: None,
+        meter: Meter::Anthropic,
     }
 }
 
@@ -110,6 +114,7 @@ fn stripe() -> Connector {
         method: Method::GET,
         path: "/v1/balance",
     });
+    c.meter = Meter::Stripe;
     c
 }
 
@@ -123,6 +128,7 @@ fn brave_search() -> Connector {
         defaults: Vec::new(),
         field_sets: vec![vec![FieldSpec::any("api_key")]],
         live_check: None,
+        meter: Meter::None,
     }
 }
 
@@ -150,6 +156,7 @@ fn kalshi() -> Connector {
             vec![FieldSpec::any("email"), FieldSpec::any("password")],
         ],
         live_check: None,
+        meter: Meter::Kalshi,
     }
 }
 
@@ -172,6 +179,7 @@ fn coinbase() -> Connector {
             FieldSpec::any("api_secret"),
         ]],
         live_check: None,
+        meter: Meter::Coinbase,
     }
 }
 

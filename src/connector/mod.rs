@@ -4,6 +4,7 @@
 
 mod builtin;
 pub(crate) mod inject;
+pub(crate) mod meter;
 pub(crate) mod sign;
 pub(crate) mod template;
 pub(crate) mod token;
@@ -66,6 +67,8 @@ pub(crate) struct Connector {
     /// Accepted credential shapes: the credentials must fill one set completely.
     pub(crate) field_sets: Vec<Vec<FieldSpec>>,
     pub(crate) live_check: Option<LiveCheck>,
+    /// What budgets can count on this connector's API (SPEC §11).
+    pub(crate) meter: meter::Meter,
 }
 
 impl Connector {

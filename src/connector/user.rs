@@ -77,6 +77,7 @@ pub(crate) fn build(spec: &UserConnector) -> Result<Connector, SpecError> {
         defaults: Vec::new(),
         field_sets: vec![spec.fields.iter().map(|f| FieldSpec::any(f)).collect()],
         live_check: None,
+        meter: super::meter::Meter::None,
     })
 }
 

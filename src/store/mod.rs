@@ -5,7 +5,7 @@
 pub(crate) mod seal;
 pub(crate) mod snapshot;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::SystemTime;
 
@@ -14,7 +14,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 pub(crate) use seal::{SealError, Sealer};
 pub(crate) use snapshot::{Snapshot, SnapshotError};
 
-use snapshot::Record;
+use snapshot::{Contents, Record};
 
 use crate::config::EntrySpec;
 use crate::connector::Connector;
@@ -253,7 +253,8 @@ pub(crate) struct Store {
     snapshot: std::sync::OnceLock<Snapshot>,
     /// Serializes changes, so each one is written to the snapshot before it
     /// becomes visible, without holding the read path's lock during I/O.
-    writer: Mutex<()>,
+    /// Holds the snapshot's other sections.
+    writer: Mutex<BTreeMap<String, serde_json::Value>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -269,7 +270,7 @@ impl Store {
             table: RwLock::new(Arc::new(Table::default())),
             rng: SystemRandom::new(),
             snapshot: std::sync::OnceLock::new(),
-            writer: Mutex::new(()),
+            writer: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -287,19 +288,51 @@ impl Store {
         &self,
         change: impl FnOnce(&mut Vec<Arc<Service>>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let sections = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut list = self.table().list.clone();
         let out = change(&mut list)?;
-        if let Some(snapshot) = self.snapshot.get() {
-            let records: Vec<Record> = list.iter().map(|s| s.record()).collect();
-            snapshot.write(&self.sealer, &records)?;
-        }
+        self.persist(&list, &sections)?;
         let table = Arc::new(Table::build(list));
         match self.table.write() {
             Ok(mut g) => *g = table,
             Err(poisoned) => *poisoned.into_inner() = table,
         }
         Ok(out)
+    }
+
+    /// Writes the services and sections to the snapshot, if there is one.
+    fn persist(
+        &self,
+        list: &[Arc<Service>],
+        sections: &BTreeMap<String, serde_json::Value>,
+    ) -> Result<(), StoreError> {
+        if let Some(snapshot) = self.snapshot.get() {
+            let contents = Contents {
+                services: list.iter().map(|s| s.record()).collect(),
+                sections: sections.clone(),
+            };
+            snapshot.write(&self.sealer, &contents)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps `value` as the snapshot's section `name` (budget counts,
+    /// pending approvals), written at once.
+    pub(crate) fn write_section(
+        &self,
+        name: &str,
+        value: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let mut sections = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        sections.insert(name.to_owned(), value);
+        let list = self.table().list.clone();
+        self.persist(&list, &sections)
+    }
+
+    /// A section as the snapshot held it at start.
+    pub(crate) fn section(&self, name: &str) -> Option<serde_json::Value> {
+        let sections = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        sections.get(name).cloned()
     }
 
     /// Loads the snapshot at start, after the config services were added.
@@ -311,8 +344,12 @@ impl Store {
         snapshot: Snapshot,
         registry: &crate::connector::Registry,
     ) -> Result<usize, StoreError> {
-        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let records = snapshot.load(&self.sealer)?;
+        let mut sections = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let Contents {
+            services: records,
+            sections: saved,
+        } = snapshot.load(&self.sealer)?;
+        *sections = saved;
         let registry_of = |name: &str| self.table().find(name).cloned();
         let mut restored = 0;
         let mut list = self.table().list.clone();

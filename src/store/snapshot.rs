@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use super::{Origin, Sealer};
 
 const MAGIC: &[u8; 16] = b"CLAVIS-SNAPSHOT\0";
-const VERSION: u32 = 1;
+/// 1: a JSON array of services; 2: `{"services": [...], "sections": {...}}`.
+const VERSION: u32 = 2;
 const HEADER: usize = 16 + 4 + 8 + 8;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +68,15 @@ pub(crate) struct RecordField {
     pub(crate) sealed: Option<String>,
 }
 
+/// What a snapshot holds: the services, and named sections other parts
+/// keep across restarts (budget counts, pending approvals, rotated tokens).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Contents {
+    pub(crate) services: Vec<Record>,
+    #[serde(default)]
+    pub(crate) sections: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
 impl Record {
     pub(crate) fn origin(&self) -> Origin {
         if self.origin == "config" {
@@ -112,18 +122,18 @@ impl Snapshot {
         }
     }
 
-    /// Reads the records; a missing file is an empty store.
-    pub(crate) fn load(&self, sealer: &Sealer) -> Result<Vec<Record>, SnapshotError> {
+    /// Reads the contents; a missing file is an empty store.
+    pub(crate) fn load(&self, sealer: &Sealer) -> Result<Contents, SnapshotError> {
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Contents::default()),
             Err(e) => return Err(self.invalid(format!("cannot read: {e}"))),
         };
         if bytes.len() < HEADER || &bytes[..16] != MAGIC {
             return Err(self.invalid("not a clavis snapshot (bad magic or truncated)"));
         }
         let version = u32::from_be_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
-        if version != VERSION {
+        if version != VERSION && version != 1 {
             return Err(self.invalid(format!("unsupported snapshot version {version}")));
         }
         if bytes[20..28] != sealer.key_id() {
@@ -138,17 +148,25 @@ impl Snapshot {
             .map_err(|_| {
                 self.invalid("failed authentication: the file is corrupt or was tampered with")
             })?;
-        let records: Vec<Record> = serde_json::from_slice(&plain)
-            .map_err(|e| self.invalid(format!("unreadable records: {e}")))?;
+        let contents = if version == 1 {
+            Contents {
+                services: serde_json::from_slice(&plain)
+                    .map_err(|e| self.invalid(format!("unreadable records: {e}")))?,
+                sections: Default::default(),
+            }
+        } else {
+            serde_json::from_slice(&plain)
+                .map_err(|e| self.invalid(format!("unreadable contents: {e}")))?
+        };
         self.generation.store(
             u64::from_be_bytes(generation),
             std::sync::atomic::Ordering::SeqCst,
         );
-        Ok(records)
+        Ok(contents)
     }
 
-    /// Writes all records atomically; on error the old file is untouched.
-    pub(crate) fn write(&self, sealer: &Sealer, records: &[Record]) -> Result<(), SnapshotError> {
+    /// Writes the contents atomically; on error the old file is untouched.
+    pub(crate) fn write(&self, sealer: &Sealer, contents: &Contents) -> Result<(), SnapshotError> {
         let werr = |source| SnapshotError::Write {
             path: self.path.display().to_string(),
             source,
@@ -163,7 +181,7 @@ impl Snapshot {
         header.extend_from_slice(&sealer.key_id());
         header.extend_from_slice(&generation.to_be_bytes());
         let json = zeroize::Zeroizing::new(
-            serde_json::to_vec(records).map_err(|e| werr(std::io::Error::other(e)))?,
+            serde_json::to_vec(contents).map_err(|e| werr(std::io::Error::other(e)))?,
         );
         let sealed = sealer
             .seal(&header, &json)
@@ -228,12 +246,38 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let s = Snapshot::new(dir.path().join("snap"));
             let key = Sealer::new(&[1u8; 32]).unwrap();
-            assert!(s.load(&key).unwrap().is_empty());
-            s.write(&key, &[record("a"), record("b")]).unwrap();
+            assert!(s.load(&key).unwrap().services.is_empty());
+            let mut contents = Contents {
+                services: vec![record("a"), record("b")],
+                ..Contents::default()
+            };
+            contents
+                .sections
+                .insert("budgets".into(), serde_json::json!({"llm": {"used": 12}}));
+            s.write(&key, &contents).unwrap();
             let again = Snapshot::new(dir.path().join("snap"));
             let r = again.load(&key).unwrap();
-            assert_eq!(r.len(), 2);
-            assert_eq!(r[1].name, "b");
+            assert_eq!(r.services.len(), 2);
+            assert_eq!(r.services[1].name, "b");
+            assert_eq!(r.sections["budgets"]["llm"]["used"], 12);
+        }
+
+        #[test]
+        fn reads_a_version_1_snapshot() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("snap");
+            let key = Sealer::new(&[1u8; 32]).unwrap();
+            let mut header = Vec::new();
+            header.extend_from_slice(MAGIC);
+            header.extend_from_slice(&1u32.to_be_bytes());
+            header.extend_from_slice(&key.key_id());
+            header.extend_from_slice(&7u64.to_be_bytes());
+            let json = serde_json::to_vec(&[record("old")]).unwrap();
+            let sealed = key.seal(&header, &json).unwrap();
+            std::fs::write(&path, [header, sealed].concat()).unwrap();
+            let r = Snapshot::new(path).load(&key).unwrap();
+            assert_eq!(r.services[0].name, "old");
+            assert!(r.sections.is_empty());
         }
 
         #[test]
@@ -242,7 +286,11 @@ mod tests {
             let path = dir.path().join("snap");
             let s = Snapshot::new(path.clone());
             let key = Sealer::new(&[1u8; 32]).unwrap();
-            s.write(&key, &[record("a")]).unwrap();
+            let contents = Contents {
+                services: vec![record("a")],
+                ..Contents::default()
+            };
+            s.write(&key, &contents).unwrap();
             let e = s.load(&Sealer::new(&[2u8; 32]).unwrap()).unwrap_err();
             assert!(e.to_string().contains("another master key"), "{e}");
             let mut bytes = std::fs::read(&path).unwrap();

@@ -4,7 +4,8 @@
 //! ```text
 //! admit      the service (placeholder, scope, default: 403) and a slot in flight (429)
 //! prepare    strip hop-by-hop and auth headers, defaults, the upstream URI from the target
-//! decide     clavis's rules: TRACE never, a connector's reserved paths never
+//! decide     clavis's rules (TRACE never, a connector's reserved paths never),
+//!            the policies (403), the budgets reserved before the call (429)
 //! authorize  open the credentials once, buffer the body if the plan needs it,
 //!            audit the use (fail closed: 503), inject (or fetch a token)
 //! send       over verified TLS, pooled (502/504); a refused token renewed once
@@ -17,6 +18,7 @@
 //! what differs per API is asked of the connector.
 
 mod check;
+mod guard;
 mod record;
 
 use std::sync::Arc;
@@ -147,8 +149,8 @@ async fn exchange(
 ) -> Result<Sent, ProxyError> {
     let (parts, body) = req.into_parts();
     admit(record, choice, &parts)?;
-    let outgoing = prepare(record, parts, body)?;
-    decide(record, &outgoing)?;
+    let mut outgoing = prepare(record, parts, body)?;
+    decide(record, &mut outgoing).await?;
     let authorized = authorize(record, outgoing).await?;
     send(record, authorized).await
 }
@@ -229,8 +231,31 @@ fn choose_service(
 struct Outgoing {
     parts: Parts,
     body: Body,
+    /// The whole body, once a phase needed it (then `body` is empty).
+    buffered: Option<Bytes>,
     /// The agent's side of a websocket upgrade.
     websocket: Option<OnUpgrade>,
+}
+
+impl Outgoing {
+    /// The whole body, read (up to `limit`) the first time it is asked for.
+    async fn buffer(&mut self, limit: usize) -> Result<&Bytes, ProxyError> {
+        if self.buffered.is_none() {
+            let body = std::mem::replace(&mut self.body, body::empty());
+            self.buffered = Some(buffer(body, limit).await?);
+        }
+        self.buffered
+            .as_ref()
+            .ok_or(ProxyError::Internal("a buffered body went missing"))
+    }
+
+    /// Replaces the buffered body (a budget's rewrite), framing included.
+    fn set_body(&mut self, bytes: Bytes) {
+        self.parts
+            .headers
+            .insert(header::CONTENT_LENGTH, http::HeaderValue::from(bytes.len()));
+        self.buffered = Some(bytes);
+    }
 }
 
 /// Strips what the agent may not send on (hop-by-hop headers, every auth
@@ -262,19 +287,42 @@ fn prepare(record: &Record, mut parts: Parts, body: Body) -> Result<Outgoing, Pr
     Ok(Outgoing {
         parts,
         body,
+        buffered: None,
         websocket,
     })
 }
 
-/// What clavis's own rules say: `TRACE` (the upstream would echo the
-/// request, credential included) never, a connector's reserved paths (a
-/// token source's login) never.
-fn decide(record: &Record, out: &Outgoing) -> Result<(), ProxyError> {
+/// What clavis's own rules say (`TRACE`, which the upstream would echo
+/// with the credential, never; a connector's reserved paths, such as a
+/// token source's login, never), then the policies that apply, then the
+/// budgets: the most this request can use is reserved before it is sent.
+async fn decide(record: &mut Record, out: &mut Outgoing) -> Result<(), ProxyError> {
     if out.parts.method == Method::TRACE {
         return Err(Refusal::Trace.into());
     }
     if record.target.connector.reserves(out.parts.uri.path()) {
         return Err(Refusal::Reserved.into());
+    }
+    let state = record.state.clone();
+    let service = record.service()?.name.clone();
+    let agent = record.caller.agent_name();
+    let policies = state.catalog.policies.for_exchange(&service, agent);
+    let budgets = state.budgets.applicable(&service, agent);
+    if policies.is_empty() && budgets.is_empty() {
+        return Ok(());
+    }
+    let meter = record.target.connector.meter;
+    let (method, path) = (&out.parts.method, out.parts.uri.path());
+    let metered = !budgets.is_empty() && meter.reads_body(method, path);
+    let judged = policies.iter().any(|p| p.reads_body) && *method != Method::GET;
+    if metered || judged {
+        out.buffer(state.config.limits.policy_body).await?;
+    }
+    if !policies.is_empty() {
+        guard::judge(record, &policies, out)?;
+    }
+    if !budgets.is_empty() {
+        guard::charge(record, &budgets, out, meter).await?;
     }
     Ok(())
 }
@@ -313,18 +361,16 @@ async fn authorize(record: &mut Record, out: Outgoing) -> Result<Authorized, Pro
     let service = record.service()?.clone();
     let creds = state.store.open_required(&service)?;
     let plan = record.target.connector.inject.plan(creds.expose());
+    let mut out = out;
+    if plan != Plan::Stream {
+        out.buffer(state.config.limits.max_body_buffer).await?;
+    }
     let Outgoing {
         mut parts,
         body,
+        buffered,
         websocket,
     } = out;
-    let (buffered, body) = match plan {
-        Plan::Stream => (None, body),
-        Plan::BufferBody | Plan::Token(_) => {
-            let limit = state.config.limits.max_body_buffer;
-            (Some(buffer(body, limit).await?), body::empty())
-        }
-    };
     record.audit_use()?;
     if let Plan::Token(source) = plan {
         let body = buffered.unwrap_or_default();
@@ -439,6 +485,7 @@ async fn send(record: &mut Record, auth: Authorized) -> Result<Sent, ProxyError>
         mut scrub,
         retry,
     } = auth;
+    record.sent();
     let (upstream, host) = (&record.state.upstream, &record.target.host);
     if websocket.is_some() {
         let response = Box::pin(upstream.send_upgrade(host, request)).await?;
@@ -506,7 +553,7 @@ fn relay(mut record: Record, sent: Sent) -> Result<Response<Body>, ProxyError> {
             let idle = record.state.config.limits.tunnel_idle_timeout.0;
             super::relay::websocket(client, upstream, idle);
         }
-        record.answered(status.as_u16());
+        record.answered(status.as_u16(), &parts.headers);
         let body = Ended::new(body::empty(), record);
         return Ok(Response::from_parts(
             parts,
@@ -522,7 +569,7 @@ fn relay(mut record: Record, sent: Sent) -> Result<Response<Body>, ProxyError> {
             return Err(e);
         }
     }
-    record.answered(status.as_u16());
+    record.answered(status.as_u16(), &parts.headers);
     let body = Ended::new(body, record);
     let body = match scrubber {
         Some(s) => s.wrap(body),

@@ -1,9 +1,10 @@
 //! [`Record`]: what every exchange ends with, held by one value and written
-//! once: the in-flight permit, the audit event (the credential use, or the
+//! once: the in-flight permit, the budget reservation (settled with what
+//! the answer says was used), the audit event (the credential use, or the
 //! refusal), the status, the metrics and the one log line. An answered
 //! exchange hands its record to the response body ([`Ended`]), so the
-//! permit is held and the line written until the last byte went out or the
-//! agent left.
+//! permit is held, the usage read and the line written until the last
+//! byte went out or the agent left.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,10 +18,51 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use super::Target;
 use crate::audit::{Action, Detail, Event};
 use crate::body::BoxError;
+use crate::budget::{Amounts, Held};
+use crate::connector::meter::UsageReader;
 use crate::error::{Fault, ProxyError};
 use crate::identity::{Caller, InFlightGuard};
 use crate::state::State;
 use crate::store::Service;
+
+/// A budget reservation, and what settles it.
+pub(crate) struct Charge {
+    held: Held,
+    /// What was reserved, per unit: what the exchange counts when the
+    /// answer does not say.
+    reserved: Amounts,
+    llm: bool,
+    usage: Option<UsageReader>,
+}
+
+impl Charge {
+    pub(super) fn new(held: Held, reserved: Amounts, llm: bool) -> Charge {
+        Charge {
+            held,
+            reserved,
+            llm,
+            usage: None,
+        }
+    }
+
+    /// What an answer with `status` used: a refused call nothing but the
+    /// request itself; an accepted one its reported usage, else all it
+    /// reserved.
+    fn used(&mut self, status: u16) -> Amounts {
+        if !(200..300).contains(&status) {
+            return Amounts {
+                requests: 1.0,
+                ..Amounts::default()
+            };
+        }
+        let mut used = self.reserved;
+        if let Some(usage) = self.usage.take().and_then(UsageReader::finish) {
+            used.input_tokens = usage.input_tokens;
+            used.output_tokens = usage.output_tokens;
+        }
+        used
+    }
+}
 
 /// How the exchange ended, once it has.
 enum Outcome {
@@ -47,6 +89,12 @@ pub(crate) struct Record {
     pub(super) permit: Option<InFlightGuard>,
     /// The credential-use event, once recorded (fail closed).
     event: Option<Arc<Event>>,
+    /// Said on that event (an audit-mode policy's verdict).
+    note: Option<String>,
+    charge: Option<Charge>,
+    /// The request went to the upstream (a reservation is then kept when
+    /// no answer comes: the call may have happened).
+    sent: bool,
     outcome: Option<Outcome>,
     started: Instant,
 }
@@ -68,6 +116,9 @@ impl Record {
             service: None,
             permit: None,
             event: None,
+            note: None,
+            charge: None,
+            sent: false,
             outcome: None,
             started: Instant::now(),
         }
@@ -84,6 +135,22 @@ impl Record {
         Detail::request(self.method.as_str(), &self.target.host, self.uri.path())
     }
 
+    /// A note for the credential-use event.
+    pub(super) fn note(&mut self, text: String) {
+        self.note = Some(match self.note.take() {
+            Some(before) => format!("{before}; {text}"),
+            None => text,
+        });
+    }
+
+    pub(super) fn charge(&mut self, charge: Charge) {
+        self.charge = Some(charge);
+    }
+
+    pub(super) fn sent(&mut self) {
+        self.sent = true;
+    }
+
     /// Audits the credential's use (`inject` on the proxy port, `proxy` on
     /// the admin port) before it happens; an unwritable log refuses it.
     pub(super) fn audit_use(&mut self) -> Result<(), ProxyError> {
@@ -92,18 +159,25 @@ impl Record {
             _ => Action::Proxy,
         };
         let entry = self.service()?.name.clone();
-        let event = self.state.audit.record(Event::new(
-            action,
-            &entry,
-            &self.caller.actor(),
-            self.detail(),
-        ))?;
+        let mut detail = self.detail();
+        detail.note = self.note.take();
+        let event =
+            self.state
+                .audit
+                .record(Event::new(action, &entry, &self.caller.actor(), detail))?;
         self.event = Some(event);
         Ok(())
     }
 
-    /// The upstream answered with `status`.
-    pub(super) fn answered(&mut self, status: u16) {
+    /// The upstream answered with `status`; an LLM call's usage is read
+    /// from the answer as it passes.
+    pub(super) fn answered(&mut self, status: u16, headers: &http::HeaderMap) {
+        if let Some(charge) = self.charge.as_mut().filter(|c| c.llm) {
+            let content_type = headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            charge.usage = Some(UsageReader::new(content_type));
+        }
         if let Some(event) = &self.event {
             event.set_status(status);
         }
@@ -153,8 +227,38 @@ impl Record {
     }
 }
 
+impl Record {
+    /// Bytes of the answer's body, for the usage reader.
+    fn observe(&mut self, data: &[u8]) {
+        if let Some(reader) = self.charge.as_mut().and_then(|c| c.usage.as_mut()) {
+            reader.feed(data);
+        }
+    }
+
+    /// Ends the reservation: settled with what the answer says was used;
+    /// released when nothing was sent or the upstream failed; kept whole
+    /// when the request went out and no answer came (it may have counted).
+    fn settle(&mut self) {
+        let Some(mut charge) = self.charge.take() else {
+            return;
+        };
+        let used = match &self.outcome {
+            Some(Outcome::Answered { status, .. }) => Some(charge.used(*status)),
+            Some(Outcome::Failed { .. }) => None,
+            None if self.sent => Some(charge.reserved),
+            None => None,
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let state = self.state.clone();
+        runtime.spawn(async move { state.budgets.settle(charge.held, used).await });
+    }
+}
+
 impl Drop for Record {
     fn drop(&mut self) {
+        self.settle();
         let agent = self.caller.actor();
         let service = self.service.as_ref().map_or("", |s| s.name.as_str());
         let (host, method, path) = (&self.target.host, &self.method, self.uri.path());
@@ -242,8 +346,16 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            this.record.take();
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(record)) = (frame.data_ref(), this.record.as_mut()) {
+                    record.observe(data);
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                this.record.take();
+            }
+            Poll::Pending => {}
         }
         polled.map(|frame| frame.map(|f| f.map_err(Into::into)))
     }

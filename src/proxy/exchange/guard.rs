@@ -1,0 +1,151 @@
+//! The guardrails of the `decide` phase (SPEC §10–§11): the policies that
+//! apply to this agent and service judge the request; the budgets reserve
+//! the most it can use before it is sent, and the record settles them
+//! with what it did use.
+
+use std::sync::Arc;
+
+use http::header;
+
+use super::record::{Charge, Record};
+use super::Outgoing;
+use crate::budget::{Amounts, Ask, Spec};
+use crate::config::guardrails::Unit;
+use crate::connector::meter::Meter;
+use crate::error::{Guard, ProxyError};
+use crate::metrics::Decision as DecisionLabel;
+use crate::policy::{self, Action, Body, Policy, Verdict, View};
+
+/// The request as the agent sent it, for messages: method and path.
+fn spelled(out: &Outgoing) -> String {
+    format!("{} {}", out.parts.method, out.parts.uri.path())
+}
+
+/// Judges the request by every policy that applies: the strictest
+/// enforced outcome decides; audit-mode outcomes are logged, counted and
+/// noted on the audit event, never enforced.
+pub(super) fn judge(
+    record: &mut Record,
+    policies: &[Arc<Policy>],
+    out: &Outgoing,
+) -> Result<(), ProxyError> {
+    let content_type = out
+        .parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let body = match &out.buffered {
+        Some(bytes) => Body::parse(content_type, bytes),
+        None => Body::Empty,
+    };
+    let view = View::new(
+        policies,
+        &out.parts.method,
+        &record.target.host,
+        &out.parts.uri,
+        body,
+    )
+    .map_err(Guard::View)?;
+    let decision = policy::decide(policies, &view);
+    let state = record.state.clone();
+    let metrics = &state.metrics;
+    let count = |v: &Verdict, decision: &'static str| {
+        metrics
+            .policy_decisions
+            .get_or_create(&DecisionLabel {
+                policy: v.policy.clone(),
+                rule: v.rule.clone(),
+                decision,
+            })
+            .inc();
+    };
+    for would in &decision.would {
+        let word = match would.action {
+            Action::Approve => "would_approve",
+            _ => "would_deny",
+        };
+        count(would, word);
+        tracing::info!(policy = %would.policy, rule = %would.rule, request = %spelled(out), "{word} (policy in audit mode)");
+        record.note(format!(
+            "{} (mode: audit, not enforced)",
+            would.explain().replacen("refused", "would be refused", 1)
+        ));
+    }
+    let Some(verdict) = decision.outcome else {
+        return Ok(());
+    };
+    count(&verdict, verdict.action.as_str());
+    let allowed = policies
+        .iter()
+        .find(|p| p.name == verdict.policy)
+        .map_or_else(|| "nothing".into(), |p| p.allowed());
+    match verdict.action {
+        Action::Allow => Ok(()),
+        Action::Deny => Err(Guard::Policy {
+            request: spelled(out),
+            why: verdict.explain(),
+            allowed,
+        }
+        .into()),
+        Action::Approve => Err(Guard::NoApprovals {
+            request: spelled(out),
+            why: verdict.explain(),
+            allowed,
+        }
+        .into()),
+    }
+}
+
+/// Reserves the most the request can use in every budget that applies,
+/// refusing it if that does not fit. An LLM call without an output cap
+/// gets the one the budgets leave room for; an OpenAI stream is asked for
+/// its final usage event; either way the answer is asked for uncompressed
+/// so its usage can be read as it passes.
+pub(super) async fn charge(
+    record: &mut Record,
+    budgets: &[Arc<Spec>],
+    out: &mut Outgoing,
+    meter: Meter,
+) -> Result<(), ProxyError> {
+    let body = out.buffered.as_deref().unwrap_or(&[]);
+    let estimate = meter
+        .estimate(&out.parts.method, out.parts.uri.path(), body)
+        .map_err(|why| Guard::Unmeasurable {
+            budget: budgets.first().map_or_else(String::new, |b| b.name.clone()),
+            why,
+        })?;
+    let caps_output = budgets
+        .iter()
+        .any(|b| matches!(b.unit(), Some(Unit::Tokens | Unit::OutputTokens)));
+    let limit = record.state.config.limits.budget_output_cap as f64;
+    let open_output =
+        (estimate.llm.is_some() && estimate.output_cap.is_none() && caps_output).then_some(limit);
+    let fixed = Amounts {
+        requests: 1.0,
+        input_tokens: estimate.input_tokens,
+        output_tokens: estimate.output_cap.unwrap_or(0.0),
+        spend: estimate.spend,
+    };
+    let held = record
+        .state
+        .budgets
+        .reserve(budgets, Ask { fixed, open_output })
+        .await?;
+    let granted = held.granted_output;
+    if let Some(call) = estimate.llm {
+        out.parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            http::HeaderValue::from_static("identity"),
+        );
+        let current = out.buffered.as_deref().unwrap_or(&[]);
+        if let Some(rewritten) = call.rewrite(current, granted.map(|g| g as u64)) {
+            out.set_body(rewritten.into());
+        }
+    }
+    let mut fixed = fixed;
+    if let Some(g) = granted {
+        fixed.output_tokens = g;
+    }
+    record.charge(Charge::new(held, fixed, estimate.llm.is_some()));
+    Ok(())
+}
