@@ -23,7 +23,7 @@ pub async fn serve(
     state.upstream.start(state.config.limits.idle_timeout.0);
     let proxy_task = tokio::spawn(crate::proxy::serve(ctx.clone(), proxy, control.stopping()));
     let admin_task = tokio::spawn(crate::admin::serve(ctx, admin, control.stopping()));
-    spawn_budget_keeper(state.clone(), control.stopping());
+    spawn_keeper(state.clone(), control.stopping());
     state.set_ready(true);
     warn_about_setup(&state);
     tracing::info!(proxy = %state.proxy_addr, admin = %state.admin_addr, "clavis is ready");
@@ -39,17 +39,25 @@ pub async fn serve(
         tracing::warn!("drain deadline passed; closing remaining connections");
     }
     state.persist_budgets();
+    state.persist_approvals();
 }
 
-/// Keeps the budget counts in the snapshot, every two seconds when they
-/// changed, until shutdown (which writes them once more).
-fn spawn_budget_keeper(state: State, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Every second until shutdown: approvals past their ttl expire, and the
+/// budget counts and approvals go to the snapshot when they changed
+/// (shutdown writes them once more).
+fn spawn_keeper(state: State, mut stop: tokio::sync::watch::Receiver<bool>) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => state.persist_budgets(),
+                _ = tick.tick() => {
+                    if let Some(a) = &state.approvals {
+                        a.sweep();
+                    }
+                    state.persist_budgets();
+                    state.persist_approvals();
+                }
                 _ = stop.changed() => return,
             }
         }

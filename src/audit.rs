@@ -32,6 +32,11 @@ pub(crate) enum Action {
     Delete,
     Login,
     Denied,
+    ApprovalRequested,
+    ApprovalGranted,
+    ApprovalDenied,
+    ApprovalExpired,
+    ApprovalUsed,
 }
 
 impl Action {
@@ -47,6 +52,11 @@ impl Action {
             Action::Delete => "delete",
             Action::Login => "login",
             Action::Denied => "denied",
+            Action::ApprovalRequested => "approval_requested",
+            Action::ApprovalGranted => "approval_granted",
+            Action::ApprovalDenied => "approval_denied",
+            Action::ApprovalExpired => "approval_expired",
+            Action::ApprovalUsed => "approval_used",
         }
     }
 }
@@ -112,6 +122,8 @@ fn concat(a: &str, b: &str) -> Box<str> {
 
 #[derive(Debug)]
 pub(crate) struct Event {
+    /// Its place in this process's audit log (SSE `id:`), set when recorded.
+    seq: std::sync::atomic::AtomicU64,
     pub(crate) time: SystemTime,
     pub(crate) action: Action,
     /// The entry's name and the actor's label in one allocation, and where
@@ -129,12 +141,18 @@ impl Event {
         names.push_str(kind);
         names.push_str(name);
         Event {
+            seq: std::sync::atomic::AtomicU64::new(0),
             time: SystemTime::now(),
             action,
             names: names.into_boxed_str(),
             entry_len: entry.len(),
             detail,
         }
+    }
+
+    /// Its sequence number in this process's log (from 1).
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq.load(Ordering::Relaxed)
     }
 
     /// The entry (service) the event is about; empty when none.
@@ -185,6 +203,9 @@ pub(crate) struct AuditLog {
     ring: Mutex<VecDeque<Arc<Event>>>,
     cap: usize,
     file: Option<Mutex<std::fs::File>>,
+    /// Every recorded event, for `GET /v1/audit/stream`.
+    live: tokio::sync::broadcast::Sender<Arc<Event>>,
+    next: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -216,6 +237,8 @@ impl AuditLog {
             ring: Mutex::new(VecDeque::with_capacity(cfg.ring.min(1024))),
             cap: cfg.ring.max(1),
             file,
+            live: tokio::sync::broadcast::channel(1024).0,
+            next: std::sync::atomic::AtomicU64::new(1),
         })
     }
 
@@ -233,11 +256,35 @@ impl AuditLog {
         }
         let event = Arc::new(event);
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        event
+            .seq
+            .store(self.next.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
         if ring.len() >= self.cap {
             ring.pop_front();
         }
         ring.push_back(event.clone());
+        drop(ring);
+        // Nobody listening is fine: the stream is for whoever is.
+        let _ = self.live.send(event.clone());
         Ok(event)
+    }
+
+    /// Events as they are recorded, and those already kept after `after`
+    /// (a reconnecting stream's `Last-Event-ID`), oldest first.
+    pub(crate) fn follow(
+        &self,
+        after: Option<u64>,
+    ) -> (
+        Vec<Arc<Event>>,
+        tokio::sync::broadcast::Receiver<Arc<Event>>,
+    ) {
+        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let rx = self.live.subscribe();
+        let missed = match after {
+            Some(after) => ring.iter().filter(|e| e.seq() > after).cloned().collect(),
+            None => Vec::new(),
+        };
+        (missed, rx)
     }
 
     /// Newest first, filtered by exact actor and entry.
@@ -335,6 +382,8 @@ mod tests {
                 ring: Mutex::new(VecDeque::new()),
                 cap: 10,
                 file: Some(Mutex::new(std::fs::File::open("/dev/null").unwrap())), // read-only handle
+                live: tokio::sync::broadcast::channel(4).0,
+                next: std::sync::atomic::AtomicU64::new(1),
             };
             let r = a.record(Event::new(
                 Action::Inject,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use http::{header, HeaderValue, Response, StatusCode};
 
+use crate::approvals::ApprovalError;
 use crate::audit::AuditError;
 use crate::body::{self, Body};
 use crate::budget::BudgetError;
@@ -45,6 +46,8 @@ pub(crate) enum ProxyError {
     Guard(#[from] Guard),
     #[error(transparent)]
     Budget(#[from] BudgetError),
+    #[error(transparent)]
+    Approval(#[from] ApprovalError),
     #[error(transparent)]
     Request(#[from] RequestError),
     #[error(transparent)]
@@ -203,6 +206,11 @@ impl ProxyError {
                     Clavis,
                 ),
             },
+            ProxyError::Approval(a) => match a {
+                ApprovalError::Pending { .. } => (StatusCode::FORBIDDEN, "approval_pending", Agent),
+                ApprovalError::Denied { .. } => (StatusCode::FORBIDDEN, "approval_denied", Agent),
+                ApprovalError::Expired { .. } => (StatusCode::FORBIDDEN, "approval_expired", Agent),
+            },
             ProxyError::Request(r) => match r {
                 RequestError::Malformed(_) => (StatusCode::BAD_REQUEST, "bad_request", Agent),
                 RequestError::Invalid(_) => {
@@ -267,7 +275,7 @@ impl ProxyError {
         let kind = self.kind();
         let status = self.status();
         let detail = self.to_string();
-        serde_json::json!({
+        let mut doc = serde_json::json!({
             "type": format!("urn:clavis:problem:{}", kind.replace('_', "-")),
             "title": title(kind, status),
             "status": status.as_u16(),
@@ -276,7 +284,11 @@ impl ProxyError {
                 "type": format!("clavis_{kind}"),
                 "message": detail,
             }
-        })
+        });
+        if let ProxyError::Approval(a) = self {
+            doc["approval_id"] = a.id().into();
+        }
+        doc
     }
 
     /// The answer clavis makes itself: the problem document, `Clavis-Error:
@@ -308,6 +320,11 @@ impl ProxyError {
                     HeaderValue::from(retry_after.as_secs()),
                 );
             }
+            ProxyError::Approval(a) => {
+                if let Ok(id) = HeaderValue::from_str(a.id()) {
+                    headers.insert("clavis-approval", id);
+                }
+            }
             ProxyError::Budget(b) => {
                 if let Some(secs) = b.retry_after() {
                     headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -338,6 +355,9 @@ fn title(kind: &str, status: StatusCode) -> &'static str {
         "rate_limited" => "Rate limited",
         "budget_store_unavailable" => "Budget store unavailable",
         "budget_unmeasurable" => "Cost cannot be counted",
+        "approval_pending" => "Waiting for approval",
+        "approval_denied" => "Approval denied",
+        "approval_expired" => "Approval expired",
         _ => status.canonical_reason().unwrap_or("Error"),
     }
 }

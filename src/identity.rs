@@ -54,6 +54,8 @@ enum Who {
     Agent(Arc<Agent>),
     /// A failed admin-port authentication from this address (audited only).
     Unauthenticated(IpAddr),
+    /// clavis itself (an approval expiring).
+    System,
 }
 
 /// Whoever is calling, and how.
@@ -82,6 +84,14 @@ impl Caller {
         Caller {
             who: Who::Agent(agent),
             via,
+        }
+    }
+
+    /// clavis acting on its own (audited as `clavis`).
+    pub(crate) fn system() -> Caller {
+        Caller {
+            who: Who::System,
+            via: Via::Api,
         }
     }
 
@@ -118,6 +128,7 @@ impl Caller {
             Who::Agent(a) => &a.name,
             Who::Admin => "admin",
             Who::Anonymous | Who::Unauthenticated(_) => "anonymous",
+            Who::System => "clavis",
         }
     }
 
@@ -128,7 +139,7 @@ impl Caller {
         match &self.who {
             Who::Admin | Who::Anonymous => true,
             Who::Agent(a) => a.may_use(service),
-            Who::Unauthenticated(_) => false,
+            Who::Unauthenticated(_) | Who::System => false,
         }
     }
 
@@ -180,6 +191,12 @@ impl Caller {
             Who::Agent(a) => Cow::Borrowed(a.name.as_str()),
             Who::Anonymous => Cow::Borrowed("anonymous"),
             Who::Unauthenticated(ip) => Cow::Owned(format!("unauthenticated@{ip}")),
+            Who::System => {
+                return Actor {
+                    kind: "clavis",
+                    name: Cow::Borrowed(""),
+                }
+            }
         };
         Actor { kind, name }
     }

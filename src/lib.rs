@@ -36,6 +36,7 @@
 
 mod admin;
 mod app;
+mod approvals;
 mod audit;
 mod body;
 mod budget;

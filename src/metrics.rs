@@ -56,6 +56,8 @@ pub(crate) struct Metrics {
     pub(crate) audit_failures: Counter,
     /// Policy outcomes by policy, rule (or `default`) and decision.
     pub(crate) policy_decisions: Family<Decision, Counter>,
+    /// Approval webhook deliveries that failed (each retry counts).
+    pub(crate) webhook_failures: Counter,
     /// What each budget has used in its current window (set at scrape).
     pub(crate) budget_used: Family<BudgetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
@@ -122,6 +124,12 @@ impl Metrics {
             "Policy decisions by policy, rule and decision (allow, deny, approve, would_deny, would_approve)",
             policy_decisions.clone(),
         );
+        let webhook_failures = Counter::default();
+        registry.register(
+            "approval_webhook_failures",
+            "Approval webhook deliveries that failed (each attempt counts)",
+            webhook_failures.clone(),
+        );
         let budget_used =
             Family::<BudgetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
@@ -145,6 +153,7 @@ impl Metrics {
             certs_issued,
             audit_failures,
             policy_decisions,
+            webhook_failures,
             budget_used,
         }
     }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
+use crate::approvals::Approvals;
 use crate::audit::AuditLog;
 use crate::budget::{BudgetError, Budgets};
 use crate::catalog::{Catalog, Settings};
@@ -25,8 +26,10 @@ pub struct Shared {
     pub(crate) ca: Arc<Ca>,
     pub(crate) certs: LeafCache,
     pub(crate) store: Store,
-    pub(crate) audit: AuditLog,
-    pub(crate) upstream: Upstream,
+    pub(crate) audit: Arc<AuditLog>,
+    pub(crate) upstream: Arc<Upstream>,
+    /// `None` without `approvals:` in the config (approve rules refuse).
+    pub(crate) approvals: Option<Approvals>,
     pub(crate) tunnels: Arc<Semaphore>,
     pub(crate) proxy_addr: SocketAddr,
     pub(crate) admin_addr: SocketAddr,
@@ -154,13 +157,26 @@ impl State {
             own: vec![proxy_addr, admin_addr],
             connect_timeout: config.upstream.connect_timeout,
         };
-        let upstream = Upstream::new(
+        let upstream = Arc::new(Upstream::new(
             dialer,
             tls,
             config.upstream.request_timeout,
             config.limits.idle_timeout.0,
-        );
-        let audit = AuditLog::open(&config.audit).map_err(StartError::Audit)?;
+        ));
+        let audit = Arc::new(AuditLog::open(&config.audit).map_err(StartError::Audit)?);
+        let mut config = config;
+        let approvals = config.approvals.take().map(|a| {
+            let approvals = Approvals::new(
+                a,
+                upstream.clone(),
+                audit.clone(),
+                metrics.webhook_failures.clone(),
+            );
+            if let Some(saved) = store.section("approvals") {
+                approvals.restore(&saved);
+            }
+            approvals
+        });
         let tunnels = Arc::new(Semaphore::new(config.limits.max_tunnels));
         let admin_token = match config.admin.token {
             Some(digest) => digest,
@@ -183,6 +199,7 @@ impl State {
             store,
             audit,
             upstream,
+            approvals,
             tunnels,
             proxy_addr,
             admin_addr,
@@ -210,6 +227,18 @@ impl State {
         if let Some(counts) = self.budgets.to_snapshot() {
             if let Err(e) = self.store.write_section("budgets", counts) {
                 tracing::warn!(error = %e, "could not keep the budget counts in the snapshot");
+            }
+        }
+    }
+
+    /// Writes the approvals to the snapshot if they changed.
+    pub(crate) fn persist_approvals(&self) {
+        let Some(approvals) = &self.approvals else {
+            return;
+        };
+        if let Some(records) = approvals.to_snapshot() {
+            if let Err(e) = self.store.write_section("approvals", records) {
+                tracing::warn!(error = %e, "could not keep the approvals in the snapshot");
             }
         }
     }

@@ -25,7 +25,7 @@ const LAYERS: &[&[&str]] = &[
     ],
     &["config"],
     &["connector", "store", "tls", "upstream", "audit", "policy"],
-    &["catalog", "tokens", "budget"],
+    &["catalog", "tokens", "budget", "approvals"],
     &["state", "error"],
     &["proxy", "admin"],
     &["app"],

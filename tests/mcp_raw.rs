@@ -31,6 +31,7 @@ const BASE_TOOLS: &[&str] = &[
     "search_entries",
     "get_totp",
     "proxy_request",
+    "wait_for_approval",
     "get_budgets",
     "generate_password",
 ];
@@ -838,7 +839,7 @@ async fn token_origin_and_host_are_checked() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let (_, v) = rpc_body(r).await;
-    assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 6, "{v}");
+    assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 7, "{v}");
 }
 
 #[tokio::test]

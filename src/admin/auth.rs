@@ -38,7 +38,9 @@ fn host_allowed(state: &State, headers: &HeaderMap) -> bool {
 }
 
 /// An absent `Origin` is fine (non-browser clients); a present one must be a
-/// loopback origin or listed in `admin.allowed_origins`.
+/// loopback origin, listed in `admin.allowed_origins`, or the page's own
+/// (`http://` + the `Host` already checked): the console, served from this
+/// port, sends its own origin on every POST.
 fn origin_allowed(state: &State, headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
@@ -54,6 +56,14 @@ fn origin_allowed(state: &State, headers: &HeaderMap) -> bool {
         .any(|o| o == origin)
     {
         return true;
+    }
+    if let (Some(own), Some(host)) = (
+        origin.strip_prefix("http://"),
+        headers.get(header::HOST).and_then(|h| h.to_str().ok()),
+    ) {
+        if own.eq_ignore_ascii_case(host) {
+            return true;
+        }
     }
     let Some(rest) = origin
         .strip_prefix("http://")

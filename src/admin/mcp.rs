@@ -129,6 +129,16 @@ fn tools(who: &Caller) -> Vec<Tool> {
             "required": ["status", "headers", "body"]
         }))),
         Tool::new(
+            "wait_for_approval",
+            "Wait (up to timeout_s, at most 60) for a person to decide an approval clavis asked for (the approval_id of an approval-pending answer); returns its record. Approved: send the identical request again.",
+            schema(json!({"type": "object", "properties": {"id": {"type": "string"}, "timeout_s": {"type": "integer", "minimum": 0, "maximum": 60}}, "required": ["id"], "additionalProperties": false})),
+        )
+        .with_raw_output_schema(schema(json!({
+            "type": "object",
+            "properties": {"id": {"type": "string"}, "status": {"type": "string"}, "reason": {"type": ["string", "null"]}},
+            "required": ["id", "status"]
+        }))),
+        Tool::new(
             "get_budgets",
             "Budgets and rate limits that apply to this agent: what is used, reserved and left, and when each resets.",
             schema(json!({"type": "object", "properties": {}, "additionalProperties": false})),
@@ -232,6 +242,20 @@ impl Mcp {
             "get_totp" => {
                 only(args, &["service"])?;
                 entries::totp(state, who, &string_arg(args, "service")?)
+            }
+            "wait_for_approval" => {
+                only(args, &["id", "timeout_s"])?;
+                let id = string_arg(args, "id")?;
+                let secs = match args.get("timeout_s") {
+                    None => 30,
+                    Some(v) => v.as_u64().ok_or_else(|| {
+                        ErrorData::invalid_params(
+                            "timeout_s must be a whole number of seconds",
+                            None,
+                        )
+                    })?,
+                };
+                super::approvals::wait(state, who, &id, std::time::Duration::from_secs(secs)).await
             }
             "get_budgets" => {
                 only(args, &[])?;

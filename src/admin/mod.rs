@@ -3,13 +3,16 @@
 //! localhost, so the port treats every caller as hostile.
 
 mod api_proxy;
+mod approvals;
 mod auth;
+mod console;
 mod entries;
 mod guardrails;
 mod json;
 mod live_check;
 mod mcp;
 mod services;
+mod stream;
 
 use std::net::SocketAddr;
 
@@ -45,6 +48,12 @@ pub(crate) fn router(state: State) -> Router {
         .route("/v1/budgets", get(guardrails::budgets_route))
         .route("/api/budgets", get(guardrails::budgets_route))
         .route("/v1/policies", get(guardrails::policies_route))
+        .route("/v1/audit/stream", get(stream::audit_stream))
+        .route("/v1/approvals", get(approvals::list))
+        .route("/v1/approvals/{id}", get(approvals::get_one))
+        .route("/v1/approvals/{id}/approve", post(approvals::approve))
+        .route("/v1/approvals/{id}/deny", post(approvals::deny))
+        .route("/api/approvals/{id}", get(approvals::agent_wait))
         .route("/api/entries", get(entries::list_route))
         .route("/api/entries/{key}", get(entries::read_route))
         .route("/api/search", get(entries::search_route))
@@ -63,6 +72,11 @@ pub(crate) fn router(state: State) -> Router {
         .route("/ca-bundle.pem", get(ca_bundle))
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
+        .route("/console", get(console::index))
+        .route("/console/", get(console::index))
+        .route("/console/console.js", get(console::script))
+        .route("/console/console.css", get(console::style))
+        .route("/console/favicon.svg", get(console::icon))
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

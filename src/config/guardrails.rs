@@ -8,6 +8,8 @@ use std::fmt;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use std::time::Duration;
+
 use super::{HumanDuration, Interp};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -321,6 +323,46 @@ impl Window {
 /// Whether `text` names a window (for validation).
 pub(crate) fn window_seconds(text: &str) -> Option<Window> {
     Window::parse(text)
+}
+
+/// `approvals:` (SPEC §12): how long a request waits for a person, how
+/// long an approval stays open, and where people are told.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawApprovals {
+    pub(crate) hold: HumanDuration,
+    pub(crate) ttl: HumanDuration,
+    pub(crate) webhook: Option<RawWebhook>,
+}
+
+impl Default for RawApprovals {
+    fn default() -> Self {
+        RawApprovals {
+            hold: HumanDuration(Duration::from_secs(30)),
+            ttl: HumanDuration(Duration::from_secs(15 * 60)),
+            webhook: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum WebhookFormat {
+    /// The approval record as JSON, signed with `X-Clavis-Signature`.
+    #[default]
+    Json,
+    /// Slack's incoming-webhook shape.
+    Slack,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWebhook {
+    pub(crate) url: String,
+    #[serde(default)]
+    pub(crate) secret: Option<Interp>,
+    #[serde(default)]
+    pub(crate) format: WebhookFormat,
 }
 
 /// Where budget counts live: this process (kept in the sealed snapshot) or

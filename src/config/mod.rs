@@ -372,6 +372,7 @@ pub(crate) struct RawConfig {
     pub(crate) policies: Vec<guardrails::RawPolicy>,
     pub(crate) budgets: Vec<guardrails::RawBudget>,
     pub(crate) budget_store: guardrails::RawBudgetStore,
+    pub(crate) approvals: Option<guardrails::RawApprovals>,
 }
 
 #[derive(Debug)]
@@ -424,6 +425,23 @@ pub(crate) struct AgentPolicy {
     pub(crate) policy: String,
 }
 
+/// `approvals:`, checked.
+#[derive(Debug)]
+pub(crate) struct ApprovalsConfig {
+    pub(crate) hold: Duration,
+    pub(crate) ttl: Duration,
+    pub(crate) webhook: Option<WebhookConfig>,
+}
+
+#[derive(Debug)]
+pub(crate) struct WebhookConfig {
+    /// `https://host[:port]/path`.
+    pub(crate) url: http::Uri,
+    pub(crate) host: String,
+    pub(crate) secret: Option<crate::secret::Secret<String>>,
+    pub(crate) format: guardrails::WebhookFormat,
+}
+
 /// Where budget counts are kept.
 #[derive(Debug, Default)]
 pub(crate) enum BudgetStore {
@@ -464,6 +482,8 @@ pub struct Config {
     /// Budgets as written, checked for shape; `catalog` binds them.
     pub(crate) budgets: Vec<guardrails::RawBudget>,
     pub(crate) budget_store: BudgetStore,
+    /// `None`: approve rules are refused (no one to ask).
+    pub(crate) approvals: Option<ApprovalsConfig>,
     /// `key.path: message` for what is valid but unwise (a short agent token).
     pub warnings: Vec<String>,
 }

@@ -101,6 +101,7 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Env) -> (Config, Vec<ConfigErro
     let agent_names: HashSet<&str> = raw.agents.iter().map(|a| a.name.as_str()).collect();
     budgets(&raw.budgets, &names, &agent_names, &mut errs);
     let budget_store = budget_store(&raw.budget_store, env, &mut errs);
+    let approvals = raw.approvals.as_ref().map(|a| approvals(a, env, &mut errs));
 
     let config = Config {
         proxy: ProxyConfig {
@@ -132,6 +133,7 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Env) -> (Config, Vec<ConfigErro
         policies: raw.policies,
         budgets: raw.budgets,
         budget_store,
+        approvals,
         warnings: errs.1,
     };
     (config, errs.0)
@@ -400,6 +402,49 @@ fn budgets(
                 "give either window and limit (a budget) or rate (a rate limit)",
             ),
         }
+    }
+}
+
+fn approvals(raw: &guardrails::RawApprovals, env: &dyn Env, errs: &mut Errors) -> ApprovalsConfig {
+    if raw.hold.0.is_zero() || raw.ttl.0 < raw.hold.0 {
+        errs.push(
+            "approvals",
+            "hold must be above 0 and ttl at least as long as hold",
+        );
+    }
+    let webhook = raw.webhook.as_ref().and_then(|w| {
+        let url = match w.url.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() => u,
+            _ => {
+                errs.push(
+                    "approvals.webhook.url",
+                    format!("{:?} is not an https:// URL", w.url),
+                );
+                return None;
+            }
+        };
+        let host = url.host().unwrap_or_default().to_ascii_lowercase();
+        let secret = match &w.secret {
+            Some(s) => errs.take(s.resolve(env, "approvals.webhook.secret")),
+            None => None,
+        };
+        if secret.is_none() && w.format == guardrails::WebhookFormat::Json {
+            errs.push(
+                "approvals.webhook.secret",
+                "a json webhook needs a secret: its receiver checks X-Clavis-Signature with it",
+            );
+        }
+        Some(WebhookConfig {
+            url,
+            host,
+            secret,
+            format: w.format,
+        })
+    });
+    ApprovalsConfig {
+        hold: raw.hold.0,
+        ttl: raw.ttl.0,
+        webhook,
     }
 }
 

@@ -37,7 +37,7 @@ TOTP_ALPHA = ENV["TOTP_ALPHA"]
 TOTP_BETA = ENV["TOTP_BETA"]
 SENSITIVE = ENV["SENSITIVE_VALUE"]
 
-BASE_TOOLS = ["list_services", "search_entries", "get_totp", "proxy_request", "get_budgets", "generate_password"]
+BASE_TOOLS = ["list_services", "search_entries", "get_totp", "proxy_request", "wait_for_approval", "get_budgets", "generate_password"]
 INVALID_PARAMS = -32602
 
 

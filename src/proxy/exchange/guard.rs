@@ -9,6 +9,7 @@ use http::header;
 
 use super::record::{Charge, Record};
 use super::Outgoing;
+use crate::approvals::Binding;
 use crate::budget::{Amounts, Ask, Spec};
 use crate::config::guardrails::Unit;
 use crate::connector::meter::Meter;
@@ -23,12 +24,13 @@ fn spelled(out: &Outgoing) -> String {
 
 /// Judges the request by every policy that applies: the strictest
 /// enforced outcome decides; audit-mode outcomes are logged, counted and
-/// noted on the audit event, never enforced.
+/// noted on the audit event, never enforced. `Some` when a person must
+/// approve it.
 pub(super) fn judge(
     record: &mut Record,
     policies: &[Arc<Policy>],
     out: &Outgoing,
-) -> Result<(), ProxyError> {
+) -> Result<Option<Verdict>, ProxyError> {
     let content_type = out
         .parts
         .headers
@@ -72,7 +74,7 @@ pub(super) fn judge(
         ));
     }
     let Some(verdict) = decision.outcome else {
-        return Ok(());
+        return Ok(None);
     };
     count(&verdict, verdict.action.as_str());
     let allowed = policies
@@ -80,20 +82,58 @@ pub(super) fn judge(
         .find(|p| p.name == verdict.policy)
         .map_or_else(|| "nothing".into(), |p| p.allowed());
     match verdict.action {
-        Action::Allow => Ok(()),
+        Action::Allow => Ok(None),
         Action::Deny => Err(Guard::Policy {
             request: spelled(out),
             why: verdict.explain(),
             allowed,
         }
         .into()),
-        Action::Approve => Err(Guard::NoApprovals {
+        Action::Approve if record.state.approvals.is_none() => Err(Guard::NoApprovals {
             request: spelled(out),
             why: verdict.explain(),
             allowed,
         }
         .into()),
+        Action::Approve => Ok(Some(verdict)),
     }
+}
+
+/// Holds a request an `approve` rule matched until a person decides (or
+/// the hold ends): bound to the agent, service, method, URL and the
+/// body's SHA-256, so only that request, once, goes out on the approval.
+pub(super) async fn approval(
+    record: &Record,
+    verdict: Verdict,
+    out: &mut Outgoing,
+) -> Result<(), ProxyError> {
+    let state = record.state.clone();
+    let Some(approvals) = &state.approvals else {
+        return Err(ProxyError::Internal("approval asked without approvals"));
+    };
+    let body = out.buffer(state.config.limits.policy_body).await?.clone();
+    let service = record.service()?.clone();
+    let anchors = state.store.anchors(&service).ok().flatten();
+    let binding = Binding {
+        agent: record.caller.name().to_owned(),
+        service: service.name.clone(),
+        method: out.parts.method.to_string(),
+        url: out.parts.uri.to_string(),
+        body_sha256: crate::encoding::hex(
+            ring::digest::digest(&ring::digest::SHA256, &body).as_ref(),
+        ),
+    };
+    let preview = crate::approvals::preview(&body, anchors.as_deref());
+    approvals
+        .gate(
+            binding,
+            &verdict.policy,
+            &verdict.rule,
+            preview,
+            &record.caller,
+        )
+        .await?;
+    Ok(())
 }
 
 /// Reserves the most the request can use in every budget that applies,

@@ -319,7 +319,9 @@ async fn decide(record: &mut Record, out: &mut Outgoing) -> Result<(), ProxyErro
         out.buffer(state.config.limits.policy_body).await?;
     }
     if !policies.is_empty() {
-        guard::judge(record, &policies, out)?;
+        if let Some(verdict) = guard::judge(record, &policies, out)? {
+            guard::approval(record, verdict, out).await?;
+        }
     }
     if !budgets.is_empty() {
         guard::charge(record, &budgets, out, meter).await?;
