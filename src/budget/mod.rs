@@ -288,6 +288,9 @@ impl Budgets {
 
     /// The budgets a request of `agent` to `service` counts against.
     pub(crate) fn applicable(&self, service: &str, agent: Option<&str>) -> Vec<Arc<Spec>> {
+        if self.specs.is_empty() {
+            return Vec::new();
+        }
         self.specs
             .iter()
             .filter(|s| s.service == service && s.agent.as_deref().is_none_or(|a| Some(a) == agent))

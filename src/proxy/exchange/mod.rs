@@ -304,10 +304,10 @@ async fn decide(record: &mut Record, out: &mut Outgoing) -> Result<(), ProxyErro
         return Err(Refusal::Reserved.into());
     }
     let state = record.state.clone();
-    let service = record.service()?.name.clone();
+    let service = record.service()?.clone();
     let agent = record.caller.agent_name();
-    let policies = state.catalog.policies.for_exchange(&service, agent);
-    let budgets = state.budgets.applicable(&service, agent);
+    let policies = state.catalog.policies.for_exchange(&service.name, agent);
+    let budgets = state.budgets.applicable(&service.name, agent);
     if policies.is_empty() && budgets.is_empty() {
         return Ok(());
     }

@@ -158,14 +158,11 @@ impl Record {
             "proxy:" => Action::Inject,
             _ => Action::Proxy,
         };
-        let entry = self.service()?.name.clone();
         let mut detail = self.detail();
         detail.note = self.note.take();
-        let event =
-            self.state
-                .audit
-                .record(Event::new(action, &entry, &self.caller.actor(), detail))?;
-        self.event = Some(event);
+        let service = self.service()?;
+        let event = Event::new(action, &service.name, &self.caller.actor(), detail);
+        self.event = Some(self.state.audit.record(event)?);
         Ok(())
     }
 
@@ -259,6 +256,11 @@ impl Record {
 impl Drop for Record {
     fn drop(&mut self) {
         self.settle();
+        // The line is built only if it will be written (benches and quiet
+        // deployments run at warn).
+        if !tracing::enabled!(tracing::Level::INFO) {
+            return;
+        }
         let agent = self.caller.actor();
         let service = self.service.as_ref().map_or("", |s| s.name.as_str());
         let (host, method, path) = (&self.target.host, &self.method, self.uri.path());
