@@ -3,6 +3,7 @@
 //! The [`Registry`] maps a normalized CONNECT host to its connector in O(1).
 
 mod builtin;
+pub(crate) mod git;
 pub(crate) mod inject;
 pub(crate) mod sign;
 pub(crate) mod template;
@@ -112,6 +113,13 @@ impl Connector {
             Some((_, e)) => Err(e),
             None => Err(CredentialError::NoneAccepted),
         }
+    }
+
+    /// Whether a request to `host` (one of this connector's) at `path`
+    /// gets the credential, or goes out with nothing injected (the web
+    /// pages of a git host, SPEC §13.4).
+    pub(crate) fn injects(&self, host: &str, path: &str) -> bool {
+        self.inject.injects(host, path)
     }
 
     /// Whether `path` is reserved to clavis on this connector's hosts.

@@ -17,6 +17,7 @@
 //! what differs per API is asked of the connector.
 
 mod check;
+mod pass;
 mod record;
 
 use std::sync::Arc;
@@ -146,6 +147,9 @@ async fn exchange(
     req: Request<Body>,
 ) -> Result<Sent, ProxyError> {
     let (parts, body) = req.into_parts();
+    if pass::applies(record, &parts) {
+        return pass::through(record, parts, body).await;
+    }
     admit(record, choice, &parts)?;
     let outgoing = prepare(record, parts, body)?;
     decide(record, &outgoing)?;

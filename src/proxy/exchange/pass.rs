@@ -1,0 +1,46 @@
+//! A request on a claimed host that its connector leaves alone: a web page
+//! of a git host, outside git's paths (SPEC §13.4). It goes out like an
+//! unclaimed host's, with nothing injected and no service chosen: the
+//! agent's auth headers are still stripped (they can only hold
+//! placeholders), and `proxy.unmatched: deny` refuses it.
+
+use http::request::Parts;
+use http::Request;
+
+use super::{decide, prepare, send, Authorized, Record, Scrub, Sent};
+use crate::body::Body;
+use crate::config::Unmatched;
+use crate::error::{ProxyError, Refusal};
+use crate::redact::Patterns;
+
+/// Whether the connector leaves this request alone (asked of the
+/// connector: no provider is named here).
+pub(super) fn applies(record: &Record, parts: &Parts) -> bool {
+    let target = &record.target;
+    !target.connector.injects(&target.host, parts.uri.path())
+}
+
+/// Sends the request on with nothing injected.
+pub(super) async fn through(
+    record: &mut Record,
+    parts: Parts,
+    body: Body,
+) -> Result<Sent, ProxyError> {
+    if record.state.config.proxy.unmatched == Unmatched::Deny {
+        return Err(Refusal::NotGit {
+            host: record.target.host.clone(),
+            path: parts.uri.path().to_owned(),
+        }
+        .into());
+    }
+    let out = prepare(record, parts, body)?;
+    decide(record, &out)?;
+    let authorized = Authorized {
+        request: Request::from_parts(out.parts, out.body),
+        websocket: out.websocket,
+        // No credential went out, so there is none to mask.
+        scrub: Scrub::Known(Patterns::new()),
+        retry: None,
+    };
+    send(record, authorized).await
+}
