@@ -2,6 +2,7 @@
 //! (`/v1/...`) behind [`auth::authenticate`]. The agent shares the pod's
 //! localhost, so the port treats every caller as hostile.
 
+mod agents;
 mod api_proxy;
 mod auth;
 mod entries;
@@ -41,6 +42,7 @@ pub(crate) fn router(state: State) -> Router {
         .route("/v1/services/{key}/token", get(services::token))
         .route("/v1/proxy/{name}", post(api_proxy::handle))
         .route("/v1/audit", get(audit))
+        .route("/v1/agents", get(agents::list))
         .route("/api/entries", get(entries::list_route))
         .route("/api/entries/{key}", get(entries::read_route))
         .route("/api/search", get(entries::search_route))
