@@ -27,7 +27,7 @@ const LAYERS: &[&[&str]] = &[
     &["catalog", "tokens"],
     &["state", "error"],
     &["proxy", "admin"],
-    &["app"],
+    &["app", "cli"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

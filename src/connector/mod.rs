@@ -9,6 +9,7 @@ pub(crate) mod sign;
 pub(crate) mod template;
 pub(crate) mod token;
 pub(crate) mod user;
+pub(crate) mod variables;
 
 use std::collections::HashMap;
 use std::sync::Arc;
