@@ -80,11 +80,14 @@ impl Client {
     /// The services `token` (an agent's; the admin's when `None`) may see,
     /// or `None` if clavis does not answer.
     pub(crate) fn services_as(&self, token: Option<&str>) -> Option<Vec<Visible>> {
+        // Without a token the call could only fail (and count as a failed
+        // sign-in against this address).
+        let token = token.or(self.token())?;
         let rt = super::runtime().ok()?;
         let value = rt
             .block_on(async {
                 let response = self
-                    .send(Method::GET, "/v1/services", None, token.or(self.token()))
+                    .send(Method::GET, "/v1/services", None, Some(token))
                     .await?;
                 read_json(Method::GET, "/v1/services", response, self.timeout).await
             })

@@ -33,6 +33,9 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     } else {
         Some(Server::start(&loaded, &client)?)
     };
+    // Read the admin token again: a clavis started here may have just
+    // generated it.
+    let client = Client::from_config(&loaded, None)?.quick();
     let prepared =
         Inputs::gather(&loaded, &args.agent, Some(&client)).map(|inputs| variables(&inputs));
     let env = match prepared {
@@ -264,6 +267,9 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(err);
+        // Its own process group: a Ctrl-C on the terminal is for CMD, not
+        // for the clavis CMD talks through.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
