@@ -225,6 +225,49 @@ mod run {
         assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     }
 
+    /// What a Ctrl-C on a terminal does: SIGINT to the whole foreground
+    /// process group. The command gets it; the clavis that `clavis run`
+    /// started keeps serving until the command ends.
+    #[test]
+    fn a_ctrl_c_to_the_group_leaves_the_started_clavis_serving() {
+        use std::os::unix::process::CommandExt;
+        let dir = setup();
+        let yaml = std::fs::read_to_string(dir.path().join("clavis.yaml")).unwrap();
+        let admin: String = yaml
+            .split("127.0.0.1:")
+            .nth(2)
+            .unwrap()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        let script = format!(
+            "trap 'curl -s -o /dev/null -w %{{http_code}} http://127.0.0.1:{admin}/readyz >after-int; exit 0' INT; \
+             : >started; while :; do sleep 0.1; done"
+        );
+        let mut child = Command::new(env!("CARGO_BIN_EXE_clavis"))
+            .args(["run", "--", "sh", "-c", &script])
+            .current_dir(dir.path())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let started = dir.path().join("started");
+        for _ in 0..300 {
+            if started.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(started.exists(), "the command never started");
+        let group = -i32::try_from(child.id()).unwrap();
+        // SAFETY: signals a process group this test created.
+        unsafe {
+            libc::kill(group, libc::SIGINT);
+        }
+        assert!(child.wait().unwrap().success());
+        let after = std::fs::read_to_string(dir.path().join("after-int")).unwrap();
+        assert_eq!(after, "200", "clavis stopped with the Ctrl-C");
+    }
+
     #[test]
     fn a_missing_command_is_127() {
         let dir = setup();
