@@ -199,3 +199,43 @@ async fn with_unmatched_deny_the_web_site_is_refused() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn without_a_github_service_public_repositories_still_clone() {
+    let ca = TestCa::new();
+    let up = Upstream::start(&ca, &["github.com", "api.openai.com"]).await;
+    let yaml = format!(
+        r#"
+services:
+  - {{ name: my-openai, connector: openai, credentials: {{ api_key: "{REAL_OPENAI}" }} }}
+  - {{ name: my-github, connector: github, credentials: {{ api_key: "{REAL_GITHUB}" }} }}
+agents:
+  - {{ name: writer, token: writer-token, services: [my-openai] }}
+"#
+    );
+    let clavis = Clavis::builder(&yaml).start(Some(&up), Some(&ca)).await;
+    let c = clavis.client(Some(("writer", "writer-token")));
+    let url = "https://github.com/octo/public.git/info/refs?service=git-upload-pack";
+    // No github service in the agent's scope: out as it came, nothing injected.
+    let r = c.get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().header("authorization"), None);
+    let r = c
+        .get(url)
+        .header("Authorization", basic("me:my-own-password"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().header("authorization"), None, "stripped");
+    // Naming a service it may not use is still refused.
+    let before = up.seen().len();
+    let r = c
+        .get(url)
+        .header("Authorization", basic("x-access-token:clavis:my-github"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(up.seen().len(), before);
+}

@@ -87,6 +87,13 @@ impl Inject {
         }
     }
 
+    /// Whether `host` also serves what needs no credential, so a caller with
+    /// no service for this connector reaches it with nothing injected (a
+    /// git host's public repositories).
+    pub(crate) fn public_on(&self, host: &str) -> bool {
+        matches!(self, Inject::Git(with) if with.host == host)
+    }
+
     /// Whether `path` on the connector's hosts is reserved to clavis (the
     /// login of a token source), whatever the agent's credentials are.
     pub(crate) fn reserves(&self, path: &str) -> bool {

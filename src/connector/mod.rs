@@ -123,6 +123,12 @@ impl Connector {
         self.inject.injects(host, path)
     }
 
+    /// Whether a caller with no service for this connector still reaches
+    /// `host` with nothing injected (public repositories on a git host).
+    pub(crate) fn public_on(&self, host: &str) -> bool {
+        self.inject.public_on(host)
+    }
+
     /// Whether `path` is reserved to clavis on this connector's hosts.
     pub(crate) fn reserves(&self, path: &str) -> bool {
         self.inject.reserves(path)

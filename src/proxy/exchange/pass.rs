@@ -1,5 +1,6 @@
 //! A request on a claimed host that its connector leaves alone: a web page
-//! of a git host, outside git's paths (SPEC §13.4). It goes out like an
+//! of a git host, outside git's paths, or a public repository fetched by a
+//! caller with no service for it (SPEC §13.4). It goes out like an
 //! unclaimed host's, with nothing injected and no service chosen: the
 //! agent's auth headers are still stripped (they can only hold
 //! placeholders), and `proxy.unmatched: deny` refuses it.
@@ -11,13 +12,29 @@ use super::{decide, prepare, send, Authorized, Record, Scrub, Sent};
 use crate::body::Body;
 use crate::config::Unmatched;
 use crate::error::{ProxyError, Refusal};
+use crate::proxy::headers;
 use crate::redact::Patterns;
 
 /// Whether the connector leaves this request alone (asked of the
-/// connector: no provider is named here).
+/// connector: no provider is named here): a path that gets no credential,
+/// or, on a host that also serves public content, a caller with no
+/// service for the connector who names none (a public repository clones
+/// as it did before clavis claimed the host).
 pub(super) fn applies(record: &Record, parts: &Parts) -> bool {
-    let target = &record.target;
-    !target.connector.injects(&target.host, parts.uri.path())
+    let (target, caller) = (&record.target, &record.caller);
+    let connector = &target.connector;
+    if !connector.injects(&target.host, parts.uri.path()) {
+        return true;
+    }
+    connector.public_on(&target.host)
+        && headers::placeholder(&parts.headers, &connector.strip).is_none()
+        && !record
+            .state
+            .store
+            .table()
+            .for_connector(&connector.name)
+            .iter()
+            .any(|s| caller.may_use(&s.name))
 }
 
 /// Sends the request on with nothing injected.
