@@ -72,8 +72,8 @@ pub(crate) enum Refusal {
     Plaintext { host: String },
     #[error("{host}:{port} is not claimed by any connector and proxy.unmatched is deny")]
     Unmatched { host: String, port: u16 },
-    #[error("{host} injects only on git's paths; {path} would go out with nothing injected, and proxy.unmatched is deny")]
-    NotGit { host: String, path: String },
+    #[error("{host}{path} would go out with nothing injected (not one of git's paths, or no service of yours for {host}), and proxy.unmatched is deny")]
+    NothingInjected { host: String, path: String },
     #[error("{what} {value:?} does not match the tunnel's destination {host}:{port}; nothing was forwarded")]
     Misdirected {
         what: &'static str,
@@ -148,7 +148,7 @@ impl ProxyError {
                 Refusal::Reserved
                 | Refusal::Plaintext { .. }
                 | Refusal::Unmatched { .. }
-                | Refusal::NotGit { .. }
+                | Refusal::NothingInjected { .. }
                 | Refusal::AdminHost
                 | Refusal::AdminOrigin => (StatusCode::FORBIDDEN, "forbidden", Agent),
             },

@@ -190,7 +190,7 @@ async fn with_unmatched_deny_the_web_site_is_refused() {
         .unwrap();
     assert_eq!(r.status(), 403);
     let body = r.text().await.unwrap();
-    assert!(body.contains("git's paths"), "{body}");
+    assert!(body.contains("nothing injected"), "{body}");
     assert_eq!(up.seen().len(), before);
     let r = c
         .get("https://github.com/acme/widgets.git/info/refs?service=git-upload-pack")

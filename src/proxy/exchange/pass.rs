@@ -44,7 +44,7 @@ pub(super) async fn through(
     body: Body,
 ) -> Result<Sent, ProxyError> {
     if record.state.config.proxy.unmatched == Unmatched::Deny {
-        return Err(Refusal::NotGit {
+        return Err(Refusal::NothingInjected {
             host: record.target.host.clone(),
             path: parts.uri.path().to_owned(),
         }
