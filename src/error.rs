@@ -82,6 +82,8 @@ pub(crate) enum Refusal {
     Plaintext { host: String },
     #[error("{host}:{port} is not claimed by any connector and proxy.unmatched is deny")]
     Unmatched { host: String, port: u16 },
+    #[error("{host}{path} would go out with nothing injected (not one of git's paths, or no service of yours for {host}), and proxy.unmatched is deny")]
+    NothingInjected { host: String, path: String },
     #[error("{what} {value:?} does not match the tunnel's destination {host}:{port}; nothing was forwarded")]
     Misdirected {
         what: &'static str,
@@ -181,6 +183,7 @@ impl ProxyError {
                 Refusal::Reserved
                 | Refusal::Plaintext { .. }
                 | Refusal::Unmatched { .. }
+                | Refusal::NothingInjected { .. }
                 | Refusal::AdminHost
                 | Refusal::AdminOrigin => (StatusCode::FORBIDDEN, "forbidden", Agent),
             },

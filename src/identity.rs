@@ -298,6 +298,11 @@ impl Agents {
         }
     }
 
+    /// Every agent, in config order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Agent>> {
+        self.list.iter()
+    }
+
     /// The agent whose name and token both match (token compared in constant time).
     pub(crate) fn authenticate(&self, name: &str, token: &[u8]) -> Option<Arc<Agent>> {
         let agent = self.list.iter().find(|a| a.name == name)?;

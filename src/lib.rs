@@ -22,7 +22,7 @@
 //! Modules form a one-way stack (a test, `tests/layers.rs`, keeps it so):
 //!
 //! ```text
-//! app                                   serve both ports, shutdown, process hardening
+//! app, cli                              serve both ports, shutdown, hardening; the commands
 //! proxy, admin                          the two ports (admin calls proxy::exchange)
 //! state, error                          the shared handle; ProxyError by cause
 //! catalog, tokens                       config + connectors → services; fetched tokens
@@ -41,6 +41,9 @@ mod audit;
 mod body;
 mod budget;
 mod catalog;
+/// The onboarding and admin commands (`env`, `run`, `services`, …) the
+/// binary dispatches to.
+pub mod cli;
 mod config;
 mod connector;
 mod credentials;

@@ -59,6 +59,22 @@ enum Command {
         #[arg(long)]
         admin: Option<SocketAddr>,
     },
+    /// Print the environment that points an agent at clavis: proxy and CA
+    /// variables, and a placeholder in each service's usual variable.
+    Env(clavis::cli::EnvArgs),
+    /// Run a command with that environment, through the running clavis of
+    /// the config or one started for the command's lifetime.
+    Run(clavis::cli::RunArgs),
+    /// Services of the running clavis: list, add, rm, set-credential.
+    Services(clavis::cli::ServicesArgs),
+    /// Agents of the running clavis.
+    Agents(clavis::cli::AgentsArgs),
+    /// The audit log of the running clavis; --follow for new events.
+    Audit(clavis::cli::AuditArgs),
+    /// Requests held for approval: list, approve, deny.
+    Approvals(clavis::cli::ApprovalsArgs),
+    /// Budgets and their use.
+    Budgets(clavis::cli::BudgetsArgs),
 }
 
 #[derive(Subcommand)]
@@ -103,6 +119,13 @@ fn load(path: Option<PathBuf>) -> Result<Settings, ExitCode> {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Env(args) => Ok(clavis::cli::env(args)),
+        Command::Run(args) => Ok(clavis::cli::run(args)),
+        Command::Services(args) => Ok(clavis::cli::services(args)),
+        Command::Agents(args) => Ok(clavis::cli::agents(args)),
+        Command::Audit(args) => Ok(clavis::cli::audit(args)),
+        Command::Approvals(args) => Ok(clavis::cli::approvals(args)),
+        Command::Budgets(args) => Ok(clavis::cli::budgets(args)),
         Command::Check { config } => {
             let settings = match load(config) {
                 Ok(s) => s,

@@ -41,6 +41,8 @@ pub(crate) struct Version {
 #[derive(Clone, Debug)]
 pub(crate) struct ConnectorStats {
     pub(crate) injected: Counter,
+    /// Answered with nothing injected (a claimed host's public path).
+    pub(crate) passed: Counter,
     pub(crate) denied: Counter,
     pub(crate) error: Counter,
     pub(crate) duration: Histogram,
@@ -80,7 +82,7 @@ impl Metrics {
         let requests = Family::<Outcome, Counter>::default();
         registry.register(
             "requests",
-            "Requests through the injection path by connector and outcome (injected, denied, error)",
+            "Requests through the injection path by connector and outcome (injected, passed, denied, error)",
             requests.clone(),
         );
         let duration = Family::<ConnectorLabel, Histogram>::new_with_constructor(|| {
@@ -171,6 +173,7 @@ impl Metrics {
         };
         ConnectorStats {
             injected: outcome("injected"),
+            passed: outcome("passed"),
             denied: outcome("denied"),
             error: outcome("error"),
             duration: self

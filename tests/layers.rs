@@ -28,7 +28,7 @@ const LAYERS: &[&[&str]] = &[
     &["catalog", "tokens", "budget", "approvals"],
     &["state", "error"],
     &["proxy", "admin"],
-    &["app"],
+    &["app", "cli"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -2,6 +2,7 @@
 //! (`/v1/...`) behind [`auth::authenticate`]. The agent shares the pod's
 //! localhost, so the port treats every caller as hostile.
 
+mod agents;
 mod api_proxy;
 mod approvals;
 mod auth;
@@ -54,6 +55,7 @@ pub(crate) fn router(state: State) -> Router {
         .route("/v1/approvals/{id}/approve", post(approvals::approve))
         .route("/v1/approvals/{id}/deny", post(approvals::deny))
         .route("/api/approvals/{id}", get(approvals::agent_wait))
+        .route("/v1/agents", get(agents::list))
         .route("/api/entries", get(entries::list_route))
         .route("/api/entries/{key}", get(entries::read_route))
         .route("/api/search", get(entries::search_route))

@@ -3,8 +3,12 @@
 
 use http::{HeaderName, HeaderValue, Method};
 
+use super::git::{self, WithGit};
 use super::meter::Meter;
 use super::{Connector, FieldSpec, Inject, LiveCheck, Template};
+
+/// Where GitHub serves git over HTTPS.
+const GIT_HOST: &str = "github.com";
 use crate::host::HostPattern;
 
 pub(crate) fn all() -> Vec<Connector> {
@@ -86,12 +90,20 @@ fn anthropic() -> Connector {
     }
 }
 
+/// The REST API with the token as `Bearer`, and git over HTTPS on
+/// github.com with it as git's Basic credential (SPEC §13.4). github.com
+/// comes last: the first host is where `/v1/proxy` and the live check go.
 fn github() -> Connector {
     let mut c = bearer(
         "github",
-        &["api.github.com", "uploads.github.com"],
+        &["api.github.com", "uploads.github.com", GIT_HOST],
         &["ghp_", "github_pat_", "gho_", "ghu_", "ghs_"],
     );
+    c.inject = Inject::Git(Box::new(WithGit {
+        api: header_inject("authorization", "Bearer "),
+        host: GIT_HOST.to_owned(),
+        git: git::basic_token_inject("api_key"),
+    }));
     c.live_check = Some(LiveCheck {
         method: Method::GET,
         path: "/user",
@@ -281,6 +293,58 @@ mod tests {
                 assert_eq!(headers[0].0, header);
                 assert_eq!(headers[0].1.render(&c).unwrap().as_str(), value);
             }
+        }
+
+        fn injected(connector: &Connector, uri: &str) -> Option<String> {
+            let (mut parts, ()) = http::Request::builder()
+                .uri(uri)
+                .body(())
+                .unwrap()
+                .into_parts();
+            let host = parts.uri.host().unwrap().to_owned();
+            assert!(connector.injects(&host, parts.uri.path()) || uri.contains("/settings"));
+            connector
+                .inject
+                .apply(&mut parts, &host, &creds("ghp_tok"), b"")
+                .unwrap();
+            parts
+                .headers
+                .get("authorization")
+                .map(|v| v.to_str().unwrap().to_owned())
+        }
+
+        #[test]
+        fn github_api_bearer_git_basic_web_nothing() {
+            let gh = github();
+            assert_eq!(
+                injected(&gh, "https://api.github.com/user").as_deref(),
+                Some("Bearer ghp_tok")
+            );
+            assert_eq!(
+                injected(
+                    &gh,
+                    "https://uploads.github.com/repos/a/b/releases/1/assets"
+                )
+                .as_deref(),
+                Some("Bearer ghp_tok")
+            );
+            // base64("x-access-token:ghp_tok")
+            let basic = Some("Basic eC1hY2Nlc3MtdG9rZW46Z2hwX3Rvaw==");
+            for path in [
+                "/a/b.git/info/refs?service=git-upload-pack",
+                "/a/b.git/git-upload-pack",
+                "/a/b.git/git-receive-pack",
+                "/a/b.git/info/lfs/objects/batch",
+            ] {
+                assert_eq!(
+                    injected(&gh, &format!("https://github.com{path}")).as_deref(),
+                    basic,
+                    "{path}"
+                );
+            }
+            assert!(!gh.injects("github.com", "/a/b/settings"));
+            assert_eq!(injected(&gh, "https://github.com/a/b/settings"), None);
+            assert!(gh.injects("api.github.com", "/a/b/settings"));
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use http::{request::Parts, HeaderName, HeaderValue, Uri};
 
+use super::git::WithGit;
 use super::sign::recipe::Recipe;
 use super::sign::{coinbase, kalshi, SignError, SignInput};
 use super::token::TokenSource;
@@ -24,6 +25,9 @@ pub(crate) enum Inject {
     Kalshi,
     /// A user-defined signing recipe (HMAC or AWS SigV4).
     Recipe(Recipe),
+    /// An API's injection on its hosts, and git over HTTPS on a git host:
+    /// there only git's paths get a credential (SPEC §13.4).
+    Git(Box<WithGit>),
 }
 
 /// What the exchange must do before [`Inject::apply`] for these credentials.
@@ -69,7 +73,25 @@ impl Inject {
             Inject::Kalshi => Plan::Token(TokenSource::KalshiLogin),
             Inject::Recipe(r) if r.needs_body() => Plan::BufferBody,
             Inject::Recipe(_) => Plan::Stream,
+            Inject::Git(with) => with.plan(creds),
         }
+    }
+
+    /// Whether a request to `host` at `path` gets a credential at all: on
+    /// a git host, only git's paths do (SPEC §13.4); the rest is forwarded
+    /// with nothing injected.
+    pub(crate) fn injects(&self, host: &str, path: &str) -> bool {
+        match self {
+            Inject::Git(with) => with.for_request(host, path).is_some(),
+            _ => true,
+        }
+    }
+
+    /// Whether `host` also serves what needs no credential, so a caller with
+    /// no service for this connector reaches it with nothing injected (a
+    /// git host's public repositories).
+    pub(crate) fn public_on(&self, host: &str) -> bool {
+        matches!(self, Inject::Git(with) if with.host == host)
     }
 
     /// Whether `path` on the connector's hosts is reserved to clavis (the
@@ -77,6 +99,7 @@ impl Inject {
     pub(crate) fn reserves(&self, path: &str) -> bool {
         match self {
             Inject::Kalshi => TokenSource::KalshiLogin.reserves(path),
+            Inject::Git(with) => with.api.reserves(path) || with.git.reserves(path),
             _ => false,
         }
     }
@@ -86,6 +109,11 @@ impl Inject {
     pub(crate) fn extra_strip(&self) -> Vec<HeaderName> {
         match self {
             Inject::Recipe(r) => r.header_names(),
+            Inject::Git(with) => {
+                let mut names = with.api.extra_strip();
+                names.extend(with.git.extra_strip());
+                names
+            }
             _ => Vec::new(),
         }
     }
@@ -121,6 +149,13 @@ impl Inject {
             Inject::Coinbase => coinbase::sign(creds, &sign_input(parts, host, body))?,
             Inject::Kalshi => kalshi::sign(creds, &sign_input(parts, host, body))?,
             Inject::Recipe(recipe) => recipe.sign(creds, &sign_input(parts, host, body))?,
+            Inject::Git(with) => {
+                return match with.for_request(host, parts.uri.path()) {
+                    Some(inject) => inject.apply(parts, host, creds, body),
+                    // A page of the git host's web site: nothing is added.
+                    None => Ok(()),
+                };
+            }
         };
         for (name, mut value) in signed {
             value.set_sensitive(true);

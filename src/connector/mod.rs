@@ -3,12 +3,14 @@
 //! The [`Registry`] maps a normalized CONNECT host to its connector in O(1).
 
 mod builtin;
+pub(crate) mod git;
 pub(crate) mod inject;
 pub(crate) mod meter;
 pub(crate) mod sign;
 pub(crate) mod template;
 pub(crate) mod token;
 pub(crate) mod user;
+pub(crate) mod variables;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -115,6 +117,19 @@ impl Connector {
             Some((_, e)) => Err(e),
             None => Err(CredentialError::NoneAccepted),
         }
+    }
+
+    /// Whether a request to `host` (one of this connector's) at `path`
+    /// gets the credential, or goes out with nothing injected (the web
+    /// pages of a git host, SPEC §13.4).
+    pub(crate) fn injects(&self, host: &str, path: &str) -> bool {
+        self.inject.injects(host, path)
+    }
+
+    /// Whether a caller with no service for this connector still reaches
+    /// `host` with nothing injected (public repositories on a git host).
+    pub(crate) fn public_on(&self, host: &str) -> bool {
+        self.inject.public_on(host)
     }
 
     /// Whether `path` is reserved to clavis on this connector's hosts.

@@ -87,6 +87,13 @@ impl Template {
         Template { parts }
     }
 
+    /// Text with no placeholder.
+    pub(crate) fn literal(text: &str) -> Template {
+        Template {
+            parts: vec![Part::Lit(text.to_owned())],
+        }
+    }
+
     /// `Basic base64(<user>:<pass>)` from two templates.
     pub(crate) fn basic(user: &Template, pass: &Template) -> Template {
         Template {

@@ -67,7 +67,9 @@ pub(crate) fn strip_auth(headers: &mut HeaderMap, names: &[HeaderName]) {
 }
 
 /// The service named by a `clavis:<service>` placeholder in one of the
-/// connector's auth headers, bare or after a scheme (`Bearer `, `token `).
+/// connector's auth headers, bare or after a scheme (`Bearer `, `token `),
+/// or inside a `Basic` credential (git's: the password, or the user name
+/// with an empty password).
 pub(crate) fn placeholder(headers: &HeaderMap, names: &[HeaderName]) -> Option<String> {
     names
         .iter()
@@ -78,11 +80,32 @@ pub(crate) fn placeholder(headers: &HeaderMap, names: &[HeaderName]) -> Option<S
 fn placeholder_in(value: &HeaderValue) -> Option<String> {
     let text = value.to_str().ok()?.trim();
     let token = match text.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("basic") => {
+            return basic_placeholder(rest.trim())
+        }
         Some((_scheme, rest)) => rest.trim(),
         None => text,
     };
+    named(token)
+}
+
+fn named(token: &str) -> Option<String> {
     let name = token.strip_prefix("clavis:")?;
     (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// `base64(user:password)` whose password is a placeholder
+/// (`x-access-token:clavis:github`), or whose user name is one with an
+/// empty password (`clavis:github:`, git's `https://<token>@host`).
+fn basic_placeholder(encoded: &str) -> Option<String> {
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let decoded = zeroize::Zeroizing::new(decoded);
+    let text = std::str::from_utf8(&decoded).ok()?;
+    let (_user, password) = text.split_once(':')?;
+    named(password).or_else(|| text.strip_suffix(':').and_then(named))
 }
 
 #[cfg(test)]
@@ -170,6 +193,27 @@ mod tests {
             assert_eq!(placeholder(&h, &names).as_deref(), Some("a"));
             let mut h = HeaderMap::new();
             h.insert("authorization", "token placeholder".parse().unwrap());
+            assert_eq!(placeholder(&h, &names), None);
+        }
+
+        #[test]
+        fn finds_git_basic_credentials() {
+            use base64::Engine;
+            let names = [HeaderName::from_static("authorization")];
+            let basic = |userpass: &str| {
+                let mut h = HeaderMap::new();
+                let b64 = base64::engine::general_purpose::STANDARD.encode(userpass);
+                h.insert("authorization", format!("Basic {b64}").parse().unwrap());
+                placeholder(&h, &names)
+            };
+            assert_eq!(basic("x-access-token:clavis:gh").as_deref(), Some("gh"));
+            assert_eq!(basic("anyone:clavis:work-gh").as_deref(), Some("work-gh"));
+            assert_eq!(basic("clavis:gh:").as_deref(), Some("gh"));
+            assert_eq!(basic("x-access-token:ghp_real"), None);
+            assert_eq!(basic("clavis:"), None);
+            assert_eq!(basic("x:clavis:"), None);
+            let mut h = HeaderMap::new();
+            h.insert("authorization", "Basic !!notbase64".parse().unwrap());
             assert_eq!(placeholder(&h, &names), None);
         }
     }

@@ -19,6 +19,7 @@
 
 mod check;
 mod guard;
+mod pass;
 mod record;
 
 use std::sync::Arc;
@@ -148,6 +149,9 @@ async fn exchange(
     req: Request<Body>,
 ) -> Result<Sent, ProxyError> {
     let (parts, body) = req.into_parts();
+    if pass::applies(record, &parts) {
+        return pass::through(record, parts, body).await;
+    }
     admit(record, choice, &parts)?;
     let mut outgoing = prepare(record, parts, body)?;
     decide(record, &mut outgoing).await?;
@@ -297,12 +301,7 @@ fn prepare(record: &Record, mut parts: Parts, body: Body) -> Result<Outgoing, Pr
 /// token source's login, never), then the policies that apply, then the
 /// budgets: the most this request can use is reserved before it is sent.
 async fn decide(record: &mut Record, out: &mut Outgoing) -> Result<(), ProxyError> {
-    if out.parts.method == Method::TRACE {
-        return Err(Refusal::Trace.into());
-    }
-    if record.target.connector.reserves(out.parts.uri.path()) {
-        return Err(Refusal::Reserved.into());
-    }
+    own_rules(record, out)?;
     let state = record.state.clone();
     let service = record.service()?.clone();
     let agent = record.caller.agent_name();
@@ -325,6 +324,18 @@ async fn decide(record: &mut Record, out: &mut Outgoing) -> Result<(), ProxyErro
     }
     if !budgets.is_empty() {
         guard::charge(record, &budgets, out, meter).await?;
+    }
+    Ok(())
+}
+
+/// `TRACE` never (the upstream would echo the credential); a connector's
+/// reserved paths (a token source's login) never.
+fn own_rules(record: &Record, out: &Outgoing) -> Result<(), ProxyError> {
+    if out.parts.method == Method::TRACE {
+        return Err(Refusal::Trace.into());
+    }
+    if record.target.connector.reserves(out.parts.uri.path()) {
+        return Err(Refusal::Reserved.into());
     }
     Ok(())
 }

@@ -180,7 +180,10 @@ impl Record {
         }
         let head = self.started.elapsed();
         let stats = &self.target.stats;
-        stats.injected.inc();
+        match self.event {
+            Some(_) => stats.injected.inc(),
+            None => stats.passed.inc(),
+        };
         stats.duration.observe(head.as_secs_f64());
         self.outcome = Some(Outcome::Answered { status, head });
     }
