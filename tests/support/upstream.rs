@@ -108,6 +108,11 @@ pub struct KalshiLogin {
     valid: Mutex<Option<String>>,
     /// Delay before the login answers (to widen races in concurrency tests).
     pub login_delay_ms: std::sync::atomic::AtomicU64,
+    /// Logins still succeed, but every session token is refused (a
+    /// misbehaving upstream: the case a login storm would come from).
+    pub refuse_tokens: std::sync::atomic::AtomicBool,
+    /// Every login answers 401, whatever the password.
+    pub refuse_logins: std::sync::atomic::AtomicBool,
 }
 
 impl KalshiLogin {
@@ -124,6 +129,18 @@ impl KalshiLogin {
     /// upstream); the next login issues a new one.
     pub fn revoke(&self) {
         *self.valid.lock().unwrap() = None;
+    }
+
+    /// From now on every login fails (401).
+    pub fn refuse_all_logins(&self) {
+        self.refuse_logins
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// From now on every session token is refused, fresh ones too.
+    pub fn refuse_all_tokens(&self) {
+        self.refuse_tokens
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn set_login_delay(&self, ms: u64) {
@@ -422,7 +439,10 @@ async fn handle_kalshi(
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
-        if parsed["email"] != KALSHI_EMAIL || parsed["password"] != KALSHI_PASSWORD {
+        if parsed["email"] != KALSHI_EMAIL
+            || parsed["password"] != KALSHI_PASSWORD
+            || kalshi.refuse_logins.load(Ordering::SeqCst)
+        {
             return json(
                 401,
                 serde_json::json!({"error": {"code": "invalid_credentials", "message": "bad email or password"}}),
@@ -441,7 +461,10 @@ async fn handle_kalshi(
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok());
-    if expected.is_none() || given != expected.as_deref() {
+    if expected.is_none()
+        || given != expected.as_deref()
+        || kalshi.refuse_tokens.load(Ordering::SeqCst)
+    {
         seen.lock().unwrap().push(record);
         return json(
             401,

@@ -37,6 +37,7 @@ use crate::redact::{Anchors, Patterns};
 use crate::secret::Secret;
 use crate::state::State;
 use crate::store::{Service, Store, StoreError};
+use crate::tokens::{Issued, Need};
 use record::{Ended, Record};
 
 /// Where requests go. Fixed by the CONNECT authority on the proxy port (or by
@@ -288,10 +289,11 @@ struct Authorized {
     retry: Option<Retry>,
 }
 
-/// What a refused token's renewal needs: the request without it.
+/// What a refused token's renewal needs: the request without it, and the
+/// token it carried (told when the upstream accepts it).
 struct Retry {
     source: TokenSource,
-    generation: u64,
+    issued: Issued,
     parts: Parts,
     body: Bytes,
 }
@@ -363,18 +365,15 @@ async fn with_fetched_token(
 ) -> Result<Authorized, ProxyError> {
     let (state, service) = (&record.state, record.service()?);
     let mut patterns = Patterns::from_credentials(creds.expose());
-    let issued = state
-        .tokens
-        .get(
-            &state.fetcher(),
-            source,
-            service,
-            creds.expose(),
-            &record.target.host,
-            &record.caller.actor(),
-            None,
-        )
-        .await?;
+    let actor = record.caller.actor();
+    let need = Need {
+        source,
+        service,
+        creds: creds.expose(),
+        host: &record.target.host,
+        actor: &actor,
+    };
+    let issued = state.tokens.get(&state.fetcher(), &need).await?;
     drop(creds);
     patterns.add(issued.token.expose().as_bytes());
     Ok(Authorized {
@@ -383,7 +382,7 @@ async fn with_fetched_token(
         scrub: Scrub::Known(patterns),
         retry: Some(Retry {
             source,
-            generation: issued.generation,
+            issued,
             parts,
             body,
         }),
@@ -432,6 +431,8 @@ struct Sent {
 /// Sends the request upstream. A websocket goes on a fresh HTTP/1.1
 /// connection; a token the upstream refuses (`401`) is renewed, shared
 /// with every request waiting for it, and the request sent once more.
+/// When no renewal is due (a back-off, or the login failed) the agent gets
+/// the upstream's own `401`, scrubbed like any answer.
 async fn send(record: &mut Record, auth: Authorized) -> Result<Sent, ProxyError> {
     let Authorized {
         request,
@@ -449,8 +450,12 @@ async fn send(record: &mut Record, auth: Authorized) -> Result<Sent, ProxyError>
         });
     }
     let mut response = upstream.send(host, request).await?;
-    if let Some(retry) = retry.filter(|_| response.status() == StatusCode::UNAUTHORIZED) {
-        response = Box::pin(renew(record, retry, &mut scrub)).await?;
+    if let Some(retry) = retry {
+        if response.status() != StatusCode::UNAUTHORIZED {
+            retry.issued.accepted();
+        } else if let Some(again) = Box::pin(renew(record, retry, &mut scrub)).await? {
+            response = again;
+        }
     }
     Ok(Sent {
         response,
@@ -461,33 +466,47 @@ async fn send(record: &mut Record, auth: Authorized) -> Result<Sent, ProxyError>
 
 /// A second login is a second use of the credentials: they are opened
 /// again for it (only if no other request renewed the token meanwhile).
+/// `None`: no renewed token; the refused answer stands.
 async fn renew(
     record: &Record,
     retry: Retry,
     scrub: &mut Scrub,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Option<Response<Incoming>>, ProxyError> {
     let (state, host) = (&record.state, &record.target.host);
     let service = record.service()?;
-    tracing::info!(service = %service.name, "session token refused; logging in again");
     let creds = state.store.open_required(service)?;
-    let issued = state
+    let actor = record.caller.actor();
+    let need = Need {
+        source: retry.source,
+        service,
+        creds: creds.expose(),
+        host,
+        actor: &actor,
+    };
+    let renewed = state
         .tokens
-        .get(
-            &state.fetcher(),
-            retry.source,
-            service,
-            creds.expose(),
-            host,
-            &record.caller.actor(),
-            Some(retry.generation),
-        )
-        .await?;
+        .renew(&state.fetcher(), &need, retry.issued.generation)
+        .await;
     drop(creds);
+    let issued = match renewed {
+        Ok(Some(issued)) => issued,
+        Ok(None) => return Ok(None),
+        Err(e) if e.yields_to_the_upstream() => {
+            tracing::warn!(service = %service.name, error = %e, "token refused and not renewed; relaying the upstream's 401");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(service = %service.name, "session token refused; sending again with a renewed one");
     if let Scrub::Known(patterns) = scrub {
         patterns.add(issued.token.expose().as_bytes());
     }
     let again = with_token(&retry.parts, retry.source, &issued.token, retry.body)?;
-    Ok(state.upstream.send(host, again).await?)
+    let response = state.upstream.send(host, again).await?;
+    if response.status() != StatusCode::UNAUTHORIZED {
+        issued.accepted();
+    }
+    Ok(Some(response))
 }
 
 /// Streams the answer back: a websocket's `101` bridged, any other answer
