@@ -287,9 +287,38 @@ fn audit_class() -> (StatusCode, &'static str, Fault) {
     )
 }
 
+/// Rides on an admin-port answer that refused its caller something its
+/// scope does not cover (an admin-only route, a raw secret without
+/// `reveal`, a service outside its list): the admin middleware audits it
+/// as `denied` (SPEC §5). The exchange's own refusals are audited by the
+/// exchange and carry none.
+#[derive(Debug, Clone)]
+pub(crate) struct AdminRefusal(pub(crate) String);
+
+impl ProxyError {
+    /// A refusal of the caller's scope on the admin port or MCP.
+    pub(crate) fn is_admin_refusal(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Scope(
+                ScopeError::AdminOnly { .. }
+                    | ScopeError::NoReveal { .. }
+                    | ScopeError::Unknown { .. }
+            )
+        )
+    }
+}
+
 impl axum::response::IntoResponse for ProxyError {
     fn into_response(self) -> axum::response::Response {
-        self.response().map(axum::body::Body::new)
+        let refusal = self
+            .is_admin_refusal()
+            .then(|| AdminRefusal(self.to_string()));
+        let mut response = self.response().map(axum::body::Body::new);
+        if let Some(refusal) = refusal {
+            response.extensions_mut().insert(refusal);
+        }
+        response
     }
 }
 

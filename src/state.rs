@@ -32,6 +32,8 @@ pub struct Shared {
     /// The admin bearer token's digest (configured, or generated at start).
     pub(crate) admin_token: crate::secret::TokenDigest,
     pub(crate) admin_throttle: crate::identity::Throttle,
+    /// Refusals audited per caller a minute (admin port and MCP).
+    pub(crate) refusals: crate::identity::Budget<String>,
     pub(crate) metrics: crate::metrics::Metrics,
     pub(crate) tokens: Tokens,
     /// In-flight upstream requests of callers without an agent (the admin,
@@ -179,6 +181,10 @@ impl State {
             admin_addr,
             admin_token,
             admin_throttle: Default::default(),
+            refusals: crate::identity::Budget::new(
+                crate::identity::REFUSALS_AUDITED,
+                std::time::Duration::from_secs(60),
+            ),
             tokens,
             metrics,
             anonymous_in_flight: Default::default(),

@@ -4,6 +4,7 @@
 
 mod api_proxy;
 mod auth;
+mod denied;
 mod entries;
 mod json;
 mod live_check;
