@@ -467,6 +467,72 @@ async fn live_check_rejects_a_bad_github_token() {
 /// refused with 422 naming it; TRACE, which would echo the injected
 /// credential, is refused on the API and the proxy port alike. Nothing
 /// reaches the upstream.
+/// Threat model T10: the credential is clavis's to set. A `/v1/proxy` or
+/// MCP `proxy_request` call carrying one of the connector's own auth
+/// headers (any case, `_` for `-`) is `422` naming it, not silently
+/// stripped, and nothing is sent.
+#[tokio::test]
+async fn proxy_calls_may_not_set_the_connectors_auth_headers() {
+    let (_ca, up, clavis) = setup("").await;
+    let c = http();
+    for (service, header) in [
+        ("my-openai", "Authorization"),
+        ("my-openai", "api-key"),
+        ("my-anthropic", "X-Api-Key"),
+        ("my-anthropic", "x_api_key"),
+        ("my-brave", "X-Subscription-Token"),
+        ("my-github", "AUTHORIZATION"),
+    ] {
+        let r = c
+            .post(format!("{}/v1/proxy/{service}", api(&clavis)))
+            .bearer_auth(ADMIN)
+            .json(&json!({"path": "/v1/x", "headers": {header: "Bearer clavis:placeholder"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{service} {header}");
+        let err: Value = r.json().await.unwrap();
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("headers.{}", header.to_ascii_lowercase())),
+            "{message}"
+        );
+    }
+    // The same through MCP: a tool error naming the header.
+    let r = c
+        .post(format!("{}/mcp", api(&clavis)))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "2025-06-18")
+        .body(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+                "name": "proxy_request",
+                "arguments": {"service": "my-openai", "path": "/v1/models",
+                              "headers": {"authorization": "Bearer sk-agent-own"}}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let text = v["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("headers.authorization"), "{text}");
+    assert!(text.contains("clavis_unprocessable"), "{text}");
+    assert!(up.seen().is_empty(), "forwarded: {:?}", up.seen());
+    // Other headers still pass.
+    let r = c
+        .post(format!("{}/v1/proxy/my-openai", api(&clavis)))
+        .bearer_auth(ADMIN)
+        .json(&json!({"path": "/v1/x", "headers": {"x-trace-id": "abc"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().header("x-trace-id"), Some("abc"));
+}
+
 #[tokio::test]
 async fn proxy_calls_may_not_set_framing_or_destination() {
     let (_ca, up, clavis) = setup("").await;
