@@ -96,9 +96,15 @@ pub(crate) enum Refusal {
 /// What is wrong with the request itself.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RequestError {
-    /// Unparsable or ambiguous: framing, target, query.
+    /// Unparsable or ambiguous: target, query.
     #[error("{0}")]
     Malformed(String),
+    /// Framing clavis and a server could read differently (smuggling), a
+    /// `CONNECT` with a path or a body, a refused upgrade: whatever follows
+    /// on the connection cannot be trusted to start a new request, so it
+    /// is closed after the answer (SPEC §3.1).
+    #[error("{0}")]
+    Desync(String),
     /// Well-formed, but a field or value is not acceptable.
     #[error("{0}")]
     Invalid(String),
@@ -150,7 +156,9 @@ impl ProxyError {
                 | Refusal::AdminOrigin => (StatusCode::FORBIDDEN, "forbidden", Agent),
             },
             ProxyError::Request(r) => match r {
-                RequestError::Malformed(_) => (StatusCode::BAD_REQUEST, "bad_request", Agent),
+                RequestError::Malformed(_) | RequestError::Desync(_) => {
+                    (StatusCode::BAD_REQUEST, "bad_request", Agent)
+                }
                 RequestError::Invalid(_) => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", Agent)
                 }
@@ -198,6 +206,12 @@ impl ProxyError {
         self.class().2
     }
 
+    /// Whether the agent's connection must close after this answer: the
+    /// bytes after the refused request cannot be trusted to start another.
+    pub(crate) fn closes_connection(&self) -> bool {
+        matches!(self, ProxyError::Request(RequestError::Desync(_)))
+    }
+
     /// Whether the audit log refused a record (counted by a metric).
     pub(crate) fn is_audit_failure(&self) -> bool {
         matches!(
@@ -226,6 +240,11 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if self.closes_connection() {
+            // hyper closes an HTTP/1 connection after an answer that says
+            // so (and drops the header on h2, which frames every message).
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         match &self {
             ProxyError::ProxyAuth => {
                 headers.insert(

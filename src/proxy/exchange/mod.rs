@@ -27,6 +27,7 @@ use http::{header, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
+use super::framing::Flaw;
 use super::{headers, scrub};
 use crate::body::{self, Body};
 use crate::connector::{Connector, Plan, TokenSource};
@@ -90,23 +91,26 @@ pub(crate) enum Choice<'a> {
 }
 
 /// A request received inside a MITM'd tunnel: checked against the tunnel's
-/// destination, then forwarded.
+/// destination, then forwarded. A request whose head had a framing `flaw`
+/// is refused; an upgrade that does not end in `101` (refused by clavis or
+/// by the upstream) closes the agent's connection after the answer, so
+/// bytes it sent optimistically are never read as a new request (RFC 9931).
 pub(crate) async fn tunneled(
     state: State,
     caller: Arc<Caller>,
     target: Arc<Target>,
     req: Request<Incoming>,
-    ambiguous_framing: bool,
+    flaw: Option<Flaw>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
-    let checked = if ambiguous_framing {
-        Err(RequestError::Malformed(
-            "ambiguous framing (Transfer-Encoding with Content-Length, or differing Content-Length values) is refused"
-                .into(),
-        )
-        .into())
-    } else {
-        check::check_inner(&target, &req, state.config.limits.max_uri_bytes)
+    let checked = match flaw {
+        Some(flaw) => Err(RequestError::Desync(format!(
+            "ambiguous framing ({}) is refused",
+            flaw.describe()
+        ))
+        .into()),
+        None => check::check_inner(&target, &req, state.config.limits.max_uri_bytes),
     };
+    let upgrade = req.version() < Version::HTTP_2 && req.headers().contains_key(header::UPGRADE);
     let outcome = match checked {
         // Boxed per request: hyper keeps one slot of this future's size per
         // connection for its whole life, and most tunnels are idle.
@@ -119,7 +123,13 @@ pub(crate) async fn tunneled(
             Err(e)
         }
     };
-    Ok(outcome.unwrap_or_else(ProxyError::response))
+    let mut response = outcome.unwrap_or_else(ProxyError::response);
+    if upgrade && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
+    Ok(response)
 }
 
 /// Forwards one request with the credential injected. The request's own
