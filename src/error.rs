@@ -277,6 +277,11 @@ fn upstream_class(e: &UpstreamError) -> (StatusCode, &'static str, Fault) {
             "upstream_timeout",
             Fault::Upstream,
         ),
+        UpstreamError::Encoding { .. } => (
+            StatusCode::BAD_GATEWAY,
+            "upstream_encoding",
+            Fault::Upstream,
+        ),
         UpstreamError::Target { .. } => {
             (StatusCode::INTERNAL_SERVER_ERROR, "internal", Fault::Clavis)
         }

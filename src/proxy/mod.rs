@@ -7,6 +7,7 @@
 
 mod auth;
 mod connect;
+mod decode;
 pub(crate) mod exchange;
 mod framing;
 pub(crate) mod headers;

@@ -297,6 +297,21 @@ async fn handle(
                 .body(body)
                 .unwrap());
         }
+        "/gzip-sse" => {
+            // Each event echoes the request's Authorization (the injected key).
+            let echo = record
+                .headers
+                .iter()
+                .find(|(k, _)| k == "authorization")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            seen.lock().unwrap().push(record);
+            return Ok(Response::builder()
+                .header("content-type", "text/event-stream")
+                .header("content-encoding", "gzip")
+                .body(gzip_sse(sse_n, gap, echo))
+                .unwrap());
+        }
         "/bytes" => {
             seen.lock().unwrap().push(record);
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
@@ -391,6 +406,17 @@ async fn handle(
         "body": String::from_utf8_lossy(&text),
     });
     seen.lock().unwrap().push(record);
+    // `/encoded/<coding>`: the echo, compressed (`Content-Encoding: <coding>`).
+    if let Some(coding) = path.strip_prefix("/encoded/") {
+        let bytes = encode(coding, json.to_string().as_bytes());
+        return Ok(Response::builder()
+            .header("content-type", "application/json")
+            .header("content-encoding", coding)
+            .header("content-length", bytes.len().to_string())
+            .header("etag", "\"v1\"")
+            .body(full(bytes))
+            .unwrap());
+    }
     let status = path
         .strip_prefix("/status/")
         .and_then(|s| s.parse::<u16>().ok())
@@ -400,6 +426,57 @@ async fn handle(
         .header("content-type", "application/json")
         .body(full(json.to_string()))
         .unwrap())
+}
+
+/// `data` in a content coding (`gzip`, `deflate`, `br`, `zstd`); any other
+/// name leaves it as it is (for codings clavis must refuse).
+pub fn encode(coding: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    match coding {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "deflate" => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "br" => {
+            let mut out = Vec::new();
+            let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+            w.write_all(data).unwrap();
+            drop(w);
+            out
+        }
+        "zstd" => zstd::bulk::compress(data, 3).unwrap(),
+        _ => data.to_vec(),
+    }
+}
+
+/// Server-sent events compressed as one gzip stream, flushed after each
+/// event (as servers that gzip SSE do), `n` events `gap` apart, each
+/// echoing `echo`.
+fn gzip_sse(n: u64, gap: Duration, echo: String) -> BoxBody {
+    use std::io::Write;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+    tokio::spawn(async move {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        for i in 0..n {
+            let ev = format!("data: {{\"i\":{i},\"echo\":\"{echo}\"}}\n\n");
+            e.write_all(ev.as_bytes()).unwrap();
+            e.flush().unwrap();
+            let chunk = std::mem::take(e.get_mut());
+            if tx.send(Ok(Frame::data(Bytes::from(chunk)))).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(gap).await;
+        }
+        let rest = e.finish().unwrap();
+        let _ = tx.send(Ok(Frame::data(Bytes::from(rest)))).await;
+    });
+    StreamBody::new(tokio_stream_from(rx)).boxed()
 }
 
 /// The Kalshi session routes of [`KalshiLogin`], in front of [`handle`].

@@ -27,6 +27,7 @@ use http::{header, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
+use super::decode::{self, Decoder};
 use super::framing::Flaw;
 use super::{headers, scrub};
 use crate::body::{self, Body};
@@ -39,6 +40,7 @@ use crate::secret::Secret;
 use crate::state::State;
 use crate::store::{Service, Store, StoreError};
 use crate::tokens::{Issued, Need};
+use crate::upstream::UpstreamError;
 use record::{Ended, Record};
 
 /// Where requests go. Fixed by the CONNECT authority on the proxy port (or by
@@ -544,20 +546,49 @@ fn relay(mut record: Record, sent: Sent) -> Result<Response<Body>, ProxyError> {
     }
     headers::strip_hop_by_hop(&mut parts.headers);
     let mut scrubber = scrubber(&record, scrub)?;
+    let mut decoder = None;
     if let Some(s) = &mut scrubber {
-        if let Err(e) = s.mask_headers(&mut parts.headers) {
-            let e = ProxyError::from(e);
-            record.failed(&e);
-            return Err(e);
+        let checked = s
+            .mask_headers(&mut parts.headers)
+            .map_err(ProxyError::from)
+            .and_then(|()| compressed(&record, &mut parts.headers, &body));
+        match checked {
+            Ok(d) => decoder = d,
+            Err(e) => {
+                record.failed(&e);
+                return Err(e);
+            }
         }
     }
     record.answered(status.as_u16());
     let body = Ended::new(body, record);
     let body = match scrubber {
-        Some(s) => s.wrap(body),
+        Some(s) => s.wrap(body, decoder),
         None => body::boxed(body),
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// The decoder for a compressed answer the scrubber must see into (its
+/// headers rewritten for the decoded body the agent will get); an encoding
+/// clavis cannot decode cannot be checked, so the answer is refused.
+fn compressed(
+    record: &Record,
+    headers: &mut http::HeaderMap,
+    body: &Incoming,
+) -> Result<Option<Decoder>, ProxyError> {
+    use http_body::Body as _;
+    if body.is_end_stream() {
+        return Ok(None);
+    }
+    let coding = decode::prepare(headers).map_err(|unsupported| UpstreamError::Encoding {
+        host: record.target.host.clone(),
+        coding: unsupported.0,
+    })?;
+    coding
+        .map(Decoder::new)
+        .transpose()
+        .map_err(|_| ProxyError::Internal("a response decoder could not start"))
 }
 
 /// The scrubber for this answer, or none when no secret is long enough to
