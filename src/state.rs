@@ -150,6 +150,7 @@ impl State {
         let tls = verify::client_config(&config.upstream.extra_ca)?;
         let dialer = Dialer {
             resolve: config.upstream.resolve.clone(),
+            nameserver: config.upstream.nameserver,
             allow_private: config.proxy.allow_private.clone(),
             own: vec![proxy_addr, admin_addr],
             connect_timeout: config.upstream.connect_timeout,

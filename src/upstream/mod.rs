@@ -5,6 +5,7 @@
 //! has the same resolution, trust and timeouts.
 
 mod dial;
+mod dns;
 mod pool;
 
 use std::pin::Pin;
