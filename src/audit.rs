@@ -222,15 +222,8 @@ pub(crate) const MAX_QUERY: usize = 1000;
 impl AuditLog {
     pub(crate) fn open(cfg: &AuditConfig) -> std::io::Result<AuditLog> {
         let file = match &cfg.file {
-            Some(path) => {
-                use std::os::unix::fs::OpenOptionsExt;
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .open(path)?;
-                Some(Mutex::new(f))
-            }
+            // Never through a link planted at the path (0600 when created).
+            Some(path) => Some(Mutex::new(crate::files::append(path)?)),
             None => None,
         };
         Ok(AuditLog {

@@ -133,9 +133,15 @@ pub(crate) enum Guard {
 /// What is wrong with the request itself.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RequestError {
-    /// Unparsable or ambiguous: framing, target, query.
+    /// Unparsable or ambiguous: target, query.
     #[error("{0}")]
     Malformed(String),
+    /// Framing clavis and a server could read differently (smuggling), a
+    /// `CONNECT` with a path or a body, a refused upgrade: whatever follows
+    /// on the connection cannot be trusted to start a new request, so it
+    /// is closed after the answer (SPEC §3.1).
+    #[error("{0}")]
+    Desync(String),
     /// Well-formed, but a field or value is not acceptable.
     #[error("{0}")]
     Invalid(String),
@@ -215,7 +221,9 @@ impl ProxyError {
                 ApprovalError::Expired { .. } => (StatusCode::FORBIDDEN, "approval_expired", Agent),
             },
             ProxyError::Request(r) => match r {
-                RequestError::Malformed(_) => (StatusCode::BAD_REQUEST, "bad_request", Agent),
+                RequestError::Malformed(_) | RequestError::Desync(_) => {
+                    (StatusCode::BAD_REQUEST, "bad_request", Agent)
+                }
                 RequestError::Invalid(_) => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", Agent)
                 }
@@ -261,6 +269,12 @@ impl ProxyError {
 
     pub(crate) fn fault(&self) -> Fault {
         self.class().2
+    }
+
+    /// Whether the agent's connection must close after this answer: the
+    /// bytes after the refused request cannot be trusted to start another.
+    pub(crate) fn closes_connection(&self) -> bool {
+        matches!(self, ProxyError::Request(RequestError::Desync(_)))
     }
 
     /// Whether the audit log refused a record (counted by a metric).
@@ -309,6 +323,11 @@ impl ProxyError {
         );
         if let Ok(kind) = HeaderValue::from_str(&self.kind().replace('_', "-")) {
             headers.insert(CLAVIS_ERROR, kind);
+        }
+        if self.closes_connection() {
+            // hyper closes an HTTP/1 connection after an answer that says
+            // so (and drops the header on h2, which frames every message).
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         match &self {
             ProxyError::ProxyAuth => {
@@ -378,6 +397,11 @@ fn upstream_class(e: &UpstreamError) -> (StatusCode, &'static str, Fault) {
             "upstream_timeout",
             Fault::Upstream,
         ),
+        UpstreamError::Encoding { .. } => (
+            StatusCode::BAD_GATEWAY,
+            "upstream_encoding",
+            Fault::Upstream,
+        ),
         UpstreamError::Target { .. } => {
             (StatusCode::INTERNAL_SERVER_ERROR, "internal", Fault::Clavis)
         }
@@ -407,11 +431,36 @@ fn audit_class() -> (StatusCode, &'static str, Fault) {
     )
 }
 
+/// Rides on an admin-port answer that refused its caller something its
+/// scope does not cover (an admin-only route, a raw secret without
+/// `reveal`, a service outside its list): the admin middleware audits it
+/// as `denied` (SPEC §5). The exchange's own refusals are audited by the
+/// exchange and carry none.
+#[derive(Debug, Clone)]
+pub(crate) struct AdminRefusal(pub(crate) String);
+
+impl ProxyError {
+    /// A refusal of the caller's scope on the admin port or MCP.
+    pub(crate) fn is_admin_refusal(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Scope(
+                ScopeError::AdminOnly { .. }
+                    | ScopeError::NoReveal { .. }
+                    | ScopeError::Unknown { .. }
+            )
+        )
+    }
+}
+
 /// The admin port answers in the SPEC §3 shape, `{"error":{"type",
 /// "message"}}` as `application/json` (SPEC §5), with the same status and
 /// headers; the problem document is the proxy port's (SPEC §9).
 impl axum::response::IntoResponse for ProxyError {
     fn into_response(self) -> axum::response::Response {
+        let refusal = self
+            .is_admin_refusal()
+            .then(|| AdminRefusal(self.to_string()));
         let body = serde_json::json!({
             "error": {"type": format!("clavis_{}", self.kind()), "message": self.to_string()}
         })
@@ -421,7 +470,11 @@ impl axum::response::IntoResponse for ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        response.map(|_| axum::body::Body::from(body))
+        let mut response = response.map(|_| axum::body::Body::from(body));
+        if let Some(refusal) = refusal {
+            response.extensions_mut().insert(refusal);
+        }
+        response
     }
 }
 

@@ -1,6 +1,7 @@
 //! Host names and addresses as clavis reads them: `host[:port]` parsing and
 //! normalization (CONNECT targets, `Host`, SNI), the host patterns
-//! connectors claim (exact or one-label wildcards, never a public suffix),
+//! connectors claim (exact, or wildcards over one or more labels, never a
+//! public suffix),
 //! and CIDR blocks (`proxy.allow_private`).
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -58,8 +59,8 @@ pub(crate) fn authority_matches(host: &str, port: u16, value: &str) -> bool {
     }
 }
 
-/// A host a connector claims: exact, or `*.` plus a suffix matching exactly one
-/// extra label (never the apex), as TLS wildcards do.
+/// A host a connector claims: exact, or `*.` plus a suffix matching one or
+/// more extra labels (never the apex; threat model T2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum HostPattern {
     Exact(String),
@@ -121,7 +122,7 @@ impl HostPattern {
             HostPattern::Exact(h) => h == host,
             HostPattern::Wildcard(suffix) => host
                 .strip_suffix(suffix.as_str())
-                .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+                .is_some_and(|labels| !labels.is_empty() && !labels.ends_with('.')),
         }
     }
 }
@@ -277,12 +278,13 @@ mod tests {
         }
 
         #[test]
-        fn wildcard_matches_one_label_never_apex() {
+        fn wildcard_matches_one_or_more_labels_never_apex() {
             let p = HostPattern::parse("*.svc.example").unwrap();
             assert!(p.matches("a.svc.example"));
+            assert!(p.matches("a.b.svc.example"));
             assert!(!p.matches("svc.example"));
-            assert!(!p.matches("a.b.svc.example"));
             assert!(!p.matches("asvc.example"));
+            assert!(!p.matches(".svc.example"));
         }
 
         #[test]

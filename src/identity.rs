@@ -172,6 +172,17 @@ impl Caller {
         }
     }
 
+    /// Who this is, whatever the channel: what budgets are kept per.
+    pub(crate) fn principal(&self) -> String {
+        match &self.who {
+            Who::Agent(a) => format!("agent:{}", a.name),
+            Who::Admin => "admin".into(),
+            Who::Anonymous => "anonymous".into(),
+            Who::Unauthenticated(ip) => format!("ip:{ip}"),
+            Who::System => "clavis".into(),
+        }
+    }
+
     /// The audit actor: `proxy:<agent>`, `proxy:anonymous`, `api:<agent>`,
     /// `mcp:<agent>`, `admin`, or `api:unauthenticated@<ip>` (`@` is not
     /// allowed in agent names, so that label cannot pass for one).
@@ -323,36 +334,88 @@ impl Agents {
     }
 }
 
-/// Failed authentications per peer: past `LIMIT` in `WINDOW`, every request
-/// from that peer gets 429 until the window ends.
-#[derive(Debug, Default)]
-pub(crate) struct Throttle {
-    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+/// Events per key within a window: authentication failures per peer
+/// address ([`Throttle`]), audited refusals per caller. Past `limit` in one
+/// window the key is over until the window ends; nothing else is slowed.
+#[derive(Debug)]
+pub(crate) struct Budget<K> {
+    spent: Mutex<HashMap<K, (Instant, u32)>>,
+    limit: u32,
+    window: Duration,
 }
 
-const LIMIT: u32 = 10;
-const WINDOW: Duration = Duration::from_secs(60);
+/// What one more event does to its key's budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Spend {
+    /// Within the budget.
+    Within,
+    /// The first event past it: worth one note that the rest go unrecorded.
+    Exhausted { left: Duration },
+    /// Past it already, for `left` more.
+    Over { left: Duration },
+}
 
-impl Throttle {
-    /// How long `ip` must still wait, once it failed too often.
-    pub(crate) fn blocked(&self, ip: IpAddr) -> Option<Duration> {
-        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&ip)
-            .filter(|(_, n)| *n >= LIMIT)
-            .and_then(|(start, _)| WINDOW.checked_sub(start.elapsed()))
-            .filter(|left| !left.is_zero())
+/// Refusals audited per caller a minute on the admin port and MCP.
+pub(crate) const REFUSALS_AUDITED: u32 = 30;
+
+/// Keys kept at most; past it, expired windows are dropped, and if all are
+/// live the map is cleared (a flood of addresses must not grow memory).
+const MAX_KEYS: usize = 10_000;
+
+impl<K: std::hash::Hash + Eq> Budget<K> {
+    pub(crate) fn new(limit: u32, window: Duration) -> Budget<K> {
+        Budget {
+            spent: Mutex::new(HashMap::new()),
+            limit,
+            window,
+        }
     }
 
-    pub(crate) fn fail(&self, ip: IpAddr) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 10_000 {
-            map.retain(|_, (start, _)| start.elapsed() < WINDOW);
+    /// Counts one event for `key`.
+    pub(crate) fn spend(&self, key: K) -> Spend {
+        let mut map = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_KEYS {
+            map.retain(|_, (start, _)| start.elapsed() < self.window);
+            if map.len() >= MAX_KEYS {
+                map.clear();
+            }
         }
-        let entry = map.entry(ip).or_insert((Instant::now(), 0));
-        if entry.0.elapsed() >= WINDOW {
+        let entry = map.entry(key).or_insert((Instant::now(), 0));
+        if entry.0.elapsed() >= self.window {
             *entry = (Instant::now(), 0);
         }
-        entry.1 += 1;
+        entry.1 = entry.1.saturating_add(1);
+        let left = self
+            .window
+            .saturating_sub(entry.0.elapsed())
+            .max(Duration::from_secs(1));
+        match entry.1.cmp(&(self.limit + 1)) {
+            std::cmp::Ordering::Less => Spend::Within,
+            std::cmp::Ordering::Equal => Spend::Exhausted { left },
+            std::cmp::Ordering::Greater => Spend::Over { left },
+        }
+    }
+}
+
+/// Failed admin-port authentications per peer address: past ten in a
+/// minute, a failing attempt is answered `429` with `Retry-After` (and no
+/// longer audited one by one). Only failing attempts: a valid token is
+/// always served, because the agent shares the admin's address and a
+/// per-address lockout would let it lock the admin out. Guessing is
+/// defeated by the tokens' length, not by this.
+#[derive(Debug)]
+pub(crate) struct Throttle(Budget<IpAddr>);
+
+impl Default for Throttle {
+    fn default() -> Throttle {
+        Throttle(Budget::new(10, Duration::from_secs(60)))
+    }
+}
+
+impl Throttle {
+    /// Counts a failed authentication from `ip`.
+    pub(crate) fn fail(&self, ip: IpAddr) -> Spend {
+        self.0.spend(ip)
     }
 }
 
@@ -402,6 +465,24 @@ mod tests {
         assert!(!Caller::unauthenticated([127, 0, 0, 1].into()).may_use("y"));
         let revealer = Caller::agent(agent("r", Scope::All, true), Via::Mcp);
         assert!(revealer.require_reveal().is_ok());
+    }
+
+    #[test]
+    fn a_budget_counts_to_its_limit_notes_the_first_over_then_stays_over() {
+        let b = Budget::new(3, Duration::from_secs(60));
+        let spent: Vec<Spend> = (0..5).map(|_| b.spend("agent")).collect();
+        assert_eq!(&spent[..3], &[Spend::Within; 3]);
+        assert!(matches!(spent[3], Spend::Exhausted { left } if left <= Duration::from_secs(60)));
+        assert!(matches!(spent[4], Spend::Over { .. }));
+        assert_eq!(b.spend("other"), Spend::Within, "each key has its own");
+    }
+
+    #[test]
+    fn a_budget_window_ends() {
+        let b = Budget::new(1, Duration::ZERO);
+        for _ in 0..5 {
+            assert_eq!(b.spend(1u8), Spend::Within, "a spent window restarts");
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@
 //! catalog, tokens                       config + connectors → services; fetched tokens
 //! connector, store, tls, upstream, audit
 //! config                                YAML → typed Config
-//! secret, body, encoding, host, json, credentials, redact, identity, server, metrics, totp
+//! secret, body, encoding, files, host, json, credentials, redact, identity, server, metrics, totp
 //! ```
 //!
 //! Only what the binary and the integration tests need is public: the rest
@@ -49,6 +49,7 @@ mod connector;
 mod credentials;
 mod encoding;
 mod error;
+mod files;
 mod host;
 mod identity;
 mod json;

@@ -36,6 +36,8 @@ pub struct Shared {
     /// The admin bearer token's digest (configured, or generated at start).
     pub(crate) admin_token: crate::secret::TokenDigest,
     pub(crate) admin_throttle: crate::identity::Throttle,
+    /// Refusals audited per caller a minute (admin port and MCP).
+    pub(crate) refusals: crate::identity::Budget<String>,
     pub(crate) metrics: crate::metrics::Metrics,
     pub(crate) tokens: Tokens,
     pub(crate) budgets: Budgets,
@@ -93,6 +95,8 @@ pub enum StartError {
 pub enum KeyFileError {
     #[error("{0}")]
     Read(#[from] std::io::Error),
+    #[error("readable by others (mode {mode:o}); it opens every credential: chmod 600 it")]
+    Exposed { mode: u32 },
     #[error("{0}")]
     Key(#[from] crate::store::SealError),
 }
@@ -153,6 +157,7 @@ impl State {
         let tls = verify::client_config(&config.upstream.extra_ca)?;
         let dialer = Dialer {
             resolve: config.upstream.resolve.clone(),
+            nameserver: config.upstream.nameserver,
             allow_private: config.proxy.allow_private.clone(),
             own: vec![proxy_addr, admin_addr],
             connect_timeout: config.upstream.connect_timeout,
@@ -205,6 +210,10 @@ impl State {
             admin_addr,
             admin_token,
             admin_throttle: Default::default(),
+            refusals: crate::identity::Budget::new(
+                crate::identity::REFUSALS_AUDITED,
+                std::time::Duration::from_secs(60),
+            ),
             tokens,
             budgets,
             metrics,
@@ -269,7 +278,11 @@ impl State {
 }
 
 /// The master key from `store.master_key_file`, or a fresh one per process.
+/// A key file anyone on the machine can read is refused (it opens every
+/// credential and the snapshot); one its group can read is warned about
+/// (Kubernetes Secret mounts with `fsGroup` are).
 fn sealer(config: &Config) -> Result<Sealer, StartError> {
+    use crate::files::Readers;
     let Some(path) = &config.store.master_key_file else {
         return Sealer::random().map_err(|e| StartError::MasterKey {
             path: "(generated)".into(),
@@ -280,16 +293,25 @@ fn sealer(config: &Config) -> Result<Sealer, StartError> {
         path: path.display().to_string(),
         source,
     };
+    match crate::files::readers(path).map_err(|e| err(e.into()))? {
+        (Readers::Others, mode) => return Err(err(KeyFileError::Exposed { mode })),
+        (Readers::Group, mode) => tracing::warn!(
+            path = %path.display(),
+            mode = format!("{mode:o}"),
+            "the master key file is readable by its group; chmod 600 it unless the group is clavis's own"
+        ),
+        (Readers::Owner, _) => {}
+    }
     let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| err(e.into()))?);
     Sealer::from_file_bytes(&bytes).map_err(|e| err(e.into()))
 }
 
 /// Without a configured admin token, clavis makes one and writes it to
-/// `admin.token` beside the CA key (0600). The path is logged, never the token.
+/// `admin.token` beside the CA key (0600, a fresh file renamed into place,
+/// so a link planted at the path is replaced, never written through). The
+/// path is logged, never the token.
 fn generate_admin_token(config: &Config) -> Result<crate::secret::TokenDigest, StartError> {
     use ring::rand::SecureRandom;
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = config
         .ca
         .key
@@ -305,14 +327,7 @@ fn generate_admin_token(config: &Config) -> Result<crate::secret::TokenDigest, S
         .fill(bytes.as_mut())
         .map_err(|_| StartError::Random)?;
     let token = zeroize::Zeroizing::new(crate::encoding::hex(bytes.as_ref()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(err)?;
-    f.write_all(token.as_bytes()).map_err(err)?;
+    crate::files::write(&path, token.as_bytes(), 0o600, crate::files::Put::Replace).map_err(err)?;
     tracing::info!(path = %path.display(), "generated an admin token (admin.token is not set)");
     Ok(crate::secret::TokenDigest::of(token.as_bytes()))
 }

@@ -3,15 +3,22 @@
 //! either. Each is sealed under the master key like the credentials it came
 //! from and tied to their version: new credentials, a deleted service or an
 //! expired token (idle or absolute age) mean a new fetch. One fetch at a
-//! time per service, shared by every waiting request; at most one per
-//! [`RELOGIN_BACKOFF`] after a refused fresh token or a failed fetch, so
-//! neither a misbehaving upstream nor a wrong password can cause a login
-//! storm that locks the account.
+//! time per service, shared by every waiting request.
+//!
+//! A token the upstream refuses (`401`) is renewed once, for every request
+//! that was refused with it, and each of them is sent again once. What stops
+//! a login storm is [`Attempts`]: only a token *fresh from such a re-login*
+//! that is refused again before any request with it succeeded, or a failed
+//! login, starts a back-off (1 s, doubling up to [`MAX_BACKOFF`]). Within it
+//! no login is tried: a request refused with the current token gets the
+//! upstream's own `401`, one that has no token at all gets `502`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dashmap::DashMap;
+use tokio::time::Instant;
 
 use crate::audit::{Action, AuditError, AuditLog, Detail, Event};
 use crate::body;
@@ -22,7 +29,10 @@ use crate::secret::Secret;
 use crate::store::{Service, Store, StoreError};
 use crate::upstream::{Upstream, UpstreamError};
 
-pub(crate) const RELOGIN_BACKOFF: Duration = Duration::from_secs(20);
+/// The first back-off after a refused fresh token or a failed login; each
+/// further one in a row doubles it, up to [`MAX_BACKOFF`].
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// The largest token answer read.
 const MAX_ANSWER: usize = 64 * 1024;
@@ -35,8 +45,8 @@ pub(crate) enum TokenError {
         #[source]
         source: FetchError,
     },
-    #[error("service {service:?}: login failed: {why}")]
-    Backoff { service: String, why: Backoff },
+    #[error("service {service:?}: login failed moments ago; not trying again for {wait_secs} s")]
+    Backoff { service: String, wait_secs: u64 },
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
@@ -45,13 +55,17 @@ pub(crate) enum TokenError {
     Store(#[from] StoreError),
 }
 
-/// Why no fetch was tried.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-pub(crate) enum Backoff {
-    #[error("the last login failed moments ago; not trying again so soon")]
-    LastFailed,
-    #[error("the upstream refused a fresh session token; not logging in again so soon")]
-    FreshRefused,
+impl TokenError {
+    /// Whether a request the upstream already answered `401` should get that
+    /// answer rather than this error: the re-login did not happen or did
+    /// not work, and the agent is better served by the upstream's own
+    /// refusal than by clavis's. An audit or store failure stays an error.
+    pub(crate) fn yields_to_the_upstream(&self) -> bool {
+        matches!(
+            self,
+            TokenError::Fetch { .. } | TokenError::Backoff { .. } | TokenError::Upstream(_)
+        )
+    }
 }
 
 /// What fetching a token needs besides the credentials: explicit
@@ -71,25 +85,56 @@ struct Token {
     credentials: u64,
     obtained: Instant,
     last_used: Instant,
+    /// Fetched because the upstream refused the token before it.
+    renewal: bool,
+    /// Set once the upstream answered a request carrying it with anything
+    /// but `401`.
+    accepted: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
 struct Slot {
     current: std::sync::Mutex<Option<Token>>,
     /// Held while fetching: the single flight.
-    fetch: tokio::sync::Mutex<LastFetch>,
+    fetch: tokio::sync::Mutex<Attempts>,
 }
 
-/// When the last fetch was attempted, and whether it failed.
-#[derive(Default)]
-struct LastFetch {
-    at: Option<Instant>,
+/// The back-off between logins: how many went wrong in a row (a failed
+/// login, or a renewed token refused before it was ever accepted) and
+/// until when no login is tried.
+#[derive(Debug, Default)]
+pub(crate) struct Attempts {
+    streak: u32,
+    until: Option<Instant>,
+    /// The last fetch failed (no token came of it).
     failed: bool,
+    /// The generation whose refusal started the current back-off, so many
+    /// requests refused with one token count once.
+    refused: Option<u64>,
 }
 
-impl LastFetch {
-    fn within_backoff(&self) -> bool {
-        self.at.is_some_and(|at| at.elapsed() < RELOGIN_BACKOFF)
+impl Attempts {
+    /// How long is left of the back-off at `now`, if any.
+    pub(crate) fn left(&self, now: Instant) -> Option<Duration> {
+        self.until
+            .and_then(|until| until.checked_duration_since(now))
+            .filter(|left| !left.is_zero())
+    }
+
+    /// Something went wrong again: the next back-off, twice the last one.
+    pub(crate) fn went_wrong(&mut self, now: Instant) -> Duration {
+        let delay = FIRST_BACKOFF
+            .saturating_mul(1u32 << self.streak.min(16))
+            .min(MAX_BACKOFF);
+        self.streak = self.streak.saturating_add(1);
+        self.until = Some(now + delay);
+        delay
+    }
+
+    /// A token worked: the next trouble starts from the first back-off.
+    fn reset(&mut self) {
+        self.streak = 0;
+        self.until = None;
     }
 }
 
@@ -112,6 +157,26 @@ impl std::fmt::Debug for Tokens {
 pub(crate) struct Issued {
     pub(crate) token: Secret<String>,
     pub(crate) generation: u64,
+    accepted: Arc<AtomicBool>,
+}
+
+impl Issued {
+    /// The upstream answered a request carrying this token with anything
+    /// but `401`: it works, so a later refusal is news (a revocation), not
+    /// a sign of a misbehaving upstream.
+    pub(crate) fn accepted(&self) {
+        self.accepted.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What a token fetch is about: the service, its credentials, the host the
+/// login goes to and who caused it (for the audit record).
+pub(crate) struct Need<'a> {
+    pub(crate) source: TokenSource,
+    pub(crate) service: &'a Service,
+    pub(crate) creds: &'a Credentials,
+    pub(crate) host: &'a str,
+    pub(crate) actor: &'a Actor<'a>,
 }
 
 impl Tokens {
@@ -123,9 +188,9 @@ impl Tokens {
         }
     }
 
-    /// Forgets a service's token: its credentials changed or it was
-    /// deleted. (A token is also never used with credentials other than
-    /// the ones that fetched it.)
+    /// Forgets a service's token and its back-off: its credentials changed
+    /// or it was deleted. (A token is also never used with credentials
+    /// other than the ones that fetched it.)
     pub(crate) fn forget(&self, service_id: &str) {
         self.slots.remove(service_id);
     }
@@ -142,98 +207,176 @@ impl Tokens {
         slot: &Slot,
         service: &Service,
         stale: Option<u64>,
-    ) -> Option<(Arc<[u8]>, u64)> {
+    ) -> Option<(Arc<[u8]>, u64, Arc<AtomicBool>)> {
         let mut current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
         let token = current.as_mut()?;
-        let fresh = token.last_used.elapsed() < self.idle
-            && token.obtained.elapsed() < self.max_age
+        let now = Instant::now();
+        let fresh = now.duration_since(token.last_used) < self.idle
+            && now.duration_since(token.obtained) < self.max_age
             && token.credentials == service.credentials_version();
         if !fresh || Some(token.generation) == stale {
             return None;
         }
-        token.last_used = Instant::now();
-        Some((token.sealed.clone(), token.generation))
+        token.last_used = now;
+        Some((
+            token.sealed.clone(),
+            token.generation,
+            token.accepted.clone(),
+        ))
     }
 
-    /// A valid token for `service`, fetched when there is none, it expired,
-    /// or it is `stale` (the generation the upstream just refused).
-    #[allow(clippy::too_many_arguments)]
+    fn open(
+        fetcher: &Fetcher<'_>,
+        service: &Service,
+        (sealed, generation, accepted): (Arc<[u8]>, u64, Arc<AtomicBool>),
+    ) -> Result<Issued, TokenError> {
+        Ok(Issued {
+            token: fetcher.store.open_session(service, &sealed)?,
+            generation,
+            accepted,
+        })
+    }
+
+    /// A valid token for the service, fetched when there is none or it
+    /// expired; within a back-off, an error instead of a login.
     pub(crate) async fn get(
         &self,
         fetcher: &Fetcher<'_>,
-        source: TokenSource,
-        service: &Service,
-        creds: &Credentials,
-        host: &str,
-        actor: &Actor<'_>,
-        stale: Option<u64>,
+        need: &Need<'_>,
     ) -> Result<Issued, TokenError> {
-        let slot = self.slot(service);
-        let open = |(sealed, generation): (Arc<[u8]>, u64)| -> Result<Issued, TokenError> {
-            Ok(Issued {
-                token: fetcher.store.open_session(service, &sealed)?,
-                generation,
-            })
-        };
-        if let Some(t) = self.valid(&slot, service, stale) {
-            return open(t);
+        let slot = self.slot(need.service);
+        if let Some(t) = self.valid(&slot, need.service, None) {
+            return Self::open(fetcher, need.service, t);
         }
-        let mut last = slot.fetch.lock().await;
+        let mut attempts = slot.fetch.lock().await;
         // Someone else may have fetched one while this request waited.
-        if let Some(t) = self.valid(&slot, service, stale) {
-            return open(t);
+        if let Some(t) = self.valid(&slot, need.service, None) {
+            return Self::open(fetcher, need.service, t);
         }
-        // A refused fresh token, or a failed fetch (wrong password, upstream
-        // down): the next attempt waits out the backoff, however many
-        // requests come meanwhile, so they cannot lock the account.
-        if last.within_backoff() && (stale.is_some() || last.failed) {
-            let why = if last.failed {
-                Backoff::LastFailed
-            } else {
-                Backoff::FreshRefused
-            };
+        if let Some(left) = attempts.left(Instant::now()) {
             return Err(TokenError::Backoff {
-                service: service.name.clone(),
-                why,
+                service: need.service.name.clone(),
+                wait_secs: left.as_secs().max(1),
             });
         }
-        last.at = Some(Instant::now());
-        let outcome = fetch(fetcher, source, service, creds, host, actor).await;
-        last.failed = outcome.is_err();
-        let token = outcome?;
+        self.fetch_into(&slot, &mut attempts, fetcher, need, false)
+            .await
+    }
+
+    /// The upstream refused the token of generation `stale` (`401`): a
+    /// renewed one (fetched once, however many requests were refused with
+    /// it), or `None` when no login is due (the refused token was itself
+    /// fresh from a re-login, or a back-off runs): the request then gets
+    /// the upstream's own answer.
+    pub(crate) async fn renew(
+        &self,
+        fetcher: &Fetcher<'_>,
+        need: &Need<'_>,
+        stale: u64,
+    ) -> Result<Option<Issued>, TokenError> {
+        let slot = self.slot(need.service);
+        if let Some(t) = self.valid(&slot, need.service, Some(stale)) {
+            return Self::open(fetcher, need.service, t).map(Some);
+        }
+        let mut attempts = slot.fetch.lock().await;
+        if let Some(t) = self.valid(&slot, need.service, Some(stale)) {
+            return Self::open(fetcher, need.service, t).map(Some);
+        }
+        let now = Instant::now();
+        let (worked, fresh_renewal) = {
+            let current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
+            match current.as_ref().filter(|t| t.generation == stale) {
+                Some(t) => {
+                    let worked = t.accepted.load(Ordering::Relaxed);
+                    (worked, t.renewal && !worked)
+                }
+                None => (false, false),
+            }
+        };
+        // Each refused token is judged once, however many requests it
+        // was refused for.
+        if attempts.refused != Some(stale) {
+            attempts.refused = Some(stale);
+            if worked {
+                // Revoked after it worked: news, not a storm.
+                attempts.reset();
+            } else if fresh_renewal {
+                let delay = attempts.went_wrong(now);
+                tracing::warn!(
+                    service = %need.service.name,
+                    backoff_ms = delay.as_millis() as u64,
+                    "the upstream refused a token fresh from a re-login; backing off"
+                );
+                return Ok(None);
+            }
+        }
+        if attempts.left(now).is_some() {
+            return Ok(None);
+        }
+        self.fetch_into(&slot, &mut attempts, fetcher, need, true)
+            .await
+            .map(Some)
+    }
+
+    /// Fetches a token (the caller holds the single flight) and makes it the
+    /// current one; a failed login starts or lengthens the back-off.
+    async fn fetch_into(
+        &self,
+        slot: &Slot,
+        attempts: &mut Attempts,
+        fetcher: &Fetcher<'_>,
+        need: &Need<'_>,
+        renewal: bool,
+    ) -> Result<Issued, TokenError> {
+        let token = match fetch(fetcher, need).await {
+            Ok(token) => token,
+            Err(e) => {
+                attempts.failed = true;
+                // Nothing was sent when the audit or the store failed: no
+                // reason to wait before the next try.
+                if !matches!(e, TokenError::Audit(_) | TokenError::Store(_)) {
+                    attempts.went_wrong(Instant::now());
+                }
+                return Err(e);
+            }
+        };
+        attempts.failed = false;
+        let service = need.service;
         let sealed: Arc<[u8]> = fetcher.store.seal_session(service, token.expose())?.into();
+        let accepted = Arc::new(AtomicBool::new(false));
         let mut current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
         let generation = current.as_ref().map_or(1, |t| t.generation + 1);
+        let now = Instant::now();
         *current = Some(Token {
             sealed,
             generation,
             credentials: service.credentials_version(),
-            obtained: Instant::now(),
-            last_used: Instant::now(),
+            obtained: now,
+            last_used: now,
+            renewal,
+            accepted: accepted.clone(),
         });
-        Ok(Issued { token, generation })
+        Ok(Issued {
+            token,
+            generation,
+            accepted,
+        })
     }
 }
 
 /// Sends the source's fetch request (audited first, fail closed) and reads
 /// the token from the answer.
-async fn fetch(
-    fetcher: &Fetcher<'_>,
-    source: TokenSource,
-    service: &Service,
-    creds: &Credentials,
-    host: &str,
-    actor: &Actor<'_>,
-) -> Result<Secret<String>, TokenError> {
+async fn fetch(fetcher: &Fetcher<'_>, need: &Need<'_>) -> Result<Secret<String>, TokenError> {
+    let (service, host) = (need.service, need.host);
     let failed = |source: FetchError| TokenError::Fetch {
         service: service.name.clone(),
         source,
     };
-    let (request, path) = source.request(creds, host).map_err(failed)?;
+    let (request, path) = need.source.request(need.creds, host).map_err(failed)?;
     let event = fetcher.audit.record(Event::new(
         Action::Login,
         &service.name,
-        actor,
+        need.actor,
         Detail::request("POST", host, path),
     ))?;
     let response = fetcher.upstream.send(host, request).await?;
@@ -249,7 +392,48 @@ async fn fetch(
     let bytes = body::collect_capped(response.into_body(), MAX_ANSWER)
         .await
         .map_err(|_| failed(FetchError::Unreadable))?;
-    let token = source.read(&bytes).map_err(failed)?;
+    let token = need.source.read(&bytes).map_err(failed)?;
     tracing::info!(service = %service.name, "logged in");
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    mod attempts {
+        use super::*;
+
+        #[test]
+        fn back_off_doubles_from_one_second_to_the_cap() {
+            let start = Instant::now();
+            let mut a = Attempts::default();
+            assert_eq!(a.left(start), None, "no back-off before trouble");
+            let delays: Vec<u64> = (0..9).map(|_| a.went_wrong(start).as_secs()).collect();
+            assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+            assert_eq!(a.left(start), Some(MAX_BACKOFF));
+            assert_eq!(a.left(start + MAX_BACKOFF), None, "it ends");
+        }
+
+        #[test]
+        fn a_token_that_worked_starts_the_next_trouble_from_the_first_back_off() {
+            let now = Instant::now();
+            let mut a = Attempts::default();
+            a.went_wrong(now);
+            a.went_wrong(now);
+            a.reset();
+            assert_eq!(a.left(now), None);
+            assert_eq!(a.went_wrong(now), FIRST_BACKOFF);
+        }
+
+        #[test]
+        fn a_long_streak_does_not_overflow() {
+            let now = Instant::now();
+            let mut a = Attempts {
+                streak: u32::MAX,
+                ..Attempts::default()
+            };
+            assert_eq!(a.went_wrong(now), MAX_BACKOFF);
+        }
+    }
 }

@@ -347,7 +347,8 @@ async fn repeated_auth_failures_are_throttled() {
         assert_eq!(get_status(&c, &url, "wrong").await, 401);
     }
     assert_eq!(get_status(&c, &url, "wrong").await, 429);
-    assert_eq!(get_status(&c, &url, ADMIN).await, 429);
+    // Only failing attempts are throttled: the admin is still served.
+    assert_eq!(get_status(&c, &url, ADMIN).await, 200);
     // Each failure up to the throttle left a trace; the refused guesses
     // after it do not flood the log.
     let audit = clavis.state.audit_events(100);
@@ -360,6 +361,79 @@ async fn repeated_auth_failures_are_throttled() {
     assert_eq!(failures[0]["actor"], "api:unauthenticated@127.0.0.1");
     assert_eq!(failures[0]["detail"]["path"], "/v1/services");
     assert!(!serde_json::to_string(&audit).unwrap().contains("wrong"));
+}
+
+/// The agent shares the admin's address (a pod's localhost), so a
+/// per-address lockout would let it lock the operator out with ten wrong
+/// tokens. Only failing attempts are slowed (`429` with `Retry-After`);
+/// the admin token, agent tokens, `/mcp` and `/v1/audit` keep working.
+#[tokio::test]
+async fn a_flood_of_wrong_tokens_never_locks_out_a_valid_token() {
+    let (_ca, _up, clavis) = setup("").await;
+    let c = http();
+    let url = |p: &str| format!("{}{p}", api(&clavis));
+    for _ in 0..30 {
+        let r = c
+            .get(url("/v1/services"))
+            .bearer_auth("guess")
+            .send()
+            .await
+            .unwrap();
+        assert!(matches!(r.status().as_u16(), 401 | 429));
+    }
+    let r = c
+        .get(url("/v1/services"))
+        .bearer_auth("guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    let none = c.get(url("/v1/services")).send().await.unwrap();
+    assert_eq!(none.status(), 429, "no token is a failing attempt too");
+
+    assert_eq!(get_status(&c, url("/v1/services"), ADMIN).await, 200);
+    assert_eq!(get_status(&c, url("/v1/audit"), ADMIN).await, 200);
+    assert_eq!(
+        get_status(&c, url("/v1/services"), "codex-token").await,
+        200
+    );
+    assert_eq!(
+        get_status(&c, url("/api/entries"), "codex-token").await,
+        200
+    );
+    for token in [ADMIN, "codex-token"] {
+        let r = c
+            .post(url("/mcp"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(
+                json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"}}})
+                .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "/mcp with a valid token");
+    }
+    // Past the throttle the guesses are not audited one by one.
+    let audit = clavis.state.audit_events(1000);
+    let guesses = audit
+        .iter()
+        .filter(|e| e["actor"] == "api:unauthenticated@127.0.0.1")
+        .count();
+    assert_eq!(
+        guesses, 11,
+        "ten failures and one note that the rest are throttled"
+    );
 }
 
 #[tokio::test]
@@ -393,6 +467,72 @@ async fn live_check_rejects_a_bad_github_token() {
 /// refused with 422 naming it; TRACE, which would echo the injected
 /// credential, is refused on the API and the proxy port alike. Nothing
 /// reaches the upstream.
+/// Threat model T10: the credential is clavis's to set. A `/v1/proxy` or
+/// MCP `proxy_request` call carrying one of the connector's own auth
+/// headers (any case, `_` for `-`) is `422` naming it, not silently
+/// stripped, and nothing is sent.
+#[tokio::test]
+async fn proxy_calls_may_not_set_the_connectors_auth_headers() {
+    let (_ca, up, clavis) = setup("").await;
+    let c = http();
+    for (service, header) in [
+        ("my-openai", "Authorization"),
+        ("my-openai", "api-key"),
+        ("my-anthropic", "X-Api-Key"),
+        ("my-anthropic", "x_api_key"),
+        ("my-brave", "X-Subscription-Token"),
+        ("my-github", "AUTHORIZATION"),
+    ] {
+        let r = c
+            .post(format!("{}/v1/proxy/{service}", api(&clavis)))
+            .bearer_auth(ADMIN)
+            .json(&json!({"path": "/v1/x", "headers": {header: "Bearer clavis:placeholder"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{service} {header}");
+        let err: Value = r.json().await.unwrap();
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("headers.{}", header.to_ascii_lowercase())),
+            "{message}"
+        );
+    }
+    // The same through MCP: a tool error naming the header.
+    let r = c
+        .post(format!("{}/mcp", api(&clavis)))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "2025-06-18")
+        .body(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+                "name": "proxy_request",
+                "arguments": {"service": "my-openai", "path": "/v1/models",
+                              "headers": {"authorization": "Bearer sk-agent-own"}}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let text = v["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("headers.authorization"), "{text}");
+    assert!(text.contains("clavis_unprocessable"), "{text}");
+    assert!(up.seen().is_empty(), "forwarded: {:?}", up.seen());
+    // Other headers still pass.
+    let r = c
+        .post(format!("{}/v1/proxy/my-openai", api(&clavis)))
+        .bearer_auth(ADMIN)
+        .json(&json!({"path": "/v1/x", "headers": {"x-trace-id": "abc"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().header("x-trace-id"), Some("abc"));
+}
+
 #[tokio::test]
 async fn proxy_calls_may_not_set_framing_or_destination() {
     let (_ca, up, clavis) = setup("").await;

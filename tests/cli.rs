@@ -180,6 +180,12 @@ fn a_running_clavis_dumps_no_core_and_locks_its_master_key_page() {
     let mut master_key = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut master_key).unwrap();
     std::fs::write(dir.path().join("master.key"), master_key).unwrap();
+    // clavis refuses a master key others may read.
+    std::fs::set_permissions(
+        dir.path().join("master.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let config = dir.path().join("clavis.yaml");
     std::fs::write(
         &config,

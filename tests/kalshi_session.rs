@@ -1,8 +1,10 @@
 //! Kalshi email + password sessions through HTTPS_PROXY: clavis logs in
 //! (`POST /trade-api/v2/login`), sends `Authorization: Bearer <token>`, logs
-//! in once for many concurrent requests, again on expiry and on a 401 (the
-//! refused request replayed once), reports a refused login as 502 without the
-//! password, and keeps the login endpoint to itself.
+//! in once for many concurrent requests, again on expiry and on a 401 (one
+//! re-login shared by every refused request, each replayed once), backs off
+//! only when a token fresh from a re-login is refused again or a login
+//! fails (then the agent gets the upstream's own 401), reports a refused
+//! login as 502 without the password, and keeps the login endpoint to itself.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -14,6 +16,8 @@ use support::upstream::{KALSHI_EMAIL, KALSHI_PASSWORD};
 use support::*;
 
 const HOST: &str = "external-api.kalshi.com";
+/// Another host of the same connector (and service).
+const HOST2: &str = "api.elections.kalshi.com";
 const BALANCE: &str = "/trade-api/v2/portfolio/balance";
 
 fn yaml(password: &str, limits: &str) -> String {
@@ -32,7 +36,7 @@ agents:
 
 async fn setup(password: &str, limits: &str) -> (TestCa, Upstream, Clavis) {
     let ca = TestCa::new();
-    let up = Upstream::start(&ca, &[HOST]).await;
+    let up = Upstream::start(&ca, &[HOST, HOST2]).await;
     let clavis = Clavis::builder(&yaml(password, limits))
         .start(Some(&up), Some(&ca))
         .await;
@@ -44,8 +48,12 @@ fn client(clavis: &Clavis) -> reqwest::Client {
 }
 
 async fn get(client: &reqwest::Client, path: &str) -> reqwest::Response {
+    get_on(client, HOST, path).await
+}
+
+async fn get_on(client: &reqwest::Client, host: &str, path: &str) -> reqwest::Response {
     client
-        .get(format!("https://{HOST}{path}"))
+        .get(format!("https://{host}{path}"))
         .header("Authorization", "Bearer AGENT-placeholder")
         .send()
         .await
@@ -154,16 +162,13 @@ async fn idle_expiry_logs_in_again() {
 }
 
 /// A token the upstream stops accepting (401) → one new login and the request
-/// replayed once; the agent sees 200. clavis logs in again on a 401 at most
-/// once per 20 s (`RELOGIN_BACKOFF`), so the stale token must be older than
-/// that: this test really waits 21 s.
+/// replayed once; the agent sees 200.
 #[tokio::test]
 async fn stale_token_401_relogs_in_once_and_replays() {
     let (_ca, up, clavis) = setup(KALSHI_PASSWORD, "").await;
     let client = client(&clavis);
     assert_eq!(get(&client, BALANCE).await.status(), 200);
     let first = up.kalshi.current().unwrap();
-    tokio::time::sleep(Duration::from_secs(21)).await;
     up.kalshi.revoke();
     let before = seen_on(&up, BALANCE).len();
 
@@ -221,25 +226,118 @@ async fn stale_token_401_relogs_in_once_and_replays() {
     );
 }
 
-/// Within the backoff, a 401 for a token that was just issued does not cause
-/// another login (no login storm): the agent gets a 502 naming the service.
+/// A session revoked moments after the login (the upstream's choice, not a
+/// sign of a storm): ten requests refused with it share one re-login and
+/// all succeed, each sent at most twice.
+#[tokio::test]
+async fn ten_requests_refused_right_after_a_login_share_one_relogin_and_all_succeed() {
+    let (_ca, up, clavis) = setup(KALSHI_PASSWORD, "").await;
+    up.kalshi.set_login_delay(100);
+    let client = client(&clavis);
+    assert_eq!(get(&client, BALANCE).await.status(), 200);
+    up.kalshi.revoke();
+    let before = seen_on(&up, BALANCE).len();
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let r = get(&client, &format!("{BALANCE}?i={i}")).await;
+                let status = r.status();
+                (status, r.text().await.unwrap())
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (status, text) = t.await.unwrap();
+        assert_eq!(status, 200, "{text}");
+    }
+    assert_eq!(up.kalshi.login_count(), 2, "one login, one shared re-login");
+    let fresh = format!("Bearer {}", up.kalshi.current().unwrap());
+    let after = seen_on(&up, BALANCE);
+    let new = &after[before..];
+    let accepted = new
+        .iter()
+        .filter(|s| s.header("authorization") == Some(fresh.as_str()))
+        .count();
+    assert_eq!(
+        accepted, 10,
+        "each request answered once with the new token"
+    );
+    assert!(new.len() <= 20, "no request sent more than twice");
+}
+
+/// The login storm guard: a token fresh from a re-login that the upstream
+/// refuses again starts a back-off (1 s, doubling). Within it no login is
+/// tried, and the agent gets the upstream's own 401 (scrubbed), not a
+/// clavis error.
 #[tokio::test]
 async fn a_refused_fresh_token_does_not_cause_a_login_storm() {
     let (_ca, up, clavis) = setup(KALSHI_PASSWORD, "").await;
     let client = client(&clavis);
     assert_eq!(get(&client, BALANCE).await.status(), 200);
-    up.kalshi.revoke();
+    up.kalshi.refuse_all_tokens();
     for _ in 0..5 {
         let r = get(&client, BALANCE).await;
-        assert_eq!(r.status(), 502);
-        let err: Value = r.json().await.unwrap();
-        assert_eq!(err["error"]["type"], "clavis_login_failed", "{err}");
-        assert!(err["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("kalshi-session"));
+        assert_eq!(r.status(), 401);
+        assert!(r.headers().get("clavis-error").is_none());
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            body["error"]["code"], "authentication_error",
+            "the upstream's own answer: {body}"
+        );
     }
-    assert_eq!(up.kalshi.login_count(), 1);
+    assert_eq!(
+        up.kalshi.login_count(),
+        2,
+        "one re-login for the refused token, none for its refused successor"
+    );
+    let refused = seen_on(&up, BALANCE).len();
+    assert_eq!(
+        refused,
+        1 + 2 + 4,
+        "each request sent once, the first twice"
+    );
+}
+
+/// A re-login that fails starts the back-off too: the refused request, and
+/// every one refused with the old token within the back-off, get the
+/// upstream's own 401, and the password is not tried again meanwhile.
+#[tokio::test]
+async fn a_failed_relogin_answers_the_upstreams_401_and_backs_off() {
+    let (_ca, up, clavis) = setup(KALSHI_PASSWORD, "").await;
+    let client = client(&clavis);
+    assert_eq!(get(&client, BALANCE).await.status(), 200);
+    up.kalshi.revoke();
+    up.kalshi.refuse_all_logins();
+    for _ in 0..5 {
+        let r = get(&client, BALANCE).await;
+        assert_eq!(r.status(), 401);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "authentication_error", "{body}");
+    }
+    assert_eq!(up.kalshi.login_count(), 2, "one failed re-login, then none");
+    let text = serde_json::to_string(&clavis.state.audit_events(100)).unwrap();
+    assert!(!text.contains(KALSHI_PASSWORD));
+}
+
+/// The back-off belongs to the token that was refused, not to the
+/// service's other hosts: a revocation seen on one Kalshi host is renewed
+/// and the request served, whichever host the next request goes to.
+#[tokio::test]
+async fn a_revocation_seen_on_one_host_does_not_refuse_the_others() {
+    let (_ca, up, clavis) = setup(KALSHI_PASSWORD, "").await;
+    let client = client(&clavis);
+    assert_eq!(get_on(&client, HOST, BALANCE).await.status(), 200);
+    up.kalshi.revoke();
+    assert_eq!(get_on(&client, HOST2, BALANCE).await.status(), 200);
+    assert_eq!(get_on(&client, HOST, BALANCE).await.status(), 200);
+    assert_eq!(get_on(&client, HOST2, BALANCE).await.status(), 200);
+    assert_eq!(up.kalshi.login_count(), 2);
+    let login = seen_on(&up, "/trade-api/v2/login");
+    assert_eq!(
+        login[1].host, HOST2,
+        "the re-login went to the refusing host"
+    );
 }
 
 #[tokio::test]

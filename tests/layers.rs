@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
         "secret",
         "body",
         "encoding",
+        "files",
         "host",
         "json",
         "credentials",

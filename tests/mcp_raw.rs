@@ -406,7 +406,7 @@ async fn every_tool(era: &'static str) {
                 "method": "POST",
                 "path": "/v1/chat/completions",
                 "params": {"probe": "mcp", "n": 2},
-                "headers": {"x-probe": "raw-mcp", "authorization": "Bearer clavis-placeholder"},
+                "headers": {"x-probe": "raw-mcp"},
                 "body": {"model": "gpt-test", "messages": []}
             }),
         )

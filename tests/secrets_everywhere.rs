@@ -183,6 +183,12 @@ async fn start(up: &Upstream, ca: &TestCa) -> Proc {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
     std::fs::write(dir.path().join("master.key"), "7".repeat(64)).unwrap();
+    // Master key files readable by others are refused.
+    std::fs::set_permissions(
+        dir.path().join("master.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut yaml = format!(

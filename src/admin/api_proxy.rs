@@ -1,6 +1,8 @@
 //! `POST /v1/proxy/{name}`: a request described as JSON, sent through the
 //! same injection path as the proxy port ([`exchange::forward`]), with the
-//! upstream's status, headers and body streamed back as they are.
+//! upstream's status, headers and body streamed back as they are. The
+//! caller names the service; the destination, the framing and the
+//! credential are clavis's (`422` for a header that would set them).
 
 use std::collections::BTreeMap;
 
@@ -134,6 +136,20 @@ pub(super) async fn call(
             ))
         })?
         .to_owned();
+    // The credential is clavis's to set (threat model T10): an auth header
+    // the connector strips is refused rather than silently dropped, so the
+    // caller learns its value never went anywhere.
+    if let Some(name) = call.headers.keys().find(|name| {
+        HeaderName::from_bytes(name.as_bytes())
+            .is_ok_and(|n| crate::proxy::headers::is_auth_header(&n, &connector.strip))
+    }) {
+        return Err(invalid(format!(
+            "headers.{}: service {:?} authenticates with its own credential (connector {:?}); remove the header",
+            name.to_ascii_lowercase(),
+            service.name,
+            connector.name
+        )));
+    }
     let target = std::sync::Arc::new(Target::new(state, host, connector.port, connector)?);
     let caller = std::sync::Arc::new(who.clone());
     let req = call.into_request()?;

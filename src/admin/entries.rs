@@ -199,6 +199,7 @@ pub(super) async fn read_route(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct SearchQuery {
     q: String,
 }
@@ -208,8 +209,8 @@ pub(super) async fn search_route(
     Extension(who): Extension<Caller>,
     query: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ProxyError> {
-    let Query(q) =
-        query.map_err(|_| RequestError::Malformed("missing query parameter q".into()))?;
+    // Names what is wrong: `q` missing, or a parameter the route does not know.
+    let Query(q) = query.map_err(|e| RequestError::Malformed(e.body_text()))?;
     Ok(Json(Value::Array(search(&state, &who, &q.q)?)))
 }
 
@@ -222,6 +223,7 @@ pub(super) async fn totp_route(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct GenerateQuery {
     length: Option<String>,
     symbols: Option<String>,

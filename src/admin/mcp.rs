@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use super::api_proxy::{self, ProxyCall};
 use super::entries;
 use crate::error::{ProxyError, RequestError};
-use crate::identity::{Caller, Via};
+use crate::identity::{Caller, ScopeError, Via};
 use crate::state::State;
 use crate::upstream::{Cause, UpstreamError};
 
@@ -382,6 +382,13 @@ impl ServerHandler for Mcp {
         let who = caller(&context)?;
         let name: Cow<'static, str> = request.name;
         if !tools(&who).iter().any(|t| t.name == name) {
+            if name == "get_token" {
+                // It exists, but not for this caller: a refusal.
+                let why = ScopeError::NoReveal {
+                    agent: who.name().to_owned(),
+                };
+                super::denied::tool(&self.state, &who, &name, &why.to_string(), false);
+            }
             return Err(ErrorData::invalid_params(
                 format!("unknown tool {name:?}"),
                 None,
@@ -391,7 +398,13 @@ impl ServerHandler for Mcp {
         tracing::info!(actor = %who.actor(), tool = %name, "mcp tool call");
         Ok(match self.run(&who, &name, &args).await? {
             Ok(value) => ok(value),
-            Err(e) => tool_error(e),
+            Err(e) => {
+                if e.is_admin_refusal() {
+                    let missing = e.status() == http::StatusCode::NOT_FOUND;
+                    super::denied::tool(&self.state, &who, &name, &e.to_string(), missing);
+                }
+                tool_error(e)
+            }
         })
     }
 }

@@ -7,6 +7,7 @@ mod api_proxy;
 mod approvals;
 mod auth;
 mod console;
+mod denied;
 mod entries;
 mod guardrails;
 mod json;

@@ -48,7 +48,10 @@ pub(super) fn visible(state: &State, who: &Caller, key: &str) -> Result<Arc<Serv
         })
 }
 
+/// Every admin request struct refuses a field it does not know (`422`
+/// naming it): a typo must not register a service without what it meant.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct Create {
     name: String,
     connector_name: String,
@@ -65,6 +68,7 @@ pub(super) struct Create {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CreateField {
     name: String,
     value: String,
@@ -184,6 +188,7 @@ pub(super) async fn delete(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct StoreCredentials {
     token_type: String,
     data: BTreeMap<String, Value>,

@@ -11,6 +11,7 @@ fn approvals(hold: Duration, ttl: Duration) -> Arc<Approvals> {
         allow_private: Vec::new(),
         own: Vec::new(),
         connect_timeout: Duration::from_secs(1),
+        nameserver: None,
     };
     let tls = crate::tls::verify::client_config(&[]).unwrap();
     let upstream = Arc::new(Upstream::new(

@@ -289,6 +289,8 @@ pub(crate) struct StoreConfig {
 pub(crate) struct RawUpstream {
     pub(crate) extra_ca: Vec<PathBuf>,
     pub(crate) resolve: BTreeMap<String, String>,
+    /// A DNS server asked instead of the system resolver (`ip` or `ip:port`).
+    pub(crate) nameserver: Option<String>,
     pub(crate) connect_timeout: HumanDuration,
     pub(crate) request_timeout: HumanDuration,
 }
@@ -298,6 +300,7 @@ impl Default for RawUpstream {
         RawUpstream {
             extra_ca: Vec::new(),
             resolve: BTreeMap::new(),
+            nameserver: None,
             connect_timeout: secs(10),
             request_timeout: secs(300),
         }
@@ -396,6 +399,9 @@ pub(crate) struct UpstreamConfig {
     pub(crate) extra_ca: Vec<PathBuf>,
     /// `(host, port)` → socket address, like curl `--resolve`.
     pub(crate) resolve: HashMap<(String, u16), SocketAddr>,
+    /// The DNS server names are resolved with, instead of the system's.
+    /// Its answers are checked like any others (private addresses refused).
+    pub(crate) nameserver: Option<SocketAddr>,
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
 }

@@ -88,6 +88,23 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Env) -> (Config, Vec<ConfigErro
         }
     }
 
+    let nameserver = raw.upstream.nameserver.as_deref().and_then(|text| {
+        let parsed = text.parse::<SocketAddr>().or_else(|_| {
+            text.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        });
+        match parsed {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                errs.push(
+                    "upstream.nameserver",
+                    format!("{text:?} is not ip or ip:port (a DNS server's address)"),
+                );
+                None
+            }
+        }
+    });
+
     if raw.store.snapshot.is_some() && raw.store.master_key_file.is_none() {
         errs.push(
             "store.snapshot",
@@ -123,6 +140,7 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Env) -> (Config, Vec<ConfigErro
         upstream: UpstreamConfig {
             extra_ca: raw.upstream.extra_ca,
             resolve,
+            nameserver,
             connect_timeout: raw.upstream.connect_timeout.0,
             request_timeout: raw.upstream.request_timeout.0,
         },

@@ -294,13 +294,26 @@ impl Registry {
         Ok(())
     }
 
-    /// The connector claiming a normalized (lowercase, no trailing dot) host.
+    /// The connector claiming a normalized (lowercase, no trailing dot)
+    /// host: an exact claim first, then the most specific wildcard. A
+    /// wildcard covers one or more labels in front of its suffix
+    /// (`*.svc.example` claims `a.svc.example` and `a.b.svc.example`,
+    /// never `svc.example`), so the walk goes from the nearest parent up.
     pub(crate) fn lookup(&self, host: &str) -> Option<&Arc<Connector>> {
         if let Some(c) = self.exact.get(host) {
             return Some(c);
         }
-        let (_, parent) = host.split_once('.')?;
-        self.wildcard.get(parent)
+        if self.wildcard.is_empty() {
+            return None;
+        }
+        let mut rest = host;
+        while let Some((_, parent)) = rest.split_once('.') {
+            if let Some(c) = self.wildcard.get(parent) {
+                return Some(c);
+            }
+            rest = parent;
+        }
+        None
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<&Arc<Connector>> {
@@ -328,6 +341,38 @@ mod tests {
             assert_eq!(r.lookup("uploads.github.com").unwrap().name, "github");
             assert!(r.lookup("api.openai.com.evil.net").is_none());
             assert!(r.lookup("example.com").is_none());
+        }
+
+        #[test]
+        fn a_wildcard_claims_one_or_more_labels_the_most_specific_first() {
+            let user = |name: &str, hosts: &[&str]| {
+                let mut c = builtin::all().remove(0);
+                c.name = name.into();
+                c.hosts = hosts
+                    .iter()
+                    .map(|h| HostPattern::parse(h).unwrap())
+                    .collect();
+                c
+            };
+            let r = Registry::new(vec![
+                user("outer", &["*.svc.example"]),
+                user("inner", &["*.b.svc.example", "x.svc.example"]),
+            ])
+            .unwrap();
+            let name = |h: &str| r.lookup(h).map(|c| c.name.clone());
+            assert_eq!(name("a.svc.example").as_deref(), Some("outer"));
+            assert_eq!(name("a.c.svc.example").as_deref(), Some("outer"));
+            assert_eq!(
+                name("x.svc.example").as_deref(),
+                Some("inner"),
+                "exact first"
+            );
+            assert_eq!(name("a.b.svc.example").as_deref(), Some("inner"));
+            assert_eq!(name("a.z.b.svc.example").as_deref(), Some("inner"));
+            assert_eq!(name("b.svc.example").as_deref(), Some("outer"));
+            assert_eq!(name("svc.example"), None, "never the apex");
+            assert_eq!(name("asvc.example"), None);
+            assert_eq!(name("a.svc.example.evil.net"), None);
         }
 
         #[test]

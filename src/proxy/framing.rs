@@ -1,10 +1,14 @@
-//! A byte-level guard under hyper for HTTP/1 connections inside a tunnel.
-//! hyper normalizes a request carrying both `Transfer-Encoding` and
-//! `Content-Length` (chunked wins, the length is dropped) before the service
-//! sees it; clavis refuses such ambiguous framing outright (request
-//! smuggling, threat model T6). This guard watches the request heads as they
-//! are read, follows each body's framing to find the next head, and marks the
-//! number of every request whose head was ambiguous.
+//! A byte-level guard under hyper for HTTP/1 connections: the proxy port
+//! itself and every intercepted tunnel. hyper normalizes what clavis must
+//! refuse (SPEC §3.1, threat model T6: request smuggling) before the
+//! service sees it: a request carrying both `Transfer-Encoding` and
+//! `Content-Length` (chunked wins, the length is dropped), differing
+//! `Content-Length` values, several `Transfer-Encoding` lines or codings,
+//! obs-fold, heads ended by bare `LF`. This guard watches the request heads
+//! as they are read, follows each body's framing to find the next head, and
+//! notes the flaw of every request whose head had one; the request is then
+//! answered `400` and the connection closed. After a `CONNECT` head the
+//! bytes are a tunnel's, and the guard stops watching.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -14,23 +18,53 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const MAX_HEAD: usize = 64 * 1024;
 
-/// Which requests (1-based, in order) had ambiguous framing.
+/// Flaws kept per connection: the first flawed request served closes the
+/// connection, so only the earliest ones can ever be asked about.
+const MAX_FLAWS: usize = 16;
+
+/// What is wrong with a request head's framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flaw {
+    LengthWithChunked,
+    DifferingLengths,
+    SeveralCodings,
+    BareLf,
+    ObsFold,
+}
+
+impl Flaw {
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Flaw::LengthWithChunked => "both Transfer-Encoding and Content-Length",
+            Flaw::DifferingLengths => "differing Content-Length values",
+            Flaw::SeveralCodings => "more than one Transfer-Encoding line or coding",
+            Flaw::BareLf => "a line ended by a bare LF",
+            Flaw::ObsFold => "a folded header line (obs-fold)",
+        }
+    }
+}
+
+/// Which requests (1-based, in order) had a flawed head, and the flaw.
 #[derive(Debug, Default)]
 pub(crate) struct Verdicts {
-    ambiguous: Mutex<Vec<u64>>,
+    flawed: Mutex<Vec<(u64, Flaw)>>,
 }
 
 impl Verdicts {
-    pub(crate) fn is_ambiguous(&self, request: u64) -> bool {
-        self.ambiguous
-            .lock()
-            .map(|v| v.contains(&request))
-            .unwrap_or(true)
+    /// The flaw of the `request`-th head, if it had one. A poisoned lock
+    /// (a bug) refuses rather than passes.
+    pub(crate) fn flaw(&self, request: u64) -> Option<Flaw> {
+        match self.flawed.lock() {
+            Ok(v) => v.iter().find(|(n, _)| *n == request).map(|(_, f)| *f),
+            Err(_) => Some(Flaw::DifferingLengths),
+        }
     }
 
-    fn mark(&self, request: u64) {
-        if let Ok(mut v) = self.ambiguous.lock() {
-            v.push(request);
+    fn mark(&self, request: u64, flaw: Flaw) {
+        if let Ok(mut v) = self.flawed.lock() {
+            if v.len() < MAX_FLAWS {
+                v.push((request, flaw));
+            }
         }
     }
 }
@@ -73,20 +107,43 @@ impl<S> Guard<S> {
     }
 }
 
-/// What a request head says about its body: (ambiguous, length, chunked).
-/// Works on the bytes as read, without copying them.
-fn inspect(head: &[u8]) -> (bool, Option<u64>, bool) {
+/// What a request head says about its body.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Framing {
+    flaw: Option<Flaw>,
+    length: Option<u64>,
+    chunked: bool,
+    connect: bool,
+}
+
+/// Reads a head (up to, not including, the `\n` that ends its last line)
+/// without copying it; `bare_end` says the empty line that ended it was a
+/// bare `LF`.
+fn inspect(head: &[u8], bare_end: bool) -> Framing {
     let mut first_length: Option<&[u8]> = None;
-    let mut differing = false;
-    let mut te = false;
-    let mut chunked = false;
-    for line in head.split(|b| *b == b'\n').skip(1) {
+    let mut flaw = bare_end.then_some(Flaw::BareLf);
+    let mut note = |f: Flaw| {
+        flaw.get_or_insert(f);
+    };
+    let (mut te_lines, mut chunked) = (0usize, false);
+    for (i, line) in head.split(|b| *b == b'\n').enumerate() {
+        // Noted, and still read: the framing decides where the next head is.
+        let line = line.strip_suffix(b"\r").unwrap_or_else(|| {
+            note(Flaw::BareLf);
+            line
+        });
+        if i == 0 {
+            continue;
+        }
+        if matches!(line.first(), Some(b' ' | b'\t')) {
+            note(Flaw::ObsFold);
+            continue;
+        }
         // Only `content-length` and `transfer-encoding` matter: skip the
         // other lines on their first byte.
         if !matches!(line.first().map(|b| b | 0x20), Some(b'c' | b't')) {
             continue;
         }
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
@@ -94,34 +151,53 @@ fn inspect(head: &[u8]) -> (bool, Option<u64>, bool) {
         if name.eq_ignore_ascii_case(b"content-length") {
             match first_length {
                 None => first_length = Some(value),
-                Some(first) => differing |= first != value,
+                Some(first) if first != value => note(Flaw::DifferingLengths),
+                Some(_) => {}
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            te = true;
+            te_lines += 1;
+            let codings = value
+                .split(|b| *b == b',')
+                .filter(|c| !c.trim_ascii().is_empty())
+                .count();
+            if te_lines > 1 || codings > 1 {
+                note(Flaw::SeveralCodings);
+            }
             chunked = value
                 .rsplit(|b| *b == b',')
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         }
     }
-    let ambiguous = (te && first_length.is_some()) || differing;
+    if te_lines > 0 && first_length.is_some() {
+        note(Flaw::LengthWithChunked);
+    }
     let length = first_length
         .and_then(|l| std::str::from_utf8(l).ok())
         .and_then(|l| l.parse().ok());
-    (ambiguous, if te { None } else { length }, chunked)
+    Framing {
+        flaw,
+        length: if te_lines > 0 { None } else { length },
+        chunked,
+        connect: head.starts_with(b"CONNECT "),
+    }
 }
 
 /// After a head: where its body's framing leads.
-fn after_head(head: &[u8], requests: &mut u64, verdicts: &Verdicts) -> State {
+fn after_head(head: &[u8], bare_end: bool, requests: &mut u64, verdicts: &Verdicts) -> State {
     *requests += 1;
-    let (ambiguous, length, chunked) = inspect(head);
-    if ambiguous {
-        verdicts.mark(*requests);
+    let framing = inspect(head, bare_end);
+    if let Some(flaw) = framing.flaw {
+        verdicts.mark(*requests, flaw);
     }
-    if chunked {
+    if framing.connect {
+        // What follows is the tunnel's (or nothing, if it is refused).
+        return State::Off;
+    }
+    if framing.chunked {
         State::ChunkSize(Vec::new())
     } else {
-        match length {
+        match framing.length {
             Some(n) if n > 0 => State::Body(n),
             _ => State::Head(Vec::new()),
         }
@@ -141,7 +217,7 @@ fn advance(state: &mut State, requests: &mut u64, verdicts: &Verdicts, mut data:
                 // The usual case: the whole head arrived in one read.
                 if buf.is_empty() {
                     if let Some((end, next)) = head_end(data) {
-                        *state = after_head(&data[..end], requests, verdicts);
+                        *state = after_head(&data[..end], next == end + 2, requests, verdicts);
                         data = &data[next..];
                         continue;
                     }
@@ -156,7 +232,7 @@ fn advance(state: &mut State, requests: &mut u64, verdicts: &Verdicts, mut data:
                 };
                 data = &data[next - before..];
                 let head = std::mem::take(buf);
-                *state = after_head(&head[..end], requests, verdicts);
+                *state = after_head(&head[..end], next == end + 2, requests, verdicts);
             }
             State::Body(left) => {
                 let n = (*left).min(data.len() as u64);
@@ -294,13 +370,13 @@ impl<S: AsyncWrite> AsyncWrite for Guard<S> {
 mod tests {
     use super::*;
 
-    fn run(chunks: &[&[u8]]) -> (u64, Vec<u64>) {
+    fn run(chunks: &[&[u8]]) -> (u64, Vec<(u64, Flaw)>) {
         let v = Verdicts::default();
         let (mut state, mut requests) = (State::Head(Vec::new()), 0);
         for c in chunks {
             advance(&mut state, &mut requests, &v, c);
         }
-        let marked = v.ambiguous.lock().unwrap().clone();
+        let marked = v.flawed.lock().unwrap().clone();
         (requests, marked)
     }
 
@@ -322,19 +398,64 @@ GET /d HTTP/1.1\r\nHost: h\r\n\r\n";
         #[test]
         fn marks_te_with_cl_and_differing_lengths() {
             let te_cl: &[u8] = b"GET / HTTP/1.1\r\nHost: h\r\n\r\nPOST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
-            assert_eq!(run(&[te_cl]), (2, vec![2]));
+            assert_eq!(run(&[te_cl]), (2, vec![(2, Flaw::LengthWithChunked)]));
             let dup: &[u8] =
                 b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx";
-            assert_eq!(run(&[dup]).1, vec![1]);
-            let bare_lf: &[u8] =
-                b"POST /x HTTP/1.1\nHost: h\nContent-Length: 5\nTransfer-Encoding: chunked\n\n0\r\n\r\n";
-            assert_eq!(run(&[bare_lf]), (1, vec![1]));
+            assert_eq!(run(&[dup]).1, vec![(1, Flaw::DifferingLengths)]);
             let cases: &[u8] =
                 b"POST /x HTTP/1.1\r\nhost: h\r\nCONTENT-LENGTH: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
-            assert_eq!(run(&[cases]), (1, vec![1]));
+            assert_eq!(run(&[cases]), (1, vec![(1, Flaw::LengthWithChunked)]));
             let same: &[u8] =
                 b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx";
-            assert_eq!(run(&[same]).1, Vec::<u64>::new());
+            assert_eq!(run(&[same]).1, vec![]);
+        }
+
+        #[test]
+        fn marks_several_transfer_encodings_lines_or_codings() {
+            for head in [
+                &b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..],
+                b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+                b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked,chunked\r\n\r\n0\r\n\r\n",
+            ] {
+                assert_eq!(run(&[head]), (1, vec![(1, Flaw::SeveralCodings)]));
+            }
+            let one: &[u8] =
+                b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:  chunked \r\n\r\n0\r\n\r\n";
+            assert_eq!(run(&[one]), (1, vec![]));
+        }
+
+        #[test]
+        fn marks_bare_lf_anywhere_in_a_head_and_obs_fold() {
+            let bare: &[u8] = b"GET /x HTTP/1.1\nHost: h\n\n";
+            assert_eq!(run(&[bare]), (1, vec![(1, Flaw::BareLf)]));
+            let one_line: &[u8] = b"GET /x HTTP/1.1\r\nHost: h\nAccept: */*\r\n\r\n";
+            assert_eq!(run(&[one_line]).1, vec![(1, Flaw::BareLf)]);
+            let last: &[u8] = b"GET /x HTTP/1.1\r\nHost: h\r\n\n";
+            assert_eq!(run(&[last]).1, vec![(1, Flaw::BareLf)]);
+            let split: Vec<&[u8]> = bare.chunks(1).collect();
+            assert_eq!(run(&split).1, vec![(1, Flaw::BareLf)]);
+            let bare_te_cl: &[u8] =
+                b"POST /x HTTP/1.1\nHost: h\nContent-Length: 5\nTransfer-Encoding: chunked\n\n0\r\n\r\n";
+            assert_eq!(run(&[bare_te_cl]), (1, vec![(1, Flaw::BareLf)]));
+            let fold: &[u8] = b"GET /x HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n 2\r\n\r\n";
+            assert_eq!(run(&[fold]).1, vec![(1, Flaw::ObsFold)]);
+        }
+
+        #[test]
+        fn stops_after_a_connect_head() {
+            let connect: &[u8] =
+                b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n\x16\x03\x01 GET / HTTP/1.1\nX: y\n\n";
+            assert_eq!(run(&[connect]), (1, vec![]));
+        }
+
+        #[test]
+        fn keeps_only_the_earliest_flaws() {
+            let bare: &[u8] = b"GET /x HTTP/1.1\nHost: h\n\n";
+            let many: Vec<&[u8]> = std::iter::repeat_n(bare, 100).collect();
+            let (requests, marked) = run(&many);
+            assert_eq!(requests, 100);
+            assert_eq!(marked.len(), MAX_FLAWS);
+            assert_eq!(marked[0], (1, Flaw::BareLf));
         }
     }
 }

@@ -66,6 +66,13 @@ pub(crate) fn strip_auth(headers: &mut HeaderMap, names: &[HeaderName]) {
     }
 }
 
+/// Whether `name` is one of `names` (an auth header a connector strips),
+/// spelled with `_` for `-` or not: what [`strip_auth`] would remove.
+pub(crate) fn is_auth_header(name: &HeaderName, names: &[HeaderName]) -> bool {
+    let dashed = name.as_str().replace('_', "-");
+    names.iter().any(|n| n.as_str() == dashed)
+}
+
 /// The service named by a `clavis:<service>` placeholder in one of the
 /// connector's auth headers, bare or after a scheme (`Bearer `, `token `),
 /// or inside a `Basic` credential (git's: the password, or the user name
@@ -114,6 +121,16 @@ mod tests {
 
     mod strip {
         use super::*;
+
+        #[test]
+        fn knows_an_auth_header_in_any_case_and_spelling() {
+            let names = [HeaderName::from_static("x-api-key"), header::AUTHORIZATION];
+            for n in ["x-api-key", "X-Api-Key", "x_api_key", "AUTHORIZATION"] {
+                let name = HeaderName::from_bytes(n.as_bytes()).unwrap();
+                assert!(is_auth_header(&name, &names), "{n}");
+            }
+            assert!(!is_auth_header(&header::ACCEPT, &names));
+        }
 
         #[test]
         fn removes_proxy_authorization_and_connection_listed() {

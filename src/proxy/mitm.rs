@@ -39,14 +39,8 @@ pub(super) async fn serve(
     let requests = served.clone();
     let service = service_fn(move |req| {
         let n = requests.fetch_add(1, Ordering::Relaxed) + 1;
-        let ambiguous = h1 && verdicts.is_ambiguous(n);
-        exchange::tunneled(
-            state.clone(),
-            caller.clone(),
-            target.clone(),
-            req,
-            ambiguous,
-        )
+        let flaw = if h1 { verdicts.flaw(n) } else { None };
+        exchange::tunneled(state.clone(), caller.clone(), target.clone(), req, flaw)
     });
     // ALPN already chose the protocol: serve it directly (no sniffing layer).
     let io = TokioIo::new(io);

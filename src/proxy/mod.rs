@@ -1,11 +1,13 @@
 //! The proxy port: accept loop, one hyper HTTP/1 connection per client with
-//! upgrades (CONNECT), and the dispatch of each request:
-//! `auth → CONNECT (connect.rs) | absolute http:// (plain.rs) | 400`.
+//! upgrades (CONNECT) over the framing guard, and the dispatch of each
+//! request: `framing (400, closed) → auth → CONNECT (connect.rs) | absolute
+//! http:// (plain.rs) | 400`.
 //! Inside an intercepted tunnel every request becomes an exchange
 //! ([`exchange::forward`]).
 
 mod auth;
 mod connect;
+mod decode;
 pub(crate) mod exchange;
 mod framing;
 pub(crate) mod headers;
@@ -15,8 +17,10 @@ mod relay;
 mod scrub;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use http::{Method, Request, Response};
+use http::{header, Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -76,22 +80,66 @@ fn refuse_unmatched(state: &State, host: &str, port: u16) -> Result<(), ProxyErr
 }
 
 async fn serve_connection(ctx: Ctx, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+    // The framing guard reads under hyper (which would normalize what must
+    // be refused); requests are served in order, so the n-th call is the
+    // n-th head it saw.
+    let verdicts = Arc::new(framing::Verdicts::default());
+    let io = framing::Guard::new(tcp, verdicts.clone(), true);
+    let served = Arc::new(AtomicU64::new(0));
     let service_ctx = ctx.clone();
-    let service = service_fn(move |req| handle(service_ctx.clone(), req));
+    let service = service_fn(move |req| {
+        let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+        handle(service_ctx.clone(), req, verdicts.flaw(n))
+    });
     let conn = crate::server::http1_server(ctx.state.config.limits.heads())
-        .serve_connection(TokioIo::new(tcp), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     if let Err(e) = ctx.drain.watch(conn, |c| c.graceful_shutdown()).await {
         tracing::debug!(%peer, error = %e, "proxy connection ended with error");
     }
 }
 
+/// The proxy port's own framing rules (SPEC §3.1): a head the guard found
+/// flawed, and a `CONNECT` that is not `host:port` with no body, are
+/// refused and the connection closed.
+fn check_framing(req: &Request<Incoming>, flaw: Option<framing::Flaw>) -> Result<(), ProxyError> {
+    let desync = |text: String| -> ProxyError { RequestError::Desync(text).into() };
+    if let Some(flaw) = flaw {
+        return Err(desync(format!(
+            "ambiguous framing ({}) is refused",
+            flaw.describe()
+        )));
+    }
+    if req.method() != Method::CONNECT {
+        return Ok(());
+    }
+    let uri = req.uri();
+    if uri.scheme().is_some() || uri.path_and_query().is_some() {
+        return Err(desync(format!(
+            "CONNECT takes host:port only (no scheme, no path), not {uri}"
+        )));
+    }
+    let h = req.headers();
+    let body = h.contains_key(header::TRANSFER_ENCODING)
+        || h.get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0");
+    if body {
+        return Err(desync(
+            "CONNECT carries no body (Content-Length other than 0 or Transfer-Encoding)".into(),
+        ));
+    }
+    Ok(())
+}
+
 async fn handle(
     ctx: Ctx,
     req: Request<Incoming>,
+    flaw: Option<framing::Flaw>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let ctx = &ctx;
     let result = async {
+        check_framing(&req, flaw)?;
         check_target_len(req.uri(), ctx.state.config.limits.max_uri_bytes)?;
         let caller = auth::identify(&ctx.state, req.headers())?;
         if req.method() == Method::CONNECT {

@@ -11,6 +11,10 @@
 //! SIMD; only a frame where an anchor shows up asks its [`Source`] for the
 //! full [`Patterns`] (opened from the sealed store for that one body, wiped
 //! when the body ends), and from then on the body is matched exactly.
+//!
+//! A compressed body (gzip, deflate, br, zstd) is decoded first, as it
+//! streams and bounded (`proxy::decode`), and the agent gets the decoded
+//! bytes the scrubber checked.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +24,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use zeroize::Zeroizing;
 
+use super::decode::{Decoded, Decoder};
 use crate::body::{Body, BoxError};
 use crate::redact::{Anchors, Patterns};
 use crate::store::StoreError;
@@ -95,19 +100,29 @@ impl Scrubber {
         Ok(())
     }
 
-    /// The body with echoes masked, in its frames and its trailers.
-    pub(crate) fn wrap<B>(self, body: B) -> Body
+    /// The body with echoes masked, in its frames and its trailers. A
+    /// compressed body comes with its `decoder`: it is decoded as it
+    /// streams and the decoded bytes are what is scanned and sent (see
+    /// `proxy::decode` for why the compressed bytes never go on).
+    pub(crate) fn wrap<B>(self, body: B, decoder: Option<Decoder>) -> Body
     where
         B: HttpBody<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
-        http_body_util::BodyExt::boxed(Scrubbed {
+        match decoder {
+            None => http_body_util::BodyExt::boxed(self.scrubbed(body)),
+            Some(d) => http_body_util::BodyExt::boxed(self.scrubbed(Decoded::new(body, d))),
+        }
+    }
+
+    fn scrubbed<B>(self, body: B) -> Scrubbed<B> {
+        Scrubbed {
             inner: body,
             scrubber: self,
             held: BytesMut::new(),
             trailers: None,
             done: false,
-        })
+        }
     }
 }
 
@@ -237,7 +252,7 @@ mod tests {
     ) -> Result<Body, StoreError> {
         let mut scrubber = Scrubber::new(anchors, source);
         scrubber.mask_headers(headers)?;
-        Ok(scrubber.wrap(body))
+        Ok(scrubber.wrap(body, None))
     }
 
     const SECRET: &str = "sk-REAL-secret-0123456789";

@@ -5,8 +5,7 @@
 //! truncation or another key is detected, and clavis refuses to start rather
 //! than run half-loaded or overwrite what it could not read.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -186,38 +185,14 @@ impl Snapshot {
         let sealed = sealer
             .seal(&header, &json)
             .map_err(|e| werr(std::io::Error::other(e.to_string())))?;
-        let tmp = tmp_path(&self.path);
-        let result = (|| {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&header)?;
-            f.write_all(&sealed)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
+        let mut file = Vec::with_capacity(header.len() + sealed.len());
+        file.extend_from_slice(&header);
+        file.extend_from_slice(&sealed);
+        // A fresh temp file (never through a planted link), fsync, rename,
+        // fsync of the directory.
+        let result = crate::files::write(&self.path, &file, 0o600, crate::files::Put::Replace);
         result.map_err(werr)
     }
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".tmp");
-    path.with_file_name(name)
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! key written 0600), loaded afterwards; the public bundle (Mozilla roots +
 //! this CA) is rewritten at every start for `SSL_CERT_FILE` and friends.
 
-use std::io::Write;
 use std::path::Path;
 
 use rcgen::{
@@ -124,10 +123,9 @@ pub(super) fn random_serial() -> Result<SerialNumber, TlsError> {
 /// agents that trust the CA. Warned, not refused: Secret mounts are often
 /// group-readable by design (`fsGroup`).
 fn warn_if_shared(key: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(key) {
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
+    use crate::files::Readers;
+    if let Ok((readers, mode)) = crate::files::readers(key) {
+        if readers != Readers::Owner {
             tracing::warn!(
                 key = %key.display(),
                 mode = format!("{mode:o}"),
@@ -150,7 +148,7 @@ enum Existing {
 
 /// Writes a file with `mode`, creating its directory (0700) when missing.
 fn write_file(path: &Path, bytes: &[u8], mode: u32, how: Existing) -> Result<(), TlsError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -158,18 +156,11 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32, how: Existing) -> Result<(),
             .create(dir)
             .map_err(|e| TlsError::file(dir, e))?;
     }
-    let mut options = std::fs::OpenOptions::new();
-    options
-        .write(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW);
-    match how {
-        Existing::Refuse => options.create_new(true),
-        Existing::Replace => options.create(true).truncate(true),
+    let put = match how {
+        Existing::Refuse => crate::files::Put::New,
+        Existing::Replace => crate::files::Put::Overwrite,
     };
-    let mut file = options.open(path).map_err(|e| TlsError::file(path, e))?;
-    file.write_all(bytes).map_err(|e| TlsError::file(path, e))?;
-    file.sync_all().map_err(|e| TlsError::file(path, e))
+    crate::files::write(path, bytes, mode, put).map_err(|e| TlsError::file(path, e))
 }
 
 fn pem_to_der(pem: &str) -> Option<CertificateDer<'static>> {

@@ -1,5 +1,6 @@
 //! The one dialer for every path that opens a socket (MITM upstreams, tunnels,
-//! plain HTTP): `upstream.resolve` overrides, then DNS, then a check of every
+//! plain HTTP): `upstream.resolve` overrides, then DNS (the system resolver,
+//! or `upstream.nameserver`), then a check of every
 //! resolved address, so a name that resolves to loopback, a private range,
 //! link-local (cloud metadata) or clavis itself is refused at dial time.
 
@@ -71,6 +72,9 @@ pub(crate) enum DialError {
 #[derive(Debug)]
 pub(crate) struct Dialer {
     pub(crate) resolve: HashMap<(String, u16), SocketAddr>,
+    /// `upstream.nameserver`: asked instead of the system resolver. Its
+    /// answers are checked like the system's; it grants no exception.
+    pub(crate) nameserver: Option<SocketAddr>,
     pub(crate) allow_private: Vec<IpNet>,
     /// clavis's own listeners: never a destination.
     pub(crate) own: Vec<SocketAddr>,
@@ -98,13 +102,7 @@ impl Dialer {
             return connect(host, *addr).await;
         }
         let bare = host.trim_start_matches('[').trim_end_matches(']');
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((bare, port))
-            .await
-            .map_err(|e| DialError::Resolve {
-                host: host.to_owned(),
-                reason: e.to_string(),
-            })?
-            .collect();
+        let addrs = self.resolve_name(host, bare, port).await?;
         let mut last = None;
         for addr in addrs {
             self.check(host, addr)?;
@@ -117,6 +115,32 @@ impl Dialer {
             host: host.to_owned(),
             reason: "no addresses".into(),
         }))
+    }
+
+    /// Every address of `bare` (an IP literal is its own), from the
+    /// configured nameserver or the system resolver.
+    async fn resolve_name(
+        &self,
+        host: &str,
+        bare: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, DialError> {
+        let failed = |reason: String| DialError::Resolve {
+            host: host.to_owned(),
+            reason,
+        };
+        match self.nameserver {
+            Some(ns) => match bare.parse::<IpAddr>() {
+                Ok(ip) => Ok(vec![SocketAddr::new(ip, port)]),
+                Err(_) => super::dns::lookup(ns, bare, port)
+                    .await
+                    .map_err(|e| failed(e.to_string())),
+            },
+            None => Ok(tokio::net::lookup_host((bare, port))
+                .await
+                .map_err(|e| failed(e.to_string()))?
+                .collect()),
+        }
     }
 
     fn check(&self, host: &str, addr: SocketAddr) -> Result<(), DialError> {
@@ -201,6 +225,7 @@ mod tests {
         fn dialer() -> Dialer {
             Dialer {
                 resolve: HashMap::new(),
+                nameserver: None,
                 allow_private: Vec::new(),
                 own: vec!["127.0.0.1:8080".parse().unwrap()],
                 connect_timeout: Duration::from_secs(2),

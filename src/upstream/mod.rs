@@ -5,6 +5,7 @@
 //! has the same resolution, trust and timeouts.
 
 mod dial;
+mod dns;
 mod pool;
 
 use std::pin::Pin;
@@ -37,6 +38,10 @@ pub(crate) enum UpstreamError {
     Unreachable { host: String, cause: Cause },
     #[error("upstream {host} did not answer within {after:?}")]
     Timeout { host: String, after: Duration },
+    /// An answer in a `Content-Encoding` clavis cannot decode, so it
+    /// cannot be checked for an echoed credential: refused.
+    #[error("upstream {host} answered with Content-Encoding {coding:?}, which clavis cannot decode to check it for an echoed credential; refused")]
+    Encoding { host: String, coding: String },
     /// A request clavis built without a destination: a bug.
     #[error("request to {host}: {what}")]
     Target { host: String, what: &'static str },

@@ -180,7 +180,7 @@ async def check_calls(mode: str) -> None:
                     "method": "POST",
                     "path": probe,
                     "params": {"mode": mode, "n": 3},
-                    "headers": {"x-probe": mode, "Authorization": "Bearer placeholder"},
+                    "headers": {"x-probe": mode},
                     "body": {"hello": "world"},
                 },
             ),

@@ -6,6 +6,7 @@
 // does not reach them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod dns;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -123,6 +124,7 @@ pub struct ClavisBuilder {
     env: HashMap<String, String>,
     request_timeout: String,
     resolve: Vec<(String, String)>,
+    nameserver: Option<SocketAddr>,
 }
 
 impl Clavis {
@@ -132,6 +134,7 @@ impl Clavis {
             env: HashMap::new(),
             request_timeout: "5s".to_owned(),
             resolve: Vec::new(),
+            nameserver: None,
         }
     }
 
@@ -222,6 +225,14 @@ impl ClavisBuilder {
         self
     }
 
+    /// `upstream.nameserver` of the generated `upstream:` block (a
+    /// [`dns::Dns`] of the test): names without a `resolve` entry are
+    /// looked up there.
+    pub fn nameserver(mut self, addr: SocketAddr) -> Self {
+        self.nameserver = Some(addr);
+        self
+    }
+
     /// Starts clavis with `upstream.resolve` pointing each `host:443` at
     /// `upstream` and trusting `ca` (pass `None` to leave it untrusted).
     pub async fn start(self, upstream: Option<&Upstream>, ca: Option<&TestCa>) -> Clavis {
@@ -238,6 +249,9 @@ impl ClavisBuilder {
             yaml.push_str("\nupstream:\n");
             if let Some(ca) = ca {
                 yaml.push_str(&format!("  extra_ca: [\"{}\"]\n", ca.pem_path().display()));
+            }
+            if let Some(ns) = self.nameserver {
+                yaml.push_str(&format!("  nameserver: \"{ns}\"\n"));
             }
             yaml.push_str(&format!(
                 "  connect_timeout: 2s\n  request_timeout: {}\n  resolve:\n",

@@ -108,6 +108,11 @@ pub struct KalshiLogin {
     valid: Mutex<Option<String>>,
     /// Delay before the login answers (to widen races in concurrency tests).
     pub login_delay_ms: std::sync::atomic::AtomicU64,
+    /// Logins still succeed, but every session token is refused (a
+    /// misbehaving upstream: the case a login storm would come from).
+    pub refuse_tokens: std::sync::atomic::AtomicBool,
+    /// Every login answers 401, whatever the password.
+    pub refuse_logins: std::sync::atomic::AtomicBool,
 }
 
 impl KalshiLogin {
@@ -124,6 +129,18 @@ impl KalshiLogin {
     /// upstream); the next login issues a new one.
     pub fn revoke(&self) {
         *self.valid.lock().unwrap() = None;
+    }
+
+    /// From now on every login fails (401).
+    pub fn refuse_all_logins(&self) {
+        self.refuse_logins
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// From now on every session token is refused, fresh ones too.
+    pub fn refuse_all_tokens(&self) {
+        self.refuse_tokens
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn set_login_delay(&self, ms: u64) {
@@ -280,6 +297,21 @@ async fn handle(
                 .body(body)
                 .unwrap());
         }
+        "/gzip-sse" => {
+            // Each event echoes the request's Authorization (the injected key).
+            let echo = record
+                .headers
+                .iter()
+                .find(|(k, _)| k == "authorization")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            seen.lock().unwrap().push(record);
+            return Ok(Response::builder()
+                .header("content-type", "text/event-stream")
+                .header("content-encoding", "gzip")
+                .body(gzip_sse(sse_n, gap, echo))
+                .unwrap());
+        }
         "/bytes" => {
             seen.lock().unwrap().push(record);
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
@@ -374,6 +406,17 @@ async fn handle(
         "body": String::from_utf8_lossy(&text),
     });
     seen.lock().unwrap().push(record);
+    // `/encoded/<coding>`: the echo, compressed (`Content-Encoding: <coding>`).
+    if let Some(coding) = path.strip_prefix("/encoded/") {
+        let bytes = encode(coding, json.to_string().as_bytes());
+        return Ok(Response::builder()
+            .header("content-type", "application/json")
+            .header("content-encoding", coding)
+            .header("content-length", bytes.len().to_string())
+            .header("etag", "\"v1\"")
+            .body(full(bytes))
+            .unwrap());
+    }
     let status = path
         .strip_prefix("/status/")
         .and_then(|s| s.parse::<u16>().ok())
@@ -383,6 +426,57 @@ async fn handle(
         .header("content-type", "application/json")
         .body(full(json.to_string()))
         .unwrap())
+}
+
+/// `data` in a content coding (`gzip`, `deflate`, `br`, `zstd`); any other
+/// name leaves it as it is (for codings clavis must refuse).
+pub fn encode(coding: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    match coding {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "deflate" => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "br" => {
+            let mut out = Vec::new();
+            let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+            w.write_all(data).unwrap();
+            drop(w);
+            out
+        }
+        "zstd" => zstd::bulk::compress(data, 3).unwrap(),
+        _ => data.to_vec(),
+    }
+}
+
+/// Server-sent events compressed as one gzip stream, flushed after each
+/// event (as servers that gzip SSE do), `n` events `gap` apart, each
+/// echoing `echo`.
+fn gzip_sse(n: u64, gap: Duration, echo: String) -> BoxBody {
+    use std::io::Write;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+    tokio::spawn(async move {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        for i in 0..n {
+            let ev = format!("data: {{\"i\":{i},\"echo\":\"{echo}\"}}\n\n");
+            e.write_all(ev.as_bytes()).unwrap();
+            e.flush().unwrap();
+            let chunk = std::mem::take(e.get_mut());
+            if tx.send(Ok(Frame::data(Bytes::from(chunk)))).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(gap).await;
+        }
+        let rest = e.finish().unwrap();
+        let _ = tx.send(Ok(Frame::data(Bytes::from(rest)))).await;
+    });
+    StreamBody::new(tokio_stream_from(rx)).boxed()
 }
 
 /// The Kalshi session routes of [`KalshiLogin`], in front of [`handle`].
@@ -422,7 +516,10 @@ async fn handle_kalshi(
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
-        if parsed["email"] != KALSHI_EMAIL || parsed["password"] != KALSHI_PASSWORD {
+        if parsed["email"] != KALSHI_EMAIL
+            || parsed["password"] != KALSHI_PASSWORD
+            || kalshi.refuse_logins.load(Ordering::SeqCst)
+        {
             return json(
                 401,
                 serde_json::json!({"error": {"code": "invalid_credentials", "message": "bad email or password"}}),
@@ -441,7 +538,10 @@ async fn handle_kalshi(
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok());
-    if expected.is_none() || given != expected.as_deref() {
+    if expected.is_none()
+        || given != expected.as_deref()
+        || kalshi.refuse_tokens.load(Ordering::SeqCst)
+    {
         seen.lock().unwrap().push(record);
         return json(
             401,

@@ -13,6 +13,11 @@ fn malformed(text: impl Into<String>) -> ProxyError {
     RequestError::Malformed(text.into()).into()
 }
 
+/// Refused, and the connection closed after the answer.
+fn desync(text: impl Into<String>) -> ProxyError {
+    RequestError::Desync(text.into()).into()
+}
+
 /// The destination binding of every inner request (threat model T1).
 pub(super) fn check_inner<B>(
     target: &Target,
@@ -58,18 +63,21 @@ pub(super) fn check_inner<B>(
     }
     let h = req.headers();
     if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
-        return Err(malformed(
+        return Err(desync(
             "both Transfer-Encoding and Content-Length: ambiguous framing is refused",
         ));
     }
     if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
-        return Err(malformed("more than one Content-Length"));
+        return Err(desync("more than one Content-Length"));
+    }
+    if h.get_all(header::TRANSFER_ENCODING).iter().count() > 1 {
+        return Err(desync("more than one Transfer-Encoding"));
     }
     if let Some(upgrade) = h
         .get(header::UPGRADE)
         .filter(|_| !is_websocket(req.method(), req.version(), h))
     {
-        return Err(malformed(format!(
+        return Err(desync(format!(
             "protocol upgrade {:?} is not supported through clavis",
             upgrade.to_str().unwrap_or("?")
         )));

@@ -30,6 +30,8 @@ use http::{header, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
+use super::decode::{self, Decoder};
+use super::framing::Flaw;
 use super::{headers, scrub};
 use crate::body::{self, Body};
 use crate::connector::{Connector, Plan, TokenSource};
@@ -40,6 +42,8 @@ use crate::redact::{Anchors, Patterns};
 use crate::secret::Secret;
 use crate::state::State;
 use crate::store::{Service, Store, StoreError};
+use crate::tokens::{Issued, Need};
+use crate::upstream::UpstreamError;
 use record::{Ended, Record};
 
 /// Where requests go. Fixed by the CONNECT authority on the proxy port (or by
@@ -92,23 +96,26 @@ pub(crate) enum Choice<'a> {
 }
 
 /// A request received inside a MITM'd tunnel: checked against the tunnel's
-/// destination, then forwarded.
+/// destination, then forwarded. A request whose head had a framing `flaw`
+/// is refused; an upgrade that does not end in `101` (refused by clavis or
+/// by the upstream) closes the agent's connection after the answer, so
+/// bytes it sent optimistically are never read as a new request (RFC 9931).
 pub(crate) async fn tunneled(
     state: State,
     caller: Arc<Caller>,
     target: Arc<Target>,
     req: Request<Incoming>,
-    ambiguous_framing: bool,
+    flaw: Option<Flaw>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
-    let checked = if ambiguous_framing {
-        Err(RequestError::Malformed(
-            "ambiguous framing (Transfer-Encoding with Content-Length, or differing Content-Length values) is refused"
-                .into(),
-        )
-        .into())
-    } else {
-        check::check_inner(&target, &req, state.config.limits.max_uri_bytes)
+    let checked = match flaw {
+        Some(flaw) => Err(RequestError::Desync(format!(
+            "ambiguous framing ({}) is refused",
+            flaw.describe()
+        ))
+        .into()),
+        None => check::check_inner(&target, &req, state.config.limits.max_uri_bytes),
     };
+    let upgrade = req.version() < Version::HTTP_2 && req.headers().contains_key(header::UPGRADE);
     let outcome = match checked {
         // Boxed per request: hyper keeps one slot of this future's size per
         // connection for its whole life, and most tunnels are idle.
@@ -121,7 +128,13 @@ pub(crate) async fn tunneled(
             Err(e)
         }
     };
-    Ok(outcome.unwrap_or_else(ProxyError::response))
+    let mut response = outcome.unwrap_or_else(ProxyError::response);
+    if upgrade && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
+    Ok(response)
 }
 
 /// Forwards one request with the credential injected. The request's own
@@ -349,10 +362,11 @@ struct Authorized {
     retry: Option<Retry>,
 }
 
-/// What a refused token's renewal needs: the request without it.
+/// What a refused token's renewal needs: the request without it, and the
+/// token it carried (told when the upstream accepts it).
 struct Retry {
     source: TokenSource,
-    generation: u64,
+    issued: Issued,
     parts: Parts,
     body: Bytes,
 }
@@ -422,18 +436,15 @@ async fn with_fetched_token(
 ) -> Result<Authorized, ProxyError> {
     let (state, service) = (&record.state, record.service()?);
     let mut patterns = Patterns::from_credentials(creds.expose());
-    let issued = state
-        .tokens
-        .get(
-            &state.fetcher(),
-            source,
-            service,
-            creds.expose(),
-            &record.target.host,
-            &record.caller.actor(),
-            None,
-        )
-        .await?;
+    let actor = record.caller.actor();
+    let need = Need {
+        source,
+        service,
+        creds: creds.expose(),
+        host: &record.target.host,
+        actor: &actor,
+    };
+    let issued = state.tokens.get(&state.fetcher(), &need).await?;
     drop(creds);
     patterns.add(issued.token.expose().as_bytes());
     Ok(Authorized {
@@ -442,7 +453,7 @@ async fn with_fetched_token(
         scrub: Scrub::Known(patterns),
         retry: Some(Retry {
             source,
-            generation: issued.generation,
+            issued,
             parts,
             body,
         }),
@@ -491,6 +502,8 @@ struct Sent {
 /// Sends the request upstream. A websocket goes on a fresh HTTP/1.1
 /// connection; a token the upstream refuses (`401`) is renewed, shared
 /// with every request waiting for it, and the request sent once more.
+/// When no renewal is due (a back-off, or the login failed) the agent gets
+/// the upstream's own `401`, scrubbed like any answer.
 async fn send(record: &mut Record, auth: Authorized) -> Result<Sent, ProxyError> {
     let Authorized {
         request,
@@ -509,8 +522,12 @@ async fn send(record: &mut Record, auth: Authorized) -> Result<Sent, ProxyError>
         });
     }
     let mut response = upstream.send(host, request).await?;
-    if let Some(retry) = retry.filter(|_| response.status() == StatusCode::UNAUTHORIZED) {
-        response = Box::pin(renew(record, retry, &mut scrub)).await?;
+    if let Some(retry) = retry {
+        if response.status() != StatusCode::UNAUTHORIZED {
+            retry.issued.accepted();
+        } else if let Some(again) = Box::pin(renew(record, retry, &mut scrub)).await? {
+            response = again;
+        }
     }
     Ok(Sent {
         response,
@@ -521,33 +538,47 @@ async fn send(record: &mut Record, auth: Authorized) -> Result<Sent, ProxyError>
 
 /// A second login is a second use of the credentials: they are opened
 /// again for it (only if no other request renewed the token meanwhile).
+/// `None`: no renewed token; the refused answer stands.
 async fn renew(
     record: &Record,
     retry: Retry,
     scrub: &mut Scrub,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Option<Response<Incoming>>, ProxyError> {
     let (state, host) = (&record.state, &record.target.host);
     let service = record.service()?;
-    tracing::info!(service = %service.name, "session token refused; logging in again");
     let creds = state.store.open_required(service)?;
-    let issued = state
+    let actor = record.caller.actor();
+    let need = Need {
+        source: retry.source,
+        service,
+        creds: creds.expose(),
+        host,
+        actor: &actor,
+    };
+    let renewed = state
         .tokens
-        .get(
-            &state.fetcher(),
-            retry.source,
-            service,
-            creds.expose(),
-            host,
-            &record.caller.actor(),
-            Some(retry.generation),
-        )
-        .await?;
+        .renew(&state.fetcher(), &need, retry.issued.generation)
+        .await;
     drop(creds);
+    let issued = match renewed {
+        Ok(Some(issued)) => issued,
+        Ok(None) => return Ok(None),
+        Err(e) if e.yields_to_the_upstream() => {
+            tracing::warn!(service = %service.name, error = %e, "token refused and not renewed; relaying the upstream's 401");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(service = %service.name, "session token refused; sending again with a renewed one");
     if let Scrub::Known(patterns) = scrub {
         patterns.add(issued.token.expose().as_bytes());
     }
     let again = with_token(&retry.parts, retry.source, &issued.token, retry.body)?;
-    Ok(state.upstream.send(host, again).await?)
+    let response = state.upstream.send(host, again).await?;
+    if response.status() != StatusCode::UNAUTHORIZED {
+        issued.accepted();
+    }
+    Ok(Some(response))
 }
 
 /// Streams the answer back: a websocket's `101` bridged, any other answer
@@ -575,20 +606,49 @@ fn relay(mut record: Record, sent: Sent) -> Result<Response<Body>, ProxyError> {
     }
     headers::strip_hop_by_hop(&mut parts.headers);
     let mut scrubber = scrubber(&record, scrub)?;
+    let mut decoder = None;
     if let Some(s) = &mut scrubber {
-        if let Err(e) = s.mask_headers(&mut parts.headers) {
-            let e = ProxyError::from(e);
-            record.failed(&e);
-            return Err(e);
+        let checked = s
+            .mask_headers(&mut parts.headers)
+            .map_err(ProxyError::from)
+            .and_then(|()| compressed(&record, &mut parts.headers, &body));
+        match checked {
+            Ok(d) => decoder = d,
+            Err(e) => {
+                record.failed(&e);
+                return Err(e);
+            }
         }
     }
     record.answered(status.as_u16(), &parts.headers);
     let body = Ended::new(body, record);
     let body = match scrubber {
-        Some(s) => s.wrap(body),
+        Some(s) => s.wrap(body, decoder),
         None => body::boxed(body),
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// The decoder for a compressed answer the scrubber must see into (its
+/// headers rewritten for the decoded body the agent will get); an encoding
+/// clavis cannot decode cannot be checked, so the answer is refused.
+fn compressed(
+    record: &Record,
+    headers: &mut http::HeaderMap,
+    body: &Incoming,
+) -> Result<Option<Decoder>, ProxyError> {
+    use http_body::Body as _;
+    if body.is_end_stream() {
+        return Ok(None);
+    }
+    let coding = decode::prepare(headers).map_err(|unsupported| UpstreamError::Encoding {
+        host: record.target.host.clone(),
+        coding: unsupported.0,
+    })?;
+    coding
+        .map(Decoder::new)
+        .transpose()
+        .map_err(|_| ProxyError::Internal("a response decoder could not start"))
 }
 
 /// The scrubber for this answer, or none when no secret is long enough to
