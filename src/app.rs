@@ -139,6 +139,7 @@ impl State {
             tls,
             config.upstream.request_timeout,
             config.limits.idle_timeout.0,
+            metrics.upstream_dials.clone(),
         );
         let audit = AuditLog::open(&config.audit).map_err(StartError::Audit)?;
         let tunnels = Arc::new(Semaphore::new(config.limits.max_tunnels));

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub cert_cache_entries: Gauge,
     pub certs_issued: Counter,
     pub audit_failures: Counter,
+    pub upstream_dials: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -100,6 +101,12 @@ impl Metrics {
             "Audit writes that failed (the credential was not used)",
             audit_failures.clone(),
         );
+        let upstream_dials = Counter::default();
+        registry.register(
+            "upstream_dials",
+            "New upstream connections opened (a pooled connection reused is not counted)",
+            upstream_dials.clone(),
+        );
         let build = Family::<Version, Gauge>::default();
         build
             .get_or_create(&Version {
@@ -115,6 +122,7 @@ impl Metrics {
             cert_cache_entries,
             certs_issued,
             audit_failures,
+            upstream_dials,
         }
     }
 
@@ -169,6 +177,14 @@ mod tests {
                 "{text}"
             );
             assert!(text.contains("clavis_build_info"));
+        }
+
+        #[test]
+        fn counts_upstream_dials() {
+            let m = Metrics::new();
+            assert!(m.render().contains("clavis_upstream_dials_total 0"));
+            m.upstream_dials.inc();
+            assert!(m.render().contains("clavis_upstream_dials_total 1"));
         }
     }
 }

@@ -35,6 +35,8 @@ pub struct Upstream {
     /// of its own, never a pooled (possibly h2) one.
     upgrade_tls: TlsConnector,
     request_timeout: Duration,
+    /// New upstream connections (`clavis_upstream_dials_total`).
+    dials: prometheus_client::metrics::counter::Counter,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -45,12 +47,14 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     /// Idle connections are closed after `idle_timeout`; the sweeper that
-    /// does it starts with [`Upstream::start`].
+    /// does it starts with [`Upstream::start`]. `dials` counts every new
+    /// upstream connection.
     pub fn new(
         dialer: Dialer,
         tls: Arc<rustls::ClientConfig>,
         request_timeout: Duration,
         idle_timeout: Duration,
+        dials: prometheus_client::metrics::counter::Counter,
     ) -> Upstream {
         let mut h1_only = (*tls).clone();
         h1_only.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -60,6 +64,7 @@ impl Upstream {
             tls: TlsConnector::from(tls),
             upgrade_tls: TlsConnector::from(Arc::new(h1_only)),
             request_timeout,
+            dials,
         }
     }
 
@@ -86,6 +91,7 @@ impl Upstream {
                 .dial(host, port)
                 .await
                 .map_err(|e| dial_error(&e))?;
+            self.dials.inc();
             let tls = tls_connect(&self.upgrade_tls, host, tcp)
                 .await
                 .map_err(|e| dial_error(&e))?;
@@ -205,6 +211,7 @@ impl Upstream {
             .dial(&key.host, key.port)
             .await
             .map_err(|e| dial_error(&e))?;
+        self.dials.inc();
         let io = if key.tls {
             let bare = key.host.trim_start_matches('[').trim_end_matches(']');
             let tls = tls_connect(&self.tls, bare, tcp)
