@@ -6,7 +6,8 @@
 #
 # Extra flags go to the harness: --targets direct,clavis,mitmproxy,hudsucker
 # --scenarios ka16,ka64,newconn,large,sse,streamreq,mint,streams,idle
-# --rounds N --seconds S --idle-conns N --streams N --no-results-file.
+# --rounds N --seconds S --idle-conns N --streams N --sr-workers N --no-results-file;
+# BENCH_CLAVIS_BIN=path runs another clavis binary.
 # See bench/README.md.
 #
 # Installs what it needs (apt: nginx, openssl, python3-venv, build tools;

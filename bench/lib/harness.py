@@ -43,7 +43,8 @@ OHA = BENCH / ".tools" / "bin" / "oha"
 VENV_PY = BENCH / ".venv" / "bin" / "python"
 MITMDUMP = BENCH / ".venv" / "bin" / "mitmdump"
 HUDSUCKER = BENCH / ".target-peers" / "release" / "hudsucker-inject"
-CLAVIS = REPO / "target" / "release" / "clavis"
+# BENCH_CLAVIS_BIN: another clavis binary (an A/B of two builds on the same setup)
+CLAVIS = Path(os.environ.get("BENCH_CLAVIS_BIN") or REPO / "target" / "release" / "clavis")
 
 PROXY_CORE, LOAD_CORE = 0, 1
 
@@ -355,6 +356,9 @@ def sse_first_event(conn: Conn, t: Target, path: str, tag: str, t0: float) -> fl
 
 
 def measure_sse(t: Target, nginx_port: int, tag: str, samples: int) -> dict:
+    """Time to first event: `samples` cold (new connection), 4 × `samples`
+    warm (sub-millisecond figures whose round medians are compared between
+    proxies need more samples than the cold ones); then one 20-event stream."""
     cold, warm = [], []
     for _ in range(samples):
         t0 = time.perf_counter()
@@ -366,7 +370,7 @@ def measure_sse(t: Target, nginx_port: int, tag: str, samples: int) -> dict:
     c = Conn(t, nginx_port)
     try:
         sse_first_event(c, t, "/sse?n=1", tag, time.perf_counter())  # warm the path
-        for _ in range(samples):
+        for _ in range(4 * samples):
             t0 = time.perf_counter()
             warm.append(sse_first_event(c, t, "/sse?n=1", tag, t0))
         status, headers = c.request("/sse?n=20&ms=100", t.auth, tag)
@@ -382,7 +386,7 @@ def measure_sse(t: Target, nginx_port: int, tag: str, samples: int) -> dict:
         "ttfe_warm_p50": statistics.median(warm),
         "event_p50": statistics.median(lat),
         "event_max": max(lat),
-        "requests": 2 * samples + 2,
+        "requests": 5 * samples + 2,
     }
 
 
@@ -694,7 +698,10 @@ def start_mitmproxy(procs: Procs, d: Path, nginx_port: int, name: str = "mitmpro
     return t
 
 
-def start_hudsucker(procs: Procs, d: Path, nginx_port: int, name: str = "hudsucker") -> Target:
+def start_hudsucker(procs: Procs, d: Path, nginx_port: int, name: str = "hudsucker",
+                    core: int | set[int] | None = -1, env: dict | None = None) -> Target:
+    if core == -1:
+        core = PROXY_CORE
     port = free_port()
     t = Target(name, port, str(d / "ca.pem"))
     t.proc = procs.start(name, [
@@ -702,7 +709,7 @@ def start_hudsucker(procs: Procs, d: Path, nginx_port: int, name: str = "hudsuck
         "--ca-key", f"{d}/ca.key", "--upstream-ca", f"{d}/ca.pem",
         "--resolve", f"{HOST}:443=127.0.0.1:{nginx_port}", "--host", HOST,
         "--auth-header", f"Bearer {REAL_KEY}", "--proxy-auth", f"{AGENT}:{AGENT_TOKEN}",
-    ], d / f"{name}.log", PROXY_CORE)
+    ], d / f"{name}.log", core, env)
     wait_port(port, t.proc)
     return t
 
@@ -1132,6 +1139,9 @@ def main() -> int:
                     help=f"concurrent SSE streams for the thousand-streams scenario ({STREAMS_N}; 0 skips it)")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS + list(ONEOFF_SCENARIOS)),
                     help="comma-separated subset of " + ", ".join(SCENARIOS + list(ONEOFF_SCENARIOS)))
+    ap.add_argument("--sr-workers", type=int, default=1,
+                    help="tokio workers of the stream-then-request instances of clavis and hudsucker "
+                         "(1: pinned to the proxy core like the others; more: on both cores)")
     ap.add_argument("--no-results-file", action="store_true")
     a = ap.parse_args()
     chosen = {x.strip() for x in a.scenarios.split(",") if x.strip()}
@@ -1263,7 +1273,11 @@ def main() -> int:
                     sr_targets[t.name] = t
                     continue
                 try:
-                    sr_targets[t.name] = starters[t.name](procs, d, nginx_port, name=f"{t.name}-sr")
+                    kw = {}
+                    if a.sr_workers > 1 and t.name in ("clavis", "hudsucker"):
+                        cores = {PROXY_CORE, LOAD_CORE} if PROXY_CORE is not None else None
+                        kw = {"core": cores, "env": {"TOKIO_WORKER_THREADS": str(a.sr_workers)}}
+                    sr_targets[t.name] = starters[t.name](procs, d, nginx_port, name=f"{t.name}-sr", **kw)
                 except Exception as e:  # noqa: BLE001
                     log(f"{t.name}-sr could not start: {e}")
         for t in targets:
@@ -1358,7 +1372,7 @@ def main() -> int:
         {"results": results, "reuse": {f"{k[0]}.{k[1]}": v for k, v in reuse.items()},
          "noise": noise}, indent=1, default=str))
     oneoff = {"idle_n": idle_n, "nofile": nofile, "streams_n": streams_n, "streams_s": streams_s,
-              "sr_seqs": sr_seqs}
+              "sr_seqs": sr_seqs, "sr_workers": a.sr_workers}
     md = report(targets, results, reuse, noise, a.quick, rounds, secs, pinned, elapsed, niceness, oneoff)
     print(md)
     if not a.no_results_file:
@@ -1472,7 +1486,10 @@ def stream_notes(targets, results, oneoff) -> list[str]:
             f"- stream then request: each proxy has a second instance (`<name>-sr`, same config, same core) that "
             f"serves only this scenario, so its pool holds only what these sequences leave in it (the main "
             f"instance keeps idle upstream connections from the load scenarios, any of which would serve the "
-            f"follow-up). Per round and target: one new client connection (CONNECT + TLS), one unmeasured "
+            f"follow-up)"
+            + (f"; clavis-sr and hudsucker-sr ran {oneoff['sr_workers']} tokio workers on both cores (`--sr-workers`)"
+               if oneoff.get("sr_workers", 1) > 1 else "")
+            + f". Per round and target: one new client connection (CONNECT + TLS), one unmeasured "
             f"sequence (after a round's pause the pool's idle timeout may have closed the connection), then "
             f"{oneoff.get('sr_seqs', STREAMREQ_SEQS)} sequences of `GET {STREAMREQ_SSE}` read to its last chunk "
             f"and at once `GET /small` on the same connection; time from sending the follow-up to its first "
@@ -1741,7 +1758,8 @@ def report(targets, results, reuse, noise, quick, rounds, secs, pinned, elapsed,
     dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"],
                            capture_output=True, text=True).stdout.strip()
     versions = [
-        f"clavis: {tmap['clavis'].version if 'clavis' in tmap else 'not run'}",
+        f"clavis: {tmap['clavis'].version if 'clavis' in tmap else 'not run'}"
+        + (f" (BENCH_CLAVIS_BIN={CLAVIS}, not necessarily the commit above)" if os.environ.get("BENCH_CLAVIS_BIN") else ""),
         f"mitmproxy: {tmap['mitmproxy'].version if 'mitmproxy' in tmap else 'not run'}",
         f"hudsucker peer: {tmap['hudsucker'].version if 'hudsucker' in tmap else 'not run'} (bench/peers/hudsucker-inject)",
         f"oha: {first_line([str(OHA), '--version'])}",
