@@ -407,29 +407,57 @@ def stream_then_request(c: Conn, t: Target, tag: str) -> float:
     return ttfb
 
 
-def measure_streamreq(t: Target, nginx_port: int, tag: str, seqs: int) -> dict:
-    """`seqs` stream-then-request sequences on one client connection, through
-    a proxy instance that serves nothing else (so its pool holds only what
-    these sequences leave in it). One unmeasured sequence first (after a
-    pause longer than the pool's idle timeout it dials again)."""
-    warm_tag = tag.replace(".streamreq.", ".srwarm.")
-    c = Conn(t, nginx_port)
+def measure_streamreq(targets: list[Target], nginx_port: int, rnd: int, seqs: int) -> dict[str, dict]:
+    """`seqs` stream-then-request sequences per target, each on one client
+    connection, through proxy instances that serve nothing else (so a pool
+    holds only what these sequences leave in it). The targets take turns
+    sequence by sequence (in a rotating order), so a stall of the machine
+    hits them alike: a p99 of 200 samples is two samples, and on a shared
+    core a few milliseconds' stall decides it. One unmeasured sequence each
+    first (after a pause longer than the pool's idle timeout it dials again).
+    Returns each target's figures (or {"failed": ...}) by name."""
+    conns: dict[str, Conn] = {}
+    out: dict[str, dict] = {}
+    ttfb: dict[str, list[float]] = {}
+    dials0: dict[str, float | None] = {}
     try:
-        stream_then_request(c, t, warm_tag)
-        dials0 = clavis_metric(t, "clavis_upstream_dials_total") if t.admin_port else None
-        ttfb = [stream_then_request(c, t, tag) for _ in range(seqs)]
+        for t in targets:
+            try:
+                c = conns[t.name] = Conn(t, nginx_port)
+                stream_then_request(c, t, f"{t.name}.srwarm.{rnd}")
+                dials0[t.name] = clavis_metric(t, "clavis_upstream_dials_total") if t.admin_port else None
+                ttfb[t.name] = []
+            except Exception as e:  # noqa: BLE001
+                out[t.name] = {"failed": str(e)}
+                conns.pop(t.name, None)
+        live = [t for t in targets if t.name in ttfb]
+        for i in range(seqs):
+            k = i % max(1, len(live))
+            for t in live[k:] + live[:k]:
+                if t.name in out:
+                    continue
+                try:
+                    ttfb[t.name].append(stream_then_request(conns[t.name], t, f"{t.name}.streamreq.{rnd}"))
+                except Exception as e:  # noqa: BLE001
+                    out[t.name] = {"failed": str(e)}
     finally:
-        c.close()
-    r = {
-        "ttfb_p50": statistics.median(ttfb),
-        "ttfb_p99": sorted(ttfb)[min(len(ttfb) - 1, int(0.99 * len(ttfb)))],
-        "ttfb_max": max(ttfb),
-        "requests": 2 * seqs,
-    }
-    if dials0 is not None:
-        dials1 = clavis_metric(t, "clavis_upstream_dials_total")
-        r["dials"] = None if dials1 is None else dials1 - dials0
-    return r
+        for c in conns.values():
+            c.close()
+    for t in live:
+        if t.name in out:
+            continue
+        xs = sorted(ttfb[t.name])
+        r = {
+            "ttfb_p50": statistics.median(xs),
+            "ttfb_p99": xs[min(len(xs) - 1, int(0.99 * len(xs)))],
+            "ttfb_max": xs[-1],
+            "requests": 2 * len(xs), "ok": 2 * len(xs), "bad": 0,
+        }
+        if dials0.get(t.name) is not None:
+            dials1 = clavis_metric(t, "clavis_upstream_dials_total")
+            r["dials"] = None if dials1 is None else dials1 - dials0[t.name]
+        out[t.name] = r
+    return out
 
 
 def sanity(t: Target, nginx_port: int) -> None:
@@ -721,7 +749,7 @@ SCENARIOS = ["ka16", "ka64", "newconn", "large", "sse", "streamreq"]
 
 
 def measure(t: Target, scen: str, rnd: int, nginx_port: int, nginx_pid: int,
-            secs: float, sse_samples: int, sr_seqs: int = STREAMREQ_SEQS) -> dict:
+            secs: float, sse_samples: int) -> dict:
     tag = f"{t.name}.{scen}.{rnd}"
     before = cpu_split(t.pid) if t.pid else None
     ng_before = cpu_ticks(nginx_pid)
@@ -740,8 +768,7 @@ def measure(t: Target, scen: str, rnd: int, nginx_port: int, nginx_pid: int,
             r = measure_sse(t, nginx_port, tag, sse_samples)
             r["ok"], r["bad"] = r["requests"], 0
         else:
-            r = measure_streamreq(t, nginx_port, tag, sr_seqs)
-            r["ok"], r["bad"] = r["requests"], 0
+            raise ValueError(f"unknown scenario {scen}")
     r["rss_max_kib"] = rss.max_kib if t.pid else None
     st_after = proc_stat()
     if before is not None:
@@ -1307,6 +1334,21 @@ def main() -> int:
             for si, scen in enumerate(scens):
                 k = (rnd * len(scens) + si) % max(1, len(live))
                 order = live[k:] + live[:k]  # rotate so no target always goes first
+                if scen == "streamreq":  # every target at once, taking turns
+                    runs = [sr_targets[t.name] for t in order if not t.error and t.name in sr_targets
+                            and not (sr_targets[t.name].proc and sr_targets[t.name].proc.poll() is not None)]
+                    log(f"round {rnd + 1}/{rounds} {scen:8s} " + ", ".join(t.name for t in runs) + " in turns")
+                    by_name = measure_streamreq(runs, nginx_port, rnd, sr_seqs)
+                    for t in order:
+                        if t.error:
+                            continue
+                        r = by_name.get(sr_targets[t.name].name if t.name in sr_targets else "",
+                                        {"failed": f"no running {t.name}-sr instance"})
+                        if "failed" in r:
+                            log(f"  {t.name} {scen} failed: {r['failed']}")
+                        results.setdefault(t.name, {}).setdefault(scen, []).append(r)
+                    time.sleep(0.5)
+                    continue
                 for t in order:
                     if t.error:
                         continue
@@ -1315,14 +1357,7 @@ def main() -> int:
                         continue
                     log(f"round {rnd + 1}/{rounds} {scen:8s} {t.name}")
                     try:
-                        mt = t
-                        if scen == "streamreq":
-                            mt = sr_targets.get(t.name)
-                            if mt is None:
-                                raise RuntimeError(f"no {t.name}-sr instance")
-                            if mt.proc and mt.proc.poll() is not None:
-                                raise RuntimeError(f"{mt.name} exited with {mt.proc.returncode}")
-                        r = measure(mt, scen, rnd, nginx_port, nginx_pid, secs, sse_samples, sr_seqs)
+                        r = measure(t, scen, rnd, nginx_port, nginx_pid, secs, sse_samples)
                     except Exception as e:  # noqa: BLE001
                         log(f"  {t.name} {scen} failed: {e}")
                         r = {"failed": str(e)}
@@ -1492,7 +1527,8 @@ def stream_notes(targets, results, oneoff) -> list[str]:
             + f". Per round and target: one new client connection (CONNECT + TLS), one unmeasured "
             f"sequence (after a round's pause the pool's idle timeout may have closed the connection), then "
             f"{oneoff.get('sr_seqs', STREAMREQ_SEQS)} sequences of `GET {STREAMREQ_SSE}` read to its last chunk "
-            f"and at once `GET /small` on the same connection; time from sending the follow-up to its first "
+            f"and at once `GET /small` on the same connection, the targets taking turns sequence by sequence "
+            f"(so a stall of the machine hits them alike); time from sending the follow-up to its first "
             f"response byte. Dials: `clavis_upstream_dials_total` before and after the measured sequences; "
             f"nginx: connections whose first request in nginx's log is in those sequences.")
         for n in names:
