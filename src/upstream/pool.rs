@@ -167,7 +167,9 @@ impl Inner {
         let id = entry.next_busy;
         entry.next_busy += 1;
         entry.busy.push((id, sender));
-        // Spawned under the lock: its first poll finds the entry in place.
+        // Listed first: the sweep keeps an entry with busy connections, so
+        // the watcher finds its connection (or knows a checkout took it).
+        drop(upstreams);
         runtime.spawn(returned(Arc::downgrade(self), key, id));
     }
 
