@@ -1056,10 +1056,12 @@ def measure_streams(t: Target, n: int, seconds: float, nginx_port: int, d: Path)
 
 def run_oneoffs(targets: list[Target], results: dict, d: Path, idle_n: int,
                 procs: Procs, nginx_port: int, mint: bool = True, streams_n: int = 0,
-                streams_s: float = STREAMS_SECONDS) -> None:
+                streams_s: float = STREAMS_SECONDS, starters: dict | None = None) -> None:
     """Leaf minting (clavis only), then the thousand streams for every target,
-    then the idle connections for every proxy (last: the allocator caches
-    that 10000 connections leave would hide the streams' memory)."""
+    each proxy a fresh instance of its own (the allocator caches that the
+    streams leave would otherwise inflate the idle connections' RSS, and the
+    idle connections' caches would hide the streams'), then the idle
+    connections for every proxy."""
     for t in targets:
         if not mint or t.name != "clavis" or t.error or t.proc.poll() is not None:
             continue
@@ -1082,10 +1084,23 @@ def run_oneoffs(targets: list[Target], results: dict, d: Path, idle_n: int,
             if t.error or (t.proc and t.proc.poll() is not None):
                 continue
             log(f"one-off  streams×{streams_n} {t.name} ({streams_s:g} s)")
+            st = t
             try:
-                r = measure_streams(t, streams_n, streams_s, nginx_port, d)
+                if t.proxy_port and starters:
+                    st = starters[t.name](procs, d, nginx_port, name=f"{t.name}-streams")
+                    sanity(st, nginx_port)  # its leaf minted, its code paths warm
+                    time.sleep(1.0)
+                r = measure_streams(st, streams_n, streams_s, nginx_port, d)
             except Exception as e:  # noqa: BLE001
                 r = {"failed": str(e)}
+            finally:
+                if st is not t and st.proc and st.proc.poll() is None:
+                    st.proc.terminate()
+                    try:
+                        st.proc.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        st.proc.kill()
+                        st.proc.wait()
             log(f"  {t.name} streams: " + ", ".join(
                 f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                 for k, v in r.items() if k not in ("open_errors", "stream_errors")))
@@ -1374,7 +1389,7 @@ def main() -> int:
         # once per target, after the rounds (and after VmHWM above, which the
         # idle connections would dominate)
         run_oneoffs(targets, results, d, idle_n, procs, nginx_port,
-                    mint="mint" in chosen, streams_n=streams_n, streams_s=streams_s)
+                    mint="mint" in chosen, streams_n=streams_n, streams_s=streams_s, starters=starters)
         clock2, mono2 = time.time() - time.monotonic(), time.monotonic()
         time.sleep(1.5)  # nginx flushes its access log buffer every second
     finally:
@@ -1550,11 +1565,12 @@ def stream_notes(targets, results, oneoff) -> list[str]:
     if oneoff.get("streams_n") and any(results.get(n, {}).get("streams") for n in names):
         n_, secs_ = oneoff["streams_n"], oneoff.get("streams_s", STREAMS_SECONDS)
         out.append(
-            f"- {n_} streams (once per target, after the rounds, before the idle connections): "
+            f"- {n_} streams (once per target, after the rounds, through a fresh instance of each proxy, same "
+            f"config and core, started for it and stopped after it): "
             f"`lib/many_streams.py` (asyncio + ssl, pinned to the load core) opens {n_} connections, "
             f"{STREAMS_OPEN_CONCURRENCY} at a time (CONNECT, TLS, `GET /sse?n={int(secs_ * 1000 / STREAMS_MS)}&ms={STREAMS_MS}`), "
             f"and reads every stream to its end; an event's latency is its arrival time minus the origin's send "
-            f"stamp (all events of all streams). RSS: the proxy's max VmRSS sampled every 50 ms from the moment "
+            f"stamp (the events received once every stream is open). RSS: the proxy's max VmRSS sampled every 50 ms from the moment "
             f"every stream has its response head until the first stream ends (all run meanwhile), minus its "
             f"VmRSS before the scenario, ÷ streams. CPU per event: the proxy's utime + stime over that same "
             f"window ÷ the events delivered in it. A stall is a gap of more than 1 s between two events of one "
