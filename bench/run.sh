@@ -5,7 +5,10 @@
 #   bench/run.sh --quick    1 round, ~3 s per scenario and target, 2000 idle conns
 #
 # Extra flags go to the harness: --targets direct,clavis,mitmproxy,hudsucker
-# --rounds N --seconds S --idle-conns N --no-results-file. See bench/README.md.
+# --scenarios ka16,ka64,newconn,large,sse,streamreq,mint,streams,idle
+# --rounds N --seconds S --idle-conns N --streams N --sr-workers N --no-results-file;
+# BENCH_CLAVIS_BIN=path runs another clavis binary.
+# See bench/README.md.
 #
 # Installs what it needs (apt: nginx, openssl, python3-venv, build tools;
 # PyPI: mitmproxy into bench/.venv; crates.io: oha into bench/.tools), builds

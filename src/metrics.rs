@@ -62,6 +62,8 @@ pub(crate) struct Metrics {
     pub(crate) webhook_failures: Counter,
     /// What each budget has used in its current window (set at scrape).
     pub(crate) budget_used: Family<BudgetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// New upstream connections opened.
+    pub(crate) upstream_dials: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -120,6 +122,12 @@ impl Metrics {
             "Audit writes that failed (the credential was not used)",
             audit_failures.clone(),
         );
+        let upstream_dials = Counter::default();
+        registry.register(
+            "upstream_dials",
+            "New upstream connections opened (a pooled connection reused is not counted)",
+            upstream_dials.clone(),
+        );
         let policy_decisions = Family::<Decision, Counter>::default();
         registry.register(
             "policy_decisions",
@@ -157,6 +165,7 @@ impl Metrics {
             policy_decisions,
             webhook_failures,
             budget_used,
+            upstream_dials,
         }
     }
 
@@ -212,6 +221,14 @@ mod tests {
                 "{text}"
             );
             assert!(text.contains("clavis_build_info"));
+        }
+
+        #[test]
+        fn counts_upstream_dials() {
+            let m = Metrics::new();
+            assert!(m.render().contains("clavis_upstream_dials_total 0"));
+            m.upstream_dials.inc();
+            assert!(m.render().contains("clavis_upstream_dials_total 1"));
         }
     }
 }

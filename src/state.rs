@@ -167,6 +167,7 @@ impl State {
             tls,
             config.upstream.request_timeout,
             config.limits.idle_timeout.0,
+            metrics.upstream_dials.clone(),
         ));
         let audit = Arc::new(AuditLog::open(&config.audit).map_err(StartError::Audit)?);
         let mut config = config;

@@ -2,7 +2,8 @@
 //! upstream connection, a connection outlives the tunnel that opened it and
 //! serves the next one, concurrent tunnels never wait for each other, a
 //! pooled connection the upstream closed behind clavis's back never surfaces
-//! as an error, and HTTP/2 upstreams are shared by every tunnel.
+//! as an error, the request after a streamed response takes that stream's
+//! connection, and HTTP/2 upstreams are shared by every tunnel.
 //!
 //! Most tests use [`Fake`], an upstream written here that speaks HTTP/1.1
 //! only (the kit's echo offers h2, which clavis would pick and multiplex, so
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
@@ -441,6 +443,83 @@ async fn concurrent_tunnels_do_not_wait(slow: &str, slow_ms: u64) {
                 "{}",
                 hit.seen.path
             );
+        }
+    })
+    .await;
+}
+
+/// `clavis_upstream_dials_total` as the admin port's `/metrics` shows it.
+async fn dials(clavis: &Clavis) -> u64 {
+    let text = admin_client()
+        .get(format!("http://{}/metrics", clavis.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("clavis_upstream_dials_total "))
+        .unwrap_or_else(|| panic!("no clavis_upstream_dials_total in /metrics:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// An agent's day: a streamed response read to its end, then at once the
+/// next request on the same client connection, fifty times. The connection
+/// that carried the stream serves the request after it: one upstream dial in
+/// all, never a new TCP + TLS handshake after a stream. On several worker
+/// threads, where the task that puts a connection back after its body ends
+/// could run after the next request has already looked for one. (The agent
+/// is a bare hyper connection: a pooled client such as reqwest has the same
+/// race on its side and would open a second tunnel.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_request_after_a_stream_reuses_the_streams_connection() {
+    let ca = TestCa::new();
+    let up = Fake::h1(&ca).await;
+    let clavis = up.clavis(&ca).await;
+    bounded(async {
+        assert_eq!(dials(&clavis).await, 0);
+        let creds = base64::engine::general_purpose::STANDARD.encode("codex:codex-token");
+        let (status, tcp) = connect_raw(
+            clavis.proxy,
+            &format!("{OPENAI}:443"),
+            &format!("Proxy-Authorization: Basic {creds}\r\n"),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let tls = tls_over(tcp, OPENAI, &clavis.ca_pem(), &[b"http/1.1"])
+            .await
+            .unwrap();
+        let (mut agent, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        for i in 0..50 {
+            for path in [
+                format!("/stream?ms=5&i={i}"),
+                format!("/v1/models?after={i}"),
+            ] {
+                agent.ready().await.unwrap();
+                let request = Request::get(path.as_str())
+                    .header("host", OPENAI)
+                    .header("authorization", "Bearer placeholder")
+                    .body(http_body_util::Empty::<Bytes>::new())
+                    .unwrap();
+                let response = agent.send_request(request).await.unwrap();
+                assert_eq!(response.status(), 200, "{path}");
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                if path.starts_with("/stream") {
+                    assert_eq!(&body[..], b"first\nlast\n", "{path}");
+                }
+            }
+        }
+        assert_eq!(open_tunnels(&clavis), 1);
+        assert_eq!(up.hits().len(), 100);
+        assert_eq!(up.connections(), 1, "requests: {:?}", up.conns());
+        assert_eq!(dials(&clavis).await, 1);
+        for hit in up.hits() {
+            assert_eq!(hit.seen.all("authorization"), vec![real_bearer().as_str()]);
         }
     })
     .await;

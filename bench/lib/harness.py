@@ -43,7 +43,8 @@ OHA = BENCH / ".tools" / "bin" / "oha"
 VENV_PY = BENCH / ".venv" / "bin" / "python"
 MITMDUMP = BENCH / ".venv" / "bin" / "mitmdump"
 HUDSUCKER = BENCH / ".target-peers" / "release" / "hudsucker-inject"
-CLAVIS = REPO / "target" / "release" / "clavis"
+# BENCH_CLAVIS_BIN: another clavis binary (an A/B of two builds on the same setup)
+CLAVIS = Path(os.environ.get("BENCH_CLAVIS_BIN") or REPO / "target" / "release" / "clavis")
 
 PROXY_CORE, LOAD_CORE = 0, 1
 
@@ -58,6 +59,18 @@ MINT_DOMAIN = "mint.bench.test"  # claimed by the bench's user-defined connector
 MINT_HOSTS = 20  # never-seen hosts for the cold-handshake samples
 MINT_BURST = 64  # concurrent CONNECT + handshakes to one new host
 MINT_MT_WORKERS, MINT_MT_BURSTS = 4, 5  # the burst again on a second clavis with 4 tokio workers
+# Stream then request: an SSE stream read to its end, then at once a small
+# request on the same client connection (an agent's streamed completion and
+# its next call), through a proxy instance of its own.
+STREAMREQ_SEQS, STREAMREQ_SEQS_QUICK = 200, 50
+STREAMREQ_EVENTS = 3
+STREAMREQ_SSE = f"/sse?n={STREAMREQ_EVENTS}&ms=10"
+# A thousand streams (one-off): concurrent SSE streams, one event every
+# STREAMS_MS, for STREAMS_SECONDS (--quick: STREAMS_SECONDS_QUICK).
+STREAMS_N = 1000
+STREAMS_MS = 100
+STREAMS_SECONDS, STREAMS_SECONDS_QUICK = 30, 10
+STREAMS_OPEN_CONCURRENCY = 100
 
 
 def log(msg: str) -> None:
@@ -248,10 +261,16 @@ class Conn:
         return True
 
     def request(self, path: str, auth: str, tag: str) -> tuple[int, dict]:
+        """Sends a GET and reads the response head; `self.sent_at` and
+        `self.first_byte_at` (perf_counter) time it to its first byte."""
+        self.sent_at = time.perf_counter()
         self.s.sendall(
             f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: {auth}\r\n"
             f"Accept: */*\r\nX-Bench-Run: {tag}\r\n\r\n".encode()
         )
+        if not self.buf and not self._fill():
+            raise RuntimeError("connection closed before response headers")
+        self.first_byte_at = time.perf_counter()
         while b"\r\n\r\n" not in self.buf:
             if not self._fill():
                 raise RuntimeError("connection closed before response headers")
@@ -314,7 +333,7 @@ def sse_events(conn: Conn, headers: dict):
     """Yield (arrival_ns, event_json) for each complete SSE event."""
     pending = b""
     for piece in conn.body(headers):
-        now = time.time_ns()
+        now = time.monotonic_ns()  # the origin stamps with the same clock
         pending += piece
         while b"\n\n" in pending:
             ev, pending = pending.split(b"\n\n", 1)
@@ -337,6 +356,9 @@ def sse_first_event(conn: Conn, t: Target, path: str, tag: str, t0: float) -> fl
 
 
 def measure_sse(t: Target, nginx_port: int, tag: str, samples: int) -> dict:
+    """Time to first event: `samples` cold (new connection), 4 × `samples`
+    warm (sub-millisecond figures whose round medians are compared between
+    proxies need more samples than the cold ones); then one 20-event stream."""
     cold, warm = [], []
     for _ in range(samples):
         t0 = time.perf_counter()
@@ -348,7 +370,7 @@ def measure_sse(t: Target, nginx_port: int, tag: str, samples: int) -> dict:
     c = Conn(t, nginx_port)
     try:
         sse_first_event(c, t, "/sse?n=1", tag, time.perf_counter())  # warm the path
-        for _ in range(samples):
+        for _ in range(4 * samples):
             t0 = time.perf_counter()
             warm.append(sse_first_event(c, t, "/sse?n=1", tag, t0))
         status, headers = c.request("/sse?n=20&ms=100", t.auth, tag)
@@ -364,8 +386,78 @@ def measure_sse(t: Target, nginx_port: int, tag: str, samples: int) -> dict:
         "ttfe_warm_p50": statistics.median(warm),
         "event_p50": statistics.median(lat),
         "event_max": max(lat),
-        "requests": 2 * samples + 2,
+        "requests": 5 * samples + 2,
     }
+
+
+def stream_then_request(c: Conn, t: Target, tag: str) -> float:
+    """One streamed response read to its last chunk, then at once a small
+    request on the same connection: the follow-up's time to first byte."""
+    status, headers = c.request(STREAMREQ_SSE, t.auth, tag)
+    if status != 200:
+        raise RuntimeError(f"/sse answered {status}")
+    got = sum(1 for _ in sse_events(c, headers))
+    if got != STREAMREQ_EVENTS:
+        raise RuntimeError(f"SSE stream delivered {got} of {STREAMREQ_EVENTS} events")
+    status, headers = c.request("/small", t.auth, tag)
+    ttfb = c.first_byte_at - c.sent_at
+    body = b"".join(c.body(headers))
+    if status != 200:
+        raise RuntimeError(f"follow-up /small answered {status}: {body[:200]!r}")
+    return ttfb
+
+
+def measure_streamreq(targets: list[Target], nginx_port: int, rnd: int, seqs: int) -> dict[str, dict]:
+    """`seqs` stream-then-request sequences per target, each on one client
+    connection, through proxy instances that serve nothing else (so a pool
+    holds only what these sequences leave in it). The targets take turns
+    sequence by sequence (in a rotating order), so a stall of the machine
+    hits them alike: a p99 of 200 samples is two samples, and on a shared
+    core a few milliseconds' stall decides it. One unmeasured sequence each
+    first (after a pause longer than the pool's idle timeout it dials again).
+    Returns each target's figures (or {"failed": ...}) by name."""
+    conns: dict[str, Conn] = {}
+    out: dict[str, dict] = {}
+    ttfb: dict[str, list[float]] = {}
+    dials0: dict[str, float | None] = {}
+    try:
+        for t in targets:
+            try:
+                c = conns[t.name] = Conn(t, nginx_port)
+                stream_then_request(c, t, f"{t.name}.srwarm.{rnd}")
+                dials0[t.name] = clavis_metric(t, "clavis_upstream_dials_total") if t.admin_port else None
+                ttfb[t.name] = []
+            except Exception as e:  # noqa: BLE001
+                out[t.name] = {"failed": str(e)}
+                conns.pop(t.name, None)
+        live = [t for t in targets if t.name in ttfb]
+        for i in range(seqs):
+            k = i % max(1, len(live))
+            for t in live[k:] + live[:k]:
+                if t.name in out:
+                    continue
+                try:
+                    ttfb[t.name].append(stream_then_request(conns[t.name], t, f"{t.name}.streamreq.{rnd}"))
+                except Exception as e:  # noqa: BLE001
+                    out[t.name] = {"failed": str(e)}
+    finally:
+        for c in conns.values():
+            c.close()
+    for t in live:
+        if t.name in out:
+            continue
+        xs = sorted(ttfb[t.name])
+        r = {
+            "ttfb_p50": statistics.median(xs),
+            "ttfb_p99": xs[min(len(xs) - 1, int(0.99 * len(xs)))],
+            "ttfb_max": xs[-1],
+            "requests": 2 * len(xs), "ok": 2 * len(xs), "bad": 0,
+        }
+        if dials0.get(t.name) is not None:
+            dials1 = clavis_metric(t, "clavis_upstream_dials_total")
+            r["dials"] = None if dials1 is None else dials1 - dials0[t.name]
+        out[t.name] = r
+    return out
 
 
 def sanity(t: Target, nginx_port: int) -> None:
@@ -574,9 +666,10 @@ ca:
 upstream:
   extra_ca: ["{d}/ca.pem"]
   resolve: {{"{HOST}:443": "127.0.0.1:{nginx_port}"}}
-limits:  # defaults 4096 / 2048: raised so the idle-connections scenario's tunnels fit
+limits:  # defaults 4096 / 2048 / 256: raised so the idle connections and the thousand streams fit
   max_connections: {CONN_LIMIT}
   max_tunnels: {CONN_LIMIT}
+  max_upstream_requests: {CONN_LIMIT}  # in flight per agent and service: the streams are one agent's
 connectors:  # leaf-mint scenario: any <x>.{MINT_DOMAIN} is intercepted (no upstream needed)
   - name: mintbench
     hosts: ["*.{MINT_DOMAIN}"]
@@ -615,33 +708,36 @@ agents:
     return t
 
 
-def start_mitmproxy(procs: Procs, d: Path, nginx_port: int) -> Target:
+def start_mitmproxy(procs: Procs, d: Path, nginx_port: int, name: str = "mitmproxy") -> Target:
     port = free_port()
-    conf = d / "mitmproxy"
+    conf = d / name
     conf.mkdir()
     (conf / "mitmproxy-ca.pem").write_text((d / "ca.key").read_text() + (d / "ca.pem").read_text())
-    t = Target("mitmproxy", port, str(d / "ca.pem"))
+    t = Target(name, port, str(d / "ca.pem"))
     t.version = first_line([str(MITMDUMP), "--version"])
-    t.proc = procs.start("mitmproxy", [
+    t.proc = procs.start(name, [
         str(MITMDUMP), "-q", "--listen-host", "127.0.0.1", "--listen-port", str(port),
         "--set", f"confdir={conf}", "--set", f"ssl_verify_upstream_trusted_ca={d}/ca.pem",
         "--set", f"proxyauth={AGENT}:{AGENT_TOKEN}", "-s", str(BENCH / "lib" / "mitm_addon.py"),
         "--set", f"bench_host={HOST}", "--set", f"bench_resolve=127.0.0.1:{nginx_port}",
         "--set", f"bench_auth=Bearer {REAL_KEY}",
-    ], d / "mitmproxy.log", PROXY_CORE)
+    ], d / f"{name}.log", PROXY_CORE)
     wait_port(port, t.proc)
     return t
 
 
-def start_hudsucker(procs: Procs, d: Path, nginx_port: int) -> Target:
+def start_hudsucker(procs: Procs, d: Path, nginx_port: int, name: str = "hudsucker",
+                    core: int | set[int] | None = -1, env: dict | None = None) -> Target:
+    if core == -1:
+        core = PROXY_CORE
     port = free_port()
-    t = Target("hudsucker", port, str(d / "ca.pem"))
-    t.proc = procs.start("hudsucker", [
+    t = Target(name, port, str(d / "ca.pem"))
+    t.proc = procs.start(name, [
         str(HUDSUCKER), "--listen", f"127.0.0.1:{port}", "--ca-cert", f"{d}/ca.pem",
         "--ca-key", f"{d}/ca.key", "--upstream-ca", f"{d}/ca.pem",
         "--resolve", f"{HOST}:443=127.0.0.1:{nginx_port}", "--host", HOST,
         "--auth-header", f"Bearer {REAL_KEY}", "--proxy-auth", f"{AGENT}:{AGENT_TOKEN}",
-    ], d / "hudsucker.log", PROXY_CORE)
+    ], d / f"{name}.log", core, env)
     wait_port(port, t.proc)
     return t
 
@@ -649,7 +745,7 @@ def start_hudsucker(procs: Procs, d: Path, nginx_port: int) -> Target:
 # ---------------------------------------------------------------- the run
 
 
-SCENARIOS = ["ka16", "ka64", "newconn", "large", "sse"]
+SCENARIOS = ["ka16", "ka64", "newconn", "large", "sse", "streamreq"]
 
 
 def measure(t: Target, scen: str, rnd: int, nginx_port: int, nginx_pid: int,
@@ -668,9 +764,11 @@ def measure(t: Target, scen: str, rnd: int, nginx_port: int, nginx_pid: int,
         elif scen == "large":
             r = oha_numbers(oha(t, nginx_port, "/large", 1, secs, tag, finish=True))
             r["mbps"] = r["ok"] * LARGE_BYTES / r["total_s"] / 1e6
-        else:
+        elif scen == "sse":
             r = measure_sse(t, nginx_port, tag, sse_samples)
             r["ok"], r["bad"] = r["requests"], 0
+        else:
+            raise ValueError(f"unknown scenario {scen}")
     r["rss_max_kib"] = rss.max_kib if t.pid else None
     st_after = proc_stat()
     if before is not None:
@@ -902,11 +1000,70 @@ def measure_idle(t: Target, n: int, d: Path) -> dict:
             "rss_per_conn_kib": (held - rss0) / o["opened"]}
 
 
+def measure_streams(t: Target, n: int, seconds: float, nginx_port: int, d: Path) -> dict:
+    """n concurrent SSE streams (one event every STREAMS_MS) held through the
+    target; event latency, the proxy's RSS and CPU per event while all run."""
+    events = int(seconds * 1000 / STREAMS_MS)
+    cmd = [sys.executable, str(BENCH / "lib" / "many_streams.py"), "--port", str(t.proxy_port or 0),
+           "--nginx-port", str(nginx_port), "--cacert", t.cacert, "--host", HOST, "--n", str(n),
+           "--events", str(events), "--ms", str(STREAMS_MS),
+           "--concurrency", str(STREAMS_OPEN_CONCURRENCY), "--open-deadline", "60",
+           "--proxy-auth", proxy_basic(), "--auth", t.auth, "--tag", f"{t.name}.streams.0"]
+
+    def pin():
+        if LOAD_CORE is not None:
+            os.sched_setaffinity(0, {LOAD_CORE})
+
+    rss0 = status_kib(t.pid, "VmRSS") if t.pid else None
+    cpu0 = cpu_ticks(t.pid) if t.pid else None
+    with open(d / f"streams-client-{t.name}.log", "wb") as err:
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                             text=True, preexec_fn=pin)
+        try:
+            with RssSampler(t.pid) as whole:
+                o = read_json_line(p, 120, "report of the open phase")
+                cpu1 = cpu_ticks(t.pid) if t.pid else None
+                # RSS while every stream runs: sampled from here to the first stream's end
+                with RssSampler(t.pid) as steady:
+                    m = read_json_line(p, seconds + 60, "mark (first stream done)")
+                cpu2 = cpu_ticks(t.pid) if t.pid else None
+                fds = fd_usage(t.pid)[0] if t.pid else None
+                fin = read_json_line(p, seconds + 120, "final report")
+        finally:
+            if p.poll() is None:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+    if o["opened"] == 0:
+        raise RuntimeError(f"no stream opened: {o['errors']}")
+    r = {**fin, "open_s": o["open_s"], "open_failed": o["failed"], "open_errors": o["errors"],
+         "steady_events": m["events_since_open"], "steady_s": m["since_open_s"]}
+    if t.pid:
+        r.update({
+            "rss_before_kib": rss0, "rss_steady_max_kib": steady.max_kib, "rss_max_kib": whole.max_kib,
+            "rss_per_stream_kib": (steady.max_kib - rss0) / o["opened"],
+            "cpu_open_us_per_stream": (cpu1 - cpu0) / CLK_TCK * 1e6 / o["opened"],
+            # over the window in which every stream ran (none if the open phase
+            # outlasted the first stream, as mitmproxy's can in a --quick run)
+            "cpu_us_per_event": ((cpu2 - cpu1) / CLK_TCK * 1e6 / m["events_since_open"]
+                                 if m["since_open_s"] >= 1.0 and m["events_since_open"] else None),
+            "proxy_fds": fds,
+        })
+    return r
+
+
 def run_oneoffs(targets: list[Target], results: dict, d: Path, idle_n: int,
-                procs: Procs, nginx_port: int) -> None:
-    """Leaf minting (clavis only), then the idle connections for every proxy."""
+                procs: Procs, nginx_port: int, mint: bool = True, streams_n: int = 0,
+                streams_s: float = STREAMS_SECONDS, starters: dict | None = None) -> None:
+    """Leaf minting (clavis only), then the thousand streams for every target,
+    each proxy a fresh instance of its own (the allocator caches that the
+    streams leave would otherwise inflate the idle connections' RSS, and the
+    idle connections' caches would hide the streams'), then the idle
+    connections for every proxy."""
     for t in targets:
-        if t.name != "clavis" or t.error or t.proc.poll() is not None:
+        if not mint or t.name != "clavis" or t.error or t.proc.poll() is not None:
             continue
         log("one-off  mint     clavis")
         try:
@@ -921,6 +1078,34 @@ def run_oneoffs(targets: list[Target], results: dict, d: Path, idle_n: int,
             log(f"  clavis mint failed: {e}")
             r = {"failed": str(e)}
         results.setdefault(t.name, {})["mint"] = [r]
+    if streams_n > 0:
+        # mitmproxy last, as below
+        for t in sorted(targets, key=lambda t: t.name == "mitmproxy"):
+            if t.error or (t.proc and t.proc.poll() is not None):
+                continue
+            log(f"one-off  streams×{streams_n} {t.name} ({streams_s:g} s)")
+            st = t
+            try:
+                if t.proxy_port and starters:
+                    st = starters[t.name](procs, d, nginx_port, name=f"{t.name}-streams")
+                    sanity(st, nginx_port)  # its leaf minted, its code paths warm
+                    time.sleep(1.0)
+                r = measure_streams(st, streams_n, streams_s, nginx_port, d)
+            except Exception as e:  # noqa: BLE001
+                r = {"failed": str(e)}
+            finally:
+                if st is not t and st.proc and st.proc.poll() is None:
+                    st.proc.terminate()
+                    try:
+                        st.proc.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        st.proc.kill()
+                        st.proc.wait()
+            log(f"  {t.name} streams: " + ", ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in r.items() if k not in ("open_errors", "stream_errors")))
+            results.setdefault(t.name, {})["streams"] = [r]
+            time.sleep(2.0)
     if idle_n <= 0:
         return
     # mitmproxy last: it is the slowest to open them and stays busy after they close
@@ -936,6 +1121,25 @@ def run_oneoffs(targets: list[Target], results: dict, d: Path, idle_n: int,
                                              for k, v in r.items() if k != "errors"))
         results.setdefault(t.name, {})["idle"] = [r]
         time.sleep(2.0)
+
+
+def new_conns_from_log(access_log: Path) -> dict[tuple[str, str, int], int]:
+    """Upstream connections first seen by nginx in each (target, scenario,
+    round): the connections that target dialed there (nginx's `$connection`
+    is a serial number; the log is in order of completed requests)."""
+    seen: set[str] = set()
+    out: dict[tuple[str, str, int], int] = {}
+    for line in access_log.read_text(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) < 4 or parts[3].count(".") != 2:
+            continue
+        name, scen, rnd = parts[3].split(".")
+        key = (name, scen, int(rnd) if rnd.isdigit() else 0)
+        out.setdefault(key, 0)
+        if parts[0] not in seen:
+            seen.add(parts[0])
+            out[key] += 1
+    return out
 
 
 def nginx_worker_pid(master: int) -> int:
@@ -973,10 +1177,29 @@ def main() -> int:
     ap.add_argument("--targets", default="direct,clavis,mitmproxy,hudsucker")
     ap.add_argument("--idle-conns", type=int, default=None,
                     help=f"connections for the idle scenario ({IDLE_CONNS}, --quick {IDLE_CONNS_QUICK}; 0 skips it)")
+    ap.add_argument("--streams", type=int, default=None,
+                    help=f"concurrent SSE streams for the thousand-streams scenario ({STREAMS_N}; 0 skips it)")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS + list(ONEOFF_SCENARIOS)),
+                    help="comma-separated subset of " + ", ".join(SCENARIOS + list(ONEOFF_SCENARIOS)))
+    ap.add_argument("--sr-workers", type=int, default=1,
+                    help="tokio workers of the stream-then-request instances of clavis and hudsucker "
+                         "(1: pinned to the proxy core like the others; more: on both cores)")
     ap.add_argument("--no-results-file", action="store_true")
     a = ap.parse_args()
+    chosen = {x.strip() for x in a.scenarios.split(",") if x.strip()}
+    unknown = chosen - set(SCENARIOS) - set(ONEOFF_SCENARIOS)
+    if unknown:
+        ap.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    scens = [x for x in SCENARIOS if x in chosen]
     rounds = a.rounds if a.rounds is not None else (1 if a.quick else 3)
     idle_n = a.idle_conns if a.idle_conns is not None else (IDLE_CONNS_QUICK if a.quick else IDLE_CONNS)
+    if "idle" not in chosen:
+        idle_n = 0
+    streams_n = a.streams if a.streams is not None else STREAMS_N
+    if "streams" not in chosen:
+        streams_n = 0
+    streams_s = STREAMS_SECONDS_QUICK if a.quick else STREAMS_SECONDS
+    sr_seqs = STREAMREQ_SEQS_QUICK if a.quick else STREAMREQ_SEQS
     secs = a.seconds or (3.0 if a.quick else 10.0)
     sse_samples = 5 if a.quick else 15
     wanted = [x.strip() for x in a.targets.split(",") if x.strip()]
@@ -1028,6 +1251,8 @@ def main() -> int:
     else:
         os.sched_setaffinity(0, {LOAD_CORE})  # this harness, oha, nginx, the SSE origin
 
+    clock0 = clock1 = clock2 = time.time() - time.monotonic()
+    mono0 = mono1 = mono2 = time.monotonic()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     d = BENCH / ".run" / stamp
     d.mkdir(parents=True)
@@ -1077,6 +1302,26 @@ def main() -> int:
             for t in targets:
                 if t.name == "hudsucker":
                     t.version = "hudsucker " + hudsucker_crate_version()
+        # stream then request: every proxy gets a second instance that serves
+        # only that scenario, so its pool holds what those sequences leave in
+        # it (the main instance keeps dozens of idle upstream connections from
+        # the load scenarios, and any of them would serve the follow-up)
+        sr_targets: dict[str, Target] = {}
+        if "streamreq" in scens:
+            for t in targets:
+                if t.error:
+                    continue
+                if not t.proxy_port:
+                    sr_targets[t.name] = t
+                    continue
+                try:
+                    kw = {}
+                    if a.sr_workers > 1 and t.name in ("clavis", "hudsucker"):
+                        cores = {PROXY_CORE, LOAD_CORE} if PROXY_CORE is not None else None
+                        kw = {"core": cores, "env": {"TOKIO_WORKER_THREADS": str(a.sr_workers)}}
+                    sr_targets[t.name] = starters[t.name](procs, d, nginx_port, name=f"{t.name}-sr", **kw)
+                except Exception as e:  # noqa: BLE001
+                    log(f"{t.name}-sr could not start: {e}")
         for t in targets:
             if t.error:
                 continue
@@ -1098,11 +1343,27 @@ def main() -> int:
         time.sleep(2.0)  # nothing of ours runs: what the rest of the machine uses
         bg1 = proc_stat()
         stat0, load0 = bg1, os.getloadavg()
+        clock0, mono0 = time.time() - time.monotonic(), time.monotonic()
         live = [t for t in targets if not t.error]
         for rnd in range(rounds):
-            for si, scen in enumerate(SCENARIOS):
-                k = (rnd * len(SCENARIOS) + si) % max(1, len(live))
+            for si, scen in enumerate(scens):
+                k = (rnd * len(scens) + si) % max(1, len(live))
                 order = live[k:] + live[:k]  # rotate so no target always goes first
+                if scen == "streamreq":  # every target at once, taking turns
+                    runs = [sr_targets[t.name] for t in order if not t.error and t.name in sr_targets
+                            and not (sr_targets[t.name].proc and sr_targets[t.name].proc.poll() is not None)]
+                    log(f"round {rnd + 1}/{rounds} {scen:8s} " + ", ".join(t.name for t in runs) + " in turns")
+                    by_name = measure_streamreq(runs, nginx_port, rnd, sr_seqs)
+                    for t in order:
+                        if t.error:
+                            continue
+                        r = by_name.get(sr_targets[t.name].name if t.name in sr_targets else "",
+                                        {"failed": f"no running {t.name}-sr instance"})
+                        if "failed" in r:
+                            log(f"  {t.name} {scen} failed: {r['failed']}")
+                        results.setdefault(t.name, {}).setdefault(scen, []).append(r)
+                    time.sleep(0.5)
+                    continue
                 for t in order:
                     if t.error:
                         continue
@@ -1120,18 +1381,31 @@ def main() -> int:
                         log(f"  {t.name} {scen}: {r['bad']} failed requests {r.get('codes')} {r.get('errors')}")
                     time.sleep(0.5)
         stat1, load1 = proc_stat(), os.getloadavg()
+        clock1, mono1 = time.time() - time.monotonic(), time.monotonic()
         for t in targets:
             if t.pid and t.proc.poll() is None:
                 t_hwm = status_kib(t.pid, "VmHWM")
                 results.setdefault(t.name, {})["_hwm_kib"] = t_hwm  # type: ignore[assignment]
         # once per target, after the rounds (and after VmHWM above, which the
         # idle connections would dominate)
-        run_oneoffs(targets, results, d, idle_n, procs, nginx_port)
+        run_oneoffs(targets, results, d, idle_n, procs, nginx_port,
+                    mint="mint" in chosen, streams_n=streams_n, streams_s=streams_s, starters=starters)
+        clock2, mono2 = time.time() - time.monotonic(), time.monotonic()
         time.sleep(1.5)  # nginx flushes its access log buffer every second
     finally:
         procs.stop_all()
 
     reuse = reuse_from_log(d / "access.log")
+    for (name, scen, rnd), n in new_conns_from_log(d / "access.log").items():
+        if scen != "streamreq":
+            continue
+        rs = results.get(name.removesuffix("-sr"), {}).get("streamreq", [])
+        if rnd < len(rs) and "failed" not in rs[rnd]:
+            rs[rnd]["new_conns"] = n
+    for rs in results.values():
+        for r in rs.get("streamreq", []) if isinstance(rs, dict) else []:
+            if "failed" not in r:
+                r.setdefault("new_conns", 0)
     # hundreds of MiB per full run: only the reuse figures above are kept
     (d / "access.log").unlink(missing_ok=True)
     elapsed = time.monotonic() - started
@@ -1139,11 +1413,16 @@ def main() -> int:
         "load_before": load0, "load_after": load1,
         "cpu": {c: busy_and_steal(stat0, stat1, c) for c in ("cpu", "cpu0", "cpu1") if c in stat0},
         "background": {c: busy_and_steal(bg0, bg1, c) for c in ("cpu0", "cpu1") if c in bg0},
+        # wall clock minus monotonic clock: it grows when the VM is paused
+        # (the monotonic clock stops) or the wall clock is stepped
+        "clock_rounds_s": clock1 - clock0, "clock_oneoffs_s": clock2 - clock1,
+        "mono_rounds_s": mono1 - mono0, "mono_oneoffs_s": mono2 - mono1,
     }
     (d / "results.json").write_text(json.dumps(
         {"results": results, "reuse": {f"{k[0]}.{k[1]}": v for k, v in reuse.items()},
          "noise": noise}, indent=1, default=str))
-    oneoff = {"idle_n": idle_n, "nofile": nofile}
+    oneoff = {"idle_n": idle_n, "nofile": nofile, "streams_n": streams_n, "streams_s": streams_s,
+              "sr_seqs": sr_seqs, "sr_workers": a.sr_workers}
     md = report(targets, results, reuse, noise, a.quick, rounds, secs, pinned, elapsed, niceness, oneoff)
     print(md)
     if not a.no_results_file:
@@ -1162,7 +1441,7 @@ def hudsucker_crate_version() -> str:
 # ---------------------------------------------------------------- report
 
 
-ONEOFF_SCENARIOS = ("idle", "mint")
+ONEOFF_SCENARIOS = ("mint", "streams", "idle")
 
 
 def oneoff_notes(targets, results, oneoff, reuse=None) -> list[str]:
@@ -1235,10 +1514,96 @@ def oneoff_notes(targets, results, oneoff, reuse=None) -> list[str]:
     return out if len(out) > 3 else []
 
 
-def med(results, name, scen, key):
-    vals = [r[key] for r in results.get(name, {}).get(scen, [])
+def per_round(results, name, scen, key):
+    return [r[key] for r in results.get(name, {}).get(scen, [])
             if isinstance(r, dict) and r.get(key) is not None and "failed" not in r]
-    return statistics.median(vals) if vals else None
+
+
+def stream_notes(targets, results, oneoff) -> list[str]:
+    """Per-round figures behind the SSE and stream rows, and how they were taken."""
+    names = [t.name for t in targets]
+    out = ["", "## Streams: per round, and how they were measured", ""]
+
+    def ms(v):
+        return "—" if v is None else f"{v * 1e3:.3f}"
+
+    if any(results.get(n, {}).get("sse") for n in names):
+        out.append("- SSE warm first event, median of each round (ms): " + "; ".join(
+            f"{n} " + " / ".join(ms(r.get("ttfe_warm_p50")) for r in results.get(n, {}).get("sse", []))
+            for n in names if results.get(n, {}).get("sse")))
+    if any(results.get(n, {}).get("streamreq") for n in names):
+        out.append(
+            f"- stream then request: each proxy has a second instance (`<name>-sr`, same config, same core) that "
+            f"serves only this scenario, so its pool holds only what these sequences leave in it (the main "
+            f"instance keeps idle upstream connections from the load scenarios, any of which would serve the "
+            f"follow-up)"
+            + (f"; clavis-sr and hudsucker-sr ran {oneoff['sr_workers']} tokio workers on both cores (`--sr-workers`)"
+               if oneoff.get("sr_workers", 1) > 1 else "")
+            + f". Per round and target: one new client connection (CONNECT + TLS), one unmeasured "
+            f"sequence (after a round's pause the pool's idle timeout may have closed the connection), then "
+            f"{oneoff.get('sr_seqs', STREAMREQ_SEQS)} sequences of `GET {STREAMREQ_SSE}` read to its last chunk "
+            f"and at once `GET /small` on the same connection, the targets taking turns sequence by sequence "
+            f"(so a stall of the machine hits them alike); time from sending the follow-up to its first "
+            f"response byte. Dials: `clavis_upstream_dials_total` before and after the measured sequences; "
+            f"nginx: connections whose first request in nginx's log is in those sequences.")
+        for n in names:
+            rs = results.get(n, {}).get("streamreq", [])
+            if not rs:
+                continue
+            cells = []
+            for r in rs:
+                if "failed" in r:
+                    cells.append(f"failed: {r['failed']}")
+                    continue
+                c = f"p50 {ms(r['ttfb_p50'])}, p99 {ms(r['ttfb_p99'])}, max {ms(r['ttfb_max'])} ms"
+                if r.get("dials") is not None:
+                    c += f", dials {r['dials']:.0f}"
+                if r.get("new_conns") is not None and n != "direct":
+                    c += f", new upstream conns {r['new_conns']}"
+                cells.append(c)
+            out.append(f"  - {n}: " + "; ".join(f"round {i + 1}: {c}" for i, c in enumerate(cells)))
+    if oneoff.get("streams_n") and any(results.get(n, {}).get("streams") for n in names):
+        n_, secs_ = oneoff["streams_n"], oneoff.get("streams_s", STREAMS_SECONDS)
+        out.append(
+            f"- {n_} streams (once per target, after the rounds, through a fresh instance of each proxy, same "
+            f"config and core, started for it and stopped after it): "
+            f"`lib/many_streams.py` (asyncio + ssl, pinned to the load core) opens {n_} connections, "
+            f"{STREAMS_OPEN_CONCURRENCY} at a time (CONNECT, TLS, `GET /sse?n={int(secs_ * 1000 / STREAMS_MS)}&ms={STREAMS_MS}`), "
+            f"and reads every stream to its end; an event's latency is its arrival time minus the origin's send "
+            f"stamp (the events received once every stream is open). RSS: the proxy's max VmRSS sampled every 50 ms from the moment "
+            f"every stream has its response head until the first stream ends (all run meanwhile), minus its "
+            f"VmRSS before the scenario, ÷ streams. CPU per event: the proxy's utime + stime over that same "
+            f"window ÷ the events delivered in it. A stall is a gap of more than 1 s between two events of one "
+            f"stream (the origin sends one every {STREAMS_MS} ms). The load core also runs nginx and the SSE "
+            f"origin, so for every target it carries the same {n_ * 1000 // STREAMS_MS} events/s.")
+        for n in names:
+            for r in results.get(n, {}).get("streams", []):
+                if "failed" in r:
+                    out.append(f"  - {n}: failed: {r['failed']}")
+                    continue
+                line = (f"  - {n}: {r['opened']} of {r['streams']} opened in {r['open_s']:.1f} s; "
+                        f"{r['complete']} complete, {r['events']} of {r['events_expected']} events; "
+                        f"latency p50 {ms(r['lat_p50'])}, p99 {ms(r['lat_p99'])}, p99.9 {ms(r['lat_p999'])}, "
+                        f"max {ms(r['lat_max'])} ms; largest gap {ms(r['gap_max'])} ms; "
+                        f"window with all running {r['steady_s']:.1f} s, {r['steady_events']} events")
+                if r.get("rss_before_kib") is not None:
+                    per_event = "—" if r["cpu_us_per_event"] is None else f"{r['cpu_us_per_event']:.1f}"
+                    line += (f"; RSS {r['rss_before_kib'] / 1024:.1f} → {r['rss_steady_max_kib'] / 1024:.1f} MiB "
+                             f"({r['rss_per_stream_kib']:.1f} KiB per stream), CPU {per_event} µs "
+                             f"per event and {r['cpu_open_us_per_stream']:.0f} µs per stream opened, "
+                             f"{r['proxy_fds']} fds open")
+                errs = {**(r.get("open_errors") or {}), **(r.get("stream_errors") or {})}
+                if errs:
+                    line += "; errors: " + "; ".join(f"{k} ×{v}" for k, v in errs.items())
+                out.append(line)
+    return out if len(out) > 3 else []
+
+
+def med(results, name, scen, key, agg="median"):
+    vals = per_round(results, name, scen, key)
+    if not vals:
+        return None
+    return sum(vals) if agg == "sum" else statistics.median(vals)
 
 
 @dataclass
@@ -1253,6 +1618,7 @@ class Row:
     proxy_only: bool = False
     target: str = ""
     check: object = None  # fn(clavis, direct, peers) -> bool | None
+    agg: str = "median"  # over rounds: "median" or "sum"
     values: dict = field(default_factory=dict)
 
 
@@ -1297,6 +1663,20 @@ def report(targets, results, reuse, noise, quick, rounds, secs, pinned, elapsed,
             return None if c is None else c == want
         return chk
 
+    streams_n, streams_s = oneoff.get("streams_n", 0), oneoff.get("streams_s", STREAMS_SECONDS)
+    sr_seqs = oneoff.get("sr_seqs", STREAMREQ_SEQS)
+
+    def sse_vs_peer(vals, peer="hudsucker"):
+        """Issue 18: clavis's median of round medians ≤ the peer's, and no
+        round's median above 2× the peer's in the same round."""
+        c = [r.get("ttfe_warm_p50") for r in results.get("clavis", {}).get("sse", [])]
+        p = [r.get("ttfe_warm_p50") for r in results.get(peer, {}).get("sse", [])]
+        pairs = [(x, y) for x, y in zip(c, p) if x is not None and y is not None]
+        if not pairs:
+            return None
+        return (statistics.median(x for x, _ in pairs) <= statistics.median(y for _, y in pairs)
+                and all(x <= 2 * y for x, y in pairs))
+
     idle = f"{idle_n} idle MITM'd conns" + (" (--quick)" if quick and idle_n == IDLE_CONNS_QUICK else "")
     rows = [
         Row("keep-alive /small, 16 conns: req/s", "ka16", "rps", "req/s", target="≥ 0.9× direct", check=rtarget(ratio_min=0.9)),
@@ -1313,6 +1693,14 @@ def report(targets, results, reuse, noise, quick, rounds, secs, pinned, elapsed,
         Row("SSE time to first event, warm", "sse", "ttfe_warm_p50", "ms", 1e3, False, "{:.3f}", target="≤ 0.5 ms", check=rtarget(abs_max=0.5)),
         Row("SSE per-event latency p50", "sse", "event_p50", "ms", 1e3, False, "{:.3f}", target="≤ 1.2× direct", check=rtarget(ratio_max=1.2)),
         Row("SSE per-event latency max (of 20)", "sse", "event_max", "ms", 1e3, False, "{:.3f}"),
+        Row(f"SSE warm first event: median of {rounds} round medians (issue 18)", "sse", "ttfe_warm_p50", "ms", 1e3, False, "{:.3f}",
+            target="≤ hudsucker; no round > 2× hudsucker's", check=sse_vs_peer),
+        Row(f"stream then request ({sr_seqs} per round): follow-up time to first byte p50", "streamreq", "ttfb_p50", "ms", 1e3, False, "{:.3f}"),
+        Row(f"stream then request ({sr_seqs} per round): follow-up time to first byte p99", "streamreq", "ttfb_p99", "ms", 1e3, False, "{:.3f}",
+            target="≤ hudsucker", check=rtarget(vs="hudsucker", vs_max=1.0)),
+        Row(f"stream then request: new upstream dials, all {rounds} rounds (clavis_upstream_dials_total)", "streamreq", "dials", "dials", 1, False, "{:.0f}", True,
+            "= 0", equals(0), agg="sum"),
+        Row(f"stream then request: new upstream connections seen by nginx, all {rounds} rounds", "streamreq", "new_conns", "conns", 1, False, "{:.0f}", True, agg="sum"),
         Row("proxy CPU per request, keep-alive 16", "ka16", "cpu_us_per_req", "µs", 1, False, "{:.1f}", True, "≤ 20 µs and ≤ 0.7× hudsucker", rtarget(abs_max=20, vs="hudsucker", vs_max=0.7)),
         Row("proxy CPU per request, keep-alive 16: user space", "ka16", "cpu_user_us_per_req", "µs", 1, False, "{:.1f}", True),
         Row("proxy CPU per request, keep-alive 16: kernel", "ka16", "cpu_kernel_us_per_req", "µs", 1, False, "{:.1f}", True),
@@ -1335,6 +1723,21 @@ def report(targets, results, reuse, noise, quick, rounds, secs, pinned, elapsed,
             Row(f"{idle}: RSS increase over the idle proxy", "idle", "rss_inc_kib", "MiB", 1 / 1024, False, "{:.1f}", True),
             Row(f"{idle}: RSS per connection", "idle", "rss_per_conn_kib", "KiB", 1, False, "{:.1f}", True),
         ]
+    if streams_n:
+        S = f"{streams_n} SSE streams × {streams_s:g} s"
+        rows += [
+            Row(f"{S}: event latency p50", "streams", "lat_p50", "ms", 1e3, False, "{:.3f}"),
+            Row(f"{S}: event latency p99", "streams", "lat_p99", "ms", 1e3, False, "{:.3f}", target="≤ 1.5× direct", check=rtarget(ratio_max=1.5)),
+            Row(f"{S}: event latency max", "streams", "lat_max", "ms", 1e3, False, "{:.1f}"),
+            Row(f"{S}: streams that got every event", "streams", "complete", "streams", 1, True, "{:.0f}", target=f"= {streams_n}", check=equals(streams_n)),
+            Row(f"{S}: streams with a gap > 1 s between events", "streams", "stalled", "streams", 1, False, "{:.0f}", target="= 0", check=equals(0)),
+            Row(f"{S}: largest gap between two events of one stream", "streams", "gap_max", "ms", 1e3, False, "{:.0f}"),
+            Row(f"{S}: proxy RSS, max while all run", "streams", "rss_steady_max_kib", "MiB", 1 / 1024, False, "{:.1f}", True),
+            Row(f"{S}: RSS per stream (over the proxy's RSS before)", "streams", "rss_per_stream_kib", "KiB", 1, False, "{:.1f}", True,
+                "≤ hudsucker", rtarget(vs="hudsucker", vs_max=1.0)),
+            Row(f"{S}: proxy CPU per event, all streams running", "streams", "cpu_us_per_event", "µs", 1, False, "{:.1f}", True),
+            Row(f"{S}: proxy CPU per stream opened", "streams", "cpu_open_us_per_stream", "µs", 1, False, "{:.0f}", True),
+        ]
     if "clavis" in names:
         rows += [
             Row(f"leaf mint: CONNECT + TLS handshake, new host, p50 of {MINT_HOSTS} (cold)", "mint", "cold_p50", "ms", 1e3, False, "{:.3f}", True),
@@ -1353,10 +1756,13 @@ def report(targets, results, reuse, noise, quick, rounds, secs, pinned, elapsed,
             elif row.scen.startswith("_reuse_"):
                 v = reuse.get((n, row.scen[len("_reuse_"):]))
             else:
-                v = med(results, n, row.scen, row.key)
+                v = med(results, n, row.scen, row.key, row.agg)
             if row.proxy_only and n == "direct":
                 v = None
             row.values[n] = None if v is None else v * row.scale
+    # scenarios left out with --scenarios leave no row (a failed one keeps its row)
+    rows = [row for row in rows if any(v is not None for v in row.values.values())
+            or any(results.get(n, {}).get(row.scen) for n in names)]
 
     peers = [n for n in names if n not in ("direct", "clavis")]
     head = ["metric", *names]
@@ -1404,7 +1810,8 @@ def report(targets, results, reuse, noise, quick, rounds, secs, pinned, elapsed,
     dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"],
                            capture_output=True, text=True).stdout.strip()
     versions = [
-        f"clavis: {tmap['clavis'].version if 'clavis' in tmap else 'not run'}",
+        f"clavis: {tmap['clavis'].version if 'clavis' in tmap else 'not run'}"
+        + (f" (BENCH_CLAVIS_BIN={CLAVIS}, not necessarily the commit above)" if os.environ.get("BENCH_CLAVIS_BIN") else ""),
         f"mitmproxy: {tmap['mitmproxy'].version if 'mitmproxy' in tmap else 'not run'}",
         f"hudsucker peer: {tmap['hudsucker'].version if 'hudsucker' in tmap else 'not run'} (bench/peers/hudsucker-inject)",
         f"oha: {first_line([str(OHA), '--version'])}",
@@ -1451,8 +1858,14 @@ def report(targets, results, reuse, noise, quick, rounds, secs, pinned, elapsed,
         out.append("- CPU used on the proxy's core by other processes while a proxy was measured "
                    "(user+system time of the core − the proxy's): " + "; ".join(
                        f"{k} median {statistics.median(v):.1f}%, max {max(v):.1f}%" for k, v in foreign.items()))
+    if "clock_rounds_s" in noise:
+        out.append(f"- wall clock minus monotonic clock: +{noise['clock_rounds_s']:.2f} s over the rounds "
+                   f"({noise['mono_rounds_s']:.0f} s), +{noise['clock_oneoffs_s']:.2f} s over the one-off scenarios "
+                   f"({noise['mono_oneoffs_s']:.0f} s); the two clocks drift apart steadily here (~0.5 %), a jump "
+                   "well beyond that means the VM was paused (event latencies use the monotonic clock, which a pause stops)")
     out.append("- other processes on the machine (e.g. compilers) add noise; compare ratios measured in the same run, not absolute figures across runs")
     out += oneoff_notes(targets, results, oneoff, reuse)
+    out += stream_notes(targets, results, oneoff)
     if errs:
         out += ["", "## Failures and errors", "", *errs]
     return "\n".join(out) + "\n"

@@ -1,7 +1,9 @@
 """Plain-HTTP server-sent-events origin that nginx fronts as /sse.
 
-Each event carries the origin's send time (CLOCK_REALTIME, ns) so that a
-client on the same machine can measure per-event latency exactly:
+Each event carries the origin's send time (CLOCK_MONOTONIC, ns, which every
+process on the machine shares and which, unlike the wall clock, this VM
+never steps) so that a client on the same machine can measure per-event
+latency exactly:
     data: {"i": 3, "t": 1712345678901234567}
 
 Query: n (events, default 20), ms (interval, default 100). The first event
@@ -31,7 +33,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            writer.write(b'data: {"i": %d, "t": %d}\n\n' % (i, time.time_ns()))
+            writer.write(b'data: {"i": %d, "t": %d}\n\n' % (i, time.monotonic_ns()))
             await writer.drain()
     except (ConnectionError, asyncio.IncompleteReadError, ValueError, IndexError):
         pass

@@ -19,6 +19,7 @@ fn approvals(hold: Duration, ttl: Duration) -> Arc<Approvals> {
         tls,
         Duration::from_secs(1),
         Duration::from_secs(1),
+        Default::default(),
     ));
     let audit = Arc::new(
         AuditLog::open(&AuditConfig {

@@ -107,6 +107,8 @@ pub(crate) struct Upstream {
     /// of its own, never a pooled (possibly h2) one.
     upgrade_tls: TlsConnector,
     request_timeout: Duration,
+    /// New upstream connections (`clavis_upstream_dials_total`).
+    dials: prometheus_client::metrics::counter::Counter,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -117,12 +119,14 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     /// Idle connections are closed after `idle_timeout`; the sweeper that
-    /// does it starts with [`Upstream::start`].
+    /// does it starts with [`Upstream::start`]. `dials` counts every new
+    /// upstream connection.
     pub(crate) fn new(
         dialer: Dialer,
         tls: Arc<rustls::ClientConfig>,
         request_timeout: Duration,
         idle_timeout: Duration,
+        dials: prometheus_client::metrics::counter::Counter,
     ) -> Upstream {
         let mut h1_only = (*tls).clone();
         h1_only.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -132,6 +136,7 @@ impl Upstream {
             tls: TlsConnector::from(tls),
             upgrade_tls: TlsConnector::from(Arc::new(h1_only)),
             request_timeout,
+            dials,
         }
     }
 
@@ -255,6 +260,7 @@ impl Upstream {
     /// (every address checked), then TLS verified for its host.
     async fn open(&self, key: &Key, tls: &TlsConnector) -> Result<Conn, UpstreamError> {
         let tcp = self.dialer.dial(&key.host, key.port).await?;
+        self.dials.inc();
         if !key.tls {
             return Ok(Conn::Plain(TokioIo::new(tcp)));
         }

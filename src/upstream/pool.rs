@@ -2,7 +2,12 @@
 //!
 //! An HTTP/1 connection carries one exchange at a time: it is checked out of
 //! its upstream's idle list, used, and put back once its response has been
-//! read (at once for a small response, which arrives with its head). An
+//! read (at once for a small response, which arrives with its head). While
+//! its response body streams it stays listed as busy, and a checkout takes it
+//! the moment the exchange is over, before the task that watches it has had a
+//! turn to put it back: an agent's request right after a stream would
+//! otherwise, on a multi-threaded runtime, sometimes pay for a new TCP + TLS
+//! handshake. An
 //! HTTP/2 connection is shared: one per upstream, cloned for every request.
 //! Every tunnel and the admin port draw from the same pool, so a new tunnel
 //! per request still reuses upstream connections, and idle tunnels hold
@@ -15,7 +20,8 @@
 //! only, or whose last dial failed, are dialed in parallel.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::Uri;
@@ -71,6 +77,11 @@ struct Entry {
     key: Arc<Key>,
     /// Most recently returned last.
     idle: Vec<(http1::SendRequest<Body>, Instant)>,
+    /// Connections whose response body is still being read, each watched by
+    /// a task ([`returned`]) that moves it to `idle` when the exchange ends;
+    /// a checkout that finds one ready first takes it instead. By id.
+    busy: Vec<(u64, http1::SendRequest<Body>)>,
+    next_busy: u64,
     shared: Option<http2::SendRequest<Body>>,
     /// What the last dial found.
     last_dial: LastDial,
@@ -137,35 +148,29 @@ impl Inner {
 
     /// Takes back an HTTP/1 connection whose exchange is over, or will be
     /// once its response body has been read.
-    fn put(self: &Arc<Self>, key: Arc<Key>, mut sender: http1::SendRequest<Body>) {
+    fn put(self: &Arc<Self>, key: Arc<Key>, sender: http1::SendRequest<Body>) {
         if sender.is_closed() {
-            return;
-        }
-        if !sender.is_ready() {
-            // The response body is still streaming: wait for the end of the
-            // exchange off the request's path. If the body is abandoned the
-            // connection closes and the wait ends with an error.
-            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                return;
-            };
-            let pool = Arc::downgrade(self);
-            runtime.spawn(async move {
-                if std::future::poll_fn(|cx| sender.poll_ready(cx))
-                    .await
-                    .is_ok()
-                {
-                    if let Some(pool) = pool.upgrade() {
-                        pool.put(key, sender);
-                    }
-                }
-            });
             return;
         }
         let mut upstreams = self.upstreams();
         let entry = entry(&mut upstreams, &key);
-        if entry.idle.len() < MAX_IDLE_PER_UPSTREAM {
-            entry.idle.push((sender, Instant::now()));
+        if sender.is_ready() {
+            entry.keep_idle(sender);
+            return;
         }
+        // The response body is still streaming: the end of the exchange is
+        // awaited off the request's path. If the body is abandoned the
+        // connection closes and the wait ends with an error.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let id = entry.next_busy;
+        entry.next_busy += 1;
+        entry.busy.push((id, sender));
+        // Listed first: the sweep keeps an entry with busy connections, so
+        // the watcher finds its connection (or knows a checkout took it).
+        drop(upstreams);
+        runtime.spawn(returned(Arc::downgrade(self), key, id));
     }
 
     /// Closes idle connections past the idle timeout or closed by the
@@ -179,9 +184,47 @@ impl Inner {
             if entry.shared.as_ref().is_some_and(|s| s.is_closed()) {
                 entry.shared = None;
             }
-            !entry.idle.is_empty() || entry.shared.is_some() || entry.dialing.is_some()
+            // Busy connections are left to their watchers, which need the entry.
+            !entry.idle.is_empty()
+                || !entry.busy.is_empty()
+                || entry.shared.is_some()
+                || entry.dialing.is_some()
         });
     }
+}
+
+impl Entry {
+    fn keep_idle(&mut self, sender: http1::SendRequest<Body>) {
+        if self.idle.len() < MAX_IDLE_PER_UPSTREAM {
+            self.idle.push((sender, Instant::now()));
+        }
+    }
+}
+
+/// Watches busy connection `id` of `key` until its exchange ends, then moves
+/// it to the idle list (or forgets it if it closed). A checkout takes a busy
+/// connection only once it is ready, and readiness is what wakes this task,
+/// which then finds it gone and ends.
+async fn returned(pool: Weak<Inner>, key: Arc<Key>, id: u64) {
+    std::future::poll_fn(|cx| {
+        let Some(pool) = pool.upgrade() else {
+            return Poll::Ready(());
+        };
+        let mut upstreams = pool.upstreams();
+        let Some(entry) = upstreams.get_mut(key.as_ref()) else {
+            return Poll::Ready(());
+        };
+        let Some(at) = entry.busy.iter().position(|(b, _)| *b == id) else {
+            return Poll::Ready(());
+        };
+        let ready = std::task::ready!(entry.busy[at].1.poll_ready(cx));
+        let (_, sender) = entry.busy.swap_remove(at);
+        if ready.is_ok() {
+            entry.keep_idle(sender);
+        }
+        Poll::Ready(())
+    })
+    .await;
 }
 
 /// `key`'s entry, created empty if missing.
@@ -190,6 +233,8 @@ fn entry<'a>(upstreams: &'a mut HashMap<Arc<Key>, Entry>, key: &Arc<Key>) -> &'a
         key: key.clone(),
         idle: Vec::new(),
         shared: None,
+        busy: Vec::new(),
+        next_busy: 0,
         last_dial: LastDial::Never,
         dialing: None,
     })
@@ -294,7 +339,15 @@ impl Pool {
             }
             // Closed by the upstream while idle: dropped.
         }
-        None
+        // A connection whose response has just been read to its end, which
+        // its watcher has not put back yet.
+        let at = entry.busy.iter().position(|(_, s)| s.is_ready())?;
+        let (_, sender) = entry.busy.swap_remove(at);
+        Some(Pooled {
+            key,
+            sender: Sender::H1(sender),
+            reused: true,
+        })
     }
 
     /// Shares a new HTTP/2 connection with later requests, unless another
@@ -527,6 +580,78 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             panic!("the connection never came back to the pool");
+        }
+
+        #[tokio::test]
+        async fn a_connection_whose_response_just_ended_is_checked_out_before_its_watcher_runs() {
+            // A spawned task, like a tunnel's: the end of the body wakes it
+            // before the watcher (a test's own body would run after both).
+            tokio::spawn(async {
+                let pool = Pool::new(Duration::from_secs(60));
+                let (mut sender, _close) = connection().await;
+                let response = sender.send_request(slow()).await.unwrap();
+                pool.release(pooled(sender));
+                http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .unwrap();
+                assert_eq!(pool.idle_count(), 0, "the watcher has not had a turn");
+                let again = ready(pool.checkout(&key())).expect("the connection just freed");
+                assert!(again.reused);
+                assert!(
+                    ready(pool.checkout(&key())).is_none(),
+                    "it was the only one"
+                );
+            })
+            .await
+            .unwrap();
+        }
+
+        #[tokio::test]
+        async fn the_watcher_of_a_connection_taken_early_ends() {
+            tokio::spawn(async {
+                let pool = Pool::new(Duration::from_secs(60));
+                let (mut sender, _close) = connection().await;
+                let tasks = || {
+                    tokio::runtime::Handle::current()
+                        .metrics()
+                        .num_alive_tasks()
+                };
+                let before = tasks();
+                let response = sender.send_request(slow()).await.unwrap();
+                pool.release(pooled(sender));
+                tokio::task::yield_now().await; // the watcher starts waiting
+                assert_eq!(tasks(), before + 1, "one watcher");
+                http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .unwrap();
+                assert_eq!(pool.idle_count(), 0, "the watcher has not had a turn");
+                let mut again = ready(pool.checkout(&key())).expect("the connection just freed");
+                for _ in 0..50 {
+                    if tasks() == before {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                assert_eq!(tasks(), before, "the watcher is gone");
+                // The connection serves its new user, and comes back after it.
+                let Sender::H1(sender) = &mut again.sender else {
+                    panic!("an HTTP/1 connection");
+                };
+                let response = sender.send_request(slow()).await.unwrap();
+                pool.release(again);
+                http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .unwrap();
+                for _ in 0..50 {
+                    if pool.idle_count() == 1 {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("the connection never came back to the pool");
+            })
+            .await
+            .unwrap();
         }
     }
 }
