@@ -217,10 +217,12 @@ impl Approvals {
     }
 
     fn audit(&self, action: Action, record: &Record, actor: &Caller, note: Option<String>) {
+        // Host and path as every audit event has them: never the query.
+        let uri = record.binding.url.parse::<http::Uri>().ok();
         let mut detail = Detail::request(
             &record.binding.method,
-            &record.binding.service,
-            &record.binding.url,
+            uri.as_ref().and_then(|u| u.host()).unwrap_or_default(),
+            uri.as_ref().map_or("", |u| u.path()),
         );
         detail.note = Some(match note {
             Some(n) => format!("approval {}: {n}", record.id),
@@ -244,7 +246,13 @@ impl Approvals {
         preview: String,
         caller: &Caller,
     ) -> Result<(), ApprovalError> {
-        let request = format!("{} {}", binding.method, binding.url);
+        // Messages name the path, never the query (its values may be
+        // anything): they reach the audit log and the log line.
+        let path = binding.url.parse::<http::Uri>().map_or_else(
+            |_| String::new(),
+            |u| u.path().to_owned(),
+        );
+        let request = format!("{} {path}", binding.method);
         let (id, mut changed) = {
             let mut entries = self.lock();
             let now = now();
