@@ -151,7 +151,7 @@ impl ApprovalError {
 pub(crate) enum DecideError {
     #[error("no approval {0:?}")]
     NotFound(String),
-    #[error("approval {id} is already {status:?}, not pending")]
+    #[error("approval {id} is already {}, not pending", status.as_str())]
     NotPending { id: String, status: Status },
     #[error("a denial needs a reason")]
     NoReason,
@@ -404,8 +404,14 @@ impl Approvals {
         } else {
             Status::Denied
         };
+        let now = now();
         entry.record.status = status;
-        entry.record.decided_at = Some(now());
+        entry.record.decided_at = Some(now);
+        if approve {
+            // The agent has a whole ttl from the decision to send the
+            // request again; unused by then, the approval expires.
+            entry.record.expires_at = now + self.config.ttl.as_secs();
+        }
         entry.record.decided_by = Some(by.actor().to_string());
         entry.record.reason = reason;
         entry.changed.send_replace(status);
@@ -424,10 +430,16 @@ impl Approvals {
         Ok(record)
     }
 
-    /// Pending approvals past their `ttl` become expired (audited).
+    /// Approvals past their `expires_at` while pending (undecided), or
+    /// approved but not used, become expired (audited).
     fn expire(&self, entries: &mut VecDeque<Entry>, now: u64) {
         for entry in entries.iter_mut() {
-            if entry.record.status == Status::Pending && entry.record.expires_at <= now {
+            let note = match entry.record.status {
+                Status::Pending => "not decided within the ttl",
+                Status::Approved => "approved, but not used within the ttl",
+                _ => continue,
+            };
+            if entry.record.expires_at <= now {
                 entry.record.status = Status::Expired;
                 entry.changed.send_replace(Status::Expired);
                 self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -435,7 +447,7 @@ impl Approvals {
                     Action::ApprovalExpired,
                     &entry.record,
                     &Caller::system(),
-                    None,
+                    Some(note.to_owned()),
                 );
                 if let Some(n) = &self.notifier {
                     n.send(&entry.record);
