@@ -356,7 +356,7 @@ impl Approvals {
             Some(format!("policy {policy:?} rule {rule:?}")),
         );
         if let Some(n) = &self.notifier {
-            n.send(&record);
+            n.send(Action::ApprovalRequested, &record);
         }
         let (changed, rx) = watch::channel(Status::Pending);
         let id = record.id.clone();
@@ -425,7 +425,7 @@ impl Approvals {
         };
         self.audit(action, &record, by, record.reason.clone());
         if let Some(n) = &self.notifier {
-            n.send(&record);
+            n.send(action, &record);
         }
         Ok(record)
     }
@@ -450,7 +450,7 @@ impl Approvals {
                     Some(note.to_owned()),
                 );
                 if let Some(n) = &self.notifier {
-                    n.send(&entry.record);
+                    n.send(Action::ApprovalExpired, &entry.record);
                 }
             }
         }
