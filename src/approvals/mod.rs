@@ -260,10 +260,10 @@ impl Approvals {
     ) -> Result<(), ApprovalError> {
         // Messages name the path, never the query (its values may be
         // anything): they reach the audit log and the log line.
-        let path = binding.url.parse::<http::Uri>().map_or_else(
-            |_| String::new(),
-            |u| u.path().to_owned(),
-        );
+        let path = binding
+            .url
+            .parse::<http::Uri>()
+            .map_or_else(|_| String::new(), |u| u.path().to_owned());
         let request = format!("{} {path}", binding.method);
         let (id, mut changed) = {
             let mut entries = self.lock();
@@ -286,12 +286,23 @@ impl Approvals {
                 Some(entry) if entry.record.status == Status::Pending => {
                     (entry.record.id.clone(), entry.changed.subscribe())
                 }
-                _ => self.create(&mut entries, binding.clone(), policy, rule, &preview, caller, now),
+                _ => self.create(
+                    &mut entries,
+                    binding.clone(),
+                    policy,
+                    rule,
+                    &preview,
+                    caller,
+                    now,
+                ),
             }
         };
         // Held: wait for a decision, at most `hold`.
-        let _ = tokio::time::timeout(self.config.hold, changed.wait_for(|s| *s != Status::Pending))
-            .await;
+        let _ = tokio::time::timeout(
+            self.config.hold,
+            changed.wait_for(|s| *s != Status::Pending),
+        )
+        .await;
         let mut entries = self.lock();
         let now = now();
         self.expire(&mut entries, now);

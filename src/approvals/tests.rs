@@ -176,7 +176,11 @@ async fn two_requests_held_on_one_approval_take_it_once() {
         }
         (x, y)
     };
-    assert_eq!(a.list(None).len(), 1, "one approval for the identical request");
+    assert_eq!(
+        a.list(None).len(),
+        1,
+        "one approval for the identical request"
+    );
     let id = pending_id(&a);
     a.decide(&id, true, &admin(), None).unwrap();
     let (x, y) = (x.await.unwrap(), y.await.unwrap());
