@@ -34,6 +34,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -421,6 +422,10 @@ class ConsoleTest:
         expect(p.locator("#audit-body tr").first).to_contain_text(mark)  # newest on top
         # GET /v1/audit history was loaded too (the sign-in attempts, approvals above)
         assert p.locator("#audit-body tr").count() >= 3
+        # The approvals decided above are in the log, by action, with who decided.
+        for action in ("approval_requested", "approval_granted", "approval_denied"):
+            expect(p.locator("#audit-body tr", has_text=action).first).to_be_visible()
+        expect(p.locator("#audit-body tr", has_text="approval_denied").first).to_contain_text("admin")
 
     def check_sse_parser(self):
         p = self.page
@@ -603,6 +608,7 @@ class ConsoleTest:
                     r.check(name, fn)
             r.check("every request went to the admin origin, API calls carried the bearer token", self.check_same_origin_only)
             self.context.close()
+        shutil.rmtree(profile, ignore_errors=True)  # a browser profile per run: never left behind
         print()
         for s in self.screenshots:
             print("screenshot:", s)
