@@ -189,13 +189,20 @@ impl Event {
         if status != 0 {
             detail.insert("status".into(), json!(status));
         }
-        json!({
+        let mut event = json!({
             "time": humantime::format_rfc3339_millis(self.time).to_string(),
             "action": self.action.as_str(),
             "entry": self.entry(),
             "actor": self.actor(),
             "detail": detail,
-        })
+        });
+        // Its place in this process's log once recorded, the SSE `id:`: the
+        // same event read from the stream (before the upstream answered)
+        // and from GET /v1/audit (with the status) is one event.
+        if self.seq() != 0 {
+            event["id"] = json!(self.seq());
+        }
+        event
     }
 }
 

@@ -477,7 +477,13 @@
 
   // ------------------------------------------------------------ audit
   const audit = { events: [], keys: new Set() };
-  const auditKey = (ev) => JSON.stringify([ev.time, ev.action, ev.entry, ev.actor, ev.detail]);
+  // One event, however often it arrives: by its id (clavis's sequence number,
+  // the SSE id), else by its content. The stream sends an event when it is
+  // recorded, before the upstream answered; the history has it with its status.
+  const auditKey = (ev) => (ev.id !== undefined && ev.id !== null
+    ? "id:" + ev.id
+    : JSON.stringify([ev.time, ev.action, ev.entry, ev.actor, ev.detail]));
+  const hasStatus = (ev) => Boolean(ev && ev.detail && ev.detail.status);
 
   function onStreamEvent(ev, since) {
     if (ev.type !== "audit") return;
@@ -502,10 +508,11 @@
       let history;
       try { history = await api("GET", "/v1/audit?limit=200"); } finally { since.merged = true; }
       if (gen !== state.gen) return;
-      const merged = [], keys = new Set();
+      const merged = [], at = new Map();
       for (const ev of [...since.list.slice().reverse(), ...(Array.isArray(history) ? history : []), ...audit.events]) {
         const k = auditKey(ev);
-        if (!keys.has(k)) { keys.add(k); merged.push(ev); }
+        if (!at.has(k)) { at.set(k, merged.length); merged.push(ev); }
+        else if (hasStatus(ev) && !hasStatus(merged[at.get(k)])) merged[at.get(k)] = ev; // the later, fuller copy
       }
       audit.events = merged.slice(0, MAX_AUDIT_ROWS);
       audit.keys = new Set(audit.events.map(auditKey));
@@ -541,13 +548,15 @@
   }
 
   // ------------------------------------------------------------ services, agents, budgets
+  // Services and agents load apart: one failing (an older clavis without
+  // GET /v1/agents) leaves the other's table and says which one failed.
   async function loadServices() {
     const gen = state.gen;
-    try {
-      const [services, agents] = await Promise.all([api("GET", "/v1/services"), api("GET", "/v1/agents")]);
-      if (gen !== state.gen) return;
+    const [services, agents] = await Promise.allSettled([api("GET", "/v1/services"), api("GET", "/v1/agents")]);
+    if (gen !== state.gen) return;
+    if (services.status === "fulfilled") {
       setMsg($("services-error"), "");
-      $("services-body").replaceChildren(...(services || []).map((s) => el("tr", null,
+      $("services-body").replaceChildren(...(services.value || []).map((s) => el("tr", null,
         cell("Name", el("strong", null, s.name ?? ""), s.default ? el("span", { class: "badge" }, "default") : null),
         cell("Connector", s.connector_name ?? ""),
         cell("Hosts", (s.hosts || []).join(", ")),
@@ -556,13 +565,18 @@
           : el("span", { class: "badge status-denied" }, "missing")),
         cell("Validated", s.validated_at ? timeTag(s.validated_at) : s.has_credentials ? "not validated" : "—"),
         cell("Origin", s.origin ?? ""))));
-      $("agents-body").replaceChildren(...(agents || []).map((a) => el("tr", null,
+    } else {
+      setMsg($("services-error"), "Could not load services: " + errText(services.reason), "error");
+    }
+    if (agents.status === "fulfilled") {
+      setMsg($("agents-error"), "");
+      $("agents-body").replaceChildren(...(agents.value || []).map((a) => el("tr", null,
         cell("Name", el("strong", null, a.name ?? "")),
         cell("Services", (a.services || []).join(", ") === "*" ? "all (*)" : (a.services || []).join(", ")),
         cell("Reveal", a.reveal ? "yes" : "no"),
         cell("Policies", Object.entries(a.policies || {}).map(([svc, pol]) => `${svc}: ${pol}`).join("; ") || "—"))));
-    } catch (e) {
-      if (gen === state.gen) setMsg($("services-error"), "Could not load services and agents: " + errText(e), "error");
+    } else {
+      setMsg($("agents-error"), "Could not load agents: " + errText(agents.reason), "error");
     }
   }
 

@@ -151,7 +151,7 @@ impl ApprovalError {
 pub(crate) enum DecideError {
     #[error("no approval {0:?}")]
     NotFound(String),
-    #[error("approval {id} is already {status:?}, not pending")]
+    #[error("approval {id} is already {}, not pending", status.as_str())]
     NotPending { id: String, status: Status },
     #[error("a denial needs a reason")]
     NoReason,
@@ -192,6 +192,16 @@ fn new_id() -> String {
     format!("apr_{}", crate::encoding::hex(&bytes))
 }
 
+/// The refusal of a request whose approval was denied.
+fn denied(record: &Record, request: String) -> ApprovalError {
+    ApprovalError::Denied {
+        id: record.id.clone(),
+        request,
+        by: record.decided_by.clone().unwrap_or_default(),
+        reason: record.reason.clone().unwrap_or_default(),
+    }
+}
+
 impl Approvals {
     pub(crate) fn new(
         config: ApprovalsConfig,
@@ -217,10 +227,12 @@ impl Approvals {
     }
 
     fn audit(&self, action: Action, record: &Record, actor: &Caller, note: Option<String>) {
+        // Host and path as every audit event has them: never the query.
+        let uri = record.binding.url.parse::<http::Uri>().ok();
         let mut detail = Detail::request(
             &record.binding.method,
-            &record.binding.service,
-            &record.binding.url,
+            uri.as_ref().and_then(|u| u.host()).unwrap_or_default(),
+            uri.as_ref().map_or("", |u| u.path()),
         );
         detail.note = Some(match note {
             Some(n) => format!("approval {}: {n}", record.id),
@@ -235,7 +247,9 @@ impl Approvals {
     }
 
     /// The gate of a request an `approve` rule matched. `Ok` means an
-    /// approval was used for it (it goes out now, once).
+    /// approval was used for it (it goes out now, once). Whether an
+    /// approval is there and its use are one step under the lock, so of
+    /// two identical requests only one can take it.
     pub(crate) async fn gate(
         &self,
         binding: Binding,
@@ -244,71 +258,80 @@ impl Approvals {
         preview: String,
         caller: &Caller,
     ) -> Result<(), ApprovalError> {
-        let request = format!("{} {}", binding.method, binding.url);
+        // Messages name the path, never the query (its values may be
+        // anything): they reach the audit log and the log line.
+        let path = binding
+            .url
+            .parse::<http::Uri>()
+            .map_or_else(|_| String::new(), |u| u.path().to_owned());
+        let request = format!("{} {path}", binding.method);
         let (id, mut changed) = {
             let mut entries = self.lock();
             let now = now();
             self.expire(&mut entries, now);
             let latest = entries
-                .iter()
+                .iter_mut()
                 .rev()
                 .find(|e| e.record.binding == binding && e.record.status != Status::Used);
-            if let Some(entry) = latest {
-                match entry.record.status {
-                    Status::Approved => {
-                        let id = entry.record.id.clone();
-                        drop(entries);
-                        return self
-                            .consume(&id, caller)
-                            .map_err(|_| ApprovalError::Expired { id, request });
-                    }
-                    Status::Denied if entry.record.expires_at > now => {
-                        return Err(ApprovalError::Denied {
-                            id: entry.record.id.clone(),
-                            request,
-                            by: entry.record.decided_by.clone().unwrap_or_default(),
-                            reason: entry.record.reason.clone().unwrap_or_default(),
-                        });
-                    }
-                    Status::Pending => (entry.record.id.clone(), entry.changed.subscribe()),
-                    _ => self.create(&mut entries, binding, policy, rule, preview, caller, now),
+            match latest {
+                Some(entry) if entry.record.status == Status::Approved => {
+                    self.take(entry, caller);
+                    return Ok(());
                 }
-            } else {
-                self.create(&mut entries, binding, policy, rule, preview, caller, now)
+                Some(entry)
+                    if entry.record.status == Status::Denied && entry.record.expires_at > now =>
+                {
+                    return Err(denied(&entry.record, request));
+                }
+                Some(entry) if entry.record.status == Status::Pending => {
+                    (entry.record.id.clone(), entry.changed.subscribe())
+                }
+                _ => self.create(
+                    &mut entries,
+                    binding.clone(),
+                    policy,
+                    rule,
+                    &preview,
+                    caller,
+                    now,
+                ),
             }
         };
         // Held: wait for a decision, at most `hold`.
-        let decided = tokio::time::timeout(self.config.hold, async {
-            let _ = changed.wait_for(|s| *s != Status::Pending).await;
-        })
-        .await
-        .is_ok();
-        let current = self.get(&id);
-        match current.map(|r| r.status) {
-            Some(Status::Approved) if decided => self
-                .consume(&id, caller)
-                .map_err(|_| ApprovalError::Expired { id, request }),
-            Some(Status::Denied) => {
-                let r = self.get(&id);
-                Err(ApprovalError::Denied {
-                    by: r
-                        .as_ref()
-                        .and_then(|r| r.decided_by.clone())
-                        .unwrap_or_default(),
-                    reason: r.and_then(|r| r.reason).unwrap_or_default(),
-                    id,
-                    request,
-                })
+        let _ = tokio::time::timeout(
+            self.config.hold,
+            changed.wait_for(|s| *s != Status::Pending),
+        )
+        .await;
+        let mut entries = self.lock();
+        let now = now();
+        self.expire(&mut entries, now);
+        let Some(entry) = entries.iter_mut().find(|e| e.record.id == id) else {
+            return Err(ApprovalError::Expired { id, request });
+        };
+        match entry.record.status {
+            Status::Approved => {
+                self.take(entry, caller);
+                Ok(())
             }
-            Some(Status::Expired) => Err(ApprovalError::Expired { id, request }),
-            Some(Status::Approved) => self
-                .consume(&id, caller)
-                .map_err(|_| ApprovalError::Expired { id, request }),
-            _ => Err(ApprovalError::Pending {
+            Status::Denied => Err(denied(&entry.record, request)),
+            Status::Expired => Err(ApprovalError::Expired { id, request }),
+            Status::Pending => Err(ApprovalError::Pending {
                 why: format!("not decided within {}s", self.config.hold.as_secs()),
                 id,
                 request,
             }),
+            // An identical request held on the same approval took it: this
+            // one is a request of its own, and needs an approval of its own.
+            Status::Used => {
+                let (new, _) =
+                    self.create(&mut entries, binding, policy, rule, &preview, caller, now);
+                Err(ApprovalError::Pending {
+                    why: format!("approval {id} was used by an identical request"),
+                    id: new,
+                    request,
+                })
+            }
         }
     }
 
@@ -320,7 +343,7 @@ impl Approvals {
         binding: Binding,
         policy: &str,
         rule: &str,
-        preview: String,
+        preview: &str,
         caller: &Caller,
         now: u64,
     ) -> (String, watch::Receiver<Status>) {
@@ -330,7 +353,7 @@ impl Approvals {
             binding,
             policy: policy.to_owned(),
             rule: rule.to_owned(),
-            body_preview: preview,
+            body_preview: preview.to_owned(),
             created_at: now,
             expires_at: now + self.config.ttl.as_secs(),
             decided_at: None,
@@ -344,7 +367,7 @@ impl Approvals {
             Some(format!("policy {policy:?} rule {rule:?}")),
         );
         if let Some(n) = &self.notifier {
-            n.send(&record);
+            n.send(Action::ApprovalRequested, &record);
         }
         let (changed, rx) = watch::channel(Status::Pending);
         let id = record.id.clone();
@@ -354,26 +377,13 @@ impl Approvals {
         (id, rx)
     }
 
-    /// Approved → used, once: the one request that wins sends.
-    fn consume(&self, id: &str, caller: &Caller) -> Result<(), DecideError> {
-        let mut entries = self.lock();
-        let entry = entries
-            .iter_mut()
-            .find(|e| e.record.id == id)
-            .ok_or_else(|| DecideError::NotFound(id.to_owned()))?;
-        if entry.record.status != Status::Approved {
-            return Err(DecideError::NotPending {
-                id: id.to_owned(),
-                status: entry.record.status,
-            });
-        }
+    /// Approved → used, once: the one request that wins sends. Called
+    /// with the entries locked.
+    fn take(&self, entry: &mut Entry, caller: &Caller) {
         entry.record.status = Status::Used;
         entry.changed.send_replace(Status::Used);
-        let record = entry.record.clone();
-        drop(entries);
         self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.audit(Action::ApprovalUsed, &record, caller, None);
-        Ok(())
+        self.audit(Action::ApprovalUsed, &entry.record, caller, None);
     }
 
     /// A person's decision on a pending approval.
@@ -405,8 +415,14 @@ impl Approvals {
         } else {
             Status::Denied
         };
+        let now = now();
         entry.record.status = status;
-        entry.record.decided_at = Some(now());
+        entry.record.decided_at = Some(now);
+        if approve {
+            // The agent has a whole ttl from the decision to send the
+            // request again; unused by then, the approval expires.
+            entry.record.expires_at = now + self.config.ttl.as_secs();
+        }
         entry.record.decided_by = Some(by.actor().to_string());
         entry.record.reason = reason;
         entry.changed.send_replace(status);
@@ -420,15 +436,21 @@ impl Approvals {
         };
         self.audit(action, &record, by, record.reason.clone());
         if let Some(n) = &self.notifier {
-            n.send(&record);
+            n.send(action, &record);
         }
         Ok(record)
     }
 
-    /// Pending approvals past their `ttl` become expired (audited).
+    /// Approvals past their `expires_at` while pending (undecided), or
+    /// approved but not used, become expired (audited).
     fn expire(&self, entries: &mut VecDeque<Entry>, now: u64) {
         for entry in entries.iter_mut() {
-            if entry.record.status == Status::Pending && entry.record.expires_at <= now {
+            let note = match entry.record.status {
+                Status::Pending => "not decided within the ttl",
+                Status::Approved => "approved, but not used within the ttl",
+                _ => continue,
+            };
+            if entry.record.expires_at <= now {
                 entry.record.status = Status::Expired;
                 entry.changed.send_replace(Status::Expired);
                 self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -436,10 +458,10 @@ impl Approvals {
                     Action::ApprovalExpired,
                     &entry.record,
                     &Caller::system(),
-                    None,
+                    Some(note.to_owned()),
                 );
                 if let Some(n) = &self.notifier {
-                    n.send(&entry.record);
+                    n.send(Action::ApprovalExpired, &entry.record);
                 }
             }
         }

@@ -12,6 +12,7 @@ use http::{header, Method, Request};
 use ring::hmac;
 
 use super::Record;
+use crate::audit::Action;
 use crate::config::guardrails::WebhookFormat;
 use crate::config::WebhookConfig;
 use crate::upstream::Upstream;
@@ -47,11 +48,12 @@ impl Notifier {
         }
     }
 
-    /// The body for `record` in the configured format.
-    fn body(&self, record: &Record) -> Vec<u8> {
+    /// The body telling `event` (the audit action's name) of `record`, in
+    /// the configured format.
+    fn body(&self, event: Action, record: &Record) -> Vec<u8> {
         let v = match self.format {
             WebhookFormat::Json => serde_json::json!({
-                "event": format!("approval_{}", record.status.as_str()),
+                "event": event.as_str(),
                 "approval": record.to_json(),
             }),
             WebhookFormat::Slack => serde_json::json!({
@@ -83,8 +85,8 @@ impl Notifier {
     }
 
     /// Sends the news of `record` in the background.
-    pub(crate) fn send(&self, record: &Record) {
-        let body = self.body(record);
+    pub(crate) fn send(&self, event: Action, record: &Record) {
+        let body = self.body(event, record);
         let signature = self.signature(&body);
         let (url, host, upstream, failures) = (
             self.url.clone(),

@@ -162,6 +162,43 @@ async fn the_same_approved_request_replayed_twice_goes_once() {
     assert_eq!([x.is_ok(), y.is_ok()].iter().filter(|ok| **ok).count(), 1);
 }
 
+#[tokio::test(start_paused = true)]
+async fn two_requests_held_on_one_approval_take_it_once() {
+    let a = approvals(Duration::from_secs(30), Duration::from_secs(900));
+    let (x, y) = {
+        let (a1, a2) = (a.clone(), a.clone());
+        let x = tokio::spawn(async move { ask(&a1, "amount=9000").await });
+        while a.list(Some(Status::Pending)).is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let y = tokio::spawn(async move { ask(&a2, "amount=9000").await });
+        // Let the second reach the gate: it joins the pending approval.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        (x, y)
+    };
+    assert_eq!(
+        a.list(None).len(),
+        1,
+        "one approval for the identical request"
+    );
+    let id = pending_id(&a);
+    a.decide(&id, true, &admin(), None).unwrap();
+    let (x, y) = (x.await.unwrap(), y.await.unwrap());
+    let lost = match (x, y) {
+        (Ok(()), Err(e)) | (Err(e), Ok(())) => e,
+        other => panic!("want one sent: {other:?}"),
+    };
+    let ApprovalError::Pending { id: new, why, .. } = &lost else {
+        panic!("{lost}");
+    };
+    assert_ne!(*new, id);
+    assert!(why.contains(&id), "{why}");
+    assert_eq!(a.get(&id).unwrap().status, Status::Used);
+    assert_eq!(a.get(new).unwrap().status, Status::Pending);
+}
+
 #[test]
 fn approving_at_the_moment_of_expiry_is_one_or_the_other() {
     // Each round waits for a second boundary: a few rounds, both outcomes.

@@ -9,7 +9,7 @@ appended as one JSON line to the record file:
      "headers": [[lowercase-name, value], ...], "body"}
 
 and answered in a shape the official SDKs parse (OpenAI, Anthropic, GitHub,
-Stripe); streaming answers are server-sent events sent one by one, ~200 ms
+Stripe's balance and refunds); streaming answers are server-sent events sent one by one, ~200 ms
 apart, each flushed on its own HTTP/1.1 chunk, so a buffering proxy is caught by
 the clients' timing checks. Anything else gets a 200 echo JSON.
 
@@ -130,6 +130,21 @@ STRIPE_BALANCE = {
 }
 
 
+REFUND_COUNT = [0]
+
+
+def stripe_refund(body: bytes) -> dict:
+    """A refund object for a form-encoded POST /v1/refunds (ids numbered in order)."""
+    from urllib.parse import parse_qs
+    form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+    with RECORD_LOCK:
+        REFUND_COUNT[0] += 1
+        n = REFUND_COUNT[0]
+    return {"id": f"re_e2e{n:04d}", "object": "refund", "amount": int(form.get("amount", "0") or 0),
+            "charge": form.get("charge"), "currency": "usd", "status": "succeeded",
+            "created": int(time.time()), "metadata": {}}
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "fake-upstream/1"
@@ -240,6 +255,8 @@ class Handler(BaseHTTPRequestHandler):
                                                           "X-GitHub-Api-Version-Selected": "2022-11-28"})
         if host == "api.stripe.com" and method == "GET" and path == "/v1/balance":
             return self._json(STRIPE_BALANCE, extra_headers={"Request-Id": "req_e2e"})
+        if host == "api.stripe.com" and method == "POST" and path == "/v1/refunds":
+            return self._json(stripe_refund(body), extra_headers={"Request-Id": "req_e2e_refund"})
         return self._json({"echo": True, "host": host, "method": method, "path": self.path,
                            "scheme": entry["scheme"]})
 

@@ -11,8 +11,16 @@ the backend can do, which a *driver* provides:
   push_audit(event) -> the audit event as the backend recorded it
       (real clavis: perform an audited action that carries event["detail"]);
   approval(id) -> the record (default: GET /v1/approvals/{id});
-  supports_raw_sse, push_raw_sse(text, cuts), drop_streams()  (optional: mock only;
-      cuts are byte offsets where the stream is cut into separate chunks).
+  held_result(id) -> {"status", "headers", "body"} (optional: real clavis) the
+      answer of the request held on approval id, once decided;
+  supports_raw_sse, push_raw_sse(text, cuts)  (optional: mock only; cuts are
+      byte offsets where the stream is cut into separate chunks);
+  supports_drop_streams, drop_streams()  (optional: cut the open audit streams).
+
+Drivers: "mock" (mock_admin.py's hooks, dev.sh) and clavis_driver.py:ClavisDriver
+(real clavis, run.sh). A check that needs what a driver lacks is reported
+"N/A" and not run (the mock pass of run.sh runs those); a check that raises
+SkipCheck is a failure under CI=true, where nothing may go unchecked.
 
   console_test.py --base-url http://127.0.0.1:PORT --token TOKEN \
                   [--driver mock | path/to/driver.py:ClassName] [--out DIR]
@@ -26,6 +34,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -59,6 +68,7 @@ class ApiDriver:
     """The parts any backend shares: reading through the admin API."""
 
     supports_raw_sse = False
+    supports_drop_streams = False
 
     def __init__(self, base_url, token):
         self.base = base_url.rstrip("/")
@@ -106,6 +116,7 @@ class MockDriver(ApiDriver):
     """tests/e2e_console/mock_admin.py's /_test hooks."""
 
     supports_raw_sse = True
+    supports_drop_streams = True
 
     def hook(self, path, body):
         status, _, out = self.call("POST", path, body, auth=False)
@@ -147,7 +158,13 @@ class Results:
     def check(self, name, fn, *args):
         try:
             fn(*args)
-        except SkipCheck:
+        except SkipCheck as e:
+            if in_ci():
+                self.failed += 1
+                self.failures.append(name)
+                print(f"FAIL  {name}")
+                print(f"      skipped under CI=true, which must run every check: {e}")
+                return False
             self.skipped += 1
             print(f"SKIP  {name}")
             return True
@@ -164,6 +181,11 @@ class Results:
         self.passed += 1
         print(f"PASS  {name}")
         return True
+
+
+def in_ci():
+    ci = os.environ.get("CI", "")
+    return ci not in ("", "false", "0")
 
 
 def css_str(s):
@@ -189,6 +211,9 @@ class ConsoleTest:
         self.r = Results()
         self.requests, self.bad_auth, self.console, self.page_errors = [], [], [], []
         self.screenshots = []
+        self.agents_missing = False
+        self.streams_cut = False
+        self.live_mark = None
 
     # -------------------------------------------------------------- helpers
     def card(self, aid):
@@ -279,9 +304,17 @@ class ConsoleTest:
         expect(self.page.locator("#announcer")).to_contain_text(rec["url"])
         expect(self.page.locator("#pending-count")).not_to_have_text("0")
         card.get_by_role("button", name="Approve").click()
-        wait_for(lambda: self.driver.approval(aid)["status"] == "approved", 5, "status approved")
+        # Approved; on a real clavis the held request takes it at once (used).
+        wait_for(lambda: self.driver.approval(aid)["status"] in ("approved", "used"), 5, "status approved")
         expect(card).to_contain_text("Approved")
-        expect(self.page.locator(f"#recent-list li[data-approval-id={css_str(aid)}]")).to_contain_text("approved")
+        expect(self.page.locator(f"#recent-list li[data-approval-id={css_str(aid)}]")).to_contain_text(
+            re.compile("approved|used"))
+        held = getattr(self.driver, "held_result", None)
+        if held:  # the agent's held request went out and got the upstream's answer
+            res = held(aid)
+            assert res["status"] == 200, f"the held request got {res['status']}: {res['body'][:300]}"
+            assert "clavis-error" not in res["headers"], res["headers"]
+            print(f"      (held request answered {res['status']} by the upstream)")
         print(f"      (appeared after {appeared:.1f} s)")
 
     def check_deny_needs_reason(self):
@@ -302,6 +335,11 @@ class ConsoleTest:
         expect(card.locator(".msg")).to_contain_text("Denied by " + str(rec["decided_by"]) + ": " + reason)
         assert card.locator("b").count() == 0, "the reason became markup"
         expect(self.page.locator(f"#recent-list li[data-approval-id={css_str(aid)}]")).to_contain_text(reason)
+        held = getattr(self.driver, "held_result", None)
+        if held:  # the agent was told, with the reason
+            res = held(aid)
+            assert res["status"] == 403 and res["headers"].get("clavis-error") == "approval-denied", res
+            assert reason in json.loads(res["body"])["detail"], res["body"][:300]
 
     def check_conflict_shown(self):
         aid, _ = self.new_approval(url="https://api.stripe.com/v1/payouts")
@@ -326,6 +364,9 @@ class ConsoleTest:
         status, _, _ = self.driver.call("POST", f"/v1/approvals/{aid}/approve", {"reason": "from the CLI"})
         assert status == 200, status
         expect(card).to_contain_text("No longer pending", timeout=8000)
+        held = getattr(self.driver, "held_result", None)
+        if held:
+            assert held(aid)["status"] == 200
 
     def check_markup_is_text(self):
         p = self.page
@@ -345,11 +386,15 @@ class ConsoleTest:
                                      "detail": {"method": "POST", "host": "api.stripe.com",
                                                 "path": "/v1/" + PAYLOAD_SCRIPT, "status": 200,
                                                 "note": "note " + PAYLOAD_IMG}})
+        d = ev.get("detail") or {}
+        shown = [v for v in (d.get("path"), d.get("note"), ev.get("entry"), ev.get("actor")) if v]
+        assert any(PAYLOAD_SCRIPT in v or "<img" in v for v in shown), \
+            "the recorded audit event holds no markup to test with: " + json.dumps(ev)
         self.tab("audit")
-        row = p.locator("#audit-body tr", has_text=ev["detail"]["path"]).first
+        row = p.locator("#audit-body tr", has_text=d.get("note") or d["path"]).first
         expect(row).to_be_visible(timeout=10000)
-        expect(row).to_contain_text(ev["detail"]["note"])
-        expect(row).to_contain_text(ev["entry"])
+        for text in shown:
+            expect(row).to_contain_text(text)
         self.tab("approvals")
         assert p.evaluate("typeof window.__pwned") == "undefined", "window.__pwned was set"
         assert p.locator('img[src="x"]').count() == 0, "an <img> from the data is in the DOM"
@@ -361,21 +406,28 @@ class ConsoleTest:
         p = self.page
         self.tab("audit")
         expect(p.locator("#stream-state")).to_have_text("live", timeout=10000)
-        mark = "e2e-" + uuid.uuid4().hex[:8]
+        mark = self.live_mark = "e2e-" + uuid.uuid4().hex[:8]
         ev = self.driver.push_audit({"action": "inject", "entry": "openai", "actor": "proxy:codex",
                                      "detail": {"method": "POST", "host": "api.openai.com",
                                                 "path": "/v1/chat/completions", "status": 200, "note": mark}})
         row = p.locator("#audit-body tr", has_text=mark)
         expect(row).to_have_count(1, timeout=10000)
-        for text in ("inject", ev["actor"], ev["entry"], "POST api.openai.com /v1/chat/completions", "200"):
+        d = ev["detail"]
+        request = " ".join(str(d[k]) for k in ("method", "host", "path") if d.get(k))
+        assert "api.openai.com /v1/chat/completions" in request, ev
+        # As recorded: a credential's use is audited (and streamed) before the
+        # upstream answers, so a real event may carry no status yet.
+        for text in (ev["action"], ev["actor"], ev["entry"], request, str(d.get("status", ""))):
             expect(row).to_contain_text(text)
         expect(p.locator("#audit-body tr").first).to_contain_text(mark)  # newest on top
         # GET /v1/audit history was loaded too (the sign-in attempts, approvals above)
         assert p.locator("#audit-body tr").count() >= 3
+        # The approvals decided above are in the log, by action, with who decided.
+        for action in ("approval_requested", "approval_granted", "approval_denied"):
+            expect(p.locator("#audit-body tr", has_text=action).first).to_be_visible()
+        expect(p.locator("#audit-body tr", has_text="approval_denied").first).to_contain_text("admin")
 
     def check_sse_parser(self):
-        if not self.driver.supports_raw_sse:
-            raise SkipCheck()
         p = self.page
         m1, m2, m3 = (uuid.uuid4().hex[:8] for _ in range(3))
         ev = lambda mark: {"time": "2030-01-01T00:00:00Z", "action": "raw", "entry": "svc",  # noqa: E731
@@ -396,9 +448,8 @@ class ConsoleTest:
         expect(p.locator("#audit-body tr", has_text="ignored-" + m3)).to_have_count(0)
 
     def check_reconnect(self):
-        if not self.driver.supports_raw_sse:
-            raise SkipCheck()
         p = self.page
+        self.streams_cut = True
         mark_gap = "gap-" + uuid.uuid4().hex[:8]
         self.driver.drop_streams()
         expect(p.locator("#stream-state")).to_contain_text("reconnecting", timeout=5000)
@@ -408,12 +459,27 @@ class ConsoleTest:
         mark = "after-" + uuid.uuid4().hex[:8]
         self.driver.push_audit({"action": "read", "entry": "openai", "actor": "admin", "detail": {"note": mark}})
         expect(p.locator("#audit-body tr", has_text=mark)).to_have_count(1, timeout=10000)
+        # The history loaded after the reconnect holds events the stream had
+        # shown before (real clavis: then without the upstream's status):
+        # each is still one row.
+        if getattr(self, "live_mark", None):
+            expect(p.locator("#audit-body tr", has_text=self.live_mark)).to_have_count(1)
 
     def check_services_agents(self):
         p = self.page
         _, _, services = self.driver.call("GET", "/v1/services")
-        _, _, agents = self.driver.call("GET", "/v1/agents")
+        status, _, agents = self.driver.call("GET", "/v1/agents")
         self.tab("services")
+        if status == 404:
+            # GET /v1/agents is not on this clavis yet (another branch adds it):
+            # the services table must still show, the agents part says it failed.
+            self.agents_missing = True
+            expect(p.locator("#agents-error")).to_contain_text("404")
+            print("      (GET /v1/agents answers 404 on this clavis: the agents table is not checked)")
+            agents = []
+        else:
+            assert status == 200, (status, agents)
+        assert services, "no services to check"
         for s in services:
             row = p.locator("#services-body tr", has=p.locator("strong", has_text=re.compile("^" + re.escape(s["name"]) + "$")))
             expect(row).to_have_count(1)
@@ -433,8 +499,8 @@ class ConsoleTest:
             card = p.locator("#budgets-list article", has=p.locator("h3", has_text=re.compile("^" + re.escape(b["name"]) + "$")))
             expect(card).to_have_count(1)
             bar = card.get_by_role("meter")
-            assert bar.get_attribute("aria-valuenow") == str(b["used"]), bar.get_attribute("aria-valuenow")
-            assert bar.get_attribute("aria-valuemax") == str(b["limit"])
+            assert float(bar.get_attribute("aria-valuenow")) == float(b["used"]), bar.get_attribute("aria-valuenow")
+            assert float(bar.get_attribute("aria-valuemax")) == float(b["limit"]), bar.get_attribute("aria-valuemax")
             expect(card).to_contain_text("shared" if b["agent"] is None else b["agent"])
 
     def check_screenshots(self):
@@ -474,11 +540,19 @@ class ConsoleTest:
 
     def check_no_csp_or_page_errors(self):
         violations = self.page.evaluate("window.__csp || []")
-        csp_console = [t for t in self.console if "Content Security Policy" in t or "Content-Security-Policy" in t]
+        csp_console = [t for t, _ in self.console if "Content Security Policy" in t or "Content-Security-Policy" in t]
         assert not violations and not csp_console, f"CSP violations: {violations} {csp_console}"
         assert not self.page_errors, "page errors: " + "; ".join(self.page_errors)
-        # The browser logs each 4xx answer as an error; those are expected (401 on purpose, 409 routed).
-        others = [t for t in self.console if not re.search(r"Failed to load resource: the server responded with a status of 40[19]", t)]
+        # The browser logs each 4xx answer as an error; those are expected (401 on purpose, 409 routed,
+        # and 404 for GET /v1/agents where this clavis has no such route yet).
+        def expected(text, url):
+            if re.search(r"Failed to load resource: the server responded with a status of 40[19]", text):
+                return True
+            if self.streams_cut and getattr(self.driver, "cuts_streams_abruptly", False) \
+                    and "net::ERR_INCOMPLETE_CHUNKED_ENCODING" in text:
+                return True  # the browser's own word on the stream the test cut mid-body
+            return self.agents_missing and "status of 404" in text and url.endswith("/v1/agents")
+        others = [t for t, u in self.console if not expected(t, u)]
         assert not others, "console errors: " + "; ".join(others)
 
     # -------------------------------------------------------------- run
@@ -491,7 +565,7 @@ class ConsoleTest:
 
     def on_console(self, msg):
         if msg.type == "error":
-            self.console.append(msg.text)
+            self.console.append((msg.text, (msg.location or {}).get("url", "")))
 
     def run(self):
         r = self.r
@@ -517,18 +591,24 @@ class ConsoleTest:
                     ("an approval decided elsewhere leaves the pending list", self.check_decided_elsewhere),
                     ("agent-controlled <script>/<img onerror> render as text, window.__pwned undefined", self.check_markup_is_text),
                     ("live audit shows pushed events (stream + history)", self.check_live_audit),
-                    ("SSE parser: CRLF/CR/LF, comments, multi-line data, other event types, chunk splits", self.check_sse_parser),
-                    ("audit stream reconnects and fills the gap", self.check_reconnect),
+                    ("SSE parser: CRLF/CR/LF, comments, multi-line data, other event types, chunk splits", self.check_sse_parser,
+                     "supports_raw_sse"),
+                    ("audit stream reconnects and fills the gap", self.check_reconnect, "supports_drop_streams"),
                     ("services and agents tables with credential status", self.check_services_agents),
                     ("budgets with use bars", self.check_budgets),
                     ("screenshots at 1280 px and 390 px, no horizontal overflow", self.check_screenshots),
                     ("no CSP violation, no page error, no unexpected console error", self.check_no_csp_or_page_errors),
                     ("token survives reload; sign out clears it", self.check_reload_and_sign_out),
                 ]
-                for name, fn in steps:
+                for name, fn, *needs in steps:
+                    lacking = [n for n in needs if not getattr(self.driver, n, False)]
+                    if lacking:
+                        print(f"N/A   {name} (the driver has no {', '.join(lacking)}: the mock runs it)")
+                        continue
                     r.check(name, fn)
             r.check("every request went to the admin origin, API calls carried the bearer token", self.check_same_origin_only)
             self.context.close()
+        shutil.rmtree(profile, ignore_errors=True)  # a browser profile per run: never left behind
         print()
         for s in self.screenshots:
             print("screenshot:", s)

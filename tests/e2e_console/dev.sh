@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Development runner for the console's browser test, against the mock admin
-# port (tests/e2e_console/mock_admin.py), not against clavis. (Named dev.sh, not
-# run.sh, so that the tests/e2e*/run.sh runner does not pick it up.)
+# port (tests/e2e_console/mock_admin.py), not against clavis: the quick loop
+# while working on assets/console/. run.sh (in make test) runs this first,
+# then the same test against a real clavis.
 #
 #   tests/e2e_console/dev.sh              run console_test.py once
 #   tests/e2e_console/dev.sh --serve      only start the mock and print its URL

@@ -77,6 +77,7 @@ class Store:
         self.expiry = {}  # id -> datetime
         self.audit = []  # oldest first
         self.streams = set()  # queue.Queue per open stream
+        self.seq = 0
         t = now()
         self.services = [
             {"id": "svc_01", "name": "openai", "connector_name": "openai", "created_at": rfc3339(t - timedelta(days=9)),
@@ -110,10 +111,12 @@ class Store:
         event.setdefault("actor", "admin")
         event.setdefault("detail", {})
         with self.lock:
+            self.seq += 1
+            event.setdefault("id", self.seq)  # as clavis: the SSE id, also in GET /v1/audit
             self.audit.append(event)
             del self.audit[:-5000]
             streams = list(self.streams)
-        frame = "event: audit\ndata: " + json.dumps(event, separators=(",", ":")) + "\n\n"
+        frame = f"id: {event['id']}\nevent: audit\ndata: " + json.dumps(event, separators=(",", ":")) + "\n\n"
         for q in streams:
             q.put(frame)
         return event
@@ -143,11 +146,13 @@ class Store:
             "service": spec.get("service", "stripe"),
             "method": spec.get("method", "POST"),
             "url": spec.get("url", "https://api.stripe.com/v1/refunds"),
+            "policy": spec.get("policy", "refunds-need-approval"),
             "rule": spec.get("rule", "approve POST /v1/refunds"),
             "body_sha256": hashlib.sha256(body.encode()).hexdigest(),
             "body_preview": body,
             "created_at": rfc3339(t),
             "expires_at": rfc3339(t + timedelta(seconds=float(spec.get("ttl_s", 900)))),
+            "decided_at": None,
             "decided_by": None,
             "reason": None,
         }
@@ -168,6 +173,7 @@ class Store:
             if rec["status"] != "pending":
                 return 409, dict(rec)
             rec["status"] = "approved" if action == "approve" else "denied"
+            rec["decided_at"] = rfc3339(now())
             rec["decided_by"] = "admin"
             rec["reason"] = reason
             out = dict(rec)
@@ -185,7 +191,7 @@ class Store:
                     rec["status"] = "expired"
                     expired.append(dict(rec))
         for rec in expired:
-            self.emit({"action": "approval_expired", "entry": rec["service"], "actor": "proxy:" + rec["agent"],
+            self.emit({"action": "approval_expired", "entry": rec["service"], "actor": "clavis",
                        "detail": {"note": f"approval {rec['id']}"}})
 
     def list(self, status):

@@ -25,6 +25,10 @@ pub struct Seen {
     pub version: String,
     pub headers: Vec<(String, String)>,
     pub body_len: usize,
+    /// The body's first 64 KiB as text (lossy), for requests the echo reads.
+    pub body: String,
+    /// When the request's head arrived.
+    pub at: std::time::Instant,
 }
 
 impl Seen {
@@ -57,6 +61,8 @@ impl Seen {
                 })
                 .collect(),
             body_len: 0,
+            body: String::new(),
+            at: std::time::Instant::now(),
         }
     }
 
@@ -377,6 +383,7 @@ async fn handle(
         }
     }
     record.body_len = len;
+    record.body = String::from_utf8_lossy(&text).into_owned();
     // `/digest/...`: what arrived, with header values as SHA-256 digests, so a
     // test can check the exact credential without the answer echoing it.
     if path.starts_with("/digest") {

@@ -99,18 +99,24 @@ pub(super) fn judge(
     }
 }
 
-/// Holds a request an `approve` rule matched until a person decides (or
-/// the hold ends): bound to the agent, service, method, URL and the
-/// body's SHA-256, so only that request, once, goes out on the approval.
-pub(super) async fn approval(
+/// What a person is asked to approve: exactly this request, from this
+/// agent, under this rule.
+pub(super) struct Asked {
+    binding: Binding,
+    verdict: Verdict,
+    preview: String,
+}
+
+/// Binds a request an `approve` rule matched to the agent, service,
+/// method, URL and the SHA-256 of the body as the agent sent it (before a
+/// budget may rewrite it), so only that request, once, goes out on the
+/// approval.
+pub(super) async fn asked(
     record: &Record,
     verdict: Verdict,
     out: &mut Outgoing,
-) -> Result<(), ProxyError> {
+) -> Result<Asked, ProxyError> {
     let state = record.state.clone();
-    let Some(approvals) = &state.approvals else {
-        return Err(ProxyError::Internal("approval asked without approvals"));
-    };
     let body = out.buffer(state.config.limits.policy_body).await?.clone();
     let service = record.service()?.clone();
     let anchors = state.store.anchors(&service).ok().flatten();
@@ -124,6 +130,24 @@ pub(super) async fn approval(
         ),
     };
     let preview = crate::approvals::preview(&body, anchors.as_deref());
+    Ok(Asked {
+        binding,
+        verdict,
+        preview,
+    })
+}
+
+/// Holds the request until a person decides (or the hold ends); `Ok` when
+/// an approval was used for it.
+pub(super) async fn approval(record: &Record, asked: Asked) -> Result<(), ProxyError> {
+    let Some(approvals) = &record.state.approvals else {
+        return Err(ProxyError::Internal("approval asked without approvals"));
+    };
+    let Asked {
+        binding,
+        verdict,
+        preview,
+    } = asked;
     approvals
         .gate(
             binding,

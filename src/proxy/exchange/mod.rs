@@ -312,7 +312,8 @@ fn prepare(record: &Record, mut parts: Parts, body: Body) -> Result<Outgoing, Pr
 /// What clavis's own rules say (`TRACE`, which the upstream would echo
 /// with the credential, never; a connector's reserved paths, such as a
 /// token source's login, never), then the policies that apply, then the
-/// budgets: the most this request can use is reserved before it is sent.
+/// budgets (the most this request can use is reserved before it is sent),
+/// then, if a rule says so, a person's approval.
 async fn decide(record: &mut Record, out: &mut Outgoing) -> Result<(), ProxyError> {
     own_rules(record, out)?;
     let state = record.state.clone();
@@ -330,13 +331,19 @@ async fn decide(record: &mut Record, out: &mut Outgoing) -> Result<(), ProxyErro
     if metered || judged {
         out.buffer(state.config.limits.policy_body).await?;
     }
+    let mut asked = None;
     if !policies.is_empty() {
         if let Some(verdict) = guard::judge(record, &policies, out)? {
-            guard::approval(record, verdict, out).await?;
+            asked = Some(guard::asked(record, verdict, out).await?);
         }
     }
     if !budgets.is_empty() {
         guard::charge(record, &budgets, out, meter).await?;
+    }
+    // A person is asked last: never about a request a budget refuses, and
+    // an approval is never spent on one.
+    if let Some(asked) = asked {
+        guard::approval(record, asked).await?;
     }
     Ok(())
 }
