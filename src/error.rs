@@ -261,8 +261,10 @@ impl ProxyError {
     }
 
     /// The problem document (RFC 9457): `type`, `title`, `status`,
-    /// `detail`, and for SDKs that read the OpenAI shape `error.message`
-    /// (the same text) and `error.type` (`clavis_<kind>`).
+    /// `detail`; for SDKs that read the OpenAI (and Stripe) shape
+    /// `error.message` (the same text) and `error.type` (`clavis_<kind>`);
+    /// for SDKs that read GitHub's shape (PyGithub, Octokit) `message`, the
+    /// same text again: without it they show no message at all.
     pub(crate) fn to_json(&self) -> serde_json::Value {
         let kind = self.kind();
         let status = self.status();
@@ -272,6 +274,7 @@ impl ProxyError {
             "title": title(kind, status),
             "status": status.as_u16(),
             "detail": detail,
+            "message": detail,
             "error": {
                 "type": format!("clavis_{kind}"),
                 "message": detail,
@@ -428,6 +431,7 @@ mod tests {
             assert_eq!(v["status"], 503);
             assert_eq!(v["detail"], "service \"s\" has no credentials stored");
             assert_eq!(v["error"]["message"], v["detail"]);
+            assert_eq!(v["message"], v["detail"]);
             assert_eq!(v["error"]["type"], "clavis_credentials_missing");
             let r = e.response();
             assert_eq!(
