@@ -373,15 +373,21 @@ async fn handle(
         "body_len": len,
         "body": String::from_utf8_lossy(&text),
     });
+    let head = record.method == "HEAD";
     seen.lock().unwrap().push(record);
     let status = path
         .strip_prefix("/status/")
         .and_then(|s| s.parse::<u16>().ok())
         .unwrap_or(200);
+    // A HEAD answer has the GET's headers and no body, as a real server's
+    // (hyper's h2 server would send one, which an h2 client refuses).
+    let text = json.to_string();
+    let body = if head { full("") } else { full(text.clone()) };
     Ok(Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(full(json.to_string()))
+        .header("content-length", text.len())
+        .body(body)
         .unwrap())
 }
 
