@@ -18,7 +18,7 @@ use crate::identity::ScopeError;
 use crate::policy::ViewError;
 use crate::store::StoreError;
 use crate::tokens::TokenError;
-use crate::upstream::UpstreamError;
+use crate::upstream::{Cause, UpstreamError};
 
 /// Who caused an error: logged with it, as pingora does, so an operator can
 /// tell a misbehaving agent from a failing upstream from a clavis bug.
@@ -250,6 +250,25 @@ impl ProxyError {
 
     pub(crate) fn fault(&self) -> Fault {
         self.class().2
+    }
+
+    /// Whether this failure, after the request was handed to the upstream,
+    /// proves the upstream never got it: not dialed, or its connection
+    /// never opened (refused, unresolvable, TLS failed), or a renewed
+    /// token's login failed (the request itself was answered, `401`). Any
+    /// other failure (a timeout, a connection that broke) may have come
+    /// after the upstream carried the request out.
+    pub(crate) fn proves_nothing_sent(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Upstream(
+                UpstreamError::Refused(_)
+                    | UpstreamError::Unreachable {
+                        cause: Cause::Dial(_),
+                        ..
+                    }
+            ) | ProxyError::Token(_)
+        )
     }
 
     /// Whether the audit log refused a record (counted by a metric).
