@@ -18,7 +18,7 @@ use http::Method;
 pub(crate) use fields::Body;
 use fields::{Pairs, Seen};
 use path::Glob;
-pub(crate) use path::PathError;
+pub(crate) use path::{normalize as normalize_path, PathError};
 
 use crate::config::guardrails::{
     DefaultAction, PolicyMode, RawMatcher, RawPolicy, RawValue, Scalar,
@@ -452,7 +452,7 @@ pub(crate) enum ViewError {
     #[error(transparent)]
     Path(#[from] PathError),
     #[error(
-        "the method {0:?} is not spelled in capitals; clavis refuses it where a policy applies"
+        "the method {0:?} is not spelled in capitals; clavis refuses it where a policy or a budget on tokens or spend applies"
     )]
     Method(String),
 }
