@@ -932,6 +932,52 @@ mod budgets {
         assert_eq!(up.last().path, "/repos//acme");
     }
 
+    /// A call asking for several outputs (`n`) without a cap gets one cap
+    /// per output that keeps them all within the budget: what the budget
+    /// leaves, divided by `n`. With a cap of its own, it needs `n` × the cap.
+    #[tokio::test]
+    async fn a_cap_clavis_sets_covers_every_output_of_the_call() {
+        let budgets = "budgets:\n  - { name: llm, agent: codex, service: my-openai, window: 30d, limit: { tokens: 1000 } }\n";
+        let (_ca, up, clavis) = start(&config(budgets, &[])).await;
+        let url = "https://api.openai.com/v1/chat/completions";
+        let body = r#"{"model":"m","n":4,"messages":[{"role":"user","content":"hi"}]}"#;
+        let a = send(
+            &clavis,
+            CODEX,
+            "POST",
+            url,
+            Some(("application/json", body)),
+        )
+        .await;
+        assert_eq!(a.status, 200, "{a:?}");
+        let sent: Value = serde_json::from_str(a.json()["body"].as_str().unwrap()).unwrap();
+        let cap = (1000 - body.len()) / 4;
+        assert_eq!(sent["max_completion_tokens"], cap, "{sent}");
+        // The echo reports no usage: all that was reserved counts, and it
+        // fits the budget.
+        let used = settled(&clavis, "llm").await["used"].as_f64().unwrap();
+        assert_eq!(used, (body.len() + 4 * cap) as f64);
+        assert!(used <= 1000.0);
+
+        let (_ca, up2, clavis) = start(&config(budgets, &[])).await;
+        let body = r#"{"model":"m","n":4,"max_tokens":250,"messages":[]}"#;
+        let a = send(
+            &clavis,
+            CODEX,
+            "POST",
+            url,
+            Some(("application/json", body)),
+        )
+        .await;
+        let detail = a.problem(429, "budget-exceeded");
+        assert!(
+            detail.contains(&format!("needs up to {}", body.len() + 1000)),
+            "{detail}"
+        );
+        assert!(up2.seen().is_empty());
+        assert_eq!(up.seen().len(), 1);
+    }
+
     /// A request that went out and got no answer (the upstream timed out)
     /// may have been carried out: its reservation is kept as used. One
     /// that never left (the upstream refused the connection) is released.

@@ -42,6 +42,20 @@ mod estimate {
         )
         .unwrap();
         assert_eq!(e.output_cap, Some(30.0));
+        assert_eq!(e.choices, 3.0);
+        let e = post(
+            Meter::OpenAi,
+            "/v1/completions",
+            r#"{"max_tokens":10,"n":2,"best_of":5}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (e.output_cap, e.choices),
+            (Some(50.0), 5.0),
+            "best_of outputs are generated and billed too"
+        );
+        let e = post(Meter::OpenAi, "/v1/chat/completions", r#"{"n":4}"#).unwrap();
+        assert_eq!((e.output_cap, e.choices), (None, 4.0));
         assert_eq!(
             post(
                 Meter::OpenAi,

@@ -140,7 +140,10 @@ pub(super) async fn charge(
     let caps_output = budgets
         .iter()
         .any(|b| matches!(b.unit(), Some(Unit::Tokens | Unit::OutputTokens)));
-    let limit = record.state.config.limits.budget_output_cap as f64;
+    // A cap clavis sets applies to each of the call's outputs: what is
+    // reserved for the outputs is the cap times their number.
+    let choices = estimate.choices.max(1.0);
+    let limit = record.state.config.limits.budget_output_cap as f64 * choices;
     let open_output =
         (estimate.llm.is_some() && estimate.output_cap.is_none() && caps_output).then_some(limit);
     let fixed = Amounts {
@@ -154,20 +157,22 @@ pub(super) async fn charge(
         .budgets
         .reserve(budgets, Ask { fixed, open_output })
         .await?;
-    let granted = held.granted_output;
+    // The cap each output gets; what a call without a usage report counts
+    // is what its outputs can really use, cap × outputs.
+    let cap = held.granted_output.map(|g| (g / choices).floor() as u64);
     if let Some(call) = estimate.llm {
         out.parts.headers.insert(
             header::ACCEPT_ENCODING,
             http::HeaderValue::from_static("identity"),
         );
         let current = out.buffered.as_deref().unwrap_or(&[]);
-        if let Some(rewritten) = call.rewrite(current, granted.map(|g| g as u64)) {
+        if let Some(rewritten) = call.rewrite(current, cap) {
             out.set_body(rewritten.into());
         }
     }
     let mut fixed = fixed;
-    if let Some(g) = granted {
-        fixed.output_tokens = g;
+    if let Some(cap) = cap {
+        fixed.output_tokens = cap as f64 * choices;
     }
     record.charge(Charge::new(held, fixed, estimate.llm.is_some()));
     Ok(())
