@@ -405,6 +405,29 @@ def step_fleet_store_down():
     check(len(record()) == n, f"requests reached the upstream while the budget store was down: {record()[n:]}")
 
 
+def step_fleet_store_back():
+    """Redis is back (empty: it kept nothing): each clavis serves again,
+    within a deadline, without a restart."""
+    import ssl
+    import httpx
+
+    ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    for proxy in os.environ["E2E_FLEET"].split():
+        end = time.monotonic() + 20
+        with httpx.Client(proxy=proxy, verify=ctx, timeout=30) as c:
+            while True:
+                r = c.get("https://api.github.com/fleet/redis-back", headers={"Authorization": "token " + PLACEHOLDER})
+                if r.status_code == 200:
+                    break
+                check(r.status_code == 503 and r.headers.get("clavis-error") == "budget-store-unavailable",
+                      f"while Redis comes back: {r.status_code} {r.text[:300]}")
+                check(time.monotonic() < end, "still 503 budget-store-unavailable 20 s after Redis came back")
+                time.sleep(0.1)
+    b = settled("fleet")
+    check(b["used"] == 2, f"the new Redis counts {b['used']} requests, want the 2 just made")
+    print("both clavis serve again; the new Redis counts 2 requests")
+
+
 STEPS = {name[len("step_"):].replace("_", "-"): fn for name, fn in globals().items() if name.startswith("step_")}
 
 

@@ -15,6 +15,7 @@
 #   errors     each SDK's exception carries the problem's detail
 #   fleet      200 concurrent requests through two clavis on one Redis budget
 #              of 100: exactly 100 reach the upstream; Redis stopped -> 503
+#              budget-store-unavailable, nothing sent; Redis back -> served
 #
 # Usage: tests/e2e_guardrails/run.sh
 # Env:   CLAVIS_BIN=path   use this binary instead of `cargo build` (target/debug/clavis)
@@ -157,10 +158,14 @@ fi
 
 read -r REDIS_PORT < <(free_ports 1)
 mkdir -p "$TMP/redis"
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$TMP/redis" --save "" --appendonly no \
-    --daemonize no >"$TMP/redis.log" 2>&1 &
-REDIS_PID=$!
-PIDS+=("$REDIS_PID")
+# start_redis: redis-server on REDIS_PORT, its own dir, nothing saved.
+start_redis() {
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$TMP/redis" --save "" --appendonly no \
+        --daemonize no >>"$TMP/redis.log" 2>&1 &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
+}
+start_redis
 redis_up() {
     local i
     for i in $(seq 100); do
@@ -219,6 +224,9 @@ stop_redis() {
 }
 step "redis-server stopped" stop_redis
 step "Redis down: 503 budget-store-unavailable from both clavis, nothing sent upstream" fleet fleet-store-down
+start_redis
+step "redis-server started again (empty) on the same port" redis_up
+step "Redis back: both clavis serve again without a restart" fleet fleet-store-back
 
 fleet_alive() {
     kill -0 "$FLEET_A_PID" && kill -0 "$CLAVIS_PID"
