@@ -10,7 +10,8 @@ Environment (set by run.sh):
   E2E_ADMIN        clavis's admin port (http://127.0.0.1:N)
   E2E_ADMIN_TOKEN  its admin token, to read GET /v1/budgets
   E2E_RECORD       the fake upstream's record (one JSON line per request)
-  E2E_FLEET        for the fleet step: the two proxy URLs, space-separated
+  E2E_FLEET        for the fleet steps: the two proxy URLs, space-separated
+  E2E_ADMIN_B      the second fleet clavis's admin port
 
 Every refusal step checks three things: what clavis answered (status,
 Clavis-Error, the problem document), that the fake upstream recorded nothing
@@ -388,6 +389,67 @@ def step_fleet_flood():
     b = settled("fleet")
     check(b["used"] == 100, f"GET /v1/budgets says used {b['used']}, want 100")
     print(f"100 passed ({per_clavis[0]} via clavis A, {per_clavis[1]} via B), 100 refused; the upstream got 100")
+
+
+def step_fleet_shared_rate():
+    """A rate limit in Redis is one bucket for the fleet: 10 concurrent
+    requests, 5 through each clavis, against a burst of 5: exactly 5 pass."""
+    import asyncio
+    import ssl
+    import httpx
+
+    proxies = os.environ["E2E_FLEET"].split()
+    ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    n = len(record())
+
+    async def burst():
+        clients = [httpx.AsyncClient(proxy=p, verify=ctx, timeout=60) for p in proxies]
+        try:
+            calls = [clients[i % 2].get("https://api.stripe.com/v1/balance",
+                                        headers={"Authorization": "Bearer sk_test_" + PLACEHOLDER})
+                     for i in range(10)]
+            return await asyncio.gather(*calls)
+        finally:
+            for c in clients:
+                await c.aclose()
+
+    answers = asyncio.run(burst())
+    codes = sorted(r.status_code for r in answers)
+    check(codes == [200] * 5 + [429] * 5, f"statuses {codes}, want five 200 and five 429")
+    for r in answers:
+        if r.status_code == 429:
+            problem_of(429, r.headers, r.text, "rate-limited")
+            retry = r.headers.get("retry-after", "")
+            check(retry.isdigit() and 1 <= int(retry) <= 60, f"Retry-After {retry!r}")
+    arrived = [e for e in record()[n:] if e["path"] == "/v1/balance"]
+    check(len(arrived) == 5, f"the upstream got {len(arrived)} requests, want 5")
+    print("burst of 5 shared by both clavis: 5 passed, 5 rate-limited")
+
+
+def step_fleet_tokens():
+    """A token budget in Redis: the cap clavis A sets is what the shared
+    budget leaves, the usage settles there, and clavis B sees it."""
+    import openai
+
+    proxy_a = os.environ["E2E_FLEET"].split()[0]
+    os.environ["HTTPS_PROXY"] = os.environ["https_proxy"] = proxy_a
+    b = settled("fleet-llm")
+    sent = []
+    n = len(record())
+    client = openai.OpenAI(api_key=PLACEHOLDER, max_retries=0, timeout=TIMEOUT,
+                           http_client=openai.DefaultHttpxClient(event_hooks={"request": [sent.append]}))
+    r = client.chat.completions.create(model="gpt-e2e", messages=[{"role": "user", "content": "fleet"}])
+    want = int(min(16384, b["limit"] - b["used"] - len(sent[0].content)))
+    seen = json.loads(_last_llm_request("/v1/chat/completions", n)["body"])
+    check(seen.get("max_completion_tokens") == want,
+          f"max_completion_tokens {seen.get('max_completion_tokens')!r}, want {want}")
+    after = settled_change("fleet-llm", b["used"])
+    reported = r.usage.prompt_tokens + r.usage.completion_tokens
+    check(after["used"] - b["used"] == reported, f"used {b['used']} -> {after['used']}, reported {reported}")
+    os.environ["E2E_ADMIN"] = os.environ["E2E_ADMIN_B"]
+    seen_by_b = settled("fleet-llm")
+    check(seen_by_b["used"] == after["used"], f"clavis B sees used {seen_by_b['used']}, A {after['used']}")
+    print(f"cap {want} set from the shared budget; used {after['used']} seen by both clavis")
 
 
 def step_fleet_store_down():

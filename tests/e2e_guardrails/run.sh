@@ -15,7 +15,8 @@
 #   errors     each SDK's exception carries the problem's detail
 #   fleet      200 concurrent requests through two clavis on one Redis budget
 #              of 100: exactly 100 reach the upstream; Redis stopped -> 503
-#              budget-store-unavailable, nothing sent; Redis back -> served
+#              budget-store-unavailable, nothing sent; Redis back -> served;
+#              a shared rate limit and a shared token budget
 #
 # Usage: tests/e2e_guardrails/run.sh
 # Env:   CLAVIS_BIN=path   use this binary instead of `cargo build` (target/debug/clavis)
@@ -186,14 +187,18 @@ fleet_config() {
     CONFIG="$TMP/$1.yaml"
     CLAVIS_LOG="$TMP/$1.log"
     {
-        config_head --admin-token "$ADMIN_TOKEN" "$UP_TLS" api.github.com
+        config_head --admin-token "$ADMIN_TOKEN" "$UP_TLS" api.github.com api.stripe.com api.openai.com
         echo "budget_store: \"redis://127.0.0.1:$REDIS_PORT/0\""
         echo "services:"
         echo "  - { name: github, connector: github, credentials: { api_key: \"$KEY_GITHUB\" } }"
+        echo "  - { name: stripe, connector: stripe, credentials: { api_key: \"$KEY_STRIPE\" } }"
+        echo "  - { name: openai, connector: openai, credentials: { api_key: \"$KEY_OPENAI\" } }"
         echo "agents:"
         echo "  - { name: $AGENT, token: \"$AGENT_TOKEN\", services: [\"*\"] }"
         echo "budgets:"
         echo "  - { name: fleet, service: github, window: 30d, limit: { requests: 100 } }"
+        echo "  - { name: fleet-rate, service: stripe, rate: { requests: 1, per: 1m, burst: 5 } }"
+        echo "  - { name: fleet-llm, agent: $AGENT, service: openai, window: 30d, limit: { tokens: 3000 } }"
     } >"$CONFIG"
 }
 fleet_config fleet-a
@@ -204,13 +209,18 @@ FLEET_A_PID=$CLAVIS_PID
 fleet_config fleet-b
 start_clavis debug
 FLEET_B="http://$AGENT:$AGENT_TOKEN@127.0.0.1:$PROXY_PORT"
+FLEET_B_ADMIN=$ADMIN
 pass "two clavis ready on one Redis budget store"
 
-FLEET_ENV=(NO_PROXY= no_proxy= SSL_CERT_FILE="$BUNDLE" E2E_ADMIN="$FLEET_A_ADMIN" E2E_ADMIN_TOKEN="$ADMIN_TOKEN"
-    E2E_RECORD="$RECORD" E2E_FLEET="$FLEET_A $FLEET_B")
+FLEET_ENV=(NO_PROXY= no_proxy= SSL_CERT_FILE="$BUNDLE" E2E_ADMIN="$FLEET_A_ADMIN" E2E_ADMIN_B="$FLEET_B_ADMIN"
+    E2E_ADMIN_TOKEN="$ADMIN_TOKEN" E2E_RECORD="$RECORD" E2E_FLEET="$FLEET_A $FLEET_B")
 fleet() { timeout -k 5 120 env "${FLEET_ENV[@]}" "$PY" "$HERE/guard_clients.py" "$@"; }
 step "200 concurrent requests via two clavis, budget of 100: exactly 100 reach the upstream, 100 get 429" \
     fleet fleet-flood
+step "a Redis rate limit is one bucket: burst of 5, 10 concurrent via two clavis -> 5 pass, 5 rate-limited" \
+    fleet fleet-shared-rate
+step "openai through the fleet: the cap comes from the shared Redis budget, usage settles there for both" \
+    fleet fleet-tokens
 
 stop_redis() {
     kill "$REDIS_PID"
