@@ -486,6 +486,42 @@ policies:
         assert_eq!(up.seen().len(), 2, "a refused body was sent");
     }
 
+    /// A rule that reads the body buffers it up to `limits.policy_body`;
+    /// a larger body is refused (413) and never sent. A GET, which no body
+    /// rule may match, is not buffered.
+    #[tokio::test]
+    async fn a_body_past_policy_body_is_413() {
+        let policies = r#"
+limits: { policy_body: 64 }
+policies:
+  - name: small-refunds
+    default: allow
+    rules:
+      - { name: large, deny: { methods: [POST], body: { amount: { min: 5001 } } } }
+"#;
+        let yaml = config(policies, &[("my-stripe", "policy: small-refunds")]);
+        let (_ca, up, clavis) = start(&yaml).await;
+        const FORM: &str = "application/x-www-form-urlencoded";
+        let url = "https://api.stripe.com/v1/refunds";
+        let fits = "charge=ch_1&amount=10";
+        assert_eq!(
+            send(&clavis, CODEX, "POST", url, Some((FORM, fits)))
+                .await
+                .status,
+            200
+        );
+        let big = format!(
+            "charge=ch_1&amount=10&metadata%5Bnote%5D={}",
+            "x".repeat(64)
+        );
+        let a = send(&clavis, CODEX, "POST", url, Some((FORM, &big))).await;
+        let detail = a.problem(413, "payload-too-large");
+        assert!(detail.contains("64-byte limit"), "{detail}");
+        assert_eq!(up.seen().len(), 1);
+        let a = send(&clavis, CODEX, "GET", url, None).await;
+        assert_eq!(a.status, 200);
+    }
+
     /// `mode: audit` decides and reports, never blocks: the request is sent
     /// and its credential-use event says it would have been refused.
     #[tokio::test]
