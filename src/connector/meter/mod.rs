@@ -270,7 +270,8 @@ fn coinbase_size(body: &[u8]) -> Result<f64, Unmeasurable> {
 
 impl LlmCall {
     /// The body with the output capped at `cap` (when it set no cap) and,
-    /// for OpenAI chat streams, the final usage chunk asked for. `None`:
+    /// for OpenAI chat and completions streams, the final usage chunk asked
+    /// for. `None`:
     /// nothing to change.
     pub(crate) fn rewrite(&self, body: &[u8], cap: Option<u64>) -> Option<Vec<u8>> {
         let mut json: serde_json::Value = serde_json::from_slice(body).ok()?;
@@ -286,7 +287,9 @@ impl LlmCall {
             object.insert(field.into(), cap.into());
             changed = true;
         }
-        if self.stream && self.api == LlmApi::OpenAiChat {
+        // Chat and legacy completions streams report usage only when asked
+        // (Responses streams always do, in `response.completed`).
+        if self.stream && matches!(self.api, LlmApi::OpenAiChat | LlmApi::OpenAiCompletions) {
             let options = object
                 .entry("stream_options")
                 .or_insert_with(|| serde_json::json!({}));

@@ -161,6 +161,27 @@ mod rewrite {
         assert_eq!(v["max_completion_tokens"], 500);
         assert_eq!(v["stream_options"]["include_usage"], true);
         let call = LlmCall {
+            api: LlmApi::OpenAiCompletions,
+            stream: true,
+        };
+        let out = call
+            .rewrite(br#"{"stream":true,"prompt":"x","max_tokens":5}"#, None)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["stream_options"]["include_usage"], true,
+            "legacy completions streams report usage only when asked too"
+        );
+        let call = LlmCall {
+            api: LlmApi::OpenAiResponses,
+            stream: true,
+        };
+        assert!(
+            call.rewrite(br#"{"stream":true,"max_output_tokens":5}"#, None)
+                .is_none(),
+            "Responses streams always report usage"
+        );
+        let call = LlmCall {
             api: LlmApi::AnthropicMessages,
             stream: true,
         };
