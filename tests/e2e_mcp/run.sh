@@ -128,8 +128,8 @@ inspector() {
     [[ -f $cli ]] || { echo "inspector launcher not found under $NODE_DIR/node_modules/@modelcontextprotocol/inspector"; return 1; }
     export MCP_CATALOG_PATH="$TMP/inspector-catalog.json" # never ~/.mcp-inspector
     for who in plain revealer; do
-        local token=$PLAIN_TOKEN want=5
-        [[ $who == revealer ]] && { token=$REVEALER_TOKEN; want=6; }
+        local token=$PLAIN_TOKEN want=6
+        [[ $who == revealer ]] && { token=$REVEALER_TOKEN; want=7; }
         out=$(timeout -k 5 90 "$node" "$cli" --cli "$ADMIN/mcp" --transport http \
             --header "Authorization: Bearer $token" --method tools/list 2>&1) || { echo "$out"; return 1; }
         printf '%s' "$out" >"$TMP/inspector-$who.out"
