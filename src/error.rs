@@ -19,7 +19,7 @@ use crate::identity::ScopeError;
 use crate::policy::ViewError;
 use crate::store::StoreError;
 use crate::tokens::TokenError;
-use crate::upstream::UpstreamError;
+use crate::upstream::{Cause, UpstreamError};
 
 /// Who caused an error: logged with it, as pingora does, so an operator can
 /// tell a misbehaving agent from a failing upstream from a clavis bug.
@@ -277,6 +277,25 @@ impl ProxyError {
         matches!(self, ProxyError::Request(RequestError::Desync(_)))
     }
 
+    /// Whether this failure, after the request was handed to the upstream,
+    /// proves the upstream never got it: not dialed, or its connection
+    /// never opened (refused, unresolvable, TLS failed), or a renewed
+    /// token's login failed (the request itself was answered, `401`). Any
+    /// other failure (a timeout, a connection that broke) may have come
+    /// after the upstream carried the request out.
+    pub(crate) fn proves_nothing_sent(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Upstream(
+                UpstreamError::Refused(_)
+                    | UpstreamError::Unreachable {
+                        cause: Cause::Dial(_),
+                        ..
+                    }
+            ) | ProxyError::Token(_)
+        )
+    }
+
     /// Whether the audit log refused a record (counted by a metric).
     pub(crate) fn is_audit_failure(&self) -> bool {
         matches!(
@@ -286,8 +305,10 @@ impl ProxyError {
     }
 
     /// The problem document (RFC 9457): `type`, `title`, `status`,
-    /// `detail`, and for SDKs that read the OpenAI shape `error.message`
-    /// (the same text) and `error.type` (`clavis_<kind>`).
+    /// `detail`; for SDKs that read the OpenAI (and Stripe) shape
+    /// `error.message` (the same text) and `error.type` (`clavis_<kind>`);
+    /// for SDKs that read GitHub's shape (PyGithub, Octokit) `message`, the
+    /// same text again: without it they show no message at all.
     pub(crate) fn to_json(&self) -> serde_json::Value {
         let kind = self.kind();
         let status = self.status();
@@ -297,6 +318,7 @@ impl ProxyError {
             "title": title(kind, status),
             "status": status.as_u16(),
             "detail": detail,
+            "message": detail,
             "error": {
                 "type": format!("clavis_{kind}"),
                 "message": detail,
@@ -504,6 +526,7 @@ mod tests {
             assert_eq!(v["status"], 503);
             assert_eq!(v["detail"], "service \"s\" has no credentials stored");
             assert_eq!(v["error"]["message"], v["detail"]);
+            assert_eq!(v["message"], v["detail"]);
             assert_eq!(v["error"]["type"], "clavis_credentials_missing");
             let r = e.response();
             assert_eq!(

@@ -91,11 +91,25 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("clavis: {e:#}");
+            let message = report(&e);
+            tracing::error!("{message}");
+            eprintln!("clavis: {message}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each once: most of clavis's errors already
+/// name their cause in their own message, which `{:#}` would repeat.
+fn report(e: &anyhow::Error) -> String {
+    let mut message = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message = format!("{message}: {cause}");
+        }
+    }
+    message
 }
 
 fn config_path(explicit: Option<PathBuf>) -> Option<PathBuf> {

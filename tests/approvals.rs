@@ -891,17 +891,10 @@ async fn pending_approvals_survive_a_restart() {
     let ca = TestCa::new();
     let up = Upstream::start(&ca, ALL_HOSTS).await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("master.key"),
+    write_master_key(
+        &dir.path().join("master.key"),
         "0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0\n",
-    )
-    .unwrap();
-    // clavis refuses a master key others may read.
-    std::fs::set_permissions(
-        dir.path().join("master.key"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    );
     let store = format!(
         "store: {{ master_key_file: \"{d}/master.key\", snapshot: \"{d}/store.snap\" }}\n",
         d = dir.path().display()

@@ -22,11 +22,6 @@ const KEY_A: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccdd
 const KEY_B: &str = "a0b1c2d3e4f5061728394a5b6c7d8e9ffedcba98765432100123456789abcdef";
 const CONFIG_KEY: &str = "sk-config-defined-0123456789";
 
-fn owner_only(path: &std::path::Path) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
 fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
@@ -49,12 +44,8 @@ struct Setup {
 impl Setup {
     fn new(config_service: bool) -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("key-a"), format!("{KEY_A}\n")).unwrap();
-        std::fs::write(dir.path().join("key-b"), KEY_B).unwrap();
-        // Master key files readable by others are refused.
-        for key in ["key-a", "key-b"] {
-            owner_only(&dir.path().join(key));
-        }
+        support::write_master_key(&dir.path().join("key-a"), format!("{KEY_A}\n"));
+        support::write_master_key(&dir.path().join("key-b"), KEY_B);
         Setup {
             dir,
             admin: SocketAddr::from(([127, 0, 0, 1], support::free_port())),

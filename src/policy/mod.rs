@@ -18,7 +18,7 @@ use http::Method;
 pub(crate) use fields::Body;
 use fields::{Pairs, Seen};
 use path::Glob;
-pub(crate) use path::PathError;
+pub(crate) use path::{normalize as normalize_path, PathError};
 
 use crate::config::guardrails::{
     DefaultAction, PolicyMode, RawMatcher, RawPolicy, RawValue, Scalar,
@@ -48,9 +48,10 @@ pub(crate) struct Policy {
     pub(crate) enforce: bool,
     default: Action,
     rules: Vec<Rule>,
-    /// Some rule reads the body, or the query, or the path.
+    /// Some rule reads the body, the query, the path.
     pub(crate) reads_body: bool,
     reads_query: bool,
+    reads_path: bool,
 }
 
 #[derive(Debug)]
@@ -113,6 +114,7 @@ impl Policy {
             },
             reads_body: rules.iter().any(|r| !r.body.is_empty()),
             reads_query: rules.iter().any(|r| !r.query.is_empty()),
+            reads_path: rules.iter().any(|r| r.path.is_some()),
             rules,
         })
     }
@@ -134,6 +136,7 @@ impl Policy {
             }],
             reads_body: false,
             reads_query: false,
+            reads_path: false,
         }
     }
 
@@ -449,15 +452,17 @@ pub(crate) enum ViewError {
     #[error(transparent)]
     Path(#[from] PathError),
     #[error(
-        "the method {0:?} is not spelled in capitals; clavis refuses it where a policy applies"
+        "the method {0:?} is not spelled in capitals; clavis refuses it where a policy or a budget on tokens or spend applies"
     )]
     Method(String),
 }
 
 impl<'a> View<'a> {
-    /// Refuses what a policy could be fooled by: a path that normalizes to
-    /// something else, a method not in capitals (`delete` is not `DELETE`
-    /// to a rule, but may be to a server).
+    /// Refuses what a policy could be fooled by: under a path rule, a path
+    /// that normalizes to something else (SPEC §10: where no rule reads the
+    /// path, it cannot fool one, and goes as spelled); under any policy, a
+    /// method not in capitals (`delete` is not `DELETE` to a rule, but may
+    /// be to a server).
     pub(crate) fn new(
         policies: &[Arc<Policy>],
         method: &'a Method,
@@ -473,10 +478,15 @@ impl<'a> View<'a> {
         } else {
             Pairs::default()
         };
+        let path = if policies.iter().any(|p| p.reads_path) {
+            path::normalize(uri.path())?
+        } else {
+            std::borrow::Cow::Borrowed(uri.path())
+        };
         Ok(View {
             method,
             host,
-            path: path::normalize(uri.path())?,
+            path,
             query,
             body,
         })

@@ -122,6 +122,26 @@ fn path_tricks_are_refused_where_a_policy_applies() {
 }
 
 #[test]
+fn without_a_path_rule_the_path_is_not_judged() {
+    // readonly and a body-only policy read no path: nothing to fool, so a
+    // path that would be refused under a path rule goes as spelled.
+    let body_only = policy(
+        "name: b\ndefault: allow\nrules: [{ name: big, deny: { methods: [POST], body: { amount: { min: 10 } } } }]\n",
+    );
+    for p in [Arc::new(Policy::readonly()), body_only] {
+        let p = [p];
+        for target in ["/a//b", "/a/../b", "/a%2Fb", "/a/%252e"] {
+            assert_eq!(
+                judge(&p, "GET", target, None).unwrap().0,
+                Action::Allow,
+                "{target}"
+            );
+        }
+        assert!(judge(&p, "get", "/a", None).is_err(), "lowercase method");
+    }
+}
+
+#[test]
 fn methods_in_lowercase_are_refused_not_misread() {
     let p = [policy(TRIAGE)];
     let e = judge(&p, "delete", "/repos/acme/web", None).unwrap_err();

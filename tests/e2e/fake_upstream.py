@@ -13,6 +13,15 @@ Stripe's balance and refunds); streaming answers are server-sent events sent one
 apart, each flushed on its own HTTP/1.1 chunk, so a buffering proxy is caught by
 the clients' timing checks. Anything else gets a 200 echo JSON.
 
+Usage as the real APIs report it, for budget tests: an OpenAI chat completion
+carries `usage`, and an OpenAI stream asked for it
+(`stream_options.include_usage`) ends with a usage chunk (`choices: []`, the
+other chunks `"usage": null`), as OpenAI sends it; an Anthropic stream reports
+input (and cache) tokens in `message_start` and the output count in
+`message_delta`, with a `ping` between, as Anthropic sends it. GitHub answers a
+repository, an issue and a new comment (`acme/web`, issue 3); Stripe a refund
+with the amount asked for.
+
 Usage: fake_upstream.py --cert C --key K --record FILE --ready-file FILE
 The ready file receives {"tls_port": N, "plain_port": M} once both listen.
 """
@@ -23,6 +32,7 @@ import ssl
 import sys
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 EVENT_GAP = 0.2  # seconds between streamed events
@@ -57,16 +67,25 @@ def openai_completion(model: str) -> dict:
     }
 
 
-def openai_chunks(model: str):
+# What a stream reports when asked for its usage (differs from the plain
+# answer's, so a test can tell which one was counted).
+OPENAI_STREAM_USAGE = {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15}
+
+
+def openai_chunks(model: str, include_usage: bool = False):
     words = ["Hello", " from", " the", " fake", " upstream", "."]
     created = int(time.time())
     base = {"id": "chatcmpl-e2e0002", "object": "chat.completion.chunk", "created": created, "model": model,
             "system_fingerprint": "fp_e2e"}
+    if include_usage:
+        base["usage"] = None
     yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                 "finish_reason": None}]}
     for w in words:
         yield {**base, "choices": [{"index": 0, "delta": {"content": w}, "logprobs": None, "finish_reason": None}]}
     yield {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]}
+    if include_usage:
+        yield {**base, "choices": [], "usage": dict(OPENAI_STREAM_USAGE)}
 
 
 def anthropic_message(model: str) -> dict:
@@ -84,9 +103,13 @@ def anthropic_message(model: str) -> dict:
 
 def anthropic_events(model: str):
     msg = anthropic_message(model)
+    # Input (and prompt-cache) tokens come in message_start; the output count
+    # there is a placeholder, message_delta carries the final one.
     msg.update({"id": "msg_e2e0002", "content": [], "stop_reason": None,
-                "usage": {"input_tokens": 7, "output_tokens": 1}})
+                "usage": {"input_tokens": 7, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 4,
+                          "output_tokens": 1}})
     yield "message_start", {"type": "message_start", "message": msg}
+    yield "ping", {"type": "ping"}
     yield "content_block_start", {"type": "content_block_start", "index": 0,
                                   "content_block": {"type": "text", "text": ""}}
     for w in ["Hello", " from", " the", " fake", " upstream", "."]:
@@ -117,6 +140,36 @@ GITHUB_USER = {
     "public_gists": 0,
     "followers": 0,
     "following": 0,
+    "created_at": "2020-01-01T00:00:00Z",
+    "updated_at": "2020-01-01T00:00:00Z",
+}
+
+GITHUB_REPO = {
+    "id": 1296269,
+    "node_id": "MDEwOlJlcG9zaXRvcnkxMjk2MjY5",
+    "name": "web",
+    "full_name": "acme/web",
+    "owner": {"login": "acme", "id": 1, "type": "Organization", "url": "https://api.github.com/users/acme"},
+    "private": False,
+    "html_url": "https://github.com/acme/web",
+    "url": "https://api.github.com/repos/acme/web",
+    "default_branch": "main",
+    "created_at": "2020-01-01T00:00:00Z",
+    "updated_at": "2020-01-01T00:00:00Z",
+}
+
+GITHUB_ISSUE = {
+    "id": 1,
+    "node_id": "MDU6SXNzdWUx",
+    "number": 3,
+    "title": "e2e issue",
+    "state": "open",
+    "url": "https://api.github.com/repos/acme/web/issues/3",
+    "repository_url": "https://api.github.com/repos/acme/web",
+    "comments_url": "https://api.github.com/repos/acme/web/issues/3/comments",
+    "html_url": "https://github.com/acme/web/issues/3",
+    "user": {"login": "e2e-octocat", "id": 4242, "type": "User"},
+    "comments": 0,
     "created_at": "2020-01-01T00:00:00Z",
     "updated_at": "2020-01-01T00:00:00Z",
 }
@@ -238,7 +291,9 @@ class Handler(BaseHTTPRequestHandler):
         if host == "api.openai.com":
             if method == "POST" and path == "/v1/chat/completions":
                 if stream:
-                    return self._sse([f"data: {json.dumps(c)}\n\n" for c in openai_chunks(model)]
+                    options = req.get("stream_options") or {}
+                    usage = isinstance(options, dict) and options.get("include_usage") is True
+                    return self._sse([f"data: {json.dumps(c)}\n\n" for c in openai_chunks(model, usage)]
                                      + ["data: [DONE]\n\n"])
                 return self._json(openai_completion(model))
             if method == "GET" and path == "/v1/models":
@@ -253,6 +308,24 @@ class Handler(BaseHTTPRequestHandler):
         if host == "api.github.com" and method == "GET" and path == "/user":
             return self._json(GITHUB_USER, extra_headers={"X-OAuth-Scopes": "repo",
                                                           "X-GitHub-Api-Version-Selected": "2022-11-28"})
+        if host == "api.github.com" and method == "GET" and path == "/repos/acme/web":
+            return self._json(GITHUB_REPO)
+        if host == "api.github.com" and method == "GET" and path == "/repos/acme/web/issues/3":
+            return self._json(GITHUB_ISSUE)
+        if host == "api.github.com" and method == "POST" and path == "/repos/acme/web/issues/3/comments":
+            text = req.get("body", "") if isinstance(req, dict) else ""
+            return self._json({"id": 77, "node_id": "MDEyOklzc3VlQ29tbWVudDc3", "body": text,
+                               "url": "https://api.github.com/repos/acme/web/issues/comments/77",
+                               "html_url": "https://github.com/acme/web/issues/3#issuecomment-77",
+                               "issue_url": "https://api.github.com/repos/acme/web/issues/3",
+                               "user": {"login": "e2e-octocat", "id": 4242, "type": "User"},
+                               "created_at": "2020-01-01T00:00:00Z", "updated_at": "2020-01-01T00:00:00Z"},
+                              status=201)
+        if host == "api.github.com" and method == "DELETE" and path == "/repos/acme/web":
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
         if host == "api.stripe.com" and method == "GET" and path == "/v1/balance":
             return self._json(STRIPE_BALANCE, extra_headers={"Request-Id": "req_e2e"})
         if host == "api.stripe.com" and method == "POST" and path == "/v1/refunds":
@@ -263,6 +336,7 @@ class Handler(BaseHTTPRequestHandler):
 
 class TLSServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # a proxy's burst of new connections is not refused
 
     def __init__(self, addr, handler, ctx: ssl.SSLContext):
         super().__init__(addr, handler)
@@ -287,6 +361,7 @@ class TLSServer(ThreadingHTTPServer):
 
 class PlainServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256
 
 
 def main() -> int:

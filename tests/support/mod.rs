@@ -459,6 +459,14 @@ pub const ALL_HOSTS: &[&str] = &[
     "echo.test.example",
 ];
 
+/// Writes a master key file the way an operator must: readable by its
+/// owner only (clavis refuses one others may read).
+pub fn write_master_key(path: &std::path::Path, key: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, key).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// A free loopback TCP port (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

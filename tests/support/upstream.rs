@@ -412,6 +412,7 @@ async fn handle(
         "body_len": len,
         "body": String::from_utf8_lossy(&text),
     });
+    let head = record.method == "HEAD";
     seen.lock().unwrap().push(record);
     // `/encoded/<coding>`: the echo, compressed (`Content-Encoding: <coding>`).
     if let Some(coding) = path.strip_prefix("/encoded/") {
@@ -428,10 +429,15 @@ async fn handle(
         .strip_prefix("/status/")
         .and_then(|s| s.parse::<u16>().ok())
         .unwrap_or(200);
+    // A HEAD answer has the GET's headers and no body, as a real server's
+    // (hyper's h2 server would send one, which an h2 client refuses).
+    let text = json.to_string();
+    let body = if head { full("") } else { full(text.clone()) };
     Ok(Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(full(json.to_string()))
+        .header("content-length", text.len())
+        .body(body)
         .unwrap())
 }
 

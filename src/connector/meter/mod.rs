@@ -35,8 +35,13 @@ pub(crate) enum Meter {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Estimate {
     pub(crate) input_tokens: f64,
-    /// The request's own output cap; `None` for an LLM call without one.
+    /// The request's own output cap (times its choices); `None` for an LLM
+    /// call without one.
     pub(crate) output_cap: Option<f64>,
+    /// How many outputs the call asks for, each up to the cap (`n`, and
+    /// legacy completions' `best_of`): a cap clavis sets is what the
+    /// budget leaves divided by this. At least 1 for an LLM call.
+    pub(crate) choices: f64,
     pub(crate) spend: f64,
     /// An LLM call: what rewriting the body and reading the usage need.
     pub(crate) llm: Option<LlmCall>,
@@ -166,15 +171,19 @@ fn llm_estimate(api: LlmApi, body: &[u8]) -> Result<Estimate, Unmeasurable> {
             .reduce(f64::min)
     };
     let stream = matches!(json.get("stream"), Some(Json::Bool(true)));
-    // Legacy completions may ask for several: `n` × the cap.
-    let n = json
-        .get("n")
-        .and_then(Json::number)
+    // A call may ask for several outputs, each up to the cap: `n` (chat and
+    // legacy completions), and `best_of` (legacy completions, generated
+    // and billed server-side).
+    let n = ["n", "best_of"]
+        .iter()
+        .filter_map(|f| json.get(f).and_then(Json::number))
         .filter(|n| *n >= 1.0)
-        .unwrap_or(1.0);
+        .fold(1.0, f64::max)
+        .ceil();
     Ok(Estimate {
         input_tokens: body.len() as f64,
         output_cap: output_cap.map(|c| c * n),
+        choices: n,
         spend: 0.0,
         llm: Some(LlmCall { api, stream }),
     })
@@ -261,7 +270,8 @@ fn coinbase_size(body: &[u8]) -> Result<f64, Unmeasurable> {
 
 impl LlmCall {
     /// The body with the output capped at `cap` (when it set no cap) and,
-    /// for OpenAI chat streams, the final usage chunk asked for. `None`:
+    /// for OpenAI chat and completions streams, the final usage chunk asked
+    /// for. `None`:
     /// nothing to change.
     pub(crate) fn rewrite(&self, body: &[u8], cap: Option<u64>) -> Option<Vec<u8>> {
         let mut json: serde_json::Value = serde_json::from_slice(body).ok()?;
@@ -277,7 +287,9 @@ impl LlmCall {
             object.insert(field.into(), cap.into());
             changed = true;
         }
-        if self.stream && self.api == LlmApi::OpenAiChat {
+        // Chat and legacy completions streams report usage only when asked
+        // (Responses streams always do, in `response.completed`).
+        if self.stream && matches!(self.api, LlmApi::OpenAiChat | LlmApi::OpenAiCompletions) {
             let options = object
                 .entry("stream_options")
                 .or_insert_with(|| serde_json::json!({}));

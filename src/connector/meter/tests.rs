@@ -42,6 +42,20 @@ mod estimate {
         )
         .unwrap();
         assert_eq!(e.output_cap, Some(30.0));
+        assert_eq!(e.choices, 3.0);
+        let e = post(
+            Meter::OpenAi,
+            "/v1/completions",
+            r#"{"max_tokens":10,"n":2,"best_of":5}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (e.output_cap, e.choices),
+            (Some(50.0), 5.0),
+            "best_of outputs are generated and billed too"
+        );
+        let e = post(Meter::OpenAi, "/v1/chat/completions", r#"{"n":4}"#).unwrap();
+        assert_eq!((e.output_cap, e.choices), (None, 4.0));
         assert_eq!(
             post(
                 Meter::OpenAi,
@@ -146,6 +160,27 @@ mod rewrite {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["max_completion_tokens"], 500);
         assert_eq!(v["stream_options"]["include_usage"], true);
+        let call = LlmCall {
+            api: LlmApi::OpenAiCompletions,
+            stream: true,
+        };
+        let out = call
+            .rewrite(br#"{"stream":true,"prompt":"x","max_tokens":5}"#, None)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["stream_options"]["include_usage"], true,
+            "legacy completions streams report usage only when asked too"
+        );
+        let call = LlmCall {
+            api: LlmApi::OpenAiResponses,
+            stream: true,
+        };
+        assert!(
+            call.rewrite(br#"{"stream":true,"max_output_tokens":5}"#, None)
+                .is_none(),
+            "Responses streams always report usage"
+        );
         let call = LlmCall {
             api: LlmApi::AnthropicMessages,
             stream: true,

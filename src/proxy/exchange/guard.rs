@@ -15,7 +15,7 @@ use crate::config::guardrails::Unit;
 use crate::connector::meter::Meter;
 use crate::error::{Guard, ProxyError};
 use crate::metrics::Decision as DecisionLabel;
-use crate::policy::{self, Action, Body, Policy, Verdict, View};
+use crate::policy::{self, Action, Body, Policy, Verdict, View, ViewError};
 
 /// The request as the agent sent it, for messages: method and path.
 fn spelled(out: &Outgoing) -> String {
@@ -160,8 +160,30 @@ pub(super) async fn approval(record: &Record, asked: Asked) -> Result<(), ProxyE
     Ok(())
 }
 
+/// The path a meter reads. Where a budget counts tokens or spend, it is the
+/// path as a server that decodes it routes it (`/v1/chat/%63ompletions` is
+/// the chat endpoint), and a path that does not normalize (`//`, `..`, an
+/// encoded `/`, double encoding) or a method not in capitals is refused: a
+/// respelled request must be metered as the endpoint it reaches, never as
+/// another or as none. A count of requests reads no path: it goes as spelled.
+pub(super) fn metered_path(out: &Outgoing, budgets: &[Arc<Spec>]) -> Result<String, ProxyError> {
+    let spelled = out.parts.uri.path();
+    let costs = budgets
+        .iter()
+        .any(|b| !matches!(b.unit(), None | Some(Unit::Requests)));
+    if !costs {
+        return Ok(spelled.to_owned());
+    }
+    let method = out.parts.method.as_str();
+    if method.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(Guard::View(ViewError::Method(method.to_owned())).into());
+    }
+    let path = policy::normalize_path(spelled).map_err(|e| Guard::View(ViewError::Path(e)))?;
+    Ok(path.into_owned())
+}
+
 /// Reserves the most the request can use in every budget that applies,
-/// refusing it if that does not fit. An LLM call without an output cap
+/// refusing it if that does not fit; `path` is the one [`metered_path`] read. An LLM call without an output cap
 /// gets the one the budgets leave room for; an OpenAI stream is asked for
 /// its final usage event; either way the answer is asked for uncompressed
 /// so its usage can be read as it passes.
@@ -170,10 +192,11 @@ pub(super) async fn charge(
     budgets: &[Arc<Spec>],
     out: &mut Outgoing,
     meter: Meter,
+    path: &str,
 ) -> Result<(), ProxyError> {
     let body = out.buffered.as_deref().unwrap_or(&[]);
     let estimate = meter
-        .estimate(&out.parts.method, out.parts.uri.path(), body)
+        .estimate(&out.parts.method, path, body)
         .map_err(|why| Guard::Unmeasurable {
             budget: budgets.first().map_or_else(String::new, |b| b.name.clone()),
             why,
@@ -181,7 +204,10 @@ pub(super) async fn charge(
     let caps_output = budgets
         .iter()
         .any(|b| matches!(b.unit(), Some(Unit::Tokens | Unit::OutputTokens)));
-    let limit = record.state.config.limits.budget_output_cap as f64;
+    // A cap clavis sets applies to each of the call's outputs: what is
+    // reserved for the outputs is the cap times their number.
+    let choices = estimate.choices.max(1.0);
+    let limit = record.state.config.limits.budget_output_cap as f64 * choices;
     let open_output =
         (estimate.llm.is_some() && estimate.output_cap.is_none() && caps_output).then_some(limit);
     let fixed = Amounts {
@@ -195,20 +221,22 @@ pub(super) async fn charge(
         .budgets
         .reserve(budgets, Ask { fixed, open_output })
         .await?;
-    let granted = held.granted_output;
+    // The cap each output gets; what a call without a usage report counts
+    // is what its outputs can really use, cap × outputs.
+    let cap = held.granted_output.map(|g| (g / choices).floor() as u64);
     if let Some(call) = estimate.llm {
         out.parts.headers.insert(
             header::ACCEPT_ENCODING,
             http::HeaderValue::from_static("identity"),
         );
         let current = out.buffered.as_deref().unwrap_or(&[]);
-        if let Some(rewritten) = call.rewrite(current, granted.map(|g| g as u64)) {
+        if let Some(rewritten) = call.rewrite(current, cap) {
             out.set_body(rewritten.into());
         }
     }
     let mut fixed = fixed;
-    if let Some(g) = granted {
-        fixed.output_tokens = g;
+    if let Some(cap) = cap {
+        fixed.output_tokens = cap as f64 * choices;
     }
     record.charge(Charge::new(held, fixed, estimate.llm.is_some()));
     Ok(())

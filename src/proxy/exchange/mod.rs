@@ -325,8 +325,9 @@ async fn decide(record: &mut Record, out: &mut Outgoing) -> Result<(), ProxyErro
         return Ok(());
     }
     let meter = record.target.connector.meter;
-    let (method, path) = (&out.parts.method, out.parts.uri.path());
-    let metered = !budgets.is_empty() && meter.reads_body(method, path);
+    let path = guard::metered_path(out, &budgets)?;
+    let method = &out.parts.method;
+    let metered = !budgets.is_empty() && meter.reads_body(method, &path);
     let judged = policies.iter().any(|p| p.reads_body) && *method != Method::GET;
     if metered || judged {
         out.buffer(state.config.limits.policy_body).await?;
@@ -338,7 +339,7 @@ async fn decide(record: &mut Record, out: &mut Outgoing) -> Result<(), ProxyErro
         }
     }
     if !budgets.is_empty() {
-        guard::charge(record, &budgets, out, meter).await?;
+        guard::charge(record, &budgets, out, meter, &path).await?;
     }
     // A person is asked last: never about a request a budget refuses, and
     // an approval is never spent on one.

@@ -74,6 +74,9 @@ enum Outcome {
         status: u16,
         error: String,
         refused: bool,
+        /// The request went out and no answer came: the upstream may have
+        /// carried it out.
+        unanswered: bool,
     },
 }
 
@@ -223,6 +226,7 @@ impl Record {
             status,
             error: e.to_string(),
             refused,
+            unanswered: self.sent && !e.proves_nothing_sent(),
         });
     }
 }
@@ -236,14 +240,20 @@ impl Record {
     }
 
     /// Ends the reservation: settled with what the answer says was used;
-    /// released when nothing was sent or the upstream failed; kept whole
-    /// when the request went out and no answer came (it may have counted).
+    /// released when nothing was sent (refused, or the upstream could not
+    /// be reached); kept whole when the request went out and no answer
+    /// came (timed out, connection broken, the agent gone): it may have
+    /// been carried out, and a budget never lets through what it cannot
+    /// rule out.
     fn settle(&mut self) {
         let Some(mut charge) = self.charge.take() else {
             return;
         };
         let used = match &self.outcome {
             Some(Outcome::Answered { status, .. }) => Some(charge.used(*status)),
+            Some(Outcome::Failed {
+                unanswered: true, ..
+            }) => Some(charge.reserved),
             Some(Outcome::Failed { .. }) => None,
             None if self.sent => Some(charge.reserved),
             None => None,
@@ -284,6 +294,7 @@ impl Drop for Record {
                 status,
                 error,
                 refused: true,
+                ..
             }) => tracing::info!(
                 agent = %agent,
                 service,
