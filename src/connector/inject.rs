@@ -24,18 +24,21 @@ pub(crate) enum Inject {
     Kalshi,
     /// A user-defined signing recipe (HMAC or AWS SigV4).
     Recipe(Recipe),
+    /// A token the credentials fetch (OAuth 2.0, a GitHub App installation
+    /// token), sent as `Authorization: Bearer` (SPEC §13.1).
+    Token(TokenSource),
 }
 
 /// What the exchange must do before [`Inject::apply`] for these credentials.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Plan {
     /// Headers only; the body streams.
     Stream,
     /// The signature covers the body: buffer it (capped) first.
     BufferBody,
-    /// A token from a [`TokenSource`] (Kalshi email + password login). The
-    /// body is buffered (capped): a refused token is renewed and the
-    /// request sent again.
+    /// A token from a [`TokenSource`] (a Kalshi login, an OAuth 2.0 or
+    /// GitHub App token). The body is buffered (capped): a refused token is
+    /// renewed and the request sent again.
     Token(TokenSource),
 }
 
@@ -49,6 +52,8 @@ pub(crate) enum InjectError {
     BadUri,
     #[error(transparent)]
     Sign(#[from] SignError),
+    #[error("a token source's token is added by the token plan, not injected")]
+    TokenPlan,
 }
 
 impl Inject {
@@ -69,6 +74,7 @@ impl Inject {
             Inject::Kalshi => Plan::Token(TokenSource::KalshiLogin),
             Inject::Recipe(r) if r.needs_body() => Plan::BufferBody,
             Inject::Recipe(_) => Plan::Stream,
+            Inject::Token(source) => Plan::Token(source.clone()),
         }
     }
 
@@ -77,6 +83,7 @@ impl Inject {
     pub(crate) fn reserves(&self, path: &str) -> bool {
         match self {
             Inject::Kalshi => TokenSource::KalshiLogin.reserves(path),
+            Inject::Token(source) => source.reserves(path),
             _ => false,
         }
     }
@@ -86,6 +93,7 @@ impl Inject {
     pub(crate) fn extra_strip(&self) -> Vec<HeaderName> {
         match self {
             Inject::Recipe(r) => r.header_names(),
+            Inject::Token(_) => vec![http::header::AUTHORIZATION],
             _ => Vec::new(),
         }
     }
@@ -121,6 +129,7 @@ impl Inject {
             Inject::Coinbase => coinbase::sign(creds, &sign_input(parts, host, body))?,
             Inject::Kalshi => kalshi::sign(creds, &sign_input(parts, host, body))?,
             Inject::Recipe(recipe) => recipe.sign(creds, &sign_input(parts, host, body))?,
+            Inject::Token(_) => return Err(InjectError::TokenPlan),
         };
         for (name, mut value) in signed {
             value.set_sensitive(true);

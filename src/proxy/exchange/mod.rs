@@ -39,6 +39,7 @@ use crate::redact::{Anchors, Patterns};
 use crate::secret::Secret;
 use crate::state::State;
 use crate::store::{Service, Store, StoreError};
+use crate::tokens::Need;
 use record::{Ended, Record};
 
 /// Where requests go. Fixed by the CONNECT authority on the proxy port (or by
@@ -175,7 +176,10 @@ fn admit(record: &mut Record, choice: Choice<'_>, parts: &Parts) -> Result<(), P
 }
 
 /// SPEC §3 step 2: placeholder, else the agent's only service for this
-/// connector, else the connector's `default`; always within the caller's scope.
+/// connector, else the connector's `default`; always within the caller's
+/// scope. Connectors that share the host (a family: `github` and
+/// `github-app`) offer their services together: the host picks the
+/// family, the service picks the connector.
 fn choose_service(
     record: &Record,
     choice: Choice<'_>,
@@ -183,6 +187,7 @@ fn choose_service(
 ) -> Result<Arc<Service>, ScopeError> {
     let (caller, target) = (&record.caller, &record.target);
     let table = record.state.store.table();
+    let registry = &record.state.catalog.registry;
     let connector = &target.connector.name;
     let named = match choice {
         Choice::Named(n) => Some(n.to_owned()),
@@ -191,7 +196,7 @@ fn choose_service(
     if let Some(name) = named {
         let service = table
             .find(&name)
-            .filter(|s| s.connector.name == *connector)
+            .filter(|s| registry.same_family(&s.connector.name, connector))
             .ok_or_else(|| ScopeError::NoSuchService {
                 name: name.clone(),
                 connector: connector.clone(),
@@ -205,9 +210,10 @@ fn choose_service(
         return Ok(service.clone());
     }
     let usable = || {
-        table
-            .for_connector(connector)
+        registry
+            .family(connector)
             .iter()
+            .flat_map(|c| table.for_connector(&c.name))
             .filter(|s| caller.may_use(&s.name))
     };
     let mut first_two = usable();
@@ -262,7 +268,7 @@ impl Outgoing {
 /// header the connector knows, `Host`), adds the connector's defaults and
 /// points the URI at the target.
 fn prepare(record: &Record, mut parts: Parts, body: Body) -> Result<Outgoing, ProxyError> {
-    let connector = &record.target.connector;
+    let connector = &record.service()?.connector;
     let websocket = check::is_websocket(&parts.method, parts.version, &parts.headers)
         .then(|| parts.extensions.remove::<OnUpgrade>())
         .flatten();
@@ -300,8 +306,13 @@ async fn decide(record: &mut Record, out: &mut Outgoing) -> Result<(), ProxyErro
     if out.parts.method == Method::TRACE {
         return Err(Refusal::Trace.into());
     }
-    if record.target.connector.reserves(out.parts.uri.path()) {
+    let path = out.parts.uri.path();
+    if record.service()?.connector.reserves(path) {
         return Err(Refusal::Reserved.into());
+    }
+    let host = &record.target.host;
+    if record.state.catalog.registry.is_token_endpoint(host, path) {
+        return Err(Refusal::TokenEndpoint { host: host.clone() }.into());
     }
     let state = record.state.clone();
     let service = record.service()?.name.clone();
@@ -311,7 +322,7 @@ async fn decide(record: &mut Record, out: &mut Outgoing) -> Result<(), ProxyErro
     if policies.is_empty() && budgets.is_empty() {
         return Ok(());
     }
-    let meter = record.target.connector.meter;
+    let meter = record.service()?.connector.meter;
     let (method, path) = (&out.parts.method, out.parts.uri.path());
     let metered = !budgets.is_empty() && meter.reads_body(method, path);
     let judged = policies.iter().any(|p| p.reads_body) && *method != Method::GET;
@@ -362,7 +373,7 @@ async fn authorize(record: &mut Record, out: Outgoing) -> Result<Authorized, Pro
     let state = record.state.clone();
     let service = record.service()?.clone();
     let creds = state.store.open_required(&service)?;
-    let plan = record.target.connector.inject.plan(creds.expose());
+    let plan = service.connector.inject.plan(creds.expose());
     let mut out = out;
     if plan != Plan::Stream {
         out.buffer(state.config.limits.max_body_buffer).await?;
@@ -378,12 +389,11 @@ async fn authorize(record: &mut Record, out: Outgoing) -> Result<Authorized, Pro
         let body = buffered.unwrap_or_default();
         return with_fetched_token(record, source, creds, parts, body, websocket).await;
     }
-    let target = &record.target;
     let signed_body = buffered.as_deref().unwrap_or(&[]);
-    target
+    service
         .connector
         .inject
-        .apply(&mut parts, &target.host, creds.expose(), signed_body)
+        .apply(&mut parts, &record.target.host, creds.expose(), signed_body)
         .map_err(|source| ProxyError::Inject {
             service: service.name.clone(),
             source,
@@ -411,22 +421,20 @@ async fn with_fetched_token(
 ) -> Result<Authorized, ProxyError> {
     let (state, service) = (&record.state, record.service()?);
     let mut patterns = Patterns::from_credentials(creds.expose());
-    let issued = state
-        .tokens
-        .get(
-            &state.fetcher(),
-            source,
-            service,
-            creds.expose(),
-            &record.target.host,
-            &record.caller.actor(),
-            None,
-        )
-        .await?;
+    let actor = record.caller.actor();
+    let need = Need {
+        source: &source,
+        service,
+        creds: creds.expose(),
+        host: &record.target.host,
+        actor: &actor,
+        scope: record.caller.token_scope(&service.connector.name),
+    };
+    let issued = state.tokens.issue(&state.fetcher(), &need, None).await?;
     drop(creds);
     patterns.add(issued.token.expose().as_bytes());
     Ok(Authorized {
-        request: with_token(&parts, source, &issued.token, body.clone())?,
+        request: with_token(&parts, &source, &issued.token, body.clone())?,
         websocket,
         scrub: Scrub::Known(patterns),
         retry: Some(Retry {
@@ -454,7 +462,7 @@ async fn buffer(body: Body, limit: usize) -> Result<Bytes, ProxyError> {
 /// A copy of the request head with the token on it.
 fn with_token(
     parts: &Parts,
-    source: TokenSource,
+    source: &TokenSource,
     token: &Secret<String>,
     body: Bytes,
 ) -> Result<Request<Body>, ProxyError> {
@@ -519,23 +527,24 @@ async fn renew(
     let service = record.service()?;
     tracing::info!(service = %service.name, "session token refused; logging in again");
     let creds = state.store.open_required(service)?;
+    let actor = record.caller.actor();
+    let need = Need {
+        source: &retry.source,
+        service,
+        creds: creds.expose(),
+        host,
+        actor: &actor,
+        scope: record.caller.token_scope(&service.connector.name),
+    };
     let issued = state
         .tokens
-        .get(
-            &state.fetcher(),
-            retry.source,
-            service,
-            creds.expose(),
-            host,
-            &record.caller.actor(),
-            Some(retry.generation),
-        )
+        .issue(&state.fetcher(), &need, Some(retry.generation))
         .await?;
     drop(creds);
     if let Scrub::Known(patterns) = scrub {
         patterns.add(issued.token.expose().as_bytes());
     }
-    let again = with_token(&retry.parts, retry.source, &issued.token, retry.body)?;
+    let again = with_token(&retry.parts, &retry.source, &issued.token, retry.body)?;
     Ok(state.upstream.send(host, again).await?)
 }
 
