@@ -76,7 +76,7 @@ pub(crate) enum Refusal {
     Trace,
     #[error("CONNECT inside a tunnel is not allowed")]
     NestedConnect,
-    #[error("the login endpoint is reserved to clavis, which holds the session")]
+    #[error("the login or token endpoint is reserved to clavis, which holds the session or token")]
     Reserved,
     /// A token source's token endpoint (SPEC §13.1): clavis calls it,
     /// agents never do.

@@ -1,6 +1,6 @@
 //! The `github-app` token source (SPEC §13.1): an app JWT (RS256, `iat`
 //! a minute back for clock drift, `exp` nine minutes ahead — GitHub takes
-//! at most ten, `iss` the app id) buys an installation token at
+//! at most ten, `iss` the app id as a string) buys an installation token at
 //! `POST /app/installations/{id}/access_tokens`, narrowed to the agent's
 //! repositories and permissions when it has a `github_app` scope. Pure
 //! functions; sending and caching are `tokens`'.
@@ -55,13 +55,9 @@ pub(crate) fn request(
     let mut claims = Map::new();
     claims.insert("iat".into(), now.saturating_sub(60).into());
     claims.insert("exp".into(), (now + 9 * 60).into());
-    // A numeric app id as a number, as GitHub's own examples send it; a
-    // client id (`Iv1.…`) as a string.
-    let iss = match app_id.parse::<u64>() {
-        Ok(n) => Value::from(n),
-        Err(_) => Value::from(app_id),
-    };
-    claims.insert("iss".into(), iss);
+    // A string, as RFC 7519 has `iss` (StringOrURI): the app id or the
+    // client id (`Iv1.…`), both of which GitHub takes.
+    claims.insert("iss".into(), app_id.into());
     let app_jwt =
         zeroize::Zeroizing::new(jwt::rs256(&key, None, &claims).map_err(FetchError::Sign)?);
     let mut bearer = HeaderValue::from_str(&format!("Bearer {}", app_jwt.as_str()))

@@ -6,6 +6,7 @@
 // does not reach them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod fakes;
 pub mod upstream;
 
 use std::collections::HashMap;

@@ -306,13 +306,12 @@ async fn decide(record: &mut Record, out: &mut Outgoing) -> Result<(), ProxyErro
     if out.parts.method == Method::TRACE {
         return Err(Refusal::Trace.into());
     }
-    let path = out.parts.uri.path();
-    if record.service()?.connector.reserves(path) {
-        return Err(Refusal::Reserved.into());
-    }
-    let host = &record.target.host;
+    let (host, path) = (&record.target.host, out.parts.uri.path());
     if record.state.catalog.registry.is_token_endpoint(host, path) {
         return Err(Refusal::TokenEndpoint { host: host.clone() }.into());
+    }
+    if record.service()?.connector.reserves(path) {
+        return Err(Refusal::Reserved.into());
     }
     let state = record.state.clone();
     let service = record.service()?.name.clone();
