@@ -31,6 +31,8 @@ pub(crate) enum Action {
     Store,
     Delete,
     Login,
+    /// A token source fetched a token (SPEC §13.1).
+    TokenRefresh,
     Denied,
     ApprovalRequested,
     ApprovalGranted,
@@ -51,6 +53,7 @@ impl Action {
             Action::Store => "store",
             Action::Delete => "delete",
             Action::Login => "login",
+            Action::TokenRefresh => "token_refresh",
             Action::Denied => "denied",
             Action::ApprovalRequested => "approval_requested",
             Action::ApprovalGranted => "approval_granted",
@@ -321,6 +324,7 @@ mod tests {
             scope: crate::identity::Scope::All,
             reveal: false,
             in_flight: Default::default(),
+            token_scopes: Default::default(),
         })
     }
 

@@ -85,7 +85,12 @@ impl Catalog {
                 continue;
             };
             if s.default {
-                if let Some(other) = defaults.insert(connector.name.clone(), s.name.clone()) {
+                // One default per host: connectors that share hosts share it.
+                let family = registry
+                    .family(&connector.name)
+                    .first()
+                    .map_or(connector.name.clone(), |lead| lead.name.clone());
+                if let Some(other) = defaults.insert(family, s.name.clone()) {
                     errors.push(ConfigError::at(
                         format!("{}.default", s.key),
                         format!(

@@ -76,8 +76,12 @@ pub(crate) enum Refusal {
     Trace,
     #[error("CONNECT inside a tunnel is not allowed")]
     NestedConnect,
-    #[error("the login endpoint is reserved to clavis, which holds the session")]
+    #[error("the login or token endpoint is reserved to clavis, which holds the session or token")]
     Reserved,
+    /// A token source's token endpoint (SPEC §13.1): clavis calls it,
+    /// agents never do.
+    #[error("{host} serves a token endpoint that only clavis calls (it fetches the tokens this agent's requests carry)")]
+    TokenEndpoint { host: String },
     #[error("{host} is served over https only: clavis never sends a credential over plain http; use https://{host}/")]
     Plaintext { host: String },
     #[error("{host}:{port} is not claimed by any connector and proxy.unmatched is deny")]
@@ -187,6 +191,7 @@ impl ProxyError {
                     (StatusCode::TOO_MANY_REQUESTS, "too_many_requests", Agent)
                 }
                 Refusal::Reserved
+                | Refusal::TokenEndpoint { .. }
                 | Refusal::Plaintext { .. }
                 | Refusal::Unmatched { .. }
                 | Refusal::NothingInjected { .. }
@@ -245,6 +250,9 @@ impl ProxyError {
             ProxyError::Token(e) => match e {
                 TokenError::Fetch { .. } | TokenError::Backoff { .. } => {
                     (StatusCode::BAD_GATEWAY, "login_failed", Upstream)
+                }
+                TokenError::Refresh { .. } => {
+                    (StatusCode::BAD_GATEWAY, "token_refresh_failed", Upstream)
                 }
                 TokenError::Upstream(e) => upstream_class(e),
                 TokenError::Audit(_) => audit_class(),
@@ -402,6 +410,7 @@ fn title(kind: &str, status: StatusCode) -> &'static str {
         "approval_pending" => "Waiting for approval",
         "approval_denied" => "Approval denied",
         "approval_expired" => "Approval expired",
+        "token_refresh_failed" => "Token refresh failed",
         _ => status.canonical_reason().unwrap_or("Error"),
     }
 }

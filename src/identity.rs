@@ -27,6 +27,29 @@ pub(crate) struct Agent {
     pub(crate) reveal: bool,
     /// Its upstream requests in flight, per service.
     pub(crate) in_flight: InFlight,
+    /// Connector name → what this agent's tokens from that connector's
+    /// token source are narrowed to (`agents[].github_app`).
+    pub(crate) token_scopes: HashMap<String, Arc<TokenScope>>,
+}
+
+/// What one agent's tokens are narrowed to (SPEC §13.1): the body the
+/// token source sends when it mints one, and the key that keeps such a
+/// token apart from every other in the cache. Names and permissions only,
+/// never a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TokenScope {
+    pub(crate) body: serde_json::Value,
+    /// `body` as compact JSON: equal scopes share one token.
+    pub(crate) key: String,
+}
+
+impl TokenScope {
+    /// `body` must be built in a fixed order (sorted keys and lists), so
+    /// equal scopes give equal keys.
+    pub(crate) fn new(body: serde_json::Value) -> TokenScope {
+        let key = body.to_string();
+        TokenScope { body, key }
+    }
 }
 
 impl Agent {
@@ -115,6 +138,15 @@ impl Caller {
     }
 
     /// The configured agent's name, if the caller is one.
+    /// What this caller's tokens from `connector`'s token source are
+    /// narrowed to, if anything (an agent's `github_app`).
+    pub(crate) fn token_scope(&self, connector: &str) -> Option<&Arc<TokenScope>> {
+        match &self.who {
+            Who::Agent(a) => a.token_scopes.get(connector),
+            _ => None,
+        }
+    }
+
     pub(crate) fn agent_name(&self) -> Option<&str> {
         match &self.who {
             Who::Agent(a) => Some(&a.name),
@@ -430,6 +462,7 @@ mod tests {
             scope,
             reveal,
             in_flight: InFlight::default(),
+            token_scopes: HashMap::new(),
         })
     }
 

@@ -1,9 +1,15 @@
 //! Tokens clavis fetches with a service's credentials (a
-//! [`TokenSource`]: today the Kalshi login), so the agent never holds them
-//! either. Each is sealed under the master key like the credentials it came
-//! from and tied to their version: new credentials, a deleted service or an
-//! expired token (idle or absolute age) mean a new fetch. One fetch at a
-//! time per service, shared by every waiting request.
+//! [`TokenSource`]: the Kalshi login, OAuth 2.0 endpoints, GitHub App
+//! installation tokens), so the agent never holds them either. Each is
+//! sealed under the master key like the credentials it came from and tied
+//! to their version: new credentials, a deleted service or an expired token
+//! (idle or absolute age) mean a new fetch. One fetch at a time per service
+//! and [`TokenScope`] (an agent's own narrowing), shared by every waiting
+//! request.
+//!
+//! Tokens with a known lifetime (SPEC §13.1) are renewed once 80 % of it
+//! has passed. A refresh token the endpoint rotates is kept in the store and
+//! used from then on (see [`Tokens::issue`]).
 //!
 //! A token the upstream refuses (`401`) is renewed once, for every request
 //! that was refused with it, and each of them is sent again once. What stops
@@ -15,16 +21,17 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
 use tokio::time::Instant;
 
 use crate::audit::{Action, AuditError, AuditLog, Detail, Event};
 use crate::body;
+use crate::connector::token::{Fetch, FetchInput, Fresh};
 use crate::connector::{FetchError, TokenSource};
 use crate::credentials::Credentials;
-use crate::identity::Actor;
+use crate::identity::{Actor, TokenScope};
 use crate::secret::Secret;
 use crate::store::{Service, Store, StoreError};
 use crate::upstream::{Upstream, UpstreamError};
@@ -47,6 +54,14 @@ pub(crate) enum TokenError {
     },
     #[error("service {service:?}: login failed moments ago; not trying again for {wait_secs} s")]
     Backoff { service: String, wait_secs: u64 },
+    /// A token source of SPEC §13.1 (not a login) could not give a token.
+    #[error("service {service:?}: the access token could not be renewed: {reason}")]
+    Refresh {
+        service: String,
+        reason: String,
+        #[source]
+        cause: Box<TokenError>,
+    },
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
@@ -61,10 +76,30 @@ impl TokenError {
     /// not work, and the agent is better served by the upstream's own
     /// refusal than by clavis's. An audit or store failure stays an error.
     pub(crate) fn yields_to_the_upstream(&self) -> bool {
-        matches!(
-            self,
-            TokenError::Fetch { .. } | TokenError::Backoff { .. } | TokenError::Upstream(_)
-        )
+        match self {
+            TokenError::Fetch { .. } | TokenError::Backoff { .. } | TokenError::Upstream(_) => true,
+            TokenError::Refresh { cause, .. } => cause.yields_to_the_upstream(),
+            TokenError::Audit(_) | TokenError::Store(_) => false,
+        }
+    }
+
+    /// The error as SPEC §13.1 answers it for a token source that is not a
+    /// login: `token-refresh-failed`, naming the service and why (never a
+    /// secret). Audit and store failures stay what they are.
+    fn refresh_failed(self, service: &str) -> TokenError {
+        let reason = match &self {
+            TokenError::Fetch { source, .. } => source.to_string(),
+            TokenError::Upstream(e) => e.to_string(),
+            TokenError::Backoff { wait_secs, .. } => {
+                format!("the last attempt failed moments ago; not trying again for {wait_secs} s")
+            }
+            _ => return self,
+        };
+        TokenError::Refresh {
+            service: service.to_owned(),
+            reason,
+            cause: Box::new(self),
+        }
     }
 }
 
@@ -85,6 +120,8 @@ struct Token {
     credentials: u64,
     obtained: Instant,
     last_used: Instant,
+    /// When a token with a known lifetime is renewed, and when it expires.
+    expiry: Option<Expiry>,
     /// Fetched because the upstream refused the token before it.
     renewal: bool,
     /// Set once the upstream answered a request carrying it with anything
@@ -169,14 +206,49 @@ impl Issued {
     }
 }
 
-/// What a token fetch is about: the service, its credentials, the host the
-/// login goes to and who caused it (for the audit record).
+/// What a token is needed for: the source, the service and its opened
+/// credentials, the host of the request (a login goes there), who caused
+/// it (the audit actor) and the caller's narrowing of the token, if any.
 pub(crate) struct Need<'a> {
-    pub(crate) source: TokenSource,
+    pub(crate) source: &'a TokenSource,
     pub(crate) service: &'a Service,
     pub(crate) creds: &'a Credentials,
     pub(crate) host: &'a str,
     pub(crate) actor: &'a Actor<'a>,
+    /// Used only by a source whose tokens it changes
+    /// ([`TokenSource::is_scoped`]).
+    pub(crate) scope: Option<&'a Arc<TokenScope>>,
+}
+
+impl Need<'_> {
+    /// The scope the token is fetched for, when the source narrows tokens.
+    fn scope(&self) -> Option<&TokenScope> {
+        self.scope
+            .filter(|_| self.source.is_scoped())
+            .map(Arc::as_ref)
+    }
+}
+
+/// A token's known lifetime: renewed once 80 % of it has passed (SPEC
+/// §13.1), so no request goes out with one about to expire.
+struct Expiry {
+    renew_at: Instant,
+    expires_at: Instant,
+}
+
+impl Expiry {
+    fn after(lifetime: Duration) -> Expiry {
+        let now = Instant::now();
+        Expiry {
+            renew_at: now + lifetime.mul_f64(0.8),
+            expires_at: now + lifetime,
+        }
+    }
+}
+
+/// The cache key of a scoped token: the service id, a NUL, the scope.
+fn scoped_key(service_id: &str, scope: &str) -> String {
+    format!("{service_id}\0{scope}")
 }
 
 impl Tokens {
@@ -193,13 +265,21 @@ impl Tokens {
     /// other than the ones that fetched it.)
     pub(crate) fn forget(&self, service_id: &str) {
         self.slots.remove(service_id);
+        let scoped = scoped_key(service_id, "");
+        self.slots.retain(|key, _| !key.starts_with(&scoped));
     }
 
-    fn slot(&self, service: &Service) -> Arc<Slot> {
-        if let Some(slot) = self.slots.get(&service.id) {
+    /// The slot of a need: one per service, and one per scope of a scoped
+    /// source (a token of its own, with its own fetch and back-off).
+    fn slot(&self, need: &Need<'_>) -> Arc<Slot> {
+        let key = match need.scope() {
+            Some(scope) => scoped_key(&need.service.id, &scope.key),
+            None => need.service.id.clone(),
+        };
+        if let Some(slot) = self.slots.get(&key) {
             return slot.clone();
         }
-        self.slots.entry(service.id.clone()).or_default().clone()
+        self.slots.entry(key).or_default().clone()
     }
 
     fn valid(
@@ -213,7 +293,8 @@ impl Tokens {
         let now = Instant::now();
         let fresh = now.duration_since(token.last_used) < self.idle
             && now.duration_since(token.obtained) < self.max_age
-            && token.credentials == service.credentials_version();
+            && token.credentials == service.credentials_version()
+            && token.expiry.as_ref().is_none_or(|e| now < e.renew_at);
         if !fresh || Some(token.generation) == stale {
             return None;
         }
@@ -244,7 +325,7 @@ impl Tokens {
         fetcher: &Fetcher<'_>,
         need: &Need<'_>,
     ) -> Result<Issued, TokenError> {
-        let slot = self.slot(need.service);
+        let slot = self.slot(need);
         if let Some(t) = self.valid(&slot, need.service, None) {
             return Self::open(fetcher, need.service, t);
         }
@@ -274,7 +355,7 @@ impl Tokens {
         need: &Need<'_>,
         stale: u64,
     ) -> Result<Option<Issued>, TokenError> {
-        let slot = self.slot(need.service);
+        let slot = self.slot(need);
         if let Some(t) = self.valid(&slot, need.service, Some(stale)) {
             return Self::open(fetcher, need.service, t).map(Some);
         }
@@ -328,8 +409,10 @@ impl Tokens {
         need: &Need<'_>,
         renewal: bool,
     ) -> Result<Issued, TokenError> {
-        let token = match fetch(fetcher, need).await {
-            Ok(token) => token,
+        let Fresh {
+            token, lifetime, ..
+        } = match fetch(fetcher, need).await {
+            Ok(fresh) => fresh,
             Err(e) => {
                 attempts.failed = true;
                 // Nothing was sent when the audit or the store failed: no
@@ -353,6 +436,7 @@ impl Tokens {
             credentials: service.credentials_version(),
             obtained: now,
             last_used: now,
+            expiry: lifetime.map(Expiry::after),
             renewal,
             accepted: accepted.clone(),
         });
@@ -364,37 +448,183 @@ impl Tokens {
     }
 }
 
+impl Tokens {
+    /// A token for `need`, as the exchange asks for it: [`Tokens::get`],
+    /// where a source that is not a login answers its failures as
+    /// `token-refresh-failed`, and a renewal ahead of expiry that fails
+    /// leaves the current token in use until it really expires.
+    pub(crate) async fn issue(
+        &self,
+        fetcher: &Fetcher<'_>,
+        need: &Need<'_>,
+    ) -> Result<Issued, TokenError> {
+        match self.get(fetcher, need).await {
+            Ok(issued) => Ok(issued),
+            Err(e) if need.source.is_login() => Err(e),
+            Err(e) => {
+                if e.yields_to_the_upstream() {
+                    if let Some(issued) = self.unexpired(fetcher, need)? {
+                        tracing::warn!(service = %need.service.name, "token renewal failed; the current token is used until it expires");
+                        return Ok(issued);
+                    }
+                }
+                Err(e.refresh_failed(&need.service.name))
+            }
+        }
+    }
+
+    /// [`Tokens::renew`], with a source's failures named as
+    /// `token-refresh-failed` like [`Tokens::issue`]'s.
+    pub(crate) async fn reissue(
+        &self,
+        fetcher: &Fetcher<'_>,
+        need: &Need<'_>,
+        stale: u64,
+    ) -> Result<Option<Issued>, TokenError> {
+        match self.renew(fetcher, need, stale).await {
+            Err(e) if !need.source.is_login() => Err(e.refresh_failed(&need.service.name)),
+            other => other,
+        }
+    }
+
+    /// The current token if its renewal is due but it has not expired.
+    fn unexpired(
+        &self,
+        fetcher: &Fetcher<'_>,
+        need: &Need<'_>,
+    ) -> Result<Option<Issued>, TokenError> {
+        let slot = self.slot(need);
+        let current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(token) = current.as_ref().filter(|t| {
+            t.credentials == need.service.credentials_version()
+                && t.expiry
+                    .as_ref()
+                    .is_some_and(|e| Instant::now() < e.expires_at)
+        }) else {
+            return Ok(None);
+        };
+        Ok(Some(Issued {
+            token: fetcher.store.open_session(need.service, &token.sealed)?,
+            generation: token.generation,
+            accepted: token.accepted.clone(),
+        }))
+    }
+}
+
 /// Sends the source's fetch request (audited first, fail closed) and reads
-/// the token from the answer.
-async fn fetch(fetcher: &Fetcher<'_>, need: &Need<'_>) -> Result<Secret<String>, TokenError> {
-    let (service, host) = (need.service, need.host);
+/// the token from the answer; a rotated refresh token is kept.
+async fn fetch(fetcher: &Fetcher<'_>, need: &Need<'_>) -> Result<Fresh, TokenError> {
+    let service = need.service;
     let failed = |source: FetchError| TokenError::Fetch {
         service: service.name.clone(),
         source,
     };
-    let (request, path) = need.source.request(need.creds, host).map_err(failed)?;
+    let rotated = rotated_refresh_token(fetcher.store, need)?;
+    let input = FetchInput {
+        creds: need.creds,
+        host: need.host,
+        scope: need.scope(),
+        refresh_token: rotated.as_ref().map(|t| t.expose().as_str()),
+        now: SystemTime::now(),
+    };
+    let fetch = need.source.request(&input).map_err(failed)?;
     let event = fetcher.audit.record(Event::new(
-        Action::Login,
+        action(need),
         &service.name,
         need.actor,
-        Detail::request("POST", host, path),
+        detail(need, &fetch),
     ))?;
-    let response = fetcher.upstream.send(host, request).await?;
+    let (host, response) = (
+        &fetch.host,
+        fetcher.upstream.send(&fetch.host, fetch.request).await?,
+    );
     let status = response.status();
     event.set_status(status.as_u16());
     if !status.is_success() {
-        tracing::warn!(service = %service.name, status = status.as_u16(), "login refused");
-        return Err(failed(FetchError::Refused {
-            host: host.to_owned(),
-            status: status.as_u16(),
-        }));
+        tracing::warn!(service = %service.name, status = status.as_u16(), "token request refused");
+        // Only a short error code is read from the answer, never echoed.
+        let body = body::collect_capped(response.into_body(), MAX_ANSWER)
+            .await
+            .unwrap_or_default();
+        return Err(failed(need.source.refusal(host, status.as_u16(), &body)));
     }
     let bytes = body::collect_capped(response.into_body(), MAX_ANSWER)
         .await
         .map_err(|_| failed(FetchError::Unreadable))?;
-    let token = need.source.read(&bytes).map_err(failed)?;
-    tracing::info!(service = %service.name, "logged in");
-    Ok(token)
+    let fresh = need
+        .source
+        .read(&bytes, SystemTime::now())
+        .map_err(failed)?;
+    if let Some(new) = &fresh.refresh_token {
+        keep_rotated(fetcher.store, need, rotated.as_ref(), new);
+    }
+    tracing::info!(service = %service.name, "token fetched");
+    Ok(fresh)
+}
+
+/// `login` for a login session, `token_refresh` for the token sources of
+/// SPEC §13.1.
+fn action(need: &Need<'_>) -> Action {
+    if need.source.is_login() {
+        Action::Login
+    } else {
+        Action::TokenRefresh
+    }
+}
+
+/// Where the token request went, and the scope it asked for.
+fn detail(need: &Need<'_>, fetch: &Fetch) -> Detail {
+    let mut detail = Detail::request("POST", &fetch.host, &fetch.path);
+    if let Some(scope) = need.scope() {
+        detail.note = Some(format!("scope {}", scope.key));
+    }
+    detail
+}
+
+/// The configured refresh token, if the source rotates refresh tokens.
+fn configured_refresh_token<'a>(need: &Need<'a>) -> Option<&'a str> {
+    need.source
+        .rotates()
+        .then(|| need.creds.get("refresh_token"))
+        .flatten()
+}
+
+/// The refresh token the endpoint rotated to, while the configured one is
+/// still the one it replaced.
+fn rotated_refresh_token(
+    store: &Store,
+    need: &Need<'_>,
+) -> Result<Option<Secret<String>>, TokenError> {
+    match configured_refresh_token(need) {
+        Some(configured) => Ok(store.rotated_refresh_token(need.service, configured)?),
+        None => Ok(None),
+    }
+}
+
+/// Keeps a new refresh token from the answer (sealed, and in the
+/// snapshot). Not keeping it is logged, not fatal: the token in hand works,
+/// and the one used may still work next time.
+fn keep_rotated(
+    store: &Store,
+    need: &Need<'_>,
+    used: Option<&Secret<String>>,
+    new: &Secret<String>,
+) {
+    let Some(configured) = configured_refresh_token(need) else {
+        return;
+    };
+    let used = used.map_or(configured, |t| t.expose().as_str());
+    if crate::secret::ct_eq(used.as_bytes(), new.expose().as_bytes()) {
+        return;
+    }
+    match store.keep_rotated_refresh_token(need.service, configured, new.expose()) {
+        Ok(()) => {
+            tracing::info!(service = %need.service.name, "the token endpoint rotated the refresh token; kept")
+        }
+        Err(e) => {
+            tracing::warn!(service = %need.service.name, error = %e, "could not keep the rotated refresh token")
+        }
+    }
 }
 
 #[cfg(test)]

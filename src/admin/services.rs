@@ -99,12 +99,13 @@ pub(super) async fn create(
             registry.names().join(", ")
         ))
     })?;
+    // One default per host: connectors that share hosts share it.
+    let table = state.store.table();
     if req.default
-        && state
-            .store
-            .table()
-            .for_connector(&connector.name)
+        && registry
+            .family(&connector.name)
             .iter()
+            .flat_map(|c| table.for_connector(&c.name))
             .any(|s| s.default)
     {
         return Err(RequestError::Conflict(format!(

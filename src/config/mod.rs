@@ -7,9 +7,10 @@
 pub(crate) mod connectors;
 pub(crate) mod env;
 pub(crate) mod guardrails;
+mod scopes;
 mod validate;
 
-pub(crate) use connectors::{InjectSpec, RecipeSpec, UserConnector};
+pub(crate) use connectors::{ClientAuth, Grant, InjectSpec, OAuth2Spec, RecipeSpec, UserConnector};
 pub(crate) use validate::valid_name;
 
 use std::collections::{BTreeMap, HashMap};
@@ -357,6 +358,21 @@ pub(crate) struct RawAgent {
     /// Service → policy this agent's requests to it must pass as well.
     #[serde(default)]
     pub(crate) policies: BTreeMap<String, String>,
+    /// The scope of this agent's own GitHub App installation tokens
+    /// (SPEC §13.1).
+    #[serde(default)]
+    pub(crate) github_app: Option<RawGithubApp>,
+}
+
+/// `agents[].github_app:` — repositories and permissions of the
+/// installation token minted for this agent alone.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGithubApp {
+    #[serde(default)]
+    pub(crate) repositories: Vec<String>,
+    #[serde(default)]
+    pub(crate) permissions: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -302,6 +302,25 @@ fn agents(
             }
             Scope::Services(a.services.iter().cloned().collect())
         };
+        let mut token_scopes = HashMap::new();
+        if let Some(raw) = &a.github_app {
+            match super::scopes::github_app(raw) {
+                Ok(s) => {
+                    token_scopes.insert(
+                        super::scopes::GITHUB_APP_CONNECTOR.to_owned(),
+                        std::sync::Arc::new(s),
+                    );
+                }
+                Err((key, message)) => {
+                    let key = if key.is_empty() {
+                        format!("{path}.github_app")
+                    } else {
+                        format!("{path}.github_app.{key}")
+                    };
+                    errs.push(key, message);
+                }
+            }
+        }
         if let Some(token) = token {
             out.push(Agent {
                 name: a.name.clone(),
@@ -309,6 +328,7 @@ fn agents(
                 scope,
                 reveal: a.reveal,
                 in_flight: Default::default(),
+                token_scopes,
             });
         }
     }

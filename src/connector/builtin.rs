@@ -5,11 +5,15 @@ use http::{HeaderName, HeaderValue, Method};
 
 use super::git::{self, WithGit};
 use super::meter::Meter;
-use super::{Connector, FieldSpec, Inject, LiveCheck, Template};
+use super::{Connector, FieldSpec, Inject, LiveCheck, Template, TokenSource};
 
 /// Where GitHub serves git over HTTPS.
 const GIT_HOST: &str = "github.com";
 use crate::host::HostPattern;
+
+/// Connectors that claim another's hosts, as `(member, lead)`: on those
+/// hosts the service picks which of them applies.
+pub(crate) const FAMILIES: &[(&str, &str)] = &[("github-app", "github")];
 
 pub(crate) fn all() -> Vec<Connector> {
     vec![
@@ -20,6 +24,7 @@ pub(crate) fn all() -> Vec<Connector> {
         brave_search(),
         kalshi(),
         coinbase(),
+        github_app(),
     ]
 }
 
@@ -109,6 +114,27 @@ fn github() -> Connector {
         path: "/user",
     });
     c
+}
+
+/// GitHub as an app installation (SPEC §13.1): the hosts of `github`, an
+/// installation token minted with the app's key instead of a stored token.
+fn github_app() -> Connector {
+    let github = github();
+    Connector {
+        name: "github-app".into(),
+        hosts: github.hosts,
+        port: github.port,
+        strip: github.strip,
+        inject: Inject::Token(TokenSource::GithubApp),
+        defaults: Vec::new(),
+        field_sets: vec![vec![
+            FieldSpec::any("app_id"),
+            FieldSpec::any("private_key"),
+            FieldSpec::any("installation_id"),
+        ]],
+        live_check: None,
+        meter: Meter::None,
+    }
 }
 
 fn stripe() -> Connector {

@@ -28,18 +28,21 @@ pub(crate) enum Inject {
     /// An API's injection on its hosts, and git over HTTPS on a git host:
     /// there only git's paths get a credential (SPEC §13.4).
     Git(Box<WithGit>),
+    /// A token the credentials fetch (OAuth 2.0, a GitHub App installation
+    /// token), sent as `Authorization: Bearer` (SPEC §13.1).
+    Token(TokenSource),
 }
 
 /// What the exchange must do before [`Inject::apply`] for these credentials.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Plan {
     /// Headers only; the body streams.
     Stream,
     /// The signature covers the body: buffer it (capped) first.
     BufferBody,
-    /// A token from a [`TokenSource`] (Kalshi email + password login). The
-    /// body is buffered (capped): a refused token is renewed and the
-    /// request sent again.
+    /// A token from a [`TokenSource`] (a Kalshi login, an OAuth 2.0 or
+    /// GitHub App token). The body is buffered (capped): a refused token is
+    /// renewed and the request sent again.
     Token(TokenSource),
 }
 
@@ -53,6 +56,8 @@ pub(crate) enum InjectError {
     BadUri,
     #[error(transparent)]
     Sign(#[from] SignError),
+    #[error("a token source's token is added by the token plan, not injected")]
+    TokenPlan,
 }
 
 impl Inject {
@@ -74,6 +79,7 @@ impl Inject {
             Inject::Recipe(r) if r.needs_body() => Plan::BufferBody,
             Inject::Recipe(_) => Plan::Stream,
             Inject::Git(with) => with.plan(creds),
+            Inject::Token(source) => Plan::Token(source.clone()),
         }
     }
 
@@ -100,6 +106,7 @@ impl Inject {
         match self {
             Inject::Kalshi => TokenSource::KalshiLogin.reserves(path),
             Inject::Git(with) => with.api.reserves(path) || with.git.reserves(path),
+            Inject::Token(source) => source.reserves(path),
             _ => false,
         }
     }
@@ -114,6 +121,7 @@ impl Inject {
                 names.extend(with.git.extra_strip());
                 names
             }
+            Inject::Token(_) => vec![http::header::AUTHORIZATION],
             _ => Vec::new(),
         }
     }
@@ -156,6 +164,7 @@ impl Inject {
                     None => Ok(()),
                 };
             }
+            Inject::Token(_) => return Err(InjectError::TokenPlan),
         };
         for (name, mut value) in signed {
             value.set_sensitive(true);

@@ -4,8 +4,10 @@
 
 mod builtin;
 pub(crate) mod git;
+mod github_app;
 pub(crate) mod inject;
 pub(crate) mod meter;
+mod oauth2;
 pub(crate) mod sign;
 pub(crate) mod template;
 pub(crate) mod token;
@@ -222,12 +224,21 @@ pub(crate) struct ClaimError {
 }
 
 /// Every connector, built-in and user-defined, indexed by host.
+///
+/// Connectors of one *family* (`github` and `github-app`) claim the same
+/// hosts: a host picks the family (its lead connector answers the
+/// CONNECT), and the service a request uses picks the connector within it.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     by_name: HashMap<String, Arc<Connector>>,
     exact: HashMap<String, Arc<Connector>>,
     /// Keyed by the suffix without its leading dot: `svc.example`.
     wildcard: HashMap<String, Arc<Connector>>,
+    /// The lead of each family → its members, the lead first.
+    families: HashMap<String, Vec<Arc<Connector>>>,
+    /// Token endpoints of token sources (an OAuth token URL): host →
+    /// paths. Reserved to clavis (SPEC §13.1).
+    token_endpoints: HashMap<String, Vec<String>>,
 }
 
 impl Registry {
@@ -265,6 +276,7 @@ impl Registry {
 
     fn add(&mut self, connector: Connector) -> Result<(), SpecError> {
         let connector = Arc::new(connector);
+        let lead = family_lead(&connector.name);
         if self.by_name.contains_key(&connector.name) {
             return Err(SpecError::at(
                 "name",
@@ -280,6 +292,13 @@ impl Registry {
                 HostPattern::Wildcard(s) => (&mut self.wildcard, s[1..].to_owned()),
             };
             if let Some(other) = map.get(&key) {
+                if family_lead(&other.name) == lead && other.port == connector.port {
+                    // Shared within a family: the lead keeps the host.
+                    if connector.name == lead {
+                        map.insert(key, connector.clone());
+                    }
+                    continue;
+                }
                 return Err(SpecError::at(
                     format!("hosts[{j}]"),
                     format!(
@@ -290,8 +309,49 @@ impl Registry {
             }
             map.insert(key, connector.clone());
         }
+        if let Inject::Token(source) = &connector.inject {
+            if let Some((host, path)) = source.endpoint() {
+                self.token_endpoints
+                    .entry(host.to_owned())
+                    .or_default()
+                    .push(path.to_owned());
+            }
+        }
+        let members = self.families.entry(lead.to_owned()).or_default();
+        if connector.name == lead {
+            members.insert(0, connector.clone());
+        } else {
+            members.push(connector.clone());
+        }
         self.by_name.insert(connector.name.clone(), connector);
         Ok(())
+    }
+
+    /// The connectors that share `name`'s hosts, `name`'s included (just
+    /// it, for a connector outside a family).
+    pub(crate) fn family(&self, name: &str) -> &[Arc<Connector>] {
+        self.families
+            .get(family_lead(name))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// Whether two connectors claim their hosts together (or are one).
+    pub(crate) fn same_family(&self, a: &str, b: &str) -> bool {
+        family_lead(a) == family_lead(b)
+    }
+
+    /// Whether `host` serves a token source's token endpoint: agents may
+    /// not tunnel to it.
+    pub(crate) fn serves_tokens(&self, host: &str) -> bool {
+        self.token_endpoints.contains_key(host)
+    }
+
+    /// Whether `path` on `host` is a token source's token endpoint.
+    pub(crate) fn is_token_endpoint(&self, host: &str, path: &str) -> bool {
+        self.token_endpoints
+            .get(host)
+            .is_some_and(|paths| paths.iter().any(|p| token::matches_path(path, p)))
     }
 
     /// The connector claiming a normalized (lowercase, no trailing dot)
@@ -325,6 +385,14 @@ impl Registry {
         names.sort_unstable();
         names
     }
+}
+
+/// The connector whose hosts `name` shares (itself, outside a family).
+fn family_lead(name: &str) -> &str {
+    builtin::FAMILIES
+        .iter()
+        .find(|(member, _)| *member == name)
+        .map_or(name, |(_, lead)| lead)
 }
 
 #[cfg(test)]
@@ -373,6 +441,26 @@ mod tests {
             assert_eq!(name("svc.example"), None, "never the apex");
             assert_eq!(name("asvc.example"), None);
             assert_eq!(name("a.svc.example.evil.net"), None);
+        }
+
+        #[test]
+        fn a_family_shares_hosts_and_its_lead_answers_for_them() {
+            let r = Registry::new(Vec::new()).unwrap();
+            assert_eq!(r.lookup("api.github.com").unwrap().name, "github");
+            let names: Vec<&str> = r
+                .family("github-app")
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
+            assert_eq!(names, ["github", "github-app"]);
+            assert_eq!(r.family("github").len(), 2);
+            assert!(r.same_family("github", "github-app"));
+            assert!(!r.same_family("github", "openai"));
+            assert_eq!(r.family("openai").len(), 1);
+            // A family strips the same headers, so a placeholder found by
+            // the lead's list is one the member strips too.
+            let family = r.family("github");
+            assert_eq!(family[0].strip, family[1].strip);
         }
 
         #[test]

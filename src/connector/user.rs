@@ -3,8 +3,11 @@
 
 use http::HeaderName;
 
+use std::sync::Arc;
+
+use super::oauth2::OAuth2;
 use super::sign::recipe;
-use super::{Connector, FieldSpec, Inject, SpecError, Template};
+use super::{Connector, FieldSpec, Inject, SpecError, Template, TokenSource};
 use crate::config::{InjectSpec, UserConnector};
 use crate::host::HostPattern;
 
@@ -33,6 +36,9 @@ pub(crate) fn build(spec: &UserConnector) -> Result<Connector, SpecError> {
         .enumerate()
         .map(|(i, h)| HostPattern::parse(h).map_err(|m| SpecError::at(format!("hosts[{i}]"), m)))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(auth) = &spec.auth {
+        return with_token_source(spec, hosts, OAuth2::build(&auth.oauth2)?);
+    }
     if spec.fields.is_empty() {
         return Err(SpecError::at(
             "fields",
@@ -76,6 +82,52 @@ pub(crate) fn build(spec: &UserConnector) -> Result<Connector, SpecError> {
         inject,
         defaults: Vec::new(),
         field_sets: vec![spec.fields.iter().map(|f| FieldSpec::any(f)).collect()],
+        live_check: None,
+        meter: super::meter::Meter::None,
+    })
+}
+
+/// A connector whose token comes from an OAuth 2.0 endpoint (SPEC §13.1):
+/// the grant fixes the credential fields, the token goes in
+/// `Authorization: Bearer`, so `inject`, `sign` and `fields` stay out.
+fn with_token_source(
+    spec: &UserConnector,
+    hosts: Vec<HostPattern>,
+    oauth2: OAuth2,
+) -> Result<Connector, SpecError> {
+    let set = |key: &str| {
+        SpecError::at(
+            key,
+            "auth.oauth2 injects the token as Authorization: Bearer and its grant names the credential fields: leave inject, sign and fields out",
+        )
+    };
+    if spec.inject.is_some() {
+        return Err(set("inject"));
+    }
+    if spec.sign.is_some() {
+        return Err(set("sign"));
+    }
+    if !spec.fields.is_empty() {
+        return Err(set("fields"));
+    }
+    let mut strip = spec
+        .strip
+        .iter()
+        .enumerate()
+        .map(|(i, h)| header_name(h).map_err(|m| SpecError::at(format!("strip[{i}]"), m)))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !strip.contains(&http::header::AUTHORIZATION) {
+        strip.push(http::header::AUTHORIZATION);
+    }
+    let fields = oauth2.fields();
+    Ok(Connector {
+        name: spec.name.clone(),
+        hosts,
+        port: spec.port.unwrap_or(443),
+        strip,
+        inject: Inject::Token(TokenSource::OAuth2(Arc::new(oauth2))),
+        defaults: Vec::new(),
+        field_sets: vec![fields],
         live_check: None,
         meter: super::meter::Meter::None,
     })
@@ -187,6 +239,36 @@ mod tests {
                 parts.headers["authorization"],
                 "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
             );
+        }
+
+        #[test]
+        fn oauth2_fixes_fields_and_injects_a_bearer_token() {
+            use crate::config::connectors::AuthSpec;
+            use crate::config::{Grant, OAuth2Spec};
+            let mut s = spec();
+            s.inject = None;
+            s.fields = Vec::new();
+            s.strip = vec!["X-Goog-Api-Key".into()];
+            s.auth = Some(AuthSpec {
+                oauth2: OAuth2Spec {
+                    token_url: "https://oauth2.example/token".into(),
+                    grant: Grant::RefreshToken,
+                    scopes: vec!["s".into()],
+                    ..Default::default()
+                },
+            });
+            let c = build(&s).unwrap();
+            assert!(c.strip.contains(&http::header::AUTHORIZATION));
+            assert!(c.strip.contains(&HeaderName::from_static("x-goog-api-key")));
+            let fields: Vec<&str> = c.field_sets[0].iter().map(|f| f.name.as_str()).collect();
+            assert_eq!(fields, ["client_id", "client_secret", "refresh_token"]);
+            assert!(c.reserves("/token"));
+            assert!(!c.reserves("/v1/things"));
+            s.fields = vec!["api_key".into()];
+            assert_eq!(build(&s).unwrap_err().key, "fields");
+            s.fields = Vec::new();
+            s.auth.as_mut().unwrap().oauth2.token_url = "http://oauth2.example/token".into();
+            assert_eq!(build(&s).unwrap_err().key, "auth.oauth2.token_url");
         }
 
         #[test]

@@ -64,6 +64,7 @@ pub(super) async fn handle(
             });
         }
         _ => {
+            super::refuse_token_host(&ctx.state, &host)?;
             super::refuse_unmatched(&ctx.state, &host, port)?;
             // Dial before answering 200, so an unreachable or refused
             // destination is a clear 502/403 instead of a dead tunnel.

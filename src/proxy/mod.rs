@@ -68,6 +68,19 @@ fn check_target_len(uri: &http::Uri, max: usize) -> Result<(), ProxyError> {
 
 /// A host no connector claims (or a claimed one on another port), with
 /// `proxy.unmatched: deny`: refused on every path that could reach it.
+/// A token source's token endpoint on a host no connector claims (an
+/// OAuth token URL): clavis calls it, agents may not reach it at all
+/// (SPEC §13.1).
+fn refuse_token_host(state: &State, host: &str) -> Result<(), ProxyError> {
+    if state.catalog.registry.serves_tokens(host) {
+        return Err(Refusal::TokenEndpoint {
+            host: host.to_owned(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 fn refuse_unmatched(state: &State, host: &str, port: u16) -> Result<(), ProxyError> {
     if state.config.proxy.unmatched == Unmatched::Deny {
         return Err(Refusal::Unmatched {

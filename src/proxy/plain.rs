@@ -38,6 +38,7 @@ pub(super) async fn handle(
     if ctx.state.catalog.registry.lookup(&host).is_some() {
         return Err(plaintext_refused(&host));
     }
+    super::refuse_token_host(&ctx.state, &host)?;
     super::refuse_unmatched(&ctx.state, &host, port)?;
     tracing::debug!(agent = %caller.actor(), host = %host, port, "plain request");
     let (mut parts, body) = req.into_parts();

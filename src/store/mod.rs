@@ -2,6 +2,7 @@
 //! ciphertext. `open` is the one way to plaintext, and it returns a
 //! [`Secret`] that is wiped when the request that needed it is done.
 
+mod rotated;
 pub(crate) mod seal;
 pub(crate) mod snapshot;
 
@@ -531,13 +532,17 @@ impl Store {
     }
 
     pub(crate) fn remove(&self, name_or_id: &str) -> Result<Arc<Service>, StoreError> {
-        self.update(|list| {
+        let removed = self.update(|list| {
             let pos = list
                 .iter()
                 .position(|s| s.name == name_or_id || s.id == name_or_id)
                 .ok_or_else(|| StoreError::NotFound(name_or_id.to_owned()))?;
             Ok(list.remove(pos))
-        })
+        })?;
+        if let Err(e) = self.forget_rotated_refresh_token(&removed.name) {
+            tracing::warn!(service = %removed.name, error = %e, "could not drop the rotated refresh token of a deleted service");
+        }
+        Ok(removed)
     }
 
     /// Seals a login session's token (Kalshi email + password) for

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod dns;
+pub mod fakes;
 pub mod upstream;
 
 use std::collections::HashMap;

@@ -1,6 +1,7 @@
 //! Per-request signers (Kalshi, Coinbase, user HMAC recipes, AWS SigV4): pure functions from credentials and the outgoing request to the headers to set.
 
 pub(crate) mod coinbase;
+pub(crate) mod jwt;
 pub(crate) mod kalshi;
 pub(crate) mod recipe;
 pub(crate) mod sigv4;

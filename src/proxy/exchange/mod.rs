@@ -192,7 +192,10 @@ fn admit(record: &mut Record, choice: Choice<'_>, parts: &Parts) -> Result<(), P
 }
 
 /// SPEC §3 step 2: placeholder, else the agent's only service for this
-/// connector, else the connector's `default`; always within the caller's scope.
+/// connector, else the connector's `default`; always within the caller's
+/// scope. Connectors that share the host (a family: `github` and
+/// `github-app`) offer their services together: the host picks the
+/// family, the service picks the connector.
 fn choose_service(
     record: &Record,
     choice: Choice<'_>,
@@ -200,6 +203,7 @@ fn choose_service(
 ) -> Result<Arc<Service>, ScopeError> {
     let (caller, target) = (&record.caller, &record.target);
     let table = record.state.store.table();
+    let registry = &record.state.catalog.registry;
     let connector = &target.connector.name;
     let named = match choice {
         Choice::Named(n) => Some(n.to_owned()),
@@ -208,7 +212,7 @@ fn choose_service(
     if let Some(name) = named {
         let service = table
             .find(&name)
-            .filter(|s| s.connector.name == *connector)
+            .filter(|s| registry.same_family(&s.connector.name, connector))
             .ok_or_else(|| ScopeError::NoSuchService {
                 name: name.clone(),
                 connector: connector.clone(),
@@ -222,9 +226,10 @@ fn choose_service(
         return Ok(service.clone());
     }
     let usable = || {
-        table
-            .for_connector(connector)
+        registry
+            .family(connector)
             .iter()
+            .flat_map(|c| table.for_connector(&c.name))
             .filter(|s| caller.may_use(&s.name))
     };
     let mut first_two = usable();
@@ -279,7 +284,7 @@ impl Outgoing {
 /// header the connector knows, `Host`), adds the connector's defaults and
 /// points the URI at the target.
 fn prepare(record: &Record, mut parts: Parts, body: Body) -> Result<Outgoing, ProxyError> {
-    let connector = &record.target.connector;
+    let connector = record.connector();
     let websocket = check::is_websocket(&parts.method, parts.version, &parts.headers)
         .then(|| parts.extensions.remove::<OnUpgrade>())
         .flatten();
@@ -355,7 +360,11 @@ fn own_rules(record: &Record, out: &Outgoing) -> Result<(), ProxyError> {
     if out.parts.method == Method::TRACE {
         return Err(Refusal::Trace.into());
     }
-    if record.target.connector.reserves(out.parts.uri.path()) {
+    let (host, path) = (&record.target.host, out.parts.uri.path());
+    if record.state.catalog.registry.is_token_endpoint(host, path) {
+        return Err(Refusal::TokenEndpoint { host: host.clone() }.into());
+    }
+    if record.connector().reserves(path) {
         return Err(Refusal::Reserved.into());
     }
     Ok(())
@@ -395,7 +404,7 @@ async fn authorize(record: &mut Record, out: Outgoing) -> Result<Authorized, Pro
     let state = record.state.clone();
     let service = record.service()?.clone();
     let creds = state.store.open_required(&service)?;
-    let plan = record.target.connector.inject.plan(creds.expose());
+    let plan = service.connector.inject.plan(creds.expose());
     let mut out = out;
     if plan != Plan::Stream {
         out.buffer(state.config.limits.max_body_buffer).await?;
@@ -411,12 +420,11 @@ async fn authorize(record: &mut Record, out: Outgoing) -> Result<Authorized, Pro
         let body = buffered.unwrap_or_default();
         return with_fetched_token(record, source, creds, parts, body, websocket).await;
     }
-    let target = &record.target;
     let signed_body = buffered.as_deref().unwrap_or(&[]);
-    target
+    service
         .connector
         .inject
-        .apply(&mut parts, &target.host, creds.expose(), signed_body)
+        .apply(&mut parts, &record.target.host, creds.expose(), signed_body)
         .map_err(|source| ProxyError::Inject {
             service: service.name.clone(),
             source,
@@ -446,17 +454,18 @@ async fn with_fetched_token(
     let mut patterns = Patterns::from_credentials(creds.expose());
     let actor = record.caller.actor();
     let need = Need {
-        source,
+        source: &source,
         service,
         creds: creds.expose(),
         host: &record.target.host,
         actor: &actor,
+        scope: record.caller.token_scope(&service.connector.name),
     };
-    let issued = state.tokens.get(&state.fetcher(), &need).await?;
+    let issued = state.tokens.issue(&state.fetcher(), &need).await?;
     drop(creds);
     patterns.add(issued.token.expose().as_bytes());
     Ok(Authorized {
-        request: with_token(&parts, source, &issued.token, body.clone())?,
+        request: with_token(&parts, &source, &issued.token, body.clone())?,
         websocket,
         scrub: Scrub::Known(patterns),
         retry: Some(Retry {
@@ -484,7 +493,7 @@ async fn buffer(body: Body, limit: usize) -> Result<Bytes, ProxyError> {
 /// A copy of the request head with the token on it.
 fn with_token(
     parts: &Parts,
-    source: TokenSource,
+    source: &TokenSource,
     token: &Secret<String>,
     body: Bytes,
 ) -> Result<Request<Body>, ProxyError> {
@@ -557,15 +566,16 @@ async fn renew(
     let creds = state.store.open_required(service)?;
     let actor = record.caller.actor();
     let need = Need {
-        source: retry.source,
+        source: &retry.source,
         service,
         creds: creds.expose(),
         host,
         actor: &actor,
+        scope: record.caller.token_scope(&service.connector.name),
     };
     let renewed = state
         .tokens
-        .renew(&state.fetcher(), &need, retry.issued.generation)
+        .reissue(&state.fetcher(), &need, retry.issued.generation)
         .await;
     drop(creds);
     let issued = match renewed {
@@ -581,7 +591,7 @@ async fn renew(
     if let Scrub::Known(patterns) = scrub {
         patterns.add(issued.token.expose().as_bytes());
     }
-    let again = with_token(&retry.parts, retry.source, &issued.token, retry.body)?;
+    let again = with_token(&retry.parts, &retry.source, &issued.token, retry.body)?;
     let response = state.upstream.send(host, again).await?;
     if response.status() != StatusCode::UNAUTHORIZED {
         issued.accepted();

@@ -20,6 +20,7 @@ use crate::audit::{Action, Detail, Event};
 use crate::body::BoxError;
 use crate::budget::{Amounts, Held};
 use crate::connector::meter::UsageReader;
+use crate::connector::Connector;
 use crate::error::{Fault, ProxyError};
 use crate::identity::{Caller, InFlightGuard};
 use crate::state::State;
@@ -132,6 +133,15 @@ impl Record {
         self.service.as_ref().ok_or(ProxyError::Internal(
             "an exchange used its service before admission",
         ))
+    }
+
+    /// The connector the request is handled by: the chosen service's (a
+    /// family member may differ from the host's lead), else the host's,
+    /// for a request that goes out with no service.
+    pub(super) fn connector(&self) -> &Arc<Connector> {
+        self.service
+            .as_ref()
+            .map_or(&self.target.connector, |s| &s.connector)
     }
 
     fn detail(&self) -> Detail {
