@@ -49,6 +49,7 @@ async fn setup(extra_services: &str, agents: &str) -> (TestCa, Arc<GithubFake>, 
         .env("GH_APP_KEY", &pkcs1)
         .resolve("api.github.com:443", &addr)
         .resolve("uploads.github.com:443", &addr)
+        .resolve("github.com:443", &addr)
         .start(None, Some(&ca))
         .await;
     (ca, fake, clavis)
@@ -241,6 +242,49 @@ async fn github_and_github_app_share_hosts_and_the_service_picks() {
         repo(&clavis, "reader").await["repositories"],
         json!(["alpha"])
     );
+}
+
+#[tokio::test]
+async fn git_over_https_gets_the_installation_token_as_gits_basic_credential() {
+    let (_ca, fake, clavis) = setup("", AGENTS).await;
+    // git's credential helper may hand a placeholder in a Basic header.
+    let placeholder = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            "x-access-token:clavis:gh-app"
+        )
+    );
+    let r = client(&clavis, "reader")
+        .get("https://github.com/acme/alpha.git/info/refs?service=git-upload-pack")
+        .header("Authorization", placeholder)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["repositories"], json!(["alpha"]), "the agent's scope");
+    let (seen, grant) = fake.api_requests().last().cloned().unwrap();
+    let token = grant.unwrap().token;
+    assert_eq!(seen.bearer(), None, "git takes no bearer");
+    let expected = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("x-access-token:{token}"),
+    );
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Basic {expected}").as_str())
+    );
+    // A web page of github.com goes out with nothing injected.
+    let r = client(&clavis, "reader")
+        .get("https://github.com/acme/alpha")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the fake saw no credential");
+    let (seen, _) = fake.api_requests().last().cloned().unwrap();
+    assert_eq!(seen.header("authorization"), None);
 }
 
 #[tokio::test]

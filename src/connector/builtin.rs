@@ -8,7 +8,7 @@ use super::meter::Meter;
 use super::{Connector, FieldSpec, Inject, LiveCheck, Template, TokenSource};
 
 /// Where GitHub serves git over HTTPS.
-const GIT_HOST: &str = "github.com";
+const GIT_HOST: &str = git::GITHUB_HOST;
 use crate::host::HostPattern;
 
 /// Connectors that claim another's hosts, as `(member, lead)`: on those

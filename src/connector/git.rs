@@ -12,6 +12,9 @@ use crate::credentials::Credentials;
 /// The user name GitHub takes beside a token in git's Basic credential.
 pub(crate) const TOKEN_USER: &str = "x-access-token";
 
+/// Where GitHub serves git over HTTPS.
+pub(crate) const GITHUB_HOST: &str = "github.com";
+
 /// An API's credential on its own hosts, and git over HTTPS on `host`.
 #[derive(Debug)]
 pub(crate) struct WithGit {

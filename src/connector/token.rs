@@ -186,10 +186,32 @@ impl TokenSource {
         }
     }
 
-    /// Puts the token on a request: `Authorization: Bearer <token>`,
-    /// marked sensitive so HPACK never indexes it.
-    pub(crate) fn apply(&self, headers: &mut http::HeaderMap, token: &Secret<String>) -> bool {
-        match HeaderValue::from_str(&format!("Bearer {}", token.expose())) {
+    /// Puts the token on a request to `host`: `Authorization: Bearer
+    /// <token>`, except a GitHub App token on GitHub's git host, which git
+    /// over HTTPS takes only as Basic `x-access-token:<token>` (SPEC
+    /// §13.4). Marked sensitive so HPACK never indexes it.
+    pub(crate) fn apply(
+        &self,
+        headers: &mut http::HeaderMap,
+        token: &Secret<String>,
+        host: &str,
+    ) -> bool {
+        let value = zeroize::Zeroizing::new(match self {
+            TokenSource::GithubApp if host == super::git::GITHUB_HOST => {
+                use base64::Engine;
+                let pair = zeroize::Zeroizing::new(format!(
+                    "{}:{}",
+                    super::git::TOKEN_USER,
+                    token.expose()
+                ));
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
+                )
+            }
+            _ => format!("Bearer {}", token.expose()),
+        });
+        match HeaderValue::from_str(&value) {
             Ok(mut value) => {
                 value.set_sensitive(true);
                 headers.insert(header::AUTHORIZATION, value);

@@ -537,7 +537,12 @@ impl GithubFake {
             let fake = c.lock().unwrap().clone().unwrap();
             Box::pin(async move { fake.handle(req) })
         });
-        let addr = serve(ca, &["api.github.com", "uploads.github.com"], handler).await;
+        let addr = serve(
+            ca,
+            &["api.github.com", "uploads.github.com", "github.com"],
+            handler,
+        )
+        .await;
         let fake = Arc::new(GithubFake {
             addr,
             app_id,
@@ -576,10 +581,17 @@ impl GithubFake {
             self.state.lock().unwrap().calls.push(call);
             return answer;
         }
+        // git over HTTPS (github.com) takes the token only as Basic
+        // `x-access-token:<token>`, the REST API only as a bearer.
+        let git = path.contains(".git/") || path.ends_with(".git");
+        let basic = basic_of(&req).filter(|(user, _)| user == "x-access-token");
+        let token = match git {
+            true => basic.map(|(_, token)| token),
+            false => req.bearer().map(str::to_owned),
+        };
         let mut state = self.state.lock().unwrap();
-        let grant = req
-            .bearer()
-            .and_then(|t| state.tokens.get(t))
+        let grant = token
+            .and_then(|t| state.tokens.get(&t))
             .filter(|g| Instant::now() < g.expires)
             .cloned();
         state.api.push((req.clone(), grant.clone()));

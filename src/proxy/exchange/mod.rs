@@ -451,13 +451,14 @@ async fn with_fetched_token(
     websocket: Option<OnUpgrade>,
 ) -> Result<Authorized, ProxyError> {
     let (state, service) = (&record.state, record.service()?);
+    let host = &record.target.host;
     let mut patterns = Patterns::from_credentials(creds.expose());
     let actor = record.caller.actor();
     let need = Need {
         source: &source,
         service,
         creds: creds.expose(),
-        host: &record.target.host,
+        host,
         actor: &actor,
         scope: record.caller.token_scope(&service.connector.name),
     };
@@ -465,7 +466,7 @@ async fn with_fetched_token(
     drop(creds);
     patterns.add(issued.token.expose().as_bytes());
     Ok(Authorized {
-        request: with_token(&parts, &source, &issued.token, body.clone())?,
+        request: with_token(&parts, &source, &issued.token, host, body.clone())?,
         websocket,
         scrub: Scrub::Known(patterns),
         retry: Some(Retry {
@@ -495,6 +496,7 @@ fn with_token(
     parts: &Parts,
     source: &TokenSource,
     token: &Secret<String>,
+    host: &str,
     body: Bytes,
 ) -> Result<Request<Body>, ProxyError> {
     let mut request = Request::new(body::full(body));
@@ -503,7 +505,7 @@ fn with_token(
     *request.version_mut() = parts.version;
     *request.headers_mut() = parts.headers.clone();
     // A token that is no header value is refused when it is read.
-    if !source.apply(request.headers_mut(), token) {
+    if !source.apply(request.headers_mut(), token, host) {
         return Err(ProxyError::Internal("a token is not a header value"));
     }
     Ok(request)
@@ -591,7 +593,7 @@ async fn renew(
     if let Scrub::Known(patterns) = scrub {
         patterns.add(issued.token.expose().as_bytes());
     }
-    let again = with_token(&retry.parts, &retry.source, &issued.token, retry.body)?;
+    let again = with_token(&retry.parts, &retry.source, &issued.token, host, retry.body)?;
     let response = state.upstream.send(host, again).await?;
     if response.status() != StatusCode::UNAUTHORIZED {
         issued.accepted();
