@@ -50,6 +50,9 @@ mod credentials;
 mod encoding;
 mod error;
 mod files;
+/// Entry points for the fuzz targets and property tests; not API.
+#[doc(hidden)]
+pub mod fuzzing;
 mod host;
 mod identity;
 mod json;

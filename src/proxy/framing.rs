@@ -301,6 +301,18 @@ fn advance(state: &mut State, requests: &mut u64, verdicts: &Verdicts, mut data:
     }
 }
 
+/// The flaws a guard notes over these reads, in order: the guard's logic
+/// without a socket, for the fuzz targets and the property tests (the
+/// verdicts must not depend on where the reads split the bytes).
+pub(crate) fn judge<'a>(reads: impl IntoIterator<Item = &'a [u8]>) -> Vec<(u64, Flaw)> {
+    let verdicts = Verdicts::default();
+    let (mut state, mut requests) = (State::Head(Vec::new()), 0);
+    for read in reads {
+        advance(&mut state, &mut requests, &verdicts, read);
+    }
+    verdicts.flawed.into_inner().unwrap_or_default()
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(hay, needle)
 }
