@@ -30,6 +30,11 @@ pub(crate) fn split_host_port(text: &str) -> Option<(String, Option<u16>)> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
             && !host.starts_with('.')
+            // A second trailing dot (`api.openai.com..`) is an empty label:
+            // kept, the name would normalize to `api.openai.com.`, which no
+            // connector's pattern matches and which normalizes again to
+            // another name.
+            && !host.ends_with('.')
             && !host.contains("..");
         if !ok {
             return None;
@@ -202,6 +207,18 @@ mod tests {
 
     mod split_host_port {
         use super::*;
+
+        /// Found by the `host` fuzz target: `10.00.0..` normalized to
+        /// `10.00.0.`, which normalized again to `10.00.0`.
+        #[test]
+        fn refuses_a_second_trailing_dot() {
+            assert_eq!(split_host_port("10.00.0.."), None);
+            assert_eq!(split_host_port("api.openai.com..:443"), None);
+            assert_eq!(
+                split_host_port("api.openai.com.:443"),
+                Some(("api.openai.com".into(), Some(443)))
+            );
+        }
 
         #[test]
         fn normalizes() {

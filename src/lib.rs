@@ -22,7 +22,7 @@
 //! Modules form a one-way stack (a test, `tests/layers.rs`, keeps it so):
 //!
 //! ```text
-//! app, cli                              serve both ports, shutdown, hardening; the commands
+//! app, cli, fuzzing                     serve both ports, shutdown, hardening; the commands; fuzz entry points
 //! proxy, admin                          the two ports (admin calls proxy::exchange)
 //! state, error                          the shared handle; ProxyError by cause
 //! catalog, tokens                       config + connectors → services; fetched tokens
@@ -50,6 +50,9 @@ mod credentials;
 mod encoding;
 mod error;
 mod files;
+/// Entry points for the fuzz targets and property tests; not API.
+#[doc(hidden)]
+pub mod fuzzing;
 mod host;
 mod identity;
 mod json;

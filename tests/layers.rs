@@ -29,7 +29,7 @@ const LAYERS: &[&[&str]] = &[
     &["catalog", "tokens", "budget", "approvals"],
     &["state", "error"],
     &["proxy", "admin"],
-    &["app", "cli"],
+    &["app", "cli", "fuzzing"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

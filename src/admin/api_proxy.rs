@@ -44,7 +44,7 @@ pub(super) struct ProxyCall {
 impl ProxyCall {
     /// Builds the request; the URI carries only path and query, the
     /// destination comes from the service's connector.
-    fn into_request(self) -> Result<Request<body::Body>, ProxyError> {
+    pub(super) fn into_request(self) -> Result<Request<body::Body>, ProxyError> {
         let method = self.method.as_deref().unwrap_or("GET").to_ascii_uppercase();
         let method = Method::from_bytes(method.as_bytes())
             .map_err(|_| invalid(format!("method {method:?} is not an HTTP method")))?;

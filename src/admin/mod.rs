@@ -33,6 +33,46 @@ use crate::identity::Caller;
 use crate::proxy::Ctx;
 use crate::state::State;
 
+/// The admin API's JSON request bodies, by route.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BodyRoute {
+    /// `POST /v1/services`
+    CreateService,
+    /// `POST /v1/services/{id}/credentials`
+    StoreCredentials,
+    /// `POST /v1/proxy/{name}` (and MCP `proxy_request`), up to the request it builds.
+    Proxy,
+    /// `POST /v1/approvals/{id}/approve` and `/deny`
+    Decision,
+}
+
+/// Reads `body` as `route` does, without a server or state: the fuzz
+/// targets' entry (hostile bytes must give an error, never a panic).
+pub(crate) fn read_body(
+    route: BodyRoute,
+    content_type: &str,
+    body: &[u8],
+) -> Result<(), ProxyError> {
+    let mut headers = axum::http::HeaderMap::new();
+    if let Ok(v) = axum::http::HeaderValue::from_str(content_type) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    let bytes = Ok(axum::body::Bytes::copy_from_slice(body));
+    let limit = crate::config::Limits::default().admin_body;
+    match route {
+        BodyRoute::CreateService => {
+            json::parse::<services::Create>(&headers, bytes, limit).map(drop)
+        }
+        BodyRoute::StoreCredentials => {
+            json::parse::<services::StoreCredentials>(&headers, bytes, limit).map(drop)
+        }
+        BodyRoute::Proxy => json::parse::<api_proxy::ProxyCall>(&headers, bytes, limit)?
+            .into_request()
+            .map(drop),
+        BodyRoute::Decision => json::parse::<approvals::Decision>(&headers, bytes, limit).map(drop),
+    }
+}
+
 pub(crate) fn router(state: State) -> Router {
     let api = Router::new()
         .route("/v1/services", post(services::create).get(services::list))

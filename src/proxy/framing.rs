@@ -245,7 +245,9 @@ fn advance(state: &mut State, requests: &mut u64, verdicts: &Verdicts, mut data:
             State::ChunkSize(line) => {
                 let Some(nl) = data.iter().position(|b| *b == b'\n') else {
                     line.extend_from_slice(data);
-                    if line.len() > 1024 {
+                    // hyper accepts up to 16 KiB of chunk extensions: the
+                    // guard must not stop watching before hyper refuses.
+                    if line.len() > MAX_HEAD {
                         *state = State::Off;
                     }
                     return;
@@ -299,6 +301,18 @@ fn advance(state: &mut State, requests: &mut u64, verdicts: &Verdicts, mut data:
             }
         }
     }
+}
+
+/// The flaws a guard notes over these reads, in order: the guard's logic
+/// without a socket, for the fuzz targets and the property tests (the
+/// verdicts must not depend on where the reads split the bytes).
+pub(crate) fn judge<'a>(reads: impl IntoIterator<Item = &'a [u8]>) -> Vec<(u64, Flaw)> {
+    let verdicts = Verdicts::default();
+    let (mut state, mut requests) = (State::Head(Vec::new()), 0);
+    for read in reads {
+        advance(&mut state, &mut requests, &verdicts, read);
+    }
+    verdicts.flawed.into_inner().unwrap_or_default()
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -393,6 +407,24 @@ GET /d HTTP/1.1\r\nHost: h\r\n\r\n";
             let bytes: Vec<&[u8]> = stream.chunks(1).collect();
             assert_eq!(run(&bytes), (4, vec![]));
             assert_eq!(run(&[stream]), (4, vec![]));
+        }
+
+        /// A chunk-size line with a 2000-byte extension (hyper takes up to
+        /// 16 KiB) arriving over several reads turned the guard off (its
+        /// limit was 1024), so the smuggling head pipelined after it went
+        /// unnoticed; read at once, it was caught.
+        #[test]
+        fn keeps_watching_past_a_long_chunk_extension_split_across_reads() {
+            let mut stream =
+                b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5;".to_vec();
+            stream.extend(std::iter::repeat_n(b'x', 2000));
+            stream.extend_from_slice(
+                b"\r\nhello\r\n0\r\n\r\nPOST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            );
+            let want = (2, vec![(2, Flaw::LengthWithChunked)]);
+            assert_eq!(run(&[&stream]), want);
+            let reads: Vec<&[u8]> = stream.chunks(255).collect();
+            assert_eq!(run(&reads), want);
         }
 
         #[test]

@@ -7,14 +7,14 @@
 
 mod auth;
 mod connect;
-mod decode;
+pub(crate) mod decode;
 pub(crate) mod exchange;
-mod framing;
+pub(crate) mod framing;
 pub(crate) mod headers;
 mod mitm;
 mod plain;
 mod relay;
-mod scrub;
+pub(crate) mod scrub;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -128,6 +128,12 @@ impl Snapshot {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Contents::default()),
             Err(e) => return Err(self.invalid(format!("cannot read: {e}"))),
         };
+        self.decode(&bytes, sealer)
+    }
+
+    /// A snapshot file's bytes, checked and opened: whatever they are
+    /// (truncated, tampered with, another version), an error, never a panic.
+    pub(crate) fn decode(&self, bytes: &[u8], sealer: &Sealer) -> Result<Contents, SnapshotError> {
         if bytes.len() < HEADER || &bytes[..16] != MAGIC {
             return Err(self.invalid("not a clavis snapshot (bad magic or truncated)"));
         }
@@ -174,25 +180,34 @@ impl Snapshot {
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
             + 1;
-        let mut header = Vec::with_capacity(HEADER);
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&VERSION.to_be_bytes());
-        header.extend_from_slice(&sealer.key_id());
-        header.extend_from_slice(&generation.to_be_bytes());
         let json = zeroize::Zeroizing::new(
             serde_json::to_vec(contents).map_err(|e| werr(std::io::Error::other(e)))?,
         );
-        let sealed = sealer
-            .seal(&header, &json)
+        let file = sealed_file(sealer, VERSION, generation, &json)
             .map_err(|e| werr(std::io::Error::other(e.to_string())))?;
-        let mut file = Vec::with_capacity(header.len() + sealed.len());
-        file.extend_from_slice(&header);
-        file.extend_from_slice(&sealed);
         // A fresh temp file (never through a planted link), fsync, rename,
         // fsync of the directory.
         let result = crate::files::write(&self.path, &file, 0o600, crate::files::Put::Replace);
         result.map_err(werr)
     }
+}
+
+/// A snapshot file holding `json` as format `version`: header, then the
+/// sealed JSON with the header as associated data.
+pub(crate) fn sealed_file(
+    sealer: &Sealer,
+    version: u32,
+    generation: u64,
+    json: &[u8],
+) -> Result<Vec<u8>, super::SealError> {
+    let mut file = Vec::with_capacity(HEADER + json.len() + 32);
+    file.extend_from_slice(MAGIC);
+    file.extend_from_slice(&version.to_be_bytes());
+    file.extend_from_slice(&sealer.key_id());
+    file.extend_from_slice(&generation.to_be_bytes());
+    let sealed = sealer.seal(&file, json)?;
+    file.extend_from_slice(&sealed);
+    Ok(file)
 }
 
 #[cfg(test)]

@@ -1,0 +1,8 @@
+//! Fuzz target `admin_body`: see `clavis::fuzzing::run` for the input layout.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if let Err(violation) = clavis::fuzzing::run(clavis::fuzzing::Target::AdminBody, data) {
+        panic!("admin_body: {violation}");
+    }
+});

@@ -1,0 +1,8 @@
+//! Fuzz target `framing`: see `clavis::fuzzing::run` for the input layout.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if let Err(violation) = clavis::fuzzing::run(clavis::fuzzing::Target::Framing, data) {
+        panic!("framing: {violation}");
+    }
+});
