@@ -4,7 +4,7 @@
 
 // Helpers here are not `#[test]` functions, so clippy.toml's
 // allow-*-in-tests does not reach them.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
