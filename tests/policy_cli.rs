@@ -45,7 +45,7 @@ agents:
     token: triage-token-0123456789
     services: [github, stripe, stripe-ro, openai, anthropic]
     policies: { anthropic: no-shell-tools }
-  - { name: writer, token: writer-token-0123456789, services: [openai] }
+  - { name: writer, token: writer-token-0123456789, services: [openai, anthropic] }
 "#;
 
 struct Config {
@@ -240,8 +240,10 @@ mod bodies {
             "POST https://api.stripe.com/v1/refunds",
             &["--body", "amount=1&amount=90000"],
         );
+        // `small` cannot tell which amount the API reads, so it never
+        // allows; `large` needs no field, so it decides.
         assert_eq!(code, 3, "{out}");
-        assert!(out.contains("assumed the worst"), "{out}");
+        assert!(out.contains("rules[2] \"large\""), "{out}");
     }
 
     #[test]
