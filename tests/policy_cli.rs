@@ -198,11 +198,16 @@ mod decisions {
                 "--agent",
                 "writer",
                 "--service",
-                "openai",
-                "GET https://api.openai.com/v1/models",
+                "anthropic",
+                "GET https://api.anthropic.com/v1/models",
             ],
         );
-        assert_eq!(out.status.code(), Some(0));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout}");
+        assert!(
+            stdout.contains("why:      no policy applies to this agent and service"),
+            "{stdout}"
+        );
     }
 }
 
