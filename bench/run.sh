@@ -5,8 +5,9 @@
 #   bench/run.sh --quick    1 round, ~3 s per scenario and target, 2000 idle conns
 #
 # Extra flags go to the harness: --targets direct,clavis,mitmproxy,hudsucker
-# --scenarios ka16,ka64,newconn,large,sse,streamreq,mint,streams,idle
-# --rounds N --seconds S --idle-conns N --streams N --sr-workers N --no-results-file;
+# --scenarios ka16,ka64,newconn,large,sse,streamreq,mint,streams,idle,guardrails
+# --rounds N --seconds S --idle-conns N --streams N --sr-workers N --guard-rounds N
+# --no-results-file;
 # BENCH_CLAVIS_BIN=path runs another clavis binary.
 # See bench/README.md.
 #
@@ -42,8 +43,22 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-# --- mitmproxy (PyPI) into bench/.venv
-if [[ ! -x "$BENCH/.venv/bin/mitmdump" ]]; then
+# The peers are installed and built only when --targets names them.
+targets="direct,clavis,mitmproxy,hudsucker"
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case "${args[i]}" in
+    --targets=*) targets="${args[i]#--targets=}" ;;
+    --targets) targets="${args[i + 1]:-}" ;;
+  esac
+done
+wants() { [[ ",$targets," == *",$1,"* ]]; }
+
+# --- mitmproxy (PyPI) into bench/.venv (the venv also runs the harness)
+if [[ ! -x "$BENCH/.venv/bin/python" ]]; then
+  python3 -m venv "$BENCH/.venv"
+fi
+if wants mitmproxy && [[ ! -x "$BENCH/.venv/bin/mitmdump" ]]; then
   say "installing mitmproxy into bench/.venv"
   python3 -m venv "$BENCH/.venv"
   "$BENCH/.venv/bin/pip" install -q --disable-pip-version-check -r "$BENCH/requirements.txt"
@@ -56,10 +71,12 @@ if [[ ! -x "$BENCH/.tools/bin/oha" ]]; then
 fi
 
 # --- the hudsucker peer
-say "building the hudsucker peer"
-nice -n 15 cargo build --release --quiet --locked \
-  --manifest-path "$BENCH/peers/hudsucker-inject/Cargo.toml" \
-  --target-dir "$BENCH/.target-peers"
+if wants hudsucker; then
+  say "building the hudsucker peer"
+  nice -n 15 cargo build --release --quiet --locked \
+    --manifest-path "$BENCH/peers/hudsucker-inject/Cargo.toml" \
+    --target-dir "$BENCH/.target-peers"
+fi
 
 # --- clavis itself
 say "building clavis (cargo build --release)"

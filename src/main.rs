@@ -75,6 +75,8 @@ enum Command {
     Approvals(clavis::cli::ApprovalsArgs),
     /// Budgets and their use.
     Budgets(clavis::cli::BudgetsArgs),
+    /// Policies: `test` judges one request offline, as the proxy would.
+    Policy(clavis::cli::PolicyArgs),
 }
 
 #[derive(Subcommand)]
@@ -140,6 +142,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Audit(args) => Ok(clavis::cli::audit(args)),
         Command::Approvals(args) => Ok(clavis::cli::approvals(args)),
         Command::Budgets(args) => Ok(clavis::cli::budgets(args)),
+        Command::Policy(args) => Ok(clavis::cli::policy(args)),
         Command::Check { config } => {
             let settings = match load(config) {
                 Ok(s) => s,

@@ -71,6 +71,14 @@ STREAMS_N = 1000
 STREAMS_MS = 100
 STREAMS_SECONDS, STREAMS_SECONDS_QUICK = 30, 10
 STREAMS_OPEN_CONCURRENCY = 100
+# Guardrails (one-off): the keep-alive workload and an SSE chat stream
+# through two more clavis instances, one without guardrails and one with a
+# 100-rule policy and a token budget on the service, taking turns.
+GUARD_ROUNDS, GUARD_ROUNDS_QUICK = 5, 2
+GUARD_EVENTS, GUARD_EVENT_MS = 50, 20
+GUARD_SSE = f"/v1/chat/completions?n={GUARD_EVENTS}&ms={GUARD_EVENT_MS}"
+GUARD_CHAT = json.dumps({"model": "gpt-4o-mini", "stream": True, "max_tokens": 64,
+                         "messages": [{"role": "user", "content": "Say hello."}]}).encode()
 
 
 def log(msg: str) -> None:
@@ -260,13 +268,17 @@ class Conn:
         self.buf += chunk
         return True
 
-    def request(self, path: str, auth: str, tag: str) -> tuple[int, dict]:
-        """Sends a GET and reads the response head; `self.sent_at` and
-        `self.first_byte_at` (perf_counter) time it to its first byte."""
+    def request(self, path: str, auth: str, tag: str, method: str = "GET",
+                body: bytes = b"") -> tuple[int, dict]:
+        """Sends a request (a GET unless told; a body as JSON) and reads the
+        response head; `self.sent_at` and `self.first_byte_at`
+        (perf_counter) time it to its first byte."""
+        framing = (f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                   if body or method != "GET" else "")
         self.sent_at = time.perf_counter()
         self.s.sendall(
-            f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: {auth}\r\n"
-            f"Accept: */*\r\nX-Bench-Run: {tag}\r\n\r\n".encode()
+            f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: {auth}\r\n"
+            f"Accept: */*\r\nX-Bench-Run: {tag}\r\n{framing}\r\n".encode() + body
         )
         if not self.buf and not self._fill():
             raise RuntimeError("connection closed before response headers")
@@ -588,6 +600,12 @@ http {{
             proxy_buffering off;
             proxy_read_timeout 60s;
         }}
+        location = /v1/chat/completions {{
+            {check}
+            proxy_pass http://127.0.0.1:{sse_port}/sse$is_args$args;
+            proxy_buffering off;
+            proxy_read_timeout 60s;
+        }}
         location / {{ return 404 '{{"error":"not found"}}'; }}
     }}
 }}
@@ -642,9 +660,12 @@ class Procs:
 
 
 def start_clavis(procs: Procs, d: Path, nginx_port: int, name: str = "clavis",
-                 core: int | set[int] | None = -1, env: dict | None = None) -> Target:
+                 core: int | set[int] | None = -1, env: dict | None = None,
+                 service_extra: str = "", extra: str = "") -> Target:
     """The clavis under test; `name`/`core`/`env` start another instance
-    (own directory, CA and ports), e.g. with more tokio workers."""
+    (own directory, CA and ports), e.g. with more tokio workers;
+    `service_extra` adds keys to the bench-openai service, `extra` adds
+    top-level sections (the guardrails scenario's policy and budget)."""
     if core == -1:
         core = PROXY_CORE
     if os.environ.get("BENCH_CLAVIS_BUILD_FAILED"):
@@ -680,14 +701,14 @@ services:
   - name: bench-openai
     connector: openai
     credentials: {{api_key: "{REAL_KEY}"}}
-  - name: bench-mint
+{service_extra}  - name: bench-mint
     connector: mintbench
     credentials: {{api_key: "mint-bench-dummy"}}
 agents:
   - name: {AGENT}
     token: {AGENT_TOKEN}
     services: ["*"]
-""")
+{extra}""")
     t = Target(name, port, str(cd / "clavis-ca.pem"), admin_port=admin)
     t.version = first_line([str(CLAVIS), "--version"])
     t.proc = procs.start(name, [str(CLAVIS), "serve", "--config", str(cfg)], d / f"{name}.log",
@@ -1123,6 +1144,185 @@ def run_oneoffs(targets: list[Target], results: dict, d: Path, idle_n: int,
         time.sleep(2.0)
 
 
+# ---------------------------------------------------------------- guardrails
+
+
+def guard_policy_yaml() -> str:
+    """A 100-rule policy for the bench service and a token budget on it.
+    A realistic mix over OpenAI-shaped paths: method + path globs (`*`,
+    `**`), query and body matchers (body rules on POST only, as the config
+    requires: no body is read for a GET), regexes, deny and approve rules.
+    The rules the workload meets are near the end: GET /small is allowed by
+    rule 97 of 100, so a request walks 96 rules first; the chat stream by
+    rule 98 (after a body rule with a regex on the model)."""
+    resources = ["files", "assistants", "threads", "vector_stores", "batches", "fine_tuning/jobs",
+                 "uploads", "images", "audio", "moderations", "realtime/sessions", "organization/projects"]
+    rules = []
+    for i in range(94):
+        r, k = resources[i % len(resources)], i // len(resources)
+        rules.append([
+            f'{{ name: deny-delete-{i}, deny: {{ methods: [DELETE], path: "/v1/{r}/**" }} }}',
+            f'{{ name: read-{i}, allow: {{ methods: [GET], path: "/v1/{r}/*/v{k}" }} }}',
+            f'{{ name: list-{i}, allow: {{ methods: [GET], path: "/v1/{r}", query: {{ limit: {{ max: 100 }} }} }} }}',
+            f'{{ name: create-{i}, allow: {{ methods: [POST], path: "/v1/{r}/{k}", '
+            f'body: {{ purpose: {{ in: [batch, fine-tune, assistants] }} }} }} }}',
+            f'{{ name: update-{i}, approve: {{ methods: [PATCH, PUT], path: "/v1/{r}/*/x{k}" }} }}',
+            f'{{ name: deny-model-{i}, deny: {{ methods: [POST], path: "/v1/{r}/*", '
+            f'body: {{ model: {{ regex: "o1-(preview|pro)-{k}.*" }} }} }} }}',
+            f'{{ name: events-{i}, allow: {{ methods: [GET, HEAD], path: "/v1/{r}/*/events/**" }} }}',
+            f'{{ name: cancel-{i}, allow: {{ methods: [POST], path: "/v1/{r}/*/cancel{k}" }} }}',
+        ][i % 8])
+    rules += [
+        '{ name: no-o1-chat, deny: { methods: [POST], path: /v1/chat/completions, body: { model: { regex: "o1-.*" } } } }',
+        '{ name: models, allow: { methods: [GET], path: "/v1/models/**" } }',
+        '{ name: small, allow: { methods: [GET], path: /small } }',
+        '{ name: chat, allow: { methods: [POST], path: /v1/chat/completions, '
+        'body: { model: { in: [gpt-4o-mini, gpt-4.1-mini] }, max_tokens: { max: 4096 } } } }',
+        '{ name: embeddings, allow: { methods: [POST], path: /v1/embeddings } }',
+        '{ name: no-deletes, deny: { methods: [DELETE] } }',
+    ]
+    assert len(rules) == 100
+    body = "\n".join(f"      - {r}" for r in rules)
+    return f"""policies:
+  - name: bench-guard
+    default: deny
+    rules:
+{body}
+budgets:
+  - {{ name: bench-tokens, service: bench-openai, window: 1d, limit: {{ tokens: 1000000000000 }} }}
+"""
+
+
+def guard_sse(t: Target, nginx_port: int, tag: str) -> list[float]:
+    """One streamed chat completion (POST, JSON body): each event's latency."""
+    c = Conn(t, nginx_port)
+    try:
+        status, headers = c.request(GUARD_SSE, t.auth, tag, method="POST", body=GUARD_CHAT)
+        if status != 200:
+            raise RuntimeError(f"POST {GUARD_SSE} answered {status}: {b''.join(c.body(headers))[:300]!r}")
+        lat = [(arr - ev["t"]) / 1e9 for arr, ev in sse_events(c, headers) if "t" in ev]
+    finally:
+        c.close()
+    if len(lat) != GUARD_EVENTS:
+        raise RuntimeError(f"the chat stream delivered {len(lat)} of {GUARD_EVENTS} events")
+    return lat
+
+
+def metric_sum(t: Target, name: str) -> float:
+    """The sum of every series of one metric from clavis's `/metrics`."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{t.admin_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def measure_guardrails(procs: Procs, d: Path, nginx_port: int, rounds: int, secs: float) -> dict:
+    """The keep-alive workload (`oha -c 16`, GET /small) and a 50-event SSE
+    chat stream through two clavis instances on the proxy core, one with
+    the bench config and one that adds a 100-rule policy and a token budget
+    to the service; they take turns, the order swapped every round."""
+    plain = start_clavis(procs, d, nginx_port, name="clavis-plain")
+    guard = start_clavis(procs, d, nginx_port, name="clavis-guard",
+                         service_extra="    policy: bench-guard\n", extra=guard_policy_yaml())
+    pair = [plain, guard]
+    try:
+        for t in pair:
+            sanity(t, nginx_port)
+            oha(t, nginx_port, "/small", 16, 1.0, f"{t.name}.warmup.0")
+            guard_sse(t, nginx_port, f"{t.name}.warmup.0")
+        # the guarded instance does judge: a DELETE is refused by its policy
+        c = Conn(guard, nginx_port)
+        try:
+            st, hd = c.request("/v1/files/file-1", guard.auth, "clavis-guard.check.0", method="DELETE")
+            b"".join(c.body(hd))
+        finally:
+            c.close()
+        if st != 403:
+            raise RuntimeError(f"clavis-guard answered a DELETE the policy refuses with {st}, not 403")
+        decisions0 = metric_sum(guard, "clavis_policy_decisions_total")
+        cpu: dict[str, list[float]] = {t.name: [] for t in pair}
+        rps: dict[str, list[float]] = {t.name: [] for t in pair}
+        lat: dict[str, list[float]] = {t.name: [] for t in pair}
+        bad = 0
+        for rnd in range(rounds):
+            order = pair if rnd % 2 == 0 else pair[::-1]
+            for t in order:
+                log(f"one-off  guardrails round {rnd + 1}/{rounds} {t.name}")
+                before = cpu_split(t.pid)
+                r = oha_numbers(oha(t, nginx_port, "/small", 16, secs, f"{t.name}.guardrails.{rnd}"))
+                ticks = sum(y - x for x, y in zip(before, cpu_split(t.pid)))
+                cpu[t.name].append(ticks / CLK_TCK * 1e6 / max(1, r["ok"]))
+                rps[t.name].append(r["rps"])
+                bad += r["bad"]
+                time.sleep(0.5)
+            for t in order:
+                lat[t.name] += guard_sse(t, nginx_port, f"{t.name}.guardsse.{rnd}")
+        decisions = metric_sum(guard, "clavis_policy_decisions_total") - decisions0
+        tokens_used = metric_sum(guard, "clavis_budget_used")
+    finally:
+        for t in pair:
+            if t.proc and t.proc.poll() is None:
+                t.proc.terminate()
+                try:
+                    t.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    t.proc.kill()
+                    t.proc.wait()
+
+    def pct(xs, q):
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+    out = {"rounds": rounds, "secs": secs, "bad": bad, "decisions": decisions, "tokens_used": tokens_used,
+           "ratios": [g / p for p, g in zip(cpu[plain.name], cpu[guard.name])]}
+    for key, t in (("plain", plain), ("guard", guard)):
+        out[key] = {"cpu": statistics.median(cpu[t.name]), "cpu_rounds": cpu[t.name],
+                    "rps": statistics.median(rps[t.name]),
+                    "ev_p50": statistics.median(lat[t.name]), "ev_p99": pct(lat[t.name], 0.99),
+                    "events": len(lat[t.name])}
+    return out
+
+
+def guard_notes(g: dict | None) -> list[str]:
+    if not g:
+        return []
+    out = ["", "<!-- guardrails:begin -->", "## Guardrails: a 100-rule policy and a token budget", ""]
+    if "failed" in g:
+        return out + [f"- failed: {g['failed']}", "<!-- guardrails:end -->"]
+    p, q = g["plain"], g["guard"]
+    ratio = q["cpu"] / p["cpu"]
+    out += [
+        f"Two clavis instances besides the ones above, both pinned to the proxy core: `clavis-plain` (the bench "
+        f"config) and `clavis-guard` (the same, plus `policy: bench-guard` on the service, a generated 100-rule "
+        f"policy, and a `tokens` budget of 10¹² per day on the service). They take turns, the order swapped every "
+        f"round, {g['rounds']} round(s): `oha -c 16` keep-alive GET /small for {g['secs']:g} s (CPU = the "
+        f"instance's utime + stime from /proc ÷ requests answered 200), then one streamed chat completion each "
+        f"(POST /v1/chat/completions with a JSON body, {GUARD_EVENTS} events {GUARD_EVENT_MS} ms apart; latency "
+        f"of each event = arrival − the origin's send stamp). GET /small is allowed by rule 97 of 100 (96 rules "
+        f"read first); the chat by rule 98 after a body rule with a regex; the budget reserves and settles every "
+        f"request (the chat: its body read, `stream_options.include_usage` written in, its stream scanned for usage).",
+        "",
+        "| | no guardrails | 100 rules + token budget | ratio | target |",
+        "|---|---|---|---|---|",
+        f"| proxy CPU per request (µs), median of rounds | {p['cpu']:.2f} | {q['cpu']:.2f} | {ratio:.3f}× | "
+        f"≤ 1.10× ({'met' if ratio <= 1.10 else '**not met**'}) |",
+        f"| keep-alive req/s, median of rounds | {p['rps']:.0f} | {q['rps']:.0f} | {q['rps'] / p['rps']:.3f}× | |",
+        f"| SSE per-event latency p50 (ms) | {p['ev_p50'] * 1e3:.3f} | {q['ev_p50'] * 1e3:.3f} | "
+        f"{q['ev_p50'] / p['ev_p50']:.2f}× | unchanged |",
+        f"| SSE per-event latency p99 (ms) | {p['ev_p99'] * 1e3:.3f} | {q['ev_p99'] * 1e3:.3f} | "
+        f"{q['ev_p99'] / p['ev_p99']:.2f}× | unchanged |",
+        "",
+        f"- CPU per request by round (µs): no guardrails {', '.join(f'{x:.2f}' for x in p['cpu_rounds'])}; "
+        f"guarded {', '.join(f'{x:.2f}' for x in q['cpu_rounds'])}; per-round ratios "
+        f"{', '.join(f'{x:.3f}' for x in g['ratios'])}",
+        f"- events per side: {p['events']} / {q['events']}; failed requests: {g['bad']}",
+        f"- the guarded instance counted {g['decisions']:.0f} policy decisions over the measured part, refused a "
+        f"DELETE its policy denies with 403 before it, and its budget gauges read {g['tokens_used']:.0f} "
+        f"at the end (`clavis_budget_used`)",
+        "<!-- guardrails:end -->",
+    ]
+    return out
+
+
 def new_conns_from_log(access_log: Path) -> dict[tuple[str, str, int], int]:
     """Upstream connections first seen by nginx in each (target, scenario,
     round): the connections that target dialed there (nginx's `$connection`
@@ -1184,6 +1384,8 @@ def main() -> int:
     ap.add_argument("--sr-workers", type=int, default=1,
                     help="tokio workers of the stream-then-request instances of clavis and hudsucker "
                          "(1: pinned to the proxy core like the others; more: on both cores)")
+    ap.add_argument("--guard-rounds", type=int, default=None,
+                    help=f"rounds of the guardrails scenario ({GUARD_ROUNDS}, --quick {GUARD_ROUNDS_QUICK})")
     ap.add_argument("--no-results-file", action="store_true")
     a = ap.parse_args()
     chosen = {x.strip() for x in a.scenarios.split(",") if x.strip()}
@@ -1390,6 +1592,16 @@ def main() -> int:
         # idle connections would dominate)
         run_oneoffs(targets, results, d, idle_n, procs, nginx_port,
                     mint="mint" in chosen, streams_n=streams_n, streams_s=streams_s, starters=starters)
+        guard = None
+        if "guardrails" in chosen:
+            g_rounds = a.guard_rounds or (GUARD_ROUNDS_QUICK if a.quick else GUARD_ROUNDS)
+            log(f"one-off  guardrails: clavis-plain and clavis-guard, {g_rounds} round(s)")
+            try:
+                guard = measure_guardrails(procs, d, nginx_port, g_rounds, secs)
+                log(f"  guardrails: CPU µs/request {guard['plain']['cpu']:.2f} → {guard['guard']['cpu']:.2f}")
+            except Exception as e:  # noqa: BLE001
+                log(f"  guardrails failed: {e}")
+                guard = {"failed": str(e)}
         clock2, mono2 = time.time() - time.monotonic(), time.monotonic()
         time.sleep(1.5)  # nginx flushes its access log buffer every second
     finally:
@@ -1422,12 +1634,24 @@ def main() -> int:
         {"results": results, "reuse": {f"{k[0]}.{k[1]}": v for k, v in reuse.items()},
          "noise": noise}, indent=1, default=str))
     oneoff = {"idle_n": idle_n, "nofile": nofile, "streams_n": streams_n, "streams_s": streams_s,
-              "sr_seqs": sr_seqs, "sr_workers": a.sr_workers}
+              "sr_seqs": sr_seqs, "sr_workers": a.sr_workers, "guardrails": guard}
     md = report(targets, results, reuse, noise, a.quick, rounds, secs, pinned, elapsed, niceness, oneoff)
     print(md)
     if not a.no_results_file:
-        (BENCH / "RESULTS.md").write_text(md)
-        log("wrote bench/RESULTS.md")
+        results_md = BENCH / "RESULTS.md"
+        if chosen == {"guardrails"} and guard and results_md.exists():
+            # only the guardrails scenario ran: replace its section, keep the rest
+            section = "\n".join(guard_notes(guard)[1:]) + "\n"
+            section = section.replace("## Guardrails", f"## Guardrails ({dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "
+                                      f"{'quick' if a.quick else 'full'} run of this scenario alone)", 1)
+            old = results_md.read_text()
+            m = re.search(r"<!-- guardrails:begin -->.*?<!-- guardrails:end -->\n?", old, re.S)
+            new = old[:m.start()] + section + old[m.end():] if m else old.rstrip("\n") + "\n\n" + section
+            results_md.write_text(new)
+            log("wrote the guardrails section of bench/RESULTS.md")
+        else:
+            results_md.write_text(md)
+            log("wrote bench/RESULTS.md")
     log(f"done in {elapsed:.0f} s; raw data in {d}")
     return 0
 
@@ -1441,7 +1665,7 @@ def hudsucker_crate_version() -> str:
 # ---------------------------------------------------------------- report
 
 
-ONEOFF_SCENARIOS = ("mint", "streams", "idle")
+ONEOFF_SCENARIOS = ("mint", "streams", "idle", "guardrails")
 
 
 def oneoff_notes(targets, results, oneoff, reuse=None) -> list[str]:
@@ -1866,6 +2090,7 @@ def report(targets, results, reuse, noise, quick, rounds, secs, pinned, elapsed,
     out.append("- other processes on the machine (e.g. compilers) add noise; compare ratios measured in the same run, not absolute figures across runs")
     out += oneoff_notes(targets, results, oneoff, reuse)
     out += stream_notes(targets, results, oneoff)
+    out += guard_notes(oneoff.get("guardrails"))
     if errs:
         out += ["", "## Failures and errors", "", *errs]
     return "\n".join(out) + "\n"

@@ -6,7 +6,9 @@ never steps) so that a client on the same machine can measure per-event
 latency exactly:
     data: {"i": 3, "t": 1712345678901234567}
 
-Query: n (events, default 20), ms (interval, default 100). The first event
+Query: n (events, default 20), ms (interval, default 100). nginx also sends
+POST /v1/chat/completions here (the guardrails scenario); its body is read
+and ignored. The first event
 is sent as soon as the headers are, then one every `ms` milliseconds.
 """
 
@@ -20,6 +22,12 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     try:
         head = await reader.readuntil(b"\r\n\r\n")
         target = head.split(b" ", 2)[1].decode()
+        # A POST (the guardrails scenario's chat completions): read its body,
+        # so closing the connection cannot reset what is still unread.
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length" and int(value) > 0:
+                await reader.readexactly(int(value))
         q = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)
         n = min(int(q.get("n", ["20"])[0]), 1000)
         ms = min(float(q.get("ms", ["100"])[0]), 1000.0)

@@ -67,6 +67,31 @@ impl Spec {
         })
     }
 
+    /// Whether requests of `agent` (or an anonymous caller) to `service`
+    /// count against it.
+    pub(crate) fn applies(&self, service: &str, agent: Option<&str>) -> bool {
+        self.service == service && self.agent.as_deref().is_none_or(|a| Some(a) == agent)
+    }
+
+    /// `2000000 tokens per 1d`, `10 requests per 1s (burst 20)`.
+    pub(crate) fn describe(&self) -> String {
+        match self.kind {
+            Kind::Window {
+                window,
+                unit,
+                limit,
+            } => format!("{limit} {} per {}", unit.as_str(), window.as_str()),
+            Kind::Rate {
+                requests,
+                per,
+                burst,
+            } => format!(
+                "{requests} requests per {} (burst {burst})",
+                humantime::format_duration(per)
+            ),
+        }
+    }
+
     pub(crate) fn unit(&self) -> Option<Unit> {
         match self.kind {
             Kind::Window { unit, .. } => Some(unit),
@@ -293,7 +318,7 @@ impl Budgets {
         }
         self.specs
             .iter()
-            .filter(|s| s.service == service && s.agent.as_deref().is_none_or(|a| Some(a) == agent))
+            .filter(|s| s.applies(service, agent))
             .cloned()
             .collect()
     }

@@ -188,3 +188,47 @@ pub enum BudgetsCommand {
     /// Every budget with its use in the current window.
     List,
 }
+
+/// `clavis policy`.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum PolicyCommand {
+    /// What the config's policies say of one request, judged as the proxy
+    /// would judge it: the decision, the rule, and why. Exit 0 allow, 1
+    /// deny, 3 approve, 2 a bad config or input.
+    Test(PolicyTestArgs),
+}
+
+/// `clavis policy test`.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyTestArgs {
+    /// Config file (default: ./clavis.yaml if present, else built-in defaults).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// The agent making the request (omitted: an anonymous local caller,
+    /// when `proxy.require_auth` is off).
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// The service the request uses.
+    #[arg(long)]
+    pub service: String,
+    /// The request: 'METHOD URL' (one argument or two), e.g.
+    /// 'DELETE https://api.github.com/repos/acme/app'.
+    #[arg(required = true, num_args = 1..=2, value_name = "METHOD URL")]
+    pub request: Vec<String>,
+    /// The request body: JSON or form text, or @FILE to read it from a file.
+    #[arg(long, value_name = "TEXT|@FILE")]
+    pub body: Option<String>,
+    /// The body's Content-Type (default: application/json when the body
+    /// starts with `{` or `[`, else application/x-www-form-urlencoded).
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}

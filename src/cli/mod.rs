@@ -1,13 +1,15 @@
 //! The onboarding and admin commands behind the binary (SPEC §14): `clavis
 //! env` and `clavis run` point an agent at the clavis its config describes;
 //! `clavis services|agents|audit|approvals|budgets` drive the admin API from
-//! the shell. `main.rs` parses and dispatches; everything else is here.
+//! the shell; `clavis policy test` judges a request offline with the
+//! proxy's own policy code. `main.rs` parses and dispatches; everything else is here.
 //!
 //! ```text
 //! env      config → vars (proxy, CA, placeholders) → shell::render
 //! run      config → attach (GET /readyz) or start `clavis serve` → vars →
 //!          spawn CMD, forward signals, exit with its status, stop the server
 //! admin    config → client (address, token) → REST call → table | JSON
+//! policy   config → agent × service → the exchange's own judging → exit code
 //! ```
 
 mod admin;
@@ -17,6 +19,7 @@ mod follow;
 mod input;
 mod inputs;
 mod jks;
+mod policy;
 mod run;
 mod services;
 mod shell;
@@ -27,7 +30,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 pub use args::{
-    AdminOpts, AgentsArgs, ApprovalsArgs, AuditArgs, BudgetsArgs, EnvArgs, RunArgs, ServicesArgs,
+    AdminOpts, AgentsArgs, ApprovalsArgs, AuditArgs, BudgetsArgs, EnvArgs, PolicyArgs,
+    PolicyCommand, PolicyTestArgs, RunArgs, ServicesArgs,
 };
 
 use crate::catalog::Settings;
@@ -120,6 +124,13 @@ pub fn approvals(args: ApprovalsArgs) -> ExitCode {
 /// `clavis budgets …`.
 pub fn budgets(args: BudgetsArgs) -> ExitCode {
     finish(admin::budgets(args))
+}
+
+/// `clavis policy test …`: exit 0 allow, 1 deny, 3 approve, 2 bad input.
+pub fn policy(args: PolicyArgs) -> ExitCode {
+    match args.command {
+        PolicyCommand::Test(test) => finish(policy::test(test)),
+    }
 }
 
 /// The config file a command reads: `--config`, else `./clavis.yaml` if it

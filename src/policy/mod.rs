@@ -196,7 +196,7 @@ impl Policy {
 
     /// The first rule that decides `view`, or the default.
     pub(crate) fn evaluate(&self, view: &View<'_>) -> Verdict {
-        for rule in &self.rules {
+        for (index, rule) in self.rules.iter().enumerate() {
             let hit = rule.hit(view);
             let decides = match rule.action {
                 Action::Allow => hit == Hit::Yes,
@@ -207,6 +207,7 @@ impl Policy {
                     action: rule.action,
                     policy: self.name.clone(),
                     rule: rule.name.clone(),
+                    index: Some(index),
                     enforce: self.enforce,
                     unclear: hit == Hit::Unclear,
                 };
@@ -216,6 +217,7 @@ impl Policy {
             action: self.default,
             policy: self.name.clone(),
             rule: "default".into(),
+            index: None,
             enforce: self.enforce,
             unclear: false,
         }
@@ -407,6 +409,8 @@ pub(crate) struct Verdict {
     pub(crate) policy: String,
     /// The rule's name, or `default`.
     pub(crate) rule: String,
+    /// Where the rule is in the policy (`rules[i]`); `None` for the default.
+    pub(crate) index: Option<usize>,
     pub(crate) enforce: bool,
     /// Decided by a deny or approve rule on a field it could not read.
     pub(crate) unclear: bool,
@@ -563,6 +567,13 @@ pub(crate) struct Decision {
     pub(crate) outcome: Option<Verdict>,
     /// What audit-mode policies would have done, when not allow.
     pub(crate) would: Vec<Verdict>,
+}
+
+/// Whether a request with this method has its body read by a rule: only
+/// where a rule reads bodies, never for `GET` (no rule may read a `GET`'s
+/// body: a websocket upgrade's messages are never seen).
+pub(crate) fn reads_body(policies: &[Arc<Policy>], method: &Method) -> bool {
+    *method != Method::GET && policies.iter().any(|p| p.reads_body)
 }
 
 pub(crate) fn decide(policies: &[Arc<Policy>], view: &View<'_>) -> Decision {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use http::header;
+use http::{header, Method, Uri};
 
 use super::record::{Charge, Record};
 use super::Outgoing;
@@ -19,7 +19,64 @@ use crate::policy::{self, Action, Body, Policy, Verdict, View, ViewError};
 
 /// The request as the agent sent it, for messages: method and path.
 fn spelled(out: &Outgoing) -> String {
-    format!("{} {}", out.parts.method, out.parts.uri.path())
+    request_line(&out.parts.method, &out.parts.uri)
+}
+
+/// `METHOD /path`, as refusals name a request.
+pub(crate) fn request_line(method: &Method, uri: &Uri) -> String {
+    format!("{method} {}", uri.path())
+}
+
+/// What every policy that applies makes of one request: the view (path
+/// normalized where a rule reads it, the method in capitals) and each
+/// policy's verdict. `body` is the body when a rule reads it
+/// ([`policy::reads_body`]). Pure: the exchange and `clavis policy test`
+/// both judge with it.
+pub(crate) fn policy_decision(
+    policies: &[Arc<Policy>],
+    method: &Method,
+    host: &str,
+    uri: &Uri,
+    content_type: Option<&str>,
+    body: Option<&[u8]>,
+) -> Result<policy::Decision, ViewError> {
+    let body = match body {
+        Some(bytes) => Body::parse(content_type, bytes),
+        None => Body::Empty,
+    };
+    let view = View::new(policies, method, host, uri, body)?;
+    Ok(policy::decide(policies, &view))
+}
+
+/// The refusal an enforced verdict makes, naming what the deciding policy
+/// allows; `None` when it lets the request through, or when a person may
+/// approve it (`approvals` configured).
+pub(crate) fn refusal(
+    policies: &[Arc<Policy>],
+    verdict: &Verdict,
+    request: String,
+    approvals: bool,
+) -> Option<Guard> {
+    let allowed = || {
+        policies
+            .iter()
+            .find(|p| p.name == verdict.policy)
+            .map_or_else(|| "nothing".into(), |p| p.allowed())
+    };
+    match verdict.action {
+        Action::Allow => None,
+        Action::Deny => Some(Guard::Policy {
+            request,
+            why: verdict.explain(),
+            allowed: allowed(),
+        }),
+        Action::Approve if !approvals => Some(Guard::NoApprovals {
+            request,
+            why: verdict.explain(),
+            allowed: allowed(),
+        }),
+        Action::Approve => None,
+    }
 }
 
 /// Judges the request by every policy that applies: the strictest
@@ -36,19 +93,15 @@ pub(super) fn judge(
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let body = match &out.buffered {
-        Some(bytes) => Body::parse(content_type, bytes),
-        None => Body::Empty,
-    };
-    let view = View::new(
+    let decision = policy_decision(
         policies,
         &out.parts.method,
         &record.target.host,
         &out.parts.uri,
-        body,
+        content_type,
+        out.buffered.as_deref(),
     )
     .map_err(Guard::View)?;
-    let decision = policy::decide(policies, &view);
     let state = record.state.clone();
     let metrics = &state.metrics;
     let count = |v: &Verdict, decision: &'static str| {
@@ -77,26 +130,11 @@ pub(super) fn judge(
         return Ok(None);
     };
     count(&verdict, verdict.action.as_str());
-    let allowed = policies
-        .iter()
-        .find(|p| p.name == verdict.policy)
-        .map_or_else(|| "nothing".into(), |p| p.allowed());
-    match verdict.action {
-        Action::Allow => Ok(None),
-        Action::Deny => Err(Guard::Policy {
-            request: spelled(out),
-            why: verdict.explain(),
-            allowed,
-        }
-        .into()),
-        Action::Approve if record.state.approvals.is_none() => Err(Guard::NoApprovals {
-            request: spelled(out),
-            why: verdict.explain(),
-            allowed,
-        }
-        .into()),
-        Action::Approve => Ok(Some(verdict)),
+    let approvals = record.state.approvals.is_some();
+    if let Some(refused) = refusal(policies, &verdict, spelled(out), approvals) {
+        return Err(refused.into());
     }
+    Ok((verdict.action == Action::Approve).then_some(verdict))
 }
 
 /// What a person is asked to approve: exactly this request, from this

@@ -18,7 +18,7 @@
 //! what differs per API is asked of the connector.
 
 mod check;
-mod guard;
+pub(crate) mod guard;
 mod pass;
 mod record;
 
@@ -333,7 +333,7 @@ async fn decide(record: &mut Record, out: &mut Outgoing) -> Result<(), ProxyErro
     let path = guard::metered_path(out, &budgets)?;
     let method = &out.parts.method;
     let metered = !budgets.is_empty() && meter.reads_body(method, &path);
-    let judged = policies.iter().any(|p| p.reads_body) && *method != Method::GET;
+    let judged = crate::policy::reads_body(&policies, method);
     if metered || judged {
         out.buffer(state.config.limits.policy_body).await?;
     }
@@ -357,15 +357,32 @@ async fn decide(record: &mut Record, out: &mut Outgoing) -> Result<(), ProxyErro
 /// `TRACE` never (the upstream would echo the credential); a connector's
 /// reserved paths (a token source's login) never.
 fn own_rules(record: &Record, out: &Outgoing) -> Result<(), ProxyError> {
-    if out.parts.method == Method::TRACE {
-        return Err(Refusal::Trace.into());
-    }
+    let registry = &record.state.catalog.registry;
     let (host, path) = (&record.target.host, out.parts.uri.path());
-    if record.state.catalog.registry.is_token_endpoint(host, path) {
-        return Err(Refusal::TokenEndpoint { host: host.clone() }.into());
+    clavis_rules(registry, record.connector(), &out.parts.method, host, path)?;
+    Ok(())
+}
+
+/// clavis's own rules, before any policy: `TRACE`, a token source's
+/// endpoint, a connector's reserved paths. `clavis policy test` asks them
+/// too.
+pub(crate) fn clavis_rules(
+    registry: &crate::connector::Registry,
+    connector: &Connector,
+    method: &Method,
+    host: &str,
+    path: &str,
+) -> Result<(), Refusal> {
+    if *method == Method::TRACE {
+        return Err(Refusal::Trace);
     }
-    if record.connector().reserves(path) {
-        return Err(Refusal::Reserved.into());
+    if registry.is_token_endpoint(host, path) {
+        return Err(Refusal::TokenEndpoint {
+            host: host.to_owned(),
+        });
+    }
+    if connector.reserves(path) {
+        return Err(Refusal::Reserved);
     }
     Ok(())
 }
