@@ -57,6 +57,7 @@ mod metrics;
 mod policy;
 mod proxy;
 mod redact;
+mod reload;
 mod secret;
 mod server;
 mod state;
