@@ -74,7 +74,9 @@ pub(crate) struct Source {
 
 impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Source").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Source")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -84,7 +86,12 @@ pub(crate) fn add_service(
     store: &crate::store::Store,
     s: BoundService,
 ) -> Result<(), crate::store::StoreError> {
-    store.add(&s.name, s.connector.clone(), s.default, crate::store::Origin::Config)?;
+    store.add(
+        &s.name,
+        s.connector.clone(),
+        s.default,
+        crate::store::Origin::Config,
+    )?;
     if !s.credentials.is_empty() {
         store.set_credentials(&s.name, &s.credentials, false)?;
     }
@@ -225,7 +232,10 @@ impl Settings {
     /// Reads and checks a config file, and keeps where it came from so
     /// that `SIGHUP`, `POST /v1/reload` and the file watcher can read it
     /// again (SPEC §13.2).
-    pub fn from_file(path: &Path, env: Arc<dyn Env + Send + Sync>) -> Result<Settings, ConfigErrors> {
+    pub fn from_file(
+        path: &Path,
+        env: Arc<dyn Env + Send + Sync>,
+    ) -> Result<Settings, ConfigErrors> {
         let text = crate::config::read(Some(path))?;
         let mut settings = Settings::from_yaml(&text, env.as_ref())?;
         settings.source = Some(Source {

@@ -96,7 +96,10 @@ impl Kit {
         let status = r.status().as_u16();
         let seen = self.up.seen();
         let key = (seen.len() > before)
-            .then(|| seen.last().and_then(|s| s.header("authorization").map(str::to_owned)))
+            .then(|| {
+                seen.last()
+                    .and_then(|s| s.header("authorization").map(str::to_owned))
+            })
             .flatten();
         (status, key)
     }
@@ -223,12 +226,23 @@ async fn an_open_stream_finishes_on_the_old_credential() {
     let (status, answer) = kit.reload(ADMIN).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["ok"], true);
-    assert_eq!(answer["changes"]["services"]["changed"], json!(["my-openai"]));
+    assert_eq!(
+        answer["changes"]["services"]["changed"],
+        json!(["my-openai"])
+    );
 
     events += rest_of(stream).await;
     assert_eq!(events, 10, "the stream ran to its end");
-    let sse = kit.up.seen().into_iter().find(|s| s.path.starts_with("/sse")).unwrap();
-    assert_eq!(sse.header("authorization"), Some(format!("Bearer {OLD_KEY}").as_str()));
+    let sse = kit
+        .up
+        .seen()
+        .into_iter()
+        .find(|s| s.path.starts_with("/sse"))
+        .unwrap();
+    assert_eq!(
+        sse.header("authorization"),
+        Some(format!("Bearer {OLD_KEY}").as_str())
+    );
     // A new request on a new connection carries the new key.
     assert_eq!(kit.openai_key(CODEX).await, (200, bearer(NEW_KEY)));
 }
@@ -256,7 +270,10 @@ async fn a_removed_service_finishes_its_stream_then_is_refused() {
     kit.clavis.write_config(&yaml);
     let (status, answer) = kit.reload(ADMIN).await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["changes"]["services"]["removed"], json!(["my-openai"]));
+    assert_eq!(
+        answer["changes"]["services"]["removed"],
+        json!(["my-openai"])
+    );
     events += rest_of(stream).await;
     assert_eq!(events, 8, "the request in flight finished");
     assert_eq!(kit.openai_key(CODEX).await.0, 403);
@@ -290,7 +307,11 @@ async fn a_policy_added_by_reload_applies_to_new_tunnels_not_open_ones() {
     let new = kit.clavis.client(Some(CODEX));
     assert_eq!(post(&new).await.unwrap().status(), 403);
     assert_eq!(
-        new.get("https://api.openai.com/v1/models").send().await.unwrap().status(),
+        new.get("https://api.openai.com/v1/models")
+            .send()
+            .await
+            .unwrap()
+            .status(),
         200
     );
 }
@@ -314,11 +335,13 @@ async fn a_broken_config_is_refused_and_the_old_one_keeps_serving() {
     assert_eq!(events[0]["detail"]["ok"], false);
     assert_eq!(events[0]["actor"], "admin");
     assert_eq!(
-        kit.metric("clavis_config_reloads_total{result=\"error\"}").await,
+        kit.metric("clavis_config_reloads_total{result=\"error\"}")
+            .await,
         Some(1.0)
     );
     assert_eq!(
-        kit.metric("clavis_config_reloads_total{result=\"ok\"}").await,
+        kit.metric("clavis_config_reloads_total{result=\"ok\"}")
+            .await,
         Some(0.0)
     );
 }
@@ -349,7 +372,10 @@ async fn an_agent_may_not_reload() {
     assert_eq!(status, 403);
     let audit = get_json(&admin_client(), kit.api("/v1/audit?limit=20"), ADMIN).await;
     let text = audit.to_string();
-    assert!(text.contains("\"denied\"") && text.contains("/v1/reload"), "{text}");
+    assert!(
+        text.contains("\"denied\"") && text.contains("/v1/reload"),
+        "{text}"
+    );
     assert!(kit.reload_events().await.is_empty());
 }
 
@@ -375,10 +401,15 @@ async fn services_from_the_api_survive_and_removed_config_services_go() {
     let (status, answer) = kit.reload(ADMIN).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["changes"]["services"]["added"], json!(["my-brave"]));
-    assert_eq!(answer["changes"]["services"]["removed"], json!(["my-stripe"]));
+    assert_eq!(
+        answer["changes"]["services"]["removed"],
+        json!(["my-stripe"])
+    );
     assert_eq!(answer["changes"]["agents"]["changed"], json!(["narrow"]));
 
-    let list = get_json(&c, kit.api("/v1/services"), ADMIN).await.to_string();
+    let list = get_json(&c, kit.api("/v1/services"), ADMIN)
+        .await
+        .to_string();
     assert!(list.contains("my-rest"), "{list}");
     assert!(list.contains("my-brave"), "{list}");
     assert!(!list.contains("my-stripe"), "{list}");
@@ -424,7 +455,8 @@ async fn an_agents_new_token_replaces_the_old_one() {
 
 #[tokio::test]
 async fn budget_counts_survive_a_reload() {
-    let budget = "budgets:\n  - { name: day, service: my-openai, window: 1d, limit: { requests: 2 } }\n";
+    let budget =
+        "budgets:\n  - { name: day, service: my-openai, window: 1d, limit: { requests: 2 } }\n";
     let extra = format!("reload: {{ poll: off, watch: false }}\n{budget}");
     let kit = Kit::start(&extra).await;
     assert_eq!(kit.openai_key(CODEX).await.0, 200);
@@ -476,7 +508,12 @@ async fn sighup_reloads_the_running_binary() {
         .unwrap();
     let url = format!("http://127.0.0.1:{admin}/v1/agents");
     let agents = || async {
-        let r = admin_client().get(&url).bearer_auth(ADMIN).send().await.ok()?;
+        let r = admin_client()
+            .get(&url)
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .ok()?;
         r.text().await.ok()
     };
     until("clavis to start", 30, || async {

@@ -17,7 +17,10 @@ pub(super) async fn handle(
 ) -> Result<(StatusCode, Json<Value>), ProxyError> {
     who.require_admin()?;
     match reload(&state, Trigger::Api, &who).await {
-        Ok(changes) => Ok((StatusCode::OK, Json(json!({"ok": true, "changes": changes})))),
+        Ok(changes) => Ok((
+            StatusCode::OK,
+            Json(json!({"ok": true, "changes": changes})),
+        )),
         Err(e) => {
             let status = match e {
                 ReloadError::NoFile => StatusCode::CONFLICT,

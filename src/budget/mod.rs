@@ -287,8 +287,12 @@ impl Specs {
         let find = |specs: &Specs| specs.0.iter().find(|s| s.name == name).map(|s| s.kind);
         match (find(self), find(other)) {
             (
-                Some(Kind::Window { window: a, unit: u, .. }),
-                Some(Kind::Window { window: b, unit: v, .. }),
+                Some(Kind::Window {
+                    window: a, unit: u, ..
+                }),
+                Some(Kind::Window {
+                    window: b, unit: v, ..
+                }),
             ) => a == b && u == v,
             (Some(Kind::Rate { .. }), Some(Kind::Rate { .. })) => true,
             _ => false,

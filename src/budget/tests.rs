@@ -202,7 +202,14 @@ async fn a_reload_keeps_counts_of_alike_budgets_only() {
     ]);
     let specs = b.applicable("openai", Some("codex"));
     let held = b.reserve(&specs, ask(0.0, Some(0.0), 0.0)).await.unwrap();
-    b.settle(held, Some(Amounts { requests: 1.0, ..Amounts::default() })).await;
+    b.settle(
+        held,
+        Some(Amounts {
+            requests: 1.0,
+            ..Amounts::default()
+        }),
+    )
+    .await;
     let new = Specs::new(vec![
         window("kept", Unit::Requests, 20.0),
         window("unit", Unit::Tokens, 10.0),
@@ -212,8 +219,16 @@ async fn a_reload_keeps_counts_of_alike_budgets_only() {
         counts: b.counts,
         specs: new,
     };
-    assert_eq!(used(&after, "kept").await.0, 1.0, "same name and window: kept");
-    assert_eq!(used(&after, "unit").await.0, 0.0, "another unit starts over");
+    assert_eq!(
+        used(&after, "kept").await.0,
+        1.0,
+        "same name and window: kept"
+    );
+    assert_eq!(
+        used(&after, "unit").await.0,
+        0.0,
+        "another unit starts over"
+    );
 }
 
 #[test]

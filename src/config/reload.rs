@@ -166,7 +166,11 @@ impl Sources {
         let mut items = Vec::new();
         let named = |section: &'static str, list: Vec<serde_yaml::Value>, items: &mut Vec<_>| {
             for v in list {
-                let name = v.get("name").and_then(|n| n.as_str()).unwrap_or("").to_owned();
+                let name = v
+                    .get("name")
+                    .and_then(|n| n.as_str())
+                    .unwrap_or("")
+                    .to_owned();
                 items.push((section, name, digest(&v)));
             }
         };
@@ -174,9 +178,21 @@ impl Sources {
             Ok(serde_yaml::Value::Sequence(items)) => items,
             _ => Vec::new(),
         };
-        named("connectors", values(serde_yaml::to_value(&raw.connectors)), &mut items);
-        named("policies", values(serde_yaml::to_value(&raw.policies)), &mut items);
-        named("budgets", values(serde_yaml::to_value(&raw.budgets)), &mut items);
+        named(
+            "connectors",
+            values(serde_yaml::to_value(&raw.connectors)),
+            &mut items,
+        );
+        named(
+            "policies",
+            values(serde_yaml::to_value(&raw.policies)),
+            &mut items,
+        );
+        named(
+            "budgets",
+            values(serde_yaml::to_value(&raw.budgets)),
+            &mut items,
+        );
         Sources {
             files,
             restart_only,
@@ -222,9 +238,10 @@ impl Sources {
 pub(crate) fn contents(config: &std::path::Path, files: &[PathBuf]) -> zeroize::Zeroizing<Vec<u8>> {
     let mut out = zeroize::Zeroizing::new(Vec::new());
     for path in std::iter::once(config).chain(files.iter().map(PathBuf::as_path)) {
-        let bytes = zeroize::Zeroizing::new(std::fs::read(path).unwrap_or_else(|e| {
-            format!("\0unreadable: {:?}", e.kind()).into_bytes()
-        }));
+        let bytes = zeroize::Zeroizing::new(
+            std::fs::read(path)
+                .unwrap_or_else(|e| format!("\0unreadable: {:?}", e.kind()).into_bytes()),
+        );
         let name = path.as_os_str().as_encoded_bytes();
         for part in [name, bytes.as_slice()] {
             out.extend_from_slice(&(part.len() as u64).to_be_bytes());

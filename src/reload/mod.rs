@@ -161,10 +161,18 @@ pub(crate) async fn reload(
 /// Audits, counts and logs one attempt.
 fn record(state: &State, trigger: Trigger, who: &Caller, result: &Result<Summary, ReloadError>) {
     let (ok, note) = match result {
-        Ok(summary) => (true, format!("{}: {}", trigger.as_str(), summary.describe())),
+        Ok(summary) => (
+            true,
+            format!("{}: {}", trigger.as_str(), summary.describe()),
+        ),
         Err(e) => (false, format!("{}: {}", trigger.as_str(), e.redacted())),
     };
-    let event = Event::new(Action::Reload, "", &who.actor(), Detail::outcome(ok, note.clone()));
+    let event = Event::new(
+        Action::Reload,
+        "",
+        &who.actor(),
+        Detail::outcome(ok, note.clone()),
+    );
     if let Err(e) = state.audit.record(event) {
         tracing::warn!(error = %e, "could not audit a config reload");
     }
@@ -316,10 +324,13 @@ fn apply_services(
     }
     for e in table.all() {
         if e.origin == Origin::Config && !names.contains(&e.name) {
-            state.store.remove(&e.id).map_err(|source| ReloadError::Store {
-                name: e.name.clone(),
-                source,
-            })?;
+            state
+                .store
+                .remove(&e.id)
+                .map_err(|source| ReloadError::Store {
+                    name: e.name.clone(),
+                    source,
+                })?;
             state.tokens.forget(&e.id);
             out.removed.push(e.name.clone());
         }

@@ -31,14 +31,13 @@ pub(crate) fn spawn(state: State, stop: watch::Receiver<bool>) {
         return;
     };
     drop(applied);
-    let hangup =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /v1/reload");
-                None
-            }
-        };
+    let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /v1/reload");
+            None
+        }
+    };
     let (kick, kicked) = mpsc::channel(1);
     let watcher = if state.config.reload.watch {
         Watcher::new(kick)
@@ -66,7 +65,11 @@ async fn run(
     }
     // The first tick of an interval is at once; a period of a day stands in
     // for "never" when polling is off.
-    let period = state.config.reload.poll.unwrap_or(Duration::from_secs(86_400));
+    let period = state
+        .config
+        .reload
+        .poll
+        .unwrap_or(Duration::from_secs(86_400));
     let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let polling = state.config.reload.poll.is_some();
