@@ -4,6 +4,8 @@
 //! (422, audited, counted) and the old one keeps serving; `SIGHUP` reloads
 //! the real binary.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::path::Path;
