@@ -21,6 +21,8 @@ pub async fn serve(
         drain,
     };
     state.upstream.start(state.config.limits.idle_timeout.0);
+    // Before either port answers: a SIGHUP from then on reloads.
+    crate::reload::watch::spawn(state.clone(), control.stopping());
     let proxy_task = tokio::spawn(crate::proxy::serve(ctx.clone(), proxy, control.stopping()));
     let admin_task = tokio::spawn(crate::admin::serve(ctx, admin, control.stopping()));
     spawn_keeper(state.clone(), control.stopping());

@@ -39,6 +39,8 @@ pub(crate) enum Action {
     ApprovalDenied,
     ApprovalExpired,
     ApprovalUsed,
+    /// The config was reloaded, or a reload was refused (SPEC §13.2).
+    Reload,
 }
 
 impl Action {
@@ -60,6 +62,7 @@ impl Action {
             Action::ApprovalDenied => "approval_denied",
             Action::ApprovalExpired => "approval_expired",
             Action::ApprovalUsed => "approval_used",
+            Action::Reload => "reload",
         }
     }
 }
@@ -74,6 +77,8 @@ pub(crate) struct Detail {
     /// where the host ends.
     target: Option<(Box<str>, usize)>,
     pub(crate) note: Option<String>,
+    /// Whether what was done succeeded (a reload), where that is the point.
+    pub(crate) ok: Option<bool>,
     status: AtomicU16,
 }
 
@@ -105,6 +110,15 @@ impl Detail {
 
     pub(crate) fn set_status(&self, status: u16) {
         self.status.store(status, Ordering::Relaxed);
+    }
+
+    /// An outcome (`ok`) and what it was.
+    pub(crate) fn outcome(ok: bool, text: impl Into<String>) -> Detail {
+        Detail {
+            ok: Some(ok),
+            note: Some(text.into()),
+            ..Detail::default()
+        }
     }
 
     pub(crate) fn note(text: impl Into<String>) -> Detail {
@@ -187,6 +201,9 @@ impl Event {
             if let Some(v) = v {
                 detail.insert(k.into(), json!(v));
             }
+        }
+        if let Some(ok) = d.ok {
+            detail.insert("ok".into(), json!(ok));
         }
         let status = d.status.load(Ordering::Relaxed);
         if status != 0 {

@@ -7,7 +7,7 @@
 //! and lines, like the config's own.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::budget;
@@ -15,6 +15,7 @@ use crate::config::guardrails::Unit;
 use crate::config::{Config, ConfigError, ConfigErrors, EntrySpec, Env};
 use crate::connector::{user, Connector, Registry};
 use crate::credentials::Credentials;
+use crate::identity::Agents;
 use crate::policy::{Policies, Policy};
 
 /// A config service with its connector.
@@ -38,14 +39,212 @@ pub(crate) struct Catalog {
     pub(crate) budgets: Vec<budget::Spec>,
 }
 
+/// What a reload swaps (SPEC §13.2): the connectors, the agents, the
+/// policies and the budgets of one config. A tunnel takes it at `CONNECT`
+/// and keeps it; a call on the admin port takes it once; nothing reads
+/// part of one and part of another.
+#[derive(Debug)]
+pub(crate) struct Live {
+    pub(crate) registry: Registry,
+    pub(crate) policies: Policies,
+    pub(crate) agents: Agents,
+    pub(crate) budgets: budget::Specs,
+}
+
+impl Live {
+    /// Takes the reloadable parts out of a config and its catalog (the
+    /// services stay in the catalog, for the store).
+    pub(crate) fn take(config: &mut Config, catalog: &mut Catalog) -> Live {
+        Live {
+            registry: std::mem::replace(&mut catalog.registry, Registry::builtin()),
+            policies: std::mem::take(&mut catalog.policies),
+            agents: std::mem::take(&mut config.agents),
+            budgets: budget::Specs::new(std::mem::take(&mut catalog.budgets)),
+        }
+    }
+}
+
+/// Where a config was read from, so that a reload reads it again the same
+/// way (the same file, the same environment).
+#[derive(Clone)]
+pub(crate) struct Source {
+    pub(crate) path: PathBuf,
+    pub(crate) env: Arc<dyn Env + Send + Sync>,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Adds a config service to the store: its credentials sealed there and
+/// their plaintext dropped with `s`.
+pub(crate) fn add_service(
+    store: &crate::store::Store,
+    s: BoundService,
+) -> Result<(), crate::store::StoreError> {
+    store.add(
+        &s.name,
+        s.connector.clone(),
+        s.default,
+        crate::store::Origin::Config,
+    )?;
+    if !s.credentials.is_empty() {
+        store.set_credentials(&s.name, &s.credentials, false)?;
+    }
+    store.set_entry(&s.name, s.entry)?;
+    Ok(())
+}
+
+/// What the running config was built from, for the next reload to
+/// compare against: the files' fingerprint, the restart-only settings,
+/// and a keyed digest of each config service (connector, default,
+/// credentials, entry). The digests are HMACs under a key of this
+/// process, so they say nothing about a credential to anyone who sees one.
+pub(crate) struct Applied {
+    pub(crate) source: Option<Source>,
+    pub(crate) fingerprint: Option<[u8; 32]>,
+    pub(crate) sources: crate::config::reload::Sources,
+    services: HashMap<String, [u8; 32]>,
+    key: ring::hmac::Key,
+}
+
+impl std::fmt::Debug for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applied")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Applied {
+    pub(crate) fn new(
+        source: Option<Source>,
+        sources: crate::config::reload::Sources,
+        services: &[BoundService],
+    ) -> Applied {
+        use ring::rand::SecureRandom;
+        let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+        // A failed fill leaves a zero key: the digests are then unkeyed,
+        // still compared only, never shown.
+        let _ = ring::rand::SystemRandom::new().fill(bytes.as_mut());
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes.as_ref());
+        let mut applied = Applied {
+            source,
+            fingerprint: None,
+            sources,
+            services: HashMap::new(),
+            key,
+        };
+        applied.fingerprint = applied.fingerprint_now();
+        applied.keep_services(services);
+        applied
+    }
+
+    /// A keyed digest of the config file and every `${file:}` it read:
+    /// what the watcher and the poll compare (`None` without a file).
+    pub(crate) fn fingerprint_now(&self) -> Option<[u8; 32]> {
+        let source = self.source.as_ref()?;
+        Some(self.fingerprint_of(&crate::config::reload::contents(
+            &source.path,
+            &self.sources.files,
+        )))
+    }
+
+    pub(crate) fn fingerprint_of(&self, contents: &[u8]) -> [u8; 32] {
+        self.mac(&[contents])
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut mac = ring::hmac::Context::with_key(&self.key);
+        for p in parts {
+            mac.update(&(p.len() as u64).to_be_bytes());
+            mac.update(p);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(mac.sign().as_ref());
+        out
+    }
+
+    fn service_digest(&self, s: &BoundService) -> [u8; 32] {
+        let creds = s.credentials.encode();
+        let mut entry = zeroize::Zeroizing::new(Vec::new());
+        for part in [
+            s.entry.notes.as_str(),
+            s.entry.url.as_deref().unwrap_or("\0none"),
+            s.entry.username.as_deref().unwrap_or("\0none"),
+        ] {
+            entry.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            entry.extend_from_slice(part.as_bytes());
+        }
+        for (name, value, sensitive) in &s.entry.fields {
+            let flag = [u8::from(*sensitive)];
+            for part in [name.as_bytes(), value.expose().as_bytes(), &flag[..]] {
+                entry.extend_from_slice(&(part.len() as u64).to_be_bytes());
+                entry.extend_from_slice(part);
+            }
+        }
+        let default = [u8::from(s.default)];
+        self.mac(&[
+            s.connector.name.as_bytes(),
+            &default[..],
+            &creds[..],
+            &entry[..],
+        ])
+    }
+
+    /// Whether the file says something new about this service (`true`
+    /// for one it did not have).
+    pub(crate) fn service_changed(&self, s: &BoundService) -> bool {
+        self.services.get(&s.name) != Some(&self.service_digest(s))
+    }
+
+    pub(crate) fn keep_services(&mut self, services: &[BoundService]) {
+        self.services = self.digests(services);
+    }
+
+    /// The digests [`Applied::keep_services`] keeps, to keep later.
+    pub(crate) fn digests(&self, services: &[BoundService]) -> HashMap<String, [u8; 32]> {
+        services
+            .iter()
+            .map(|s| (s.name.clone(), self.service_digest(s)))
+            .collect()
+    }
+
+    pub(crate) fn set_digests(&mut self, digests: HashMap<String, [u8; 32]>) {
+        self.services = digests;
+    }
+}
+
 /// A validated config and what it describes.
 #[derive(Debug)]
 pub struct Settings {
     pub config: Config,
     pub(crate) catalog: Catalog,
+    /// `None` for a config that came as text: nothing to reload from.
+    pub(crate) source: Option<Source>,
 }
 
 impl Settings {
+    /// Reads and checks a config file, and keeps where it came from so
+    /// that `SIGHUP`, `POST /v1/reload` and the file watcher can read it
+    /// again (SPEC §13.2).
+    pub fn from_file(
+        path: &Path,
+        env: Arc<dyn Env + Send + Sync>,
+    ) -> Result<Settings, ConfigErrors> {
+        let text = crate::config::read(Some(path))?;
+        let mut settings = Settings::from_yaml(&text, env.as_ref())?;
+        settings.source = Some(Source {
+            path: path.to_owned(),
+            env,
+        });
+        Ok(settings)
+    }
+
     /// Reads and checks a config file (`None`: built-in defaults plus
     /// `CLAVIS_*`), reporting every error with its key path and line.
     pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Settings, ConfigErrors> {
@@ -56,7 +255,11 @@ impl Settings {
         let (mut config, mut errors) = Config::with_errors(text, env)?;
         let catalog = Catalog::build(&mut config, &mut errors);
         if errors.is_empty() {
-            Ok(Settings { config, catalog })
+            Ok(Settings {
+                config,
+                catalog,
+                source: None,
+            })
         } else {
             Err(ConfigErrors(errors).locate(text))
         }

@@ -24,8 +24,8 @@
 //! ```text
 //! app, cli, fuzzing                     serve both ports, shutdown, hardening; the commands; fuzz entry points
 //! proxy, admin                          the two ports (admin calls proxy::exchange)
-//! state, error                          the shared handle; ProxyError by cause
-//! catalog, tokens                       config + connectors → services; fetched tokens
+//! state, error, reload                  the shared handle (live catalog swapped by reload); ProxyError by cause
+//! catalog, tokens                       config + connectors → services, the live catalog; fetched tokens
 //! connector, store, tls, upstream, audit
 //! config                                YAML → typed Config
 //! secret, body, encoding, files, host, json, credentials, redact, identity, server, metrics, totp
@@ -60,6 +60,7 @@ mod metrics;
 mod policy;
 mod proxy;
 mod redact;
+mod reload;
 mod secret;
 mod server;
 mod state;

@@ -123,7 +123,13 @@ fn config_path(explicit: Option<PathBuf>) -> Option<PathBuf> {
 
 fn load(path: Option<PathBuf>) -> Result<Settings, ExitCode> {
     let path = config_path(path);
-    Settings::load(path.as_deref(), &ProcessEnv).map_err(|errors| {
+    // From a file, the settings keep where they came from: SIGHUP,
+    // POST /v1/reload and the watcher read it again (SPEC §13.2).
+    let loaded = match &path {
+        Some(p) => Settings::from_file(p, std::sync::Arc::new(ProcessEnv)),
+        None => Settings::load(None, &ProcessEnv),
+    };
+    loaded.map_err(|errors| {
         let name = path.map_or("built-in defaults".into(), |p| p.display().to_string());
         eprintln!("clavis: invalid config ({name}):");
         for e in &errors.0 {

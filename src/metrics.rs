@@ -33,6 +33,11 @@ pub(crate) struct BudgetLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReloadResult {
+    pub(crate) result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct Version {
     pub(crate) version: &'static str,
 }
@@ -64,6 +69,8 @@ pub(crate) struct Metrics {
     pub(crate) budget_used: Family<BudgetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// New upstream connections opened.
     pub(crate) upstream_dials: Counter,
+    /// Config reloads by result (`ok`, `error`).
+    pub(crate) config_reloads: Family<ReloadResult, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -147,6 +154,16 @@ impl Metrics {
             "What each budget has used in its current window (requests, tokens or spend)",
             budget_used.clone(),
         );
+        let config_reloads = Family::<ReloadResult, Counter>::default();
+        for result in ["ok", "error"] {
+            // Both series exist from the start, so a scrape sees 0, not nothing.
+            let _ = config_reloads.get_or_create(&ReloadResult { result });
+        }
+        registry.register(
+            "config_reloads",
+            "Config reloads by result (ok; error: refused, the old config keeps serving)",
+            config_reloads.clone(),
+        );
         let build = Family::<Version, Gauge>::default();
         build
             .get_or_create(&Version {
@@ -166,6 +183,7 @@ impl Metrics {
             webhook_failures,
             budget_used,
             upstream_dials,
+            config_reloads,
         }
     }
 

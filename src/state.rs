@@ -12,17 +12,24 @@ use tokio::sync::Semaphore;
 use crate::approvals::Approvals;
 use crate::audit::AuditLog;
 use crate::budget::{BudgetError, Budgets};
-use crate::catalog::{Catalog, Settings};
+use crate::catalog::{Applied, Live, Settings};
 use crate::config::Config;
 use crate::identity::InFlight;
-use crate::store::{Origin, Sealer, Store, StoreError};
+use crate::store::{Sealer, Store, StoreError};
 use crate::tls::{verify, Ca, LeafCache, TlsError};
 use crate::tokens::{Fetcher, Tokens};
 use crate::upstream::{Dialer, Upstream};
 
 pub struct Shared {
+    /// The config as started: what a reload cannot change (listen
+    /// addresses, limits, CA, store, upstream). Its agents live in `live`.
     pub(crate) config: Config,
-    pub(crate) catalog: Catalog,
+    /// The connectors, agents, policies and budgets now served, swapped
+    /// whole by a reload; read with [`State::live`], once per tunnel or call.
+    live: arc_swap::ArcSwap<Live>,
+    /// What the live config was built from; held for a whole reload, so
+    /// reloads run one at a time.
+    pub(crate) applied: tokio::sync::Mutex<Applied>,
     pub(crate) ca: Arc<Ca>,
     pub(crate) certs: LeafCache,
     pub(crate) store: Store,
@@ -111,9 +118,11 @@ impl State {
         admin_addr: SocketAddr,
     ) -> Result<State, StartError> {
         let Settings {
-            config,
+            mut config,
             mut catalog,
+            source,
         } = settings;
+        let applied = Applied::new(source, config.sources.clone(), &catalog.services);
         let ca = Arc::new(Ca::load_or_create(&config.ca)?);
         let metrics = crate::metrics::Metrics::new();
         let certs = LeafCache::new(
@@ -131,20 +140,9 @@ impl State {
         let store = Store::new(sealer);
         // Config credentials are sealed here and their plaintext dropped.
         for s in std::mem::take(&mut catalog.services) {
-            let err = |source: StoreError| StartError::Service {
-                name: s.name.clone(),
-                source,
-            };
-            store
-                .add(&s.name, s.connector.clone(), s.default, Origin::Config)
-                .map_err(err)?;
-            if !s.credentials.is_empty() {
-                store
-                    .set_credentials(&s.name, &s.credentials, false)
-                    .map_err(err)?;
-            }
             let name = s.name.clone();
-            store.set_entry(&name, s.entry).map_err(err)?;
+            crate::catalog::add_service(&store, s)
+                .map_err(|source| StartError::Service { name, source })?;
         }
         // Loaded after the config services, so the config wins on a clash
         // and nothing is written before the snapshot was read.
@@ -170,7 +168,6 @@ impl State {
             metrics.upstream_dials.clone(),
         ));
         let audit = Arc::new(AuditLog::open(&config.audit).map_err(StartError::Audit)?);
-        let mut config = config;
         let approvals = config.approvals.take().map(|a| {
             let approvals = Approvals::new(
                 a,
@@ -188,10 +185,10 @@ impl State {
             Some(digest) => digest,
             None => generate_admin_token(&config)?,
         };
-        let budgets = Budgets::new(std::mem::take(&mut catalog.budgets), &config.budget_store)
-            .map_err(StartError::Budgets)?;
+        let live = Live::take(&mut config, &mut catalog);
+        let budgets = Budgets::new(&config.budget_store).map_err(StartError::Budgets)?;
         if let Some(saved) = store.section("budgets") {
-            budgets.restore(&saved);
+            budgets.restore(&saved, &live.budgets);
         }
         let tokens = Tokens::new(
             config.limits.session_idle.0,
@@ -199,7 +196,8 @@ impl State {
         );
         Ok(State(Arc::new(Shared {
             config,
-            catalog,
+            live: arc_swap::ArcSwap::from_pointee(live),
+            applied: tokio::sync::Mutex::new(applied),
             ca,
             certs,
             store,
@@ -221,6 +219,17 @@ impl State {
             anonymous_in_flight: Default::default(),
             ready: AtomicBool::new(false),
         })))
+    }
+
+    /// The connectors, agents, policies and budgets now served: one
+    /// atomic load; hold it for as long as one tunnel or call lasts.
+    pub(crate) fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Serves `live` from now on (a reload); who holds the old one keeps it.
+    pub(crate) fn swap_live(&self, live: Live) -> Arc<Live> {
+        self.live.swap(Arc::new(live))
     }
 
     pub fn is_ready(&self) -> bool {

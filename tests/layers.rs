@@ -27,7 +27,7 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     &["connector", "store", "tls", "upstream", "audit", "policy"],
     &["catalog", "tokens", "budget", "approvals"],
-    &["state", "error"],
+    &["state", "error", "reload"],
     &["proxy", "admin"],
     &["app", "cli", "fuzzing"],
 ];

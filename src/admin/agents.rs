@@ -15,8 +15,8 @@ pub(super) async fn list(
     Extension(who): Extension<Caller>,
 ) -> Result<Json<Value>, ProxyError> {
     who.require_admin()?;
-    let agents: Vec<Value> = state
-        .config
+    let live = state.live();
+    let agents: Vec<Value> = live
         .agents
         .iter()
         .map(|a| {

@@ -150,7 +150,13 @@ pub(super) async fn call(
             connector.name
         )));
     }
-    let target = std::sync::Arc::new(Target::new(state, host, connector.port, connector)?);
+    let target = std::sync::Arc::new(Target::new(
+        state,
+        state.live(),
+        host,
+        connector.port,
+        connector,
+    )?);
     let caller = std::sync::Arc::new(who.clone());
     let req = call.into_request()?;
     exchange::forward(state, &caller, &target, Choice::Named(&service.name), req).await

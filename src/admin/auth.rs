@@ -87,7 +87,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// not tell which kind of token came close.
 fn caller_of(state: &State, token: &str) -> Option<Caller> {
     let admin = state.admin_token.matches(token.as_bytes());
-    let agent = state.config.agents.by_token(token.as_bytes());
+    let agent = state.live().agents.by_token(token.as_bytes());
     match (admin, agent) {
         (true, _) => Some(Caller::admin(Via::Api)),
         (false, Some(agent)) => Some(Caller::agent(agent, Via::Api)),

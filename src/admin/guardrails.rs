@@ -12,7 +12,7 @@ use crate::state::State;
 
 /// Every budget the caller may see, with its use in the current window.
 pub(super) async fn budgets(state: &State, who: &Caller) -> Result<Vec<Value>, ProxyError> {
-    let statuses = state.budgets.statuses().await?;
+    let statuses = state.budgets.statuses(&state.live().budgets).await?;
     Ok(statuses
         .iter()
         .filter(|s| {
@@ -40,7 +40,8 @@ pub(super) async fn policies_route(
     Extension(who): Extension<Caller>,
 ) -> Result<Json<Value>, ProxyError> {
     who.require_admin()?;
-    let policies = &state.catalog.policies;
+    let live = state.live();
+    let policies = &live.policies;
     let list = policies
         .all
         .iter()
@@ -60,7 +61,7 @@ pub(super) async fn policies_route(
 
 /// Sets `clavis_budget_used{budget}` for a scrape.
 pub(super) async fn update_gauges(state: &State) {
-    if let Ok(statuses) = state.budgets.statuses().await {
+    if let Ok(statuses) = state.budgets.statuses(&state.live().budgets).await {
         for s in statuses {
             state
                 .metrics

@@ -13,6 +13,7 @@ mod guardrails;
 mod json;
 mod live_check;
 mod mcp;
+mod reload;
 mod services;
 mod stream;
 
@@ -97,6 +98,7 @@ pub(crate) fn router(state: State) -> Router {
         .route("/v1/approvals/{id}/deny", post(approvals::deny))
         .route("/api/approvals/{id}", get(approvals::agent_wait))
         .route("/v1/agents", get(agents::list))
+        .route("/v1/reload", post(reload::handle))
         .route("/api/entries", get(entries::list_route))
         .route("/api/entries/{key}", get(entries::read_route))
         .route("/api/search", get(entries::search_route))

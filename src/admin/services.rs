@@ -91,7 +91,8 @@ pub(super) async fn create(
         ))
         .into());
     }
-    let registry = &state.catalog.registry;
+    let live = state.live();
+    let registry = &live.registry;
     let connector = registry.get(&req.connector_name).ok_or_else(|| {
         RequestError::Invalid(format!(
             "unknown connector_name {:?}; known: {}",

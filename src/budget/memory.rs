@@ -162,6 +162,19 @@ impl Counts {
         inner.dirty = true;
     }
 
+    /// Drops the counts of these budgets (gone, or counting another way).
+    pub(super) fn forget(&self, names: &[&str]) {
+        if names.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        for name in names {
+            inner.windows.remove(*name);
+            inner.buckets.remove(*name);
+        }
+        inner.dirty = true;
+    }
+
     pub(super) fn statuses(&self, specs: &[std::sync::Arc<Spec>], now: i64) -> Vec<Status> {
         let mut inner = self.lock();
         specs

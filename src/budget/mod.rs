@@ -280,9 +280,54 @@ pub(crate) struct Status {
     pub(crate) resets_at: i64,
 }
 
-/// Every budget, and where their counts live.
+/// The budgets of one config: swapped whole by a reload, read once per
+/// exchange with the rest of the live catalog.
+#[derive(Debug, Default)]
+pub(crate) struct Specs(Vec<Arc<Spec>>);
+
+impl Specs {
+    pub(crate) fn new(specs: Vec<Spec>) -> Specs {
+        Specs(specs.into_iter().map(Arc::new).collect())
+    }
+
+    /// The budgets a request of `agent` to `service` counts against.
+    pub(crate) fn applicable(&self, service: &str, agent: Option<&str>) -> Vec<Arc<Spec>> {
+        if self.0.is_empty() {
+            return Vec::new();
+        }
+        self.0
+            .iter()
+            .filter(|s| s.service == service && s.agent.as_deref().is_none_or(|a| Some(a) == agent))
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|s| s.name.as_str())
+    }
+
+    /// Whether `name` counts the same way in both (same window and unit,
+    /// or both a rate limit): its count then carries over a reload.
+    pub(crate) fn counts_alike(&self, other: &Specs, name: &str) -> bool {
+        let find = |specs: &Specs| specs.0.iter().find(|s| s.name == name).map(|s| s.kind);
+        match (find(self), find(other)) {
+            (
+                Some(Kind::Window {
+                    window: a, unit: u, ..
+                }),
+                Some(Kind::Window {
+                    window: b, unit: v, ..
+                }),
+            ) => a == b && u == v,
+            (Some(Kind::Rate { .. }), Some(Kind::Rate { .. })) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Where the budgets' counts live; the budgets themselves ([`Specs`]) are
+/// part of the live catalog, so a reload swaps them without the counts.
 pub(crate) struct Budgets {
-    specs: Vec<Arc<Spec>>,
     backend: Backend,
 }
 
@@ -293,34 +338,28 @@ enum Backend {
 
 impl std::fmt::Debug for Budgets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Budgets")
-            .field("budgets", &self.specs.len())
-            .finish_non_exhaustive()
+        f.debug_struct("Budgets").finish_non_exhaustive()
     }
 }
 
 impl Budgets {
-    pub(crate) fn new(specs: Vec<Spec>, store: &BudgetStore) -> Result<Budgets, BudgetError> {
+    pub(crate) fn new(store: &BudgetStore) -> Result<Budgets, BudgetError> {
         let backend = match store {
             BudgetStore::Memory => Backend::Memory(memory::Counts::default()),
             BudgetStore::Redis(url) => Backend::Redis(redis::Counts::new(url.expose())?),
         };
-        Ok(Budgets {
-            specs: specs.into_iter().map(Arc::new).collect(),
-            backend,
-        })
+        Ok(Budgets { backend })
     }
 
-    /// The budgets a request of `agent` to `service` counts against.
-    pub(crate) fn applicable(&self, service: &str, agent: Option<&str>) -> Vec<Arc<Spec>> {
-        if self.specs.is_empty() {
-            return Vec::new();
+    /// After a reload from `old` to `new`: the counts of a budget that is
+    /// gone, or now counts another unit or window, start over; the others
+    /// are kept. (Redis counts are keyed by name and window start, shared
+    /// by the fleet, and left alone.)
+    pub(crate) fn reconcile(&self, old: &Specs, new: &Specs) {
+        if let Backend::Memory(m) = &self.backend {
+            let stale: Vec<&str> = old.names().filter(|n| !old.counts_alike(new, n)).collect();
+            m.forget(&stale);
         }
-        self.specs
-            .iter()
-            .filter(|s| s.applies(service, agent))
-            .cloned()
-            .collect()
     }
 
     /// Reserves `ask` against every budget in `specs`, all or none.
@@ -382,11 +421,11 @@ impl Budgets {
     }
 
     /// Every budget's state now.
-    pub(crate) async fn statuses(&self) -> Result<Vec<Status>, BudgetError> {
+    pub(crate) async fn statuses(&self, specs: &Specs) -> Result<Vec<Status>, BudgetError> {
         let now = unix_now();
         match &self.backend {
-            Backend::Memory(m) => Ok(m.statuses(&self.specs, now)),
-            Backend::Redis(r) => r.statuses(&self.specs, now).await,
+            Backend::Memory(m) => Ok(m.statuses(&specs.0, now)),
+            Backend::Redis(r) => r.statuses(&specs.0, now).await,
         }
     }
 
@@ -401,9 +440,9 @@ impl Budgets {
 
     /// Restores counts kept by [`Budgets::to_snapshot`]; windows that ended
     /// meanwhile start over.
-    pub(crate) fn restore(&self, saved: &serde_json::Value) {
+    pub(crate) fn restore(&self, saved: &serde_json::Value, specs: &Specs) {
         if let Backend::Memory(m) = &self.backend {
-            m.restore(saved, &self.specs, unix_now());
+            m.restore(saved, &specs.0, unix_now());
         }
     }
 }

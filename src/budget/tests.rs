@@ -13,8 +13,38 @@ fn window(name: &str, unit: Unit, limit: f64) -> Spec {
     }
 }
 
-fn budgets(specs: Vec<Spec>) -> Budgets {
-    Budgets::new(specs, &BudgetStore::Memory).unwrap()
+/// Counts with the budgets of one config, as an exchange sees them.
+struct Counted {
+    counts: Budgets,
+    specs: Specs,
+}
+
+impl std::ops::Deref for Counted {
+    type Target = Budgets;
+    fn deref(&self) -> &Budgets {
+        &self.counts
+    }
+}
+
+impl Counted {
+    fn applicable(&self, service: &str, agent: Option<&str>) -> Vec<Arc<Spec>> {
+        self.specs.applicable(service, agent)
+    }
+
+    async fn statuses(&self) -> Result<Vec<Status>, BudgetError> {
+        self.counts.statuses(&self.specs).await
+    }
+
+    fn restore(&self, saved: &serde_json::Value) {
+        self.counts.restore(saved, &self.specs)
+    }
+}
+
+fn budgets(specs: Vec<Spec>) -> Counted {
+    Counted {
+        counts: Budgets::new(&BudgetStore::Memory).unwrap(),
+        specs: Specs::new(specs),
+    }
 }
 
 fn ask(input: f64, output: Option<f64>, spend: f64) -> Ask {
@@ -33,7 +63,7 @@ fn ask(input: f64, output: Option<f64>, spend: f64) -> Ask {
     }
 }
 
-async fn used(b: &Budgets, name: &str) -> (f64, f64) {
+async fn used(b: &Counted, name: &str) -> (f64, f64) {
     let s = b.statuses().await.unwrap();
     let s = s.iter().find(|s| s.spec.name == name).unwrap();
     (s.used, s.reserved)
@@ -161,6 +191,44 @@ async fn counts_survive_a_restart_within_their_window() {
     let again = budgets(vec![window("llm", Unit::Tokens, 1000.0)]);
     again.restore(&saved);
     assert_eq!(used(&again, "llm").await, (12.0, 0.0));
+}
+
+#[tokio::test]
+async fn a_reload_keeps_counts_of_alike_budgets_only() {
+    let b = budgets(vec![
+        window("kept", Unit::Requests, 10.0),
+        window("unit", Unit::Requests, 10.0),
+        window("gone", Unit::Requests, 10.0),
+    ]);
+    let specs = b.applicable("openai", Some("codex"));
+    let held = b.reserve(&specs, ask(0.0, Some(0.0), 0.0)).await.unwrap();
+    b.settle(
+        held,
+        Some(Amounts {
+            requests: 1.0,
+            ..Amounts::default()
+        }),
+    )
+    .await;
+    let new = Specs::new(vec![
+        window("kept", Unit::Requests, 20.0),
+        window("unit", Unit::Tokens, 10.0),
+    ]);
+    b.counts.reconcile(&b.specs, &new);
+    let after = Counted {
+        counts: b.counts,
+        specs: new,
+    };
+    assert_eq!(
+        used(&after, "kept").await.0,
+        1.0,
+        "same name and window: kept"
+    );
+    assert_eq!(
+        used(&after, "unit").await.0,
+        0.0,
+        "another unit starts over"
+    );
 }
 
 #[test]

@@ -70,6 +70,29 @@ impl Interp {
         Ok(Secret::new(out))
     }
 
+    /// The paths of the `${file:…}` references it holds (escaped `$${`
+    /// skipped, as [`Interp::resolve`] does): what a reload watches.
+    pub(crate) fn files(&self) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        let mut rest = self.0.as_str();
+        while let Some(start) = rest.find("${") {
+            let escaped = rest[..start].ends_with('$');
+            let after = &rest[start + 2..];
+            if escaped {
+                rest = after;
+                continue;
+            }
+            let Some(end) = after.find('}') else {
+                break;
+            };
+            if let Some(file) = after[..end].strip_prefix("file:") {
+                out.push(file.into());
+            }
+            rest = &after[end + 1..];
+        }
+        out
+    }
+
     /// Resolves a value that is not secret (addresses, paths, names).
     pub(crate) fn resolve_plain(&self, env: &dyn Env, path: &str) -> Result<String, ConfigError> {
         Ok(self.resolve(env, path)?.expose().clone())

@@ -7,6 +7,7 @@
 pub(crate) mod connectors;
 pub(crate) mod env;
 pub(crate) mod guardrails;
+pub(crate) mod reload;
 mod scopes;
 mod validate;
 
@@ -392,6 +393,7 @@ pub(crate) struct RawConfig {
     pub(crate) budgets: Vec<guardrails::RawBudget>,
     pub(crate) budget_store: guardrails::RawBudgetStore,
     pub(crate) approvals: Option<guardrails::RawApprovals>,
+    pub(crate) reload: reload::RawReload,
 }
 
 #[derive(Debug)]
@@ -506,6 +508,10 @@ pub struct Config {
     pub(crate) budget_store: BudgetStore,
     /// `None`: approve rules are refused (no one to ask).
     pub(crate) approvals: Option<ApprovalsConfig>,
+    /// `reload:` (SPEC §13.2).
+    pub(crate) reload: reload::ReloadConfig,
+    /// The `${file:}` paths read and the restart-only settings' digests.
+    pub(crate) sources: reload::Sources,
     /// `key.path: message` for what is valid but unwise (a short agent token).
     pub warnings: Vec<String>,
 }
@@ -530,7 +536,10 @@ impl Config {
     ) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
         let raw = parse(text)?;
         let raw = apply_overrides(raw, env)?;
-        Ok(validate::validate(raw, env))
+        let sources = reload::Sources::of(&raw);
+        let (mut config, errors) = validate::validate(raw, env);
+        config.sources = sources;
+        Ok((config, errors))
     }
 }
 
@@ -576,5 +585,6 @@ fn apply_overrides(mut raw: RawConfig, env: &dyn Env) -> Result<RawConfig, Confi
     raw.ca = o("ca", raw.ca, env)?;
     raw.store = o("store", raw.store, env)?;
     raw.upstream = o("upstream", raw.upstream, env)?;
+    raw.reload = o("reload", raw.reload, env)?;
     Ok(raw)
 }

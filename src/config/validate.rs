@@ -119,6 +119,7 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Env) -> (Config, Vec<ConfigErro
     budgets(&raw.budgets, &names, &agent_names, &mut errs);
     let budget_store = budget_store(&raw.budget_store, env, &mut errs);
     let approvals = raw.approvals.as_ref().map(|a| approvals(a, env, &mut errs));
+    let reload = errs.take(reload::check(&raw.reload)).unwrap_or_default();
 
     let config = Config {
         proxy: ProxyConfig {
@@ -152,6 +153,8 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Env) -> (Config, Vec<ConfigErro
         budgets: raw.budgets,
         budget_store,
         approvals,
+        reload,
+        sources: Default::default(),
         warnings: errs.1,
     };
     (config, errs.0)

@@ -17,7 +17,7 @@ pub(super) fn identify(state: &State, headers: &HeaderMap) -> Result<Caller, Pro
     };
     let (name, token) = basic(value.as_bytes()).ok_or(ProxyError::ProxyAuth)?;
     let agent = state
-        .config
+        .live()
         .agents
         .authenticate(&name, token.as_bytes())
         .ok_or_else(|| {

@@ -43,12 +43,16 @@ pub(super) async fn handle(
         .clone()
         .try_acquire_owned()
         .map_err(|_| Refusal::Tunnels)?;
-    let connector = ctx.state.catalog.registry.lookup(&host).cloned();
+    // The tunnel's snapshot of the live config (SPEC §13.2): its requests
+    // are served by the connectors, policies and budgets of this moment,
+    // whatever a reload swaps in while it is open.
+    let live = ctx.state.live();
+    let connector = live.registry.lookup(&host).cloned();
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ctx = ctx.clone();
     match connector {
         Some(connector) if port == connector.port => {
-            let target = Arc::new(Target::new(&ctx.state, host, port, connector)?);
+            let target = Arc::new(Target::new(&ctx.state, live, host, port, connector)?);
             let caller = Arc::new(caller);
             tokio::spawn(async move {
                 if let Some(io) = upgraded(on_upgrade.await) {
@@ -64,7 +68,7 @@ pub(super) async fn handle(
             });
         }
         _ => {
-            super::refuse_token_host(&ctx.state, &host)?;
+            super::refuse_token_host(&live, &host)?;
             super::refuse_unmatched(&ctx.state, &host, port)?;
             // Dial before answering 200, so an unreachable or refused
             // destination is a clear 502/403 instead of a dead tunnel.

@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::body::Body;
+use crate::catalog::Live;
 use crate::config::Unmatched;
 use crate::error::{ProxyError, Refusal, RequestError};
 use crate::server::Drain;
@@ -71,8 +72,8 @@ fn check_target_len(uri: &http::Uri, max: usize) -> Result<(), ProxyError> {
 /// A token source's token endpoint on a host no connector claims (an
 /// OAuth token URL): clavis calls it, agents may not reach it at all
 /// (SPEC §13.1).
-fn refuse_token_host(state: &State, host: &str) -> Result<(), ProxyError> {
-    if state.catalog.registry.serves_tokens(host) {
+fn refuse_token_host(live: &Live, host: &str) -> Result<(), ProxyError> {
+    if live.registry.serves_tokens(host) {
         return Err(Refusal::TokenEndpoint {
             host: host.to_owned(),
         }

@@ -35,10 +35,11 @@ pub(super) async fn handle(
     let (host, port) = crate::host::split_host_port(authority)
         .ok_or_else(|| RequestError::Malformed(format!("{authority:?} is not a valid host")))?;
     let port = port.unwrap_or(80);
-    if ctx.state.catalog.registry.lookup(&host).is_some() {
+    let live = ctx.state.live();
+    if live.registry.lookup(&host).is_some() {
         return Err(plaintext_refused(&host));
     }
-    super::refuse_token_host(&ctx.state, &host)?;
+    super::refuse_token_host(&live, &host)?;
     super::refuse_unmatched(&ctx.state, &host, port)?;
     tracing::debug!(agent = %caller.actor(), host = %host, port, "plain request");
     let (mut parts, body) = req.into_parts();

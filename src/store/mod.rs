@@ -531,6 +531,31 @@ impl Store {
         })
     }
 
+    /// Points every service at the connector of the same name in
+    /// `registry` (a reload built new ones; ids, credentials and the
+    /// credentials' version are kept, since a ciphertext is bound to the
+    /// connector's name). A service whose connector is gone is an error,
+    /// and nothing changes.
+    pub(crate) fn rebind(&self, registry: &crate::connector::Registry) -> Result<(), StoreError> {
+        self.update(|list| {
+            for slot in list.iter_mut() {
+                let connector = registry.get(&slot.connector.name).ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "{} (unknown connector {:?})",
+                        slot.name, slot.connector.name
+                    ))
+                })?;
+                if !Arc::ptr_eq(connector, &slot.connector) {
+                    *slot = Arc::new(Service {
+                        connector: connector.clone(),
+                        ..slot.as_ref().clone()
+                    });
+                }
+            }
+            Ok(())
+        })
+    }
+
     pub(crate) fn remove(&self, name_or_id: &str) -> Result<Arc<Service>, StoreError> {
         let removed = self.update(|list| {
             let pos = list

@@ -115,6 +115,9 @@ pub struct Clavis {
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
     pub state: clavis::State,
+    /// What the builder appended to the test's YAML (CA paths, the
+    /// `upstream:` block): kept so a rewritten config keeps it.
+    suffix: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -126,9 +129,23 @@ pub struct ClavisBuilder {
     request_timeout: String,
     resolve: Vec<(String, String)>,
     nameserver: Option<SocketAddr>,
+    file: bool,
 }
 
 impl Clavis {
+    /// The config file of a clavis started with [`ClavisBuilder::config_file`].
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("clavis.yaml")
+    }
+
+    /// Replaces the config file with `yaml` plus the builder's own blocks,
+    /// as an editor saving it does (a new file renamed into place).
+    pub fn write_config(&self, yaml: &str) {
+        let tmp = self.dir.path().join(".clavis.yaml.tmp");
+        std::fs::write(&tmp, format!("{yaml}{}", self.suffix)).unwrap();
+        std::fs::rename(&tmp, self.config_path()).unwrap();
+    }
+
     pub fn builder(yaml: &str) -> ClavisBuilder {
         ClavisBuilder {
             yaml: yaml.to_owned(),
@@ -136,6 +153,7 @@ impl Clavis {
             request_timeout: "5s".to_owned(),
             resolve: Vec::new(),
             nameserver: None,
+            file: false,
         }
     }
 
@@ -208,6 +226,13 @@ impl Drop for Clavis {
 }
 
 impl ClavisBuilder {
+    /// Writes the config to `clavis.yaml` in the test's directory and
+    /// starts from that file, so it can be reloaded (SPEC §13.2).
+    pub fn config_file(mut self) -> Self {
+        self.file = true;
+        self
+    }
+
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.insert(name.into(), value.into());
         self
@@ -274,8 +299,15 @@ impl ClavisBuilder {
                 yaml.push_str(&format!("    \"{k}\": \"{v}\"\n"));
             }
         }
-        let config = clavis::Settings::from_yaml(&yaml, &self.env)
-            .unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"));
+        let suffix = yaml[self.yaml.len()..].to_owned();
+        let config = if self.file {
+            let path = dir.path().join("clavis.yaml");
+            std::fs::write(&path, &yaml).unwrap();
+            clavis::Settings::from_file(&path, Arc::new(self.env.clone()))
+        } else {
+            clavis::Settings::from_yaml(&yaml, &self.env)
+        }
+        .unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"));
         let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (proxy_addr, admin_addr) = (proxy.local_addr().unwrap(), admin.local_addr().unwrap());
@@ -289,6 +321,7 @@ impl ClavisBuilder {
             admin: admin_addr,
             dir,
             state,
+            suffix,
             stop: Some(tx),
             task: Some(task),
         }

@@ -34,6 +34,7 @@ use super::decode::{self, Decoder};
 use super::framing::Flaw;
 use super::{headers, scrub};
 use crate::body::{self, Body};
+use crate::catalog::Live;
 use crate::connector::{Connector, Plan, TokenSource};
 use crate::credentials::Credentials;
 use crate::error::{ProxyError, Refusal, RequestError};
@@ -53,6 +54,9 @@ pub(crate) struct Target {
     pub(crate) host: String,
     pub(crate) port: u16,
     pub(crate) connector: Arc<Connector>,
+    /// The live config this target was made with (at `CONNECT`, or when
+    /// an admin-port call began): every request to it is served by it.
+    pub(crate) live: Arc<Live>,
     /// `host[:port]` as every upstream URI carries it.
     authority: http::uri::Authority,
     stats: crate::metrics::ConnectorStats,
@@ -63,6 +67,7 @@ impl Target {
     /// that is not a valid authority is refused.
     pub(crate) fn new(
         state: &State,
+        live: Arc<Live>,
         host: String,
         port: u16,
         connector: Arc<Connector>,
@@ -80,6 +85,7 @@ impl Target {
             host,
             port,
             connector,
+            live,
             authority,
             stats,
         })
@@ -203,7 +209,7 @@ fn choose_service(
 ) -> Result<Arc<Service>, ScopeError> {
     let (caller, target) = (&record.caller, &record.target);
     let table = record.state.store.table();
-    let registry = &record.state.catalog.registry;
+    let registry = &record.target.live.registry;
     let connector = &target.connector.name;
     let named = match choice {
         Choice::Named(n) => Some(n.to_owned()),
@@ -324,8 +330,9 @@ async fn decide(record: &mut Record, out: &mut Outgoing) -> Result<(), ProxyErro
     let state = record.state.clone();
     let service = record.service()?.clone();
     let agent = record.caller.agent_name();
-    let policies = state.catalog.policies.for_exchange(&service.name, agent);
-    let budgets = state.budgets.applicable(&service.name, agent);
+    let live = record.target.live.clone();
+    let policies = live.policies.for_exchange(&service.name, agent);
+    let budgets = live.budgets.applicable(&service.name, agent);
     if policies.is_empty() && budgets.is_empty() {
         return Ok(());
     }
@@ -357,7 +364,7 @@ async fn decide(record: &mut Record, out: &mut Outgoing) -> Result<(), ProxyErro
 /// `TRACE` never (the upstream would echo the credential); a connector's
 /// reserved paths (a token source's login) never.
 fn own_rules(record: &Record, out: &Outgoing) -> Result<(), ProxyError> {
-    let registry = &record.state.catalog.registry;
+    let registry = &record.target.live.registry;
     let (host, path) = (&record.target.host, out.parts.uri.path());
     clavis_rules(registry, record.connector(), &out.parts.method, host, path)?;
     Ok(())
