@@ -9,6 +9,7 @@ pub(crate) mod env;
 pub(crate) mod guardrails;
 mod scopes;
 mod validate;
+pub(crate) mod vault;
 
 pub(crate) use connectors::{ClientAuth, Grant, InjectSpec, OAuth2Spec, RecipeSpec, UserConnector};
 pub(crate) use validate::valid_name;
@@ -392,6 +393,8 @@ pub(crate) struct RawConfig {
     pub(crate) budgets: Vec<guardrails::RawBudget>,
     pub(crate) budget_store: guardrails::RawBudgetStore,
     pub(crate) approvals: Option<guardrails::RawApprovals>,
+    /// Where `${vault:…}` references are read (SPEC §13.3).
+    pub(crate) vault: Option<vault::RawVault>,
 }
 
 #[derive(Debug)]
@@ -508,6 +511,8 @@ pub struct Config {
     pub(crate) approvals: Option<ApprovalsConfig>,
     /// `key.path: message` for what is valid but unwise (a short agent token).
     pub warnings: Vec<String>,
+    /// `vault:` and the references read through it; `None`: no Vault.
+    pub(crate) vault: Option<vault::VaultPlan>,
 }
 
 impl Config {
@@ -530,7 +535,27 @@ impl Config {
     ) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
         let raw = parse(text)?;
         let raw = apply_overrides(raw, env)?;
-        Ok(validate::validate(raw, env))
+        let plan = vault::plan(&raw, env);
+        let (mut config, mut errors) = validate::validate(raw, env);
+        match plan {
+            Ok(plan) => config.vault = plan,
+            Err(found) => {
+                // "needs a vault: section" says more than "was not read".
+                errors.retain(|e| !found.iter().any(|f| f.path == e.path));
+                errors.extend(found);
+            }
+        }
+        Ok((config, errors))
+    }
+
+    /// What the config reads from Vault, checked, before anything else is
+    /// resolved (the values must be read first). `None`: no Vault.
+    pub(crate) fn vault_plan(
+        text: &str,
+        env: &dyn Env,
+    ) -> Result<Option<vault::VaultPlan>, ConfigErrors> {
+        let raw = apply_overrides(parse(text)?, env)?;
+        vault::plan(&raw, env).map_err(|e| ConfigErrors(e).locate(text))
     }
 }
 

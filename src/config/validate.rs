@@ -153,6 +153,7 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Env) -> (Config, Vec<ConfigErro
         budget_store,
         approvals,
         warnings: errs.1,
+        vault: None,
     };
     (config, errs.0)
 }
