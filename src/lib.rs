@@ -65,9 +65,11 @@ mod tls;
 mod tokens;
 mod totp;
 mod upstream;
+mod vault;
+mod refresh;
 
 pub use app::{harden_process, serve};
-pub use catalog::Settings;
+pub use catalog::{LoadError, Settings};
 pub use config::{Config, ConfigError, ConfigErrors, Env, ProcessEnv};
 pub use state::{StartError, State};
 pub use tls::Ca;

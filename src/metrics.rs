@@ -32,6 +32,12 @@ pub(crate) struct BudgetLabel {
     pub(crate) budget: String,
 }
 
+/// A secret source (`vault`), closed vocabulary: never a path or a field.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SourceLabel {
+    pub(crate) source: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct Version {
     pub(crate) version: &'static str,
@@ -64,6 +70,8 @@ pub(crate) struct Metrics {
     pub(crate) budget_used: Family<BudgetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// New upstream connections opened.
     pub(crate) upstream_dials: Counter,
+    /// Secret source reads that failed after start (the last good value stayed).
+    pub(crate) secret_source_errors: Family<SourceLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -147,6 +155,12 @@ impl Metrics {
             "What each budget has used in its current window (requests, tokens or spend)",
             budget_used.clone(),
         );
+        let secret_source_errors = Family::<SourceLabel, Counter>::default();
+        registry.register(
+            "secret_source_errors",
+            "Secret source reads that failed after start, by source (the last good value is kept)",
+            secret_source_errors.clone(),
+        );
         let build = Family::<Version, Gauge>::default();
         build
             .get_or_create(&Version {
@@ -166,6 +180,7 @@ impl Metrics {
             webhook_failures,
             budget_used,
             upstream_dials,
+            secret_source_errors,
         }
     }
 

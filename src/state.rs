@@ -44,6 +44,8 @@ pub struct Shared {
     /// In-flight upstream requests of callers without an agent (the admin,
     /// or anyone on loopback when `proxy.require_auth` is off).
     pub(crate) anonymous_in_flight: InFlight,
+    /// Re-reads the config's `${vault:…}` secrets (`refresh`, reload).
+    pub(crate) vault: Option<Arc<crate::vault::Resolver>>,
     ready: AtomicBool,
 }
 
@@ -113,6 +115,7 @@ impl State {
         let Settings {
             config,
             mut catalog,
+            vault,
         } = settings;
         let ca = Arc::new(Ca::load_or_create(&config.ca)?);
         let metrics = crate::metrics::Metrics::new();
@@ -138,7 +141,11 @@ impl State {
             store
                 .add(&s.name, s.connector.clone(), s.default, Origin::Config)
                 .map_err(err)?;
-            if !s.credentials.is_empty() {
+            if s.sourced {
+                store
+                    .set_sourced_credentials(&s.name, &s.credentials)
+                    .map_err(err)?;
+            } else if !s.credentials.is_empty() {
                 store
                     .set_credentials(&s.name, &s.credentials, false)
                     .map_err(err)?;
@@ -219,6 +226,7 @@ impl State {
             budgets,
             metrics,
             anonymous_in_flight: Default::default(),
+            vault,
             ready: AtomicBool::new(false),
         })))
     }

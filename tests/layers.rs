@@ -25,11 +25,11 @@ const LAYERS: &[&[&str]] = &[
         "totp",
     ],
     &["config"],
-    &["connector", "store", "tls", "upstream", "audit", "policy"],
+    &["connector", "store", "tls", "upstream", "audit", "policy", "vault"],
     &["catalog", "tokens", "budget", "approvals"],
     &["state", "error"],
     &["proxy", "admin"],
-    &["app", "cli"],
+    &["app", "cli", "refresh"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {
