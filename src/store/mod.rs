@@ -713,6 +713,20 @@ mod tests {
         }
 
         #[test]
+        fn sourced_credentials_open_but_stay_out_of_the_snapshot() {
+            let (s, c) = store();
+            s.add("v", c, false, Origin::Config).unwrap();
+            let creds = Credentials::from_pairs([("api_key", "sk-vault")]);
+            let svc = s.set_sourced_credentials("v", &creds).unwrap();
+            assert!(svc.sourced());
+            let opened = s.open(&svc).unwrap().unwrap();
+            assert_eq!(opened.expose().get("api_key"), Some("sk-vault"));
+            assert!(svc.record().sealed.is_none(), "no sealed bytes in the record");
+            let svc = s.set_credentials("v", &creds, false).unwrap();
+            assert!(!svc.sourced() && svc.record().sealed.is_some());
+        }
+
+        #[test]
         fn a_session_token_is_sealed_to_its_service() {
             let (s, c) = store();
             let a = s.add("a", c.clone(), false, Origin::Api).unwrap();
