@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use crate::budget;
 use crate::config::guardrails::Unit;
+use crate::config::vault::{VaultValues, WithVault};
 use crate::config::{Config, ConfigError, ConfigErrors, EntrySpec, Env};
 use crate::connector::{user, Connector, Registry};
 use crate::credentials::Credentials;
-use crate::config::vault::{VaultValues, WithVault};
 use crate::policy::{Policies, Policy};
 use crate::secret::Secret;
 use crate::vault::{Resolver, VaultError};

@@ -57,6 +57,7 @@ mod metrics;
 mod policy;
 mod proxy;
 mod redact;
+mod refresh;
 mod secret;
 mod server;
 mod state;
@@ -66,7 +67,6 @@ mod tokens;
 mod totp;
 mod upstream;
 mod vault;
-mod refresh;
 
 pub use app::{harden_process, serve};
 pub use catalog::{LoadError, Settings};

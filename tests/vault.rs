@@ -35,7 +35,14 @@ enum Auth<'a> {
 
 /// A config with one OpenAI service whose key is `reference`, every file
 /// clavis writes (audit, snapshot) in `dir`, and Vault at `bao`.
-fn config(dir: &Path, bao: &str, auth: Auth<'_>, up: &Upstream, ca: &TestCa, reference: &str) -> (PathBuf, u16, u16) {
+fn config(
+    dir: &Path,
+    bao: &str,
+    auth: Auth<'_>,
+    up: &Upstream,
+    ca: &TestCa,
+    reference: &str,
+) -> (PathBuf, u16, u16) {
     let d = dir.display();
     let (proxy, admin) = (free_port(), free_port());
     support::write_master_key(&dir.join("master.key"), [7u8; 32]);
@@ -93,7 +100,10 @@ impl Clavis {
             if let Ok(Some(status)) = c.child.try_wait() {
                 panic!("clavis exited with {status}:\n{}", c.output());
             }
-            let ready = http.get(format!("http://127.0.0.1:{admin}/readyz")).send().await;
+            let ready = http
+                .get(format!("http://127.0.0.1:{admin}/readyz"))
+                .send()
+                .await;
             if ready.is_ok_and(|r| r.status() == 200) {
                 return c;
             }
@@ -106,7 +116,10 @@ impl Clavis {
     fn output(&self) -> String {
         ["stdout", "stderr", "audit.jsonl", "snapshot"]
             .iter()
-            .map(|f| String::from_utf8_lossy(&std::fs::read(self.dir.path().join(f)).unwrap_or_default()).into_owned())
+            .map(|f| {
+                String::from_utf8_lossy(&std::fs::read(self.dir.path().join(f)).unwrap_or_default())
+                    .into_owned()
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -182,7 +195,8 @@ async fn setup() -> (TestCa, Upstream, Bao) {
     let ca = TestCa::new();
     let up = Upstream::start(&ca, &["api.openai.com"]).await;
     let bao = Bao::start(&ca, 0).await;
-    bao.put("openai", json!({ "api_key": FIRST, "org": "org-1" })).await;
+    bao.put("openai", json!({ "api_key": FIRST, "org": "org-1" }))
+        .await;
     bao.policy("clavis", &["openai"]).await;
     (ca, up, bao)
 }
@@ -192,16 +206,32 @@ async fn a_token_file_reads_the_key_which_is_injected_and_never_written() {
     let (ca, up, bao) = setup().await;
     let token = bao.token(&["clavis"]).await;
     let dir = tempfile::tempdir().unwrap();
-    let (path, proxy, admin) = config(dir.path(), &bao.address(), Auth::TokenFile(&token), &up, &ca, "${vault:secret/openai#api_key}");
+    let (path, proxy, admin) = config(
+        dir.path(),
+        &bao.address(),
+        Auth::TokenFile(&token),
+        &up,
+        &ca,
+        "${vault:secret/openai#api_key}",
+    );
     let clavis = Clavis::start(dir, &path, proxy, admin).await;
 
     assert_eq!(clavis.injected(&up).await, format!("Bearer {FIRST}"));
 
     // A service added through the API lands in the snapshot; the Vault one's key does not.
     let output = clavis.output();
-    assert!(output.contains("openai"), "the snapshot and the audit name the service");
-    assert!(!output.contains(FIRST), "the Vault value was written or logged:\n{output}");
-    assert!(!output.contains(&token), "the Vault token was written or logged");
+    assert!(
+        output.contains("openai"),
+        "the snapshot and the audit name the service"
+    );
+    assert!(
+        !output.contains(FIRST),
+        "the Vault value was written or logged:\n{output}"
+    );
+    assert!(
+        !output.contains(&token),
+        "the Vault token was written or logged"
+    );
 }
 
 #[tokio::test]
@@ -209,11 +239,19 @@ async fn a_changed_secret_reaches_new_requests_within_the_refresh() {
     let (ca, up, bao) = setup().await;
     let token = bao.token(&["clavis"]).await;
     let dir = tempfile::tempdir().unwrap();
-    let (path, proxy, admin) = config(dir.path(), &bao.address(), Auth::TokenFile(&token), &up, &ca, "${vault:secret/openai#api_key}");
+    let (path, proxy, admin) = config(
+        dir.path(),
+        &bao.address(),
+        Auth::TokenFile(&token),
+        &up,
+        &ca,
+        "${vault:secret/openai#api_key}",
+    );
     let clavis = Clavis::start(dir, &path, proxy, admin).await;
     assert_eq!(clavis.injected(&up).await, format!("Bearer {FIRST}"));
 
-    bao.put("openai", json!({ "api_key": SECOND, "org": "org-1" })).await;
+    bao.put("openai", json!({ "api_key": SECOND, "org": "org-1" }))
+        .await;
     until("the new key to be injected", 15, || async {
         (clavis.injected(&up).await == format!("Bearer {SECOND}")).then_some(())
     })
@@ -226,7 +264,14 @@ async fn a_stopped_server_keeps_the_last_good_value_counts_errors_and_a_restart_
     let (ca, up, mut bao) = setup().await;
     let dir = tempfile::tempdir().unwrap();
     // The root token: a restarted dev server has the same one.
-    let (path, proxy, admin) = config(dir.path(), &bao.address(), Auth::TokenFile(support::bao::ROOT_TOKEN), &up, &ca, "${vault:secret/openai#api_key}");
+    let (path, proxy, admin) = config(
+        dir.path(),
+        &bao.address(),
+        Auth::TokenFile(support::bao::ROOT_TOKEN),
+        &up,
+        &ca,
+        "${vault:secret/openai#api_key}",
+    );
     let clavis = Clavis::start(dir, &path, proxy, admin).await;
     assert_eq!(clavis.injected(&up).await, format!("Bearer {FIRST}"));
 
@@ -236,9 +281,16 @@ async fn a_stopped_server_keeps_the_last_good_value_counts_errors_and_a_restart_
         (clavis.errors_counted().await >= 2).then_some(())
     })
     .await;
-    assert_eq!(clavis.injected(&up).await, format!("Bearer {FIRST}"), "the last good value stays");
+    assert_eq!(
+        clavis.injected(&up).await,
+        format!("Bearer {FIRST}"),
+        "the last good value stays"
+    );
     let stderr = std::fs::read_to_string(clavis.dir.path().join("stderr")).unwrap();
-    assert!(stderr.contains("${vault:secret/openai#api_key}"), "the log names the reference:\n{stderr}");
+    assert!(
+        stderr.contains("${vault:secret/openai#api_key}"),
+        "the log names the reference:\n{stderr}"
+    );
 
     let bao = Bao::start(&ca, port).await;
     bao.put("openai", json!({ "api_key": THIRD })).await;
@@ -255,10 +307,20 @@ async fn an_unreachable_vault_at_start_exits_2_naming_the_reference() {
     let up = Upstream::start(&ca, &["api.openai.com"]).await;
     let dir = tempfile::tempdir().unwrap();
     let nobody = format!("https://127.0.0.1:{}", free_port());
-    let (path, ..) = config(dir.path(), &nobody, Auth::TokenFile("t"), &up, &ca, "${vault:secret/openai#api_key}");
+    let (path, ..) = config(
+        dir.path(),
+        &nobody,
+        Auth::TokenFile("t"),
+        &up,
+        &ca,
+        "${vault:secret/openai#api_key}",
+    );
     let (code, stderr) = serve_fails(&path);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("${vault:secret/openai#api_key}") && stderr.contains("cannot reach"), "{stderr}");
+    assert!(
+        stderr.contains("${vault:secret/openai#api_key}") && stderr.contains("cannot reach"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -266,16 +328,36 @@ async fn a_missing_field_or_a_denied_path_exits_2_naming_the_reference() {
     let (ca, up, bao) = setup().await;
     let token = bao.token(&["clavis"]).await;
     let dir = tempfile::tempdir().unwrap();
-    let (path, ..) = config(dir.path(), &bao.address(), Auth::TokenFile(&token), &up, &ca, "${vault:secret/openai#nope}");
+    let (path, ..) = config(
+        dir.path(),
+        &bao.address(),
+        Auth::TokenFile(&token),
+        &up,
+        &ca,
+        "${vault:secret/openai#nope}",
+    );
     let (code, stderr) = serve_fails(&path);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("${vault:secret/openai#nope}") && stderr.contains("no field"), "{stderr}");
+    assert!(
+        stderr.contains("${vault:secret/openai#nope}") && stderr.contains("no field"),
+        "{stderr}"
+    );
 
     bao.put("other", json!({ "api_key": SECOND })).await;
-    let (path, ..) = config(dir.path(), &bao.address(), Auth::TokenFile(&token), &up, &ca, "${vault:secret/other#api_key}");
+    let (path, ..) = config(
+        dir.path(),
+        &bao.address(),
+        Auth::TokenFile(&token),
+        &up,
+        &ca,
+        "${vault:secret/other#api_key}",
+    );
     let (code, stderr) = serve_fails(&path);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("${vault:secret/other#api_key}") && stderr.contains("permission denied"), "{stderr}");
+    assert!(
+        stderr.contains("${vault:secret/other#api_key}") && stderr.contains("permission denied"),
+        "{stderr}"
+    );
     assert!(!stderr.contains(SECOND) && !stderr.contains(FIRST));
 }
 
@@ -284,18 +366,35 @@ async fn a_malformed_reference_is_a_config_error_naming_its_path() {
     let ca = TestCa::new();
     let up = Upstream::start(&ca, &["api.openai.com"]).await;
     let dir = tempfile::tempdir().unwrap();
-    let (path, ..) = config(dir.path(), "https://127.0.0.1:1", Auth::TokenFile("t"), &up, &ca, "${vault:secret/openai}");
+    let (path, ..) = config(
+        dir.path(),
+        "https://127.0.0.1:1",
+        Auth::TokenFile("t"),
+        &up,
+        &ca,
+        "${vault:secret/openai}",
+    );
     let (code, stderr) = serve_fails(&path);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("services[0].credentials.api_key") && stderr.contains("#field"), "{stderr}");
+    assert!(
+        stderr.contains("services[0].credentials.api_key") && stderr.contains("#field"),
+        "{stderr}"
+    );
 
     // A reference with no vault: section to read it from.
-    let text = std::fs::read_to_string(&path).unwrap().replace("secret/openai}", "secret/openai#api_key}");
-    let text: String = text.split("vault:\n").next().unwrap().to_owned() + &text[text.find("services:").unwrap()..];
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("secret/openai}", "secret/openai#api_key}");
+    let text: String = text.split("vault:\n").next().unwrap().to_owned()
+        + &text[text.find("services:").unwrap()..];
     std::fs::write(&path, text).unwrap();
     let (code, stderr) = serve_fails(&path);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("services[0].credentials.api_key") && stderr.contains("needs a vault: section"), "{stderr}");
+    assert!(
+        stderr.contains("services[0].credentials.api_key")
+            && stderr.contains("needs a vault: section"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -304,10 +403,20 @@ async fn kubernetes_auth_logs_in_with_the_service_account_jwt() {
     let review = TokenReview::start("agents", "clavis").await;
     bao.kubernetes_auth(&review, "clavis", &["clavis"]).await;
     let dir = tempfile::tempdir().unwrap();
-    let (path, proxy, admin) = config(dir.path(), &bao.address(), Auth::Kubernetes(&review), &up, &ca, "${vault:secret/openai#api_key}");
+    let (path, proxy, admin) = config(
+        dir.path(),
+        &bao.address(),
+        Auth::Kubernetes(&review),
+        &up,
+        &ca,
+        "${vault:secret/openai#api_key}",
+    );
     let clavis = Clavis::start(dir, &path, proxy, admin).await;
     assert_eq!(clavis.injected(&up).await, format!("Bearer {FIRST}"));
-    assert!(review.reviews.load(std::sync::atomic::Ordering::SeqCst) >= 1, "OpenBao asked the cluster");
+    assert!(
+        review.reviews.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "OpenBao asked the cluster"
+    );
 
     bao.put("openai", json!({ "api_key": SECOND })).await;
     until("the new key through the Kubernetes login", 15, || async {
@@ -323,9 +432,20 @@ async fn a_refused_service_account_exits_2_naming_the_login() {
     let review = TokenReview::start("agents", "someone-else").await;
     bao.kubernetes_auth(&review, "clavis", &["clavis"]).await;
     let dir = tempfile::tempdir().unwrap();
-    let (path, ..) = config(dir.path(), &bao.address(), Auth::Kubernetes(&review), &up, &ca, "${vault:secret/openai#api_key}");
+    let (path, ..) = config(
+        dir.path(),
+        &bao.address(),
+        Auth::Kubernetes(&review),
+        &up,
+        &ca,
+        "${vault:secret/openai#api_key}",
+    );
     std::fs::write(dir.path().join("sa-token"), "not.a.valid-jwt").unwrap();
     let (code, stderr) = serve_fails(&path);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("${vault:secret/openai#api_key}") && stderr.contains("login to auth/kubernetes refused"), "{stderr}");
+    assert!(
+        stderr.contains("${vault:secret/openai#api_key}")
+            && stderr.contains("login to auth/kubernetes refused"),
+        "{stderr}"
+    );
 }

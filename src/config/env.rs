@@ -97,9 +97,9 @@ fn lookup(env: &dyn Env, name: &str, path: &str) -> Result<Secret<String>, Confi
     }
     if let Some(spec) = name.strip_prefix("vault:") {
         let reference = VaultRef::parse(spec).map_err(|m| ConfigError::at(path, m))?;
-        return env.vault(&reference).ok_or_else(|| {
-            ConfigError::at(path, format!("{reference} was not read from Vault"))
-        });
+        return env
+            .vault(&reference)
+            .ok_or_else(|| ConfigError::at(path, format!("{reference} was not read from Vault")));
     }
     let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if !valid {
@@ -218,7 +218,10 @@ mod tests {
             doc.fields.insert("api_key".into(), Secret::from("sk-v"));
             values.insert(("secret".into(), "openai".into()), doc);
             let e = env(&[]);
-            let with = WithVault { env: &e, values: &values };
+            let with = WithVault {
+                env: &e,
+                values: &values,
+            };
             let raw = Interp("Bearer ${vault:secret/openai#api_key}".into());
             assert_eq!(raw.resolve(&with, "x").unwrap().expose(), "Bearer sk-v");
             let missing = Interp("${vault:secret/openai#other}".into())
@@ -238,7 +241,10 @@ mod tests {
                 .resolve(&env(&[]), "agents[1].token")
                 .unwrap_err()
                 .to_string();
-            assert!(err.contains("agents[1].token") && err.contains("#field"), "{err}");
+            assert!(
+                err.contains("agents[1].token") && err.contains("#field"),
+                "{err}"
+            );
         }
 
         #[test]

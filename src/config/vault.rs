@@ -100,9 +100,9 @@ impl VaultRef {
         let (location, field) = spec
             .split_once('#')
             .ok_or_else(|| format!("{shown}: no #field (write ${{vault:mount/path#field}})"))?;
-        let (mount, path) = location
-            .split_once('/')
-            .ok_or_else(|| format!("{shown}: no path after the mount (write ${{vault:mount/path#field}})"))?;
+        let (mount, path) = location.split_once('/').ok_or_else(|| {
+            format!("{shown}: no path after the mount (write ${{vault:mount/path#field}})")
+        })?;
         let word = |s: &str| {
             !s.is_empty()
                 && s != "."
@@ -111,13 +111,19 @@ impl VaultRef {
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         };
         if !word(mount) {
-            return Err(format!("{shown}: the mount {mount:?} is not a name (letters, digits, - _ .)"));
+            return Err(format!(
+                "{shown}: the mount {mount:?} is not a name (letters, digits, - _ .)"
+            ));
         }
         if let Some(bad) = path.split('/').find(|s| !word(s)) {
-            return Err(format!("{shown}: the path segment {bad:?} is not a name (letters, digits, - _ .)"));
+            return Err(format!(
+                "{shown}: the path segment {bad:?} is not a name (letters, digits, - _ .)"
+            ));
         }
         if !word(field) {
-            return Err(format!("{shown}: the field {field:?} is not a name (letters, digits, - _ .)"));
+            return Err(format!(
+                "{shown}: the field {field:?} is not a name (letters, digits, - _ .)"
+            ));
         }
         Ok(VaultRef {
             mount: mount.to_owned(),
@@ -253,7 +259,10 @@ pub(crate) fn plan(raw: &RawConfig, env: &dyn Env) -> Result<Option<VaultPlan>, 
         (Some(file), None) => Some(VaultAuth::TokenFile(file.clone())),
         (None, Some(k)) => {
             if k.role.is_empty() {
-                errors.push(ConfigError::at("vault.auth.kubernetes.role", "must not be empty"));
+                errors.push(ConfigError::at(
+                    "vault.auth.kubernetes.role",
+                    "must not be empty",
+                ));
             }
             if !super::valid_name(&k.mount) {
                 errors.push(ConfigError::at(
@@ -310,7 +319,9 @@ fn address(text: &str) -> Result<http::Uri, String> {
         .map_err(|_| format!("{text:?} is not a URL like https://vault.internal:8200"))?;
     let host = uri.host().unwrap_or_default();
     if host.is_empty() || uri.path() != "/" && !uri.path().is_empty() {
-        return Err(format!("{text:?} must be https://host[:port], with no path"));
+        return Err(format!(
+            "{text:?} must be https://host[:port], with no path"
+        ));
     }
     let loopback = host == "localhost"
         || host
@@ -321,7 +332,9 @@ fn address(text: &str) -> Result<http::Uri, String> {
     match uri.scheme_str() {
         Some("https") => Ok(uri),
         Some("http") if loopback => Ok(uri),
-        Some("http") => Err(format!("{text:?}: use https (http only to a loopback address)")),
+        Some("http") => Err(format!(
+            "{text:?}: use https (http only to a loopback address)"
+        )),
         _ => Err(format!("{text:?} must start with https://")),
     }
 }
@@ -336,7 +349,10 @@ mod tests {
         #[test]
         fn reads_mount_path_and_field() {
             let r = VaultRef::parse("secret/team/openai#api_key").unwrap();
-            assert_eq!((r.mount.as_str(), r.path.as_str()), ("secret", "team/openai"));
+            assert_eq!(
+                (r.mount.as_str(), r.path.as_str()),
+                ("secret", "team/openai")
+            );
             assert_eq!(r.field, "api_key");
             assert_eq!(r.to_string(), "${vault:secret/team/openai#api_key}");
         }

@@ -721,7 +721,10 @@ mod tests {
             assert!(svc.sourced());
             let opened = s.open(&svc).unwrap().unwrap();
             assert_eq!(opened.expose().get("api_key"), Some("sk-vault"));
-            assert!(svc.record().sealed.is_none(), "no sealed bytes in the record");
+            assert!(
+                svc.record().sealed.is_none(),
+                "no sealed bytes in the record"
+            );
             let svc = s.set_credentials("v", &creds, false).unwrap();
             assert!(!svc.sourced() && svc.record().sealed.is_some());
         }

@@ -26,7 +26,10 @@ pub(crate) enum ReadError {
     #[error("cannot reach the Vault at {address}: {cause}")]
     Unreachable { address: String, cause: String },
     #[error("cannot read {path}: {cause}")]
-    File { path: String, cause: std::io::ErrorKind },
+    File {
+        path: String,
+        cause: std::io::ErrorKind,
+    },
     #[error("login to auth/{mount} refused ({status}){message}")]
     Login {
         mount: String,
@@ -87,7 +90,11 @@ impl Client {
     }
 
     pub(crate) fn address(&self) -> String {
-        self.config.address.to_string().trim_end_matches('/').to_owned()
+        self.config
+            .address
+            .to_string()
+            .trim_end_matches('/')
+            .to_owned()
     }
 
     /// `GET /v1/<mount>/data/<path>`: the KV v2 secret's fields and
@@ -196,10 +203,10 @@ impl Client {
         let tcp = tokio::net::TcpStream::connect((bare, port))
             .await
             .map_err(|e| self.unreachable(e))?;
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(http::header::HOST, address.authority().map_or(host, |a| a.as_str()));
+        let mut request = Request::builder().method(method).uri(path).header(
+            http::header::HOST,
+            address.authority().map_or(host, |a| a.as_str()),
+        );
         if let Some(token) = token {
             request = request.header("X-Vault-Token", token.expose().as_str());
         }
@@ -274,7 +281,11 @@ fn vault_errors(body: &[u8]) -> String {
         .and_then(|v| v.get("errors").cloned())
         .and_then(|e| serde_json::from_value(e).ok())
         .unwrap_or_default();
-    let errors: Vec<&str> = errors.iter().map(|e| e.trim()).filter(|e| !e.is_empty()).collect();
+    let errors: Vec<&str> = errors
+        .iter()
+        .map(|e| e.trim())
+        .filter(|e| !e.is_empty())
+        .collect();
     if errors.is_empty() {
         String::new()
     } else {
@@ -361,7 +372,10 @@ mod tests {
 
         #[test]
         fn vault_error_texts_are_joined() {
-            assert_eq!(vault_errors(br#"{"errors":["permission denied"]}"#), ": permission denied");
+            assert_eq!(
+                vault_errors(br#"{"errors":["permission denied"]}"#),
+                ": permission denied"
+            );
             assert_eq!(vault_errors(b"{}"), "");
         }
     }

@@ -120,7 +120,11 @@ impl Resolver {
             reference: refs[0].to_string(),
             cause,
         };
-        let doc = self.client.read(&secret.0, &secret.1).await.map_err(named)?;
+        let doc = self
+            .client
+            .read(&secret.0, &secret.1)
+            .await
+            .map_err(named)?;
         if let Some(r) = refs.iter().find(|r| !doc.fields.contains_key(&r.field)) {
             return Err(VaultError {
                 reference: r.to_string(),

@@ -209,8 +209,12 @@ impl Bao {
     /// TokenReview API), with role `role` bound to `namespace/account`.
     pub async fn kubernetes_auth(&self, reviewer: &TokenReview, role: &str, policies: &[&str]) {
         use reqwest::Method;
-        self.call(Method::POST, "sys/auth/kubernetes", json!({ "type": "kubernetes" }))
-            .await;
+        self.call(
+            Method::POST,
+            "sys/auth/kubernetes",
+            json!({ "type": "kubernetes" }),
+        )
+        .await;
         // The CA is not used over plain HTTP, but the plugin wants one
         // when it may not read the pod's own.
         let ca = std::fs::read_to_string(self.dir.path().join("cert.pem")).unwrap();
@@ -295,32 +299,35 @@ impl TokenReview {
                 };
                 let (valid, count, user) = (valid.clone(), count.clone(), user.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (valid, count, user) = (valid.clone(), count.clone(), user.clone());
-                        async move {
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let review: Value = serde_json::from_slice(&body).unwrap_or_default();
-                            count.fetch_add(1, Ordering::SeqCst);
-                            let ok = review["spec"]["token"].as_str() == Some(valid.as_str());
-                            let answer = json!({
-                                "apiVersion": "authentication.k8s.io/v1",
-                                "kind": "TokenReview",
-                                "status": {
-                                    "authenticated": ok,
-                                    "user": { "username": user, "uid": "uid-clavis", "groups": [] },
-                                },
-                            });
-                            Ok::<_, std::convert::Infallible>(
-                                hyper::Response::builder()
-                                    .status(201)
-                                    .header("content-type", "application/json")
-                                    .body(http_body_util::Full::new(bytes::Bytes::from(
-                                        answer.to_string(),
-                                    )))
-                                    .unwrap(),
-                            )
-                        }
-                    });
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (valid, count, user) = (valid.clone(), count.clone(), user.clone());
+                            async move {
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                let review: Value =
+                                    serde_json::from_slice(&body).unwrap_or_default();
+                                count.fetch_add(1, Ordering::SeqCst);
+                                let ok = review["spec"]["token"].as_str() == Some(valid.as_str());
+                                let answer = json!({
+                                    "apiVersion": "authentication.k8s.io/v1",
+                                    "kind": "TokenReview",
+                                    "status": {
+                                        "authenticated": ok,
+                                        "user": { "username": user, "uid": "uid-clavis", "groups": [] },
+                                    },
+                                });
+                                Ok::<_, std::convert::Infallible>(
+                                    hyper::Response::builder()
+                                        .status(201)
+                                        .header("content-type", "application/json")
+                                        .body(http_body_util::Full::new(bytes::Bytes::from(
+                                            answer.to_string(),
+                                        )))
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
                         .await;
