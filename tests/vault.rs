@@ -4,6 +4,8 @@
 //! injects them, refreshes them, keeps the last good value while the
 //! server is down, and never writes or logs them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::path::{Path, PathBuf};
