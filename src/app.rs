@@ -26,6 +26,7 @@ pub async fn serve(
     let proxy_task = tokio::spawn(crate::proxy::serve(ctx.clone(), proxy, control.stopping()));
     let admin_task = tokio::spawn(crate::admin::serve(ctx, admin, control.stopping()));
     spawn_keeper(state.clone(), control.stopping());
+    crate::refresh::spawn(state.clone(), control.stopping());
     state.set_ready(true);
     warn_about_setup(&state);
     tracing::info!(proxy = %state.proxy_addr, admin = %state.admin_addr, "clavis is ready");

@@ -12,11 +12,14 @@ use std::sync::Arc;
 
 use crate::budget;
 use crate::config::guardrails::Unit;
+use crate::config::vault::{VaultValues, WithVault};
 use crate::config::{Config, ConfigError, ConfigErrors, EntrySpec, Env};
 use crate::connector::{user, Connector, Registry};
 use crate::credentials::Credentials;
 use crate::identity::Agents;
 use crate::policy::{Policies, Policy};
+use crate::secret::Secret;
+use crate::vault::{Resolver, VaultError};
 
 /// A config service with its connector.
 #[derive(Debug)]
@@ -24,6 +27,9 @@ pub(crate) struct BoundService {
     pub(crate) name: String,
     pub(crate) connector: Arc<Connector>,
     pub(crate) credentials: Credentials,
+    /// Credentials read from a secret source (`${vault:…}`): kept in
+    /// memory only, never in the snapshot, and refreshed.
+    pub(crate) sourced: bool,
     pub(crate) default: bool,
     pub(crate) entry: EntrySpec,
 }
@@ -92,7 +98,10 @@ pub(crate) fn add_service(
         s.default,
         crate::store::Origin::Config,
     )?;
-    if !s.credentials.is_empty() {
+    if s.sourced {
+        // Read from a secret store: never written to the snapshot.
+        store.set_sourced_credentials(&s.name, &s.credentials)?;
+    } else if !s.credentials.is_empty() {
         store.set_credentials(&s.name, &s.credentials, false)?;
     }
     store.set_entry(&s.name, s.entry)?;
@@ -226,6 +235,18 @@ pub struct Settings {
     pub(crate) catalog: Catalog,
     /// `None` for a config that came as text: nothing to reload from.
     pub(crate) source: Option<Source>,
+    /// Reads the `${vault:…}` references again (refresh, reload).
+    pub(crate) vault: Option<Arc<Resolver>>,
+}
+
+/// Why `serve` or `check` cannot start from a config: its errors, or a
+/// Vault reference that could not be read. Both exit with status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("{0}")]
+    Vault(#[from] VaultError),
 }
 
 impl Settings {
@@ -251,6 +272,51 @@ impl Settings {
         Settings::from_yaml(&crate::config::read(path)?, env)
     }
 
+    /// Reads a config file and every secret it references in Vault (each
+    /// once), then checks it: what `serve` and `check` start from. The
+    /// resolver it keeps re-reads the secrets (refresh, reload).
+    pub async fn load_resolved(
+        path: Option<&Path>,
+        env: Arc<dyn Env + Send + Sync>,
+    ) -> Result<Settings, LoadError> {
+        let text = crate::config::read(path)?;
+        let mut settings = Settings::resolve(text, env.clone()).await?;
+        // From a file, the settings keep where they came from: SIGHUP,
+        // POST /v1/reload and the watcher read it again (SPEC §13.2).
+        settings.source = path.map(|path| Source {
+            path: path.to_owned(),
+            env,
+        });
+        Ok(settings)
+    }
+
+    /// [`Settings::load_resolved`] from the config's text.
+    pub async fn resolve(
+        text: String,
+        env: Arc<dyn Env + Send + Sync>,
+    ) -> Result<Settings, LoadError> {
+        let Some(plan) = Config::vault_plan(&text, &*env)? else {
+            return Ok(Settings::from_yaml(&text, &*env)?);
+        };
+        let resolver = Resolver::new(plan, Secret::new(text), env)?;
+        let values = resolver.read_all().await?;
+        let mut settings = Settings::with_vault(&resolver, &values)?;
+        settings.vault = Some(Arc::new(resolver));
+        Ok(settings)
+    }
+
+    /// The resolver's config validated with `values` read from Vault.
+    pub(crate) fn with_vault(
+        resolver: &Resolver,
+        values: &VaultValues,
+    ) -> Result<Settings, ConfigErrors> {
+        let env = WithVault {
+            env: resolver.env(),
+            values,
+        };
+        Settings::from_yaml(resolver.source(), &env)
+    }
+
     pub fn from_yaml(text: &str, env: &dyn Env) -> Result<Settings, ConfigErrors> {
         let (mut config, mut errors) = Config::with_errors(text, env)?;
         let catalog = Catalog::build(&mut config, &mut errors);
@@ -259,6 +325,7 @@ impl Settings {
                 config,
                 catalog,
                 source: None,
+                vault: None,
             })
         } else {
             Err(ConfigErrors(errors).locate(text))
@@ -311,10 +378,15 @@ impl Catalog {
                     ));
                 }
             }
+            let sourced = config.vault.as_ref().is_some_and(|v| {
+                let prefix = format!("{}.credentials.", s.key);
+                v.refs.iter().any(|(path, _)| path.starts_with(&prefix))
+            });
             services.push(BoundService {
                 name: s.name,
                 connector: connector.clone(),
                 credentials: s.credentials,
+                sourced,
                 default: s.default,
                 entry: s.entry,
             });

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use clavis::{ProcessEnv, Settings};
+use clavis::{LoadError, ProcessEnv, Settings};
 
 #[derive(Parser)]
 #[command(
@@ -123,20 +123,35 @@ fn config_path(explicit: Option<PathBuf>) -> Option<PathBuf> {
 
 fn load(path: Option<PathBuf>) -> Result<Settings, ExitCode> {
     let path = config_path(path);
-    // From a file, the settings keep where they came from: SIGHUP,
-    // POST /v1/reload and the watcher read it again (SPEC §13.2).
-    let loaded = match &path {
-        Some(p) => Settings::from_file(p, std::sync::Arc::new(ProcessEnv)),
-        None => Settings::load(None, &ProcessEnv),
-    };
-    loaded.map_err(|errors| {
-        let name = path.map_or("built-in defaults".into(), |p| p.display().to_string());
-        eprintln!("clavis: invalid config ({name}):");
-        for e in &errors.0 {
-            eprintln!("  {e}");
+    Settings::load(path.as_deref(), &ProcessEnv).map_err(|errors| invalid(path, &errors))
+}
+
+fn invalid(path: Option<PathBuf>, errors: &clavis::ConfigErrors) -> ExitCode {
+    let name = path.map_or("built-in defaults".into(), |p| p.display().to_string());
+    eprintln!("clavis: invalid config ({name}):");
+    for e in &errors.0 {
+        eprintln!("  {e}");
+    }
+    ExitCode::from(2)
+}
+
+/// As [`load`], reading the secrets the config references in Vault first
+/// (`serve`, `check`): one that cannot be read is a config error, exit 2.
+fn load_resolved(
+    path: Option<PathBuf>,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Settings, ExitCode> {
+    let path = config_path(path);
+    let env = std::sync::Arc::new(ProcessEnv);
+    match runtime.block_on(Settings::load_resolved(path.as_deref(), env)) {
+        Ok(settings) => Ok(settings),
+        Err(LoadError::Config(errors)) => Err(invalid(path, &errors)),
+        Err(LoadError::Vault(e)) => {
+            tracing::error!(error = %e, "cannot read a secret from Vault");
+            eprintln!("clavis: cannot read a secret from Vault: {e}");
+            Err(ExitCode::from(2))
         }
-        ExitCode::from(2)
-    })
+    }
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -150,7 +165,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Budgets(args) => Ok(clavis::cli::budgets(args)),
         Command::Policy(args) => Ok(clavis::cli::policy(args)),
         Command::Check { config } => {
-            let settings = match load(config) {
+            let runtime = runtime(1).context("cannot start the async runtime")?;
+            let settings = match load_resolved(config, &runtime) {
                 Ok(s) => s,
                 Err(code) => return Ok(code),
             };
@@ -202,11 +218,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            let settings = match load(config) {
+            let runtime = runtime(workers).context("cannot start the async runtime")?;
+            let settings = match load_resolved(config, &runtime) {
                 Ok(s) => s,
                 Err(code) => return Ok(code),
             };
-            let runtime = runtime(workers).context("cannot start the async runtime")?;
             runtime.block_on(serve(settings))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -32,6 +32,12 @@ pub(crate) struct BudgetLabel {
     pub(crate) budget: String,
 }
 
+/// A secret source (`vault`), closed vocabulary: never a path or a field.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SourceLabel {
+    pub(crate) source: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReloadResult {
     pub(crate) result: &'static str,
@@ -71,6 +77,8 @@ pub(crate) struct Metrics {
     pub(crate) upstream_dials: Counter,
     /// Config reloads by result (`ok`, `error`).
     pub(crate) config_reloads: Family<ReloadResult, Counter>,
+    /// Secret source reads that failed after start (the last good value stayed).
+    pub(crate) secret_source_errors: Family<SourceLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -164,6 +172,12 @@ impl Metrics {
             "Config reloads by result (ok; error: refused, the old config keeps serving)",
             config_reloads.clone(),
         );
+        let secret_source_errors = Family::<SourceLabel, Counter>::default();
+        registry.register(
+            "secret_source_errors",
+            "Secret source reads that failed after start, by source (the last good value is kept)",
+            secret_source_errors.clone(),
+        );
         let build = Family::<Version, Gauge>::default();
         build
             .get_or_create(&Version {
@@ -184,6 +198,7 @@ impl Metrics {
             budget_used,
             upstream_dials,
             config_reloads,
+            secret_source_errors,
         }
     }
 

@@ -51,6 +51,9 @@ pub struct Shared {
     /// In-flight upstream requests of callers without an agent (the admin,
     /// or anyone on loopback when `proxy.require_auth` is off).
     pub(crate) anonymous_in_flight: InFlight,
+    /// Re-reads the config's `${vault:…}` secrets (`refresh`); a reload
+    /// puts the new config's in its place.
+    pub(crate) vault: arc_swap::ArcSwapOption<crate::vault::Resolver>,
     ready: AtomicBool,
 }
 
@@ -121,6 +124,7 @@ impl State {
             mut config,
             mut catalog,
             source,
+            vault,
         } = settings;
         let applied = Applied::new(source, config.sources.clone(), &catalog.services);
         let ca = Arc::new(Ca::load_or_create(&config.ca)?);
@@ -217,6 +221,7 @@ impl State {
             budgets,
             metrics,
             anonymous_in_flight: Default::default(),
+            vault: arc_swap::ArcSwapOption::new(vault),
             ready: AtomicBool::new(false),
         })))
     }

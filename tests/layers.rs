@@ -25,11 +25,19 @@ const LAYERS: &[&[&str]] = &[
         "totp",
     ],
     &["config"],
-    &["connector", "store", "tls", "upstream", "audit", "policy"],
+    &[
+        "connector",
+        "store",
+        "tls",
+        "upstream",
+        "audit",
+        "policy",
+        "vault",
+    ],
     &["catalog", "tokens", "budget", "approvals"],
     &["state", "error", "reload"],
     &["proxy", "admin"],
-    &["app", "cli", "fuzzing"],
+    &["app", "cli", "fuzzing", "refresh"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

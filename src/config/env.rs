@@ -1,5 +1,6 @@
 //! Where config values come from besides the file: `${NAME}` / `${file:/path}`
-//! interpolation in string values, and `CLAVIS_<SECTION>_<KEY>` overrides.
+//! / `${vault:mount/path#field}` interpolation in string values, and
+//! `CLAVIS_<SECTION>_<KEY>` overrides.
 //! Lookups go through [`Env`] so tests pass a map instead of mutating the
 //! process environment.
 
@@ -7,12 +8,20 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::vault::VaultRef;
 use super::ConfigError;
 use crate::secret::Secret;
 
 /// A source of environment variables.
 pub trait Env {
     fn var(&self, name: &str) -> Option<String>;
+
+    /// The value of a `${vault:…}` reference, read before the config is
+    /// validated (`config::vault::WithVault`); `None`: not read.
+    #[allow(private_interfaces)]
+    fn vault(&self, _reference: &VaultRef) -> Option<Secret<String>> {
+        None
+    }
 }
 
 /// The real process environment.
@@ -63,7 +72,8 @@ impl Interp {
                 .find('}')
                 .ok_or_else(|| ConfigError::at(path, "unclosed \"${\" in value"))?;
             let name = &after[..end];
-            out.push_str(&lookup(env, name, path)?);
+            let value = lookup(env, name, path)?;
+            out.push_str(value.expose());
             rest = &after[end + 1..];
         }
         out.push_str(rest);
@@ -99,12 +109,20 @@ impl Interp {
     }
 }
 
-fn lookup(env: &dyn Env, name: &str, path: &str) -> Result<String, ConfigError> {
+fn lookup(env: &dyn Env, name: &str, path: &str) -> Result<Secret<String>, ConfigError> {
     if let Some(file) = name.strip_prefix("file:") {
-        let text = std::fs::read_to_string(file).map_err(|e| {
+        let text = Secret::new(std::fs::read_to_string(file).map_err(|e| {
             ConfigError::at(path, format!("cannot read ${{file:{file}}}: {}", e.kind()))
-        })?;
-        return Ok(text.trim_end_matches(['\n', '\r']).to_owned());
+        })?);
+        return Ok(Secret::new(
+            text.expose().trim_end_matches(['\n', '\r']).to_owned(),
+        ));
+    }
+    if let Some(spec) = name.strip_prefix("vault:") {
+        let reference = VaultRef::parse(spec).map_err(|m| ConfigError::at(path, m))?;
+        return env
+            .vault(&reference)
+            .ok_or_else(|| ConfigError::at(path, format!("{reference} was not read from Vault")));
     }
     let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if !valid {
@@ -114,6 +132,7 @@ fn lookup(env: &dyn Env, name: &str, path: &str) -> Result<String, ConfigError> 
         ));
     }
     env.var(name)
+        .map(Secret::new)
         .ok_or_else(|| ConfigError::at(path, format!("environment variable {name} is not set")))
 }
 
@@ -211,6 +230,43 @@ mod tests {
                     .unwrap()
                     .expose(),
                 "a${B}"
+            );
+        }
+
+        #[test]
+        fn vault_references_take_the_values_read() {
+            use crate::config::vault::{VaultDoc, VaultValues, WithVault};
+            let mut values = VaultValues::new();
+            let mut doc = VaultDoc::default();
+            doc.fields.insert("api_key".into(), Secret::from("sk-v"));
+            values.insert(("secret".into(), "openai".into()), doc);
+            let e = env(&[]);
+            let with = WithVault {
+                env: &e,
+                values: &values,
+            };
+            let raw = Interp("Bearer ${vault:secret/openai#api_key}".into());
+            assert_eq!(raw.resolve(&with, "x").unwrap().expose(), "Bearer sk-v");
+            let missing = Interp("${vault:secret/openai#other}".into())
+                .resolve(&with, "services[0].credentials.api_key")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                missing.contains("services[0].credentials.api_key")
+                    && missing.contains("${vault:secret/openai#other}"),
+                "{missing}"
+            );
+        }
+
+        #[test]
+        fn a_bad_vault_reference_names_its_path_and_fault() {
+            let err = Interp("${vault:secret/openai}".into())
+                .resolve(&env(&[]), "agents[1].token")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("agents[1].token") && err.contains("#field"),
+                "{err}"
             );
         }
 

@@ -10,6 +10,7 @@ pub(crate) mod guardrails;
 pub(crate) mod reload;
 mod scopes;
 mod validate;
+pub(crate) mod vault;
 
 pub(crate) use connectors::{ClientAuth, Grant, InjectSpec, OAuth2Spec, RecipeSpec, UserConnector};
 pub(crate) use validate::valid_name;
@@ -394,6 +395,8 @@ pub(crate) struct RawConfig {
     pub(crate) budget_store: guardrails::RawBudgetStore,
     pub(crate) approvals: Option<guardrails::RawApprovals>,
     pub(crate) reload: reload::RawReload,
+    /// Where `${vault:…}` references are read (SPEC §13.3).
+    pub(crate) vault: Option<vault::RawVault>,
 }
 
 #[derive(Debug)]
@@ -514,6 +517,8 @@ pub struct Config {
     pub(crate) sources: reload::Sources,
     /// `key.path: message` for what is valid but unwise (a short agent token).
     pub warnings: Vec<String>,
+    /// `vault:` and the references read through it; `None`: no Vault.
+    pub(crate) vault: Option<vault::VaultPlan>,
 }
 
 impl Config {
@@ -537,9 +542,28 @@ impl Config {
         let raw = parse(text)?;
         let raw = apply_overrides(raw, env)?;
         let sources = reload::Sources::of(&raw);
-        let (mut config, errors) = validate::validate(raw, env);
+        let plan = vault::plan(&raw, env);
+        let (mut config, mut errors) = validate::validate(raw, env);
         config.sources = sources;
+        match plan {
+            Ok(plan) => config.vault = plan,
+            Err(found) => {
+                // "needs a vault: section" says more than "was not read".
+                errors.retain(|e| !found.iter().any(|f| f.path == e.path));
+                errors.extend(found);
+            }
+        }
         Ok((config, errors))
+    }
+
+    /// What the config reads from Vault, checked, before anything else is
+    /// resolved (the values must be read first). `None`: no Vault.
+    pub(crate) fn vault_plan(
+        text: &str,
+        env: &dyn Env,
+    ) -> Result<Option<vault::VaultPlan>, ConfigErrors> {
+        let raw = apply_overrides(parse(text)?, env)?;
+        vault::plan(&raw, env).map_err(|e| ConfigErrors(e).locate(text))
     }
 }
 

@@ -156,6 +156,7 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Env) -> (Config, Vec<ConfigErro
         reload,
         sources: Default::default(),
         warnings: errs.1,
+        vault: None,
     };
     (config, errs.0)
 }

@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use serde::Serialize;
 
 use crate::audit::{Action, Detail, Event};
-use crate::catalog::{Applied, BoundService, Live, Settings};
+use crate::catalog::{Applied, BoundService, Live, LoadError, Settings};
 use crate::config::reload::Changes;
 use crate::config::ConfigErrors;
 use crate::identity::{Agents, Caller};
@@ -64,6 +64,9 @@ pub(crate) enum ReloadError {
         #[source]
         source: StoreError,
     },
+    /// A `${vault:…}` reference of the new config could not be read.
+    #[error("{0}")]
+    Vault(#[from] crate::vault::VaultError),
 }
 
 impl ReloadError {
@@ -147,7 +150,7 @@ pub(crate) async fn reload(
         return Ok(None);
     }
     let files = applied.sources.files.clone();
-    let result = apply(state, &mut applied);
+    let result = apply(state, &mut applied).await;
     applied.fingerprint = if applied.sources.files == files {
         before
     } else {
@@ -193,18 +196,24 @@ fn record(state: &State, trigger: Trigger, who: &Caller, result: &Result<Summary
 
 /// Reads, checks and applies the config; on an error before the store is
 /// touched nothing changed.
-fn apply(state: &State, applied: &mut Applied) -> Result<Summary, ReloadError> {
+async fn apply(state: &State, applied: &mut Applied) -> Result<Summary, ReloadError> {
     let source = applied.source.clone().ok_or(ReloadError::NoFile)?;
     let invalid = |errors: ConfigErrors| ReloadError::Invalid {
         path: source.path.display().to_string(),
         errors,
     };
-    let text = zeroize::Zeroizing::new(crate::config::read(Some(&source.path)).map_err(invalid)?);
+    let text = crate::config::read(Some(&source.path)).map_err(invalid)?;
+    // The config's `${vault:…}` secrets are read again (SPEC §13.3).
     let Settings {
         mut config,
         mut catalog,
+        vault,
         ..
-    } = Settings::from_yaml(&text, source.env.as_ref()).map_err(invalid)?;
+    } = match Settings::resolve(text, source.env.clone()).await {
+        Ok(settings) => settings,
+        Err(LoadError::Config(errors)) => return Err(invalid(errors)),
+        Err(LoadError::Vault(e)) => return Err(e.into()),
+    };
     if let Some(key) = applied.sources.restart_needed(&config.sources) {
         return Err(ReloadError::Restart(key));
     }
@@ -243,6 +252,7 @@ fn apply(state: &State, applied: &mut Applied) -> Result<Summary, ReloadError> {
     let live = Live::take(&mut config, &mut catalog);
     state.budgets.reconcile(&old.budgets, &live.budgets);
     state.swap_live(live);
+    state.vault.store(vault);
     Ok(summary)
 }
 
@@ -301,7 +311,12 @@ fn apply_services(
             {
                 // Credentials the file no longer gives are kept (they may
                 // have been stored through the API, as at start).
-                if !s.credentials.is_empty() {
+                if s.sourced {
+                    state
+                        .store
+                        .set_sourced_credentials(&e.id, &s.credentials)
+                        .map_err(err)?;
+                } else if !s.credentials.is_empty() {
                     state
                         .store
                         .set_credentials(&e.id, &s.credentials, false)

@@ -43,6 +43,9 @@ pub(crate) struct Service {
     /// What the entries API shows: notes, URL, username, custom fields.
     pub(crate) entry: Entry,
     sealed: Option<Arc<Sealed>>,
+    /// The credentials come from a secret source (Vault): never written
+    /// to the snapshot, read again at every start.
+    sourced: bool,
 }
 
 /// A service's credentials as kept: AES-GCM sealed, plus what the response
@@ -105,6 +108,11 @@ impl Service {
         self.sealed.is_some()
     }
 
+    /// Its credentials come from a secret source (and are refreshed from it).
+    pub(crate) fn sourced(&self) -> bool {
+        self.sourced
+    }
+
     /// Changes whenever the credentials do (`0`: none stored): what a
     /// token fetched with them is tied to.
     pub(crate) fn credentials_version(&self) -> u64 {
@@ -124,9 +132,11 @@ impl Service {
             },
             created_at: snapshot::unix(self.created_at),
             validated_at: self.validated_at.map(snapshot::unix),
+            // Sourced credentials live in memory only (SPEC §13.3).
             sealed: self
                 .sealed
                 .as_ref()
+                .filter(|_| !self.sourced)
                 .map(|s| base64::engine::general_purpose::STANDARD.encode(&s.bytes)),
             entry: snapshot::RecordEntry {
                 notes: self.entry.notes.clone(),
@@ -415,6 +425,7 @@ impl Store {
                         validated_at: r.validated_at.map(snapshot::from_unix),
                         entry: Service::entry_from(&r.entry),
                         sealed: r.sealed_bytes().map(Sealed::new),
+                        sourced: false,
                     }));
                     restored += 1;
                 }
@@ -458,6 +469,7 @@ impl Store {
                 validated_at: None,
                 entry: Entry::default(),
                 sealed: None,
+                sourced: false,
             });
             list.push(service.clone());
             Ok(service)
@@ -471,6 +483,26 @@ impl Store {
         creds: &Credentials,
         validated: bool,
     ) -> Result<Arc<Service>, StoreError> {
+        self.put_credentials(name_or_id, creds, validated, false)
+    }
+
+    /// As [`Store::set_credentials`], for credentials read from a secret
+    /// source: sealed in memory like any, left out of the snapshot.
+    pub(crate) fn set_sourced_credentials(
+        &self,
+        name_or_id: &str,
+        creds: &Credentials,
+    ) -> Result<Arc<Service>, StoreError> {
+        self.put_credentials(name_or_id, creds, false, true)
+    }
+
+    fn put_credentials(
+        &self,
+        name_or_id: &str,
+        creds: &Credentials,
+        validated: bool,
+        sourced: bool,
+    ) -> Result<Arc<Service>, StoreError> {
         self.update(|list| {
             let slot = list
                 .iter_mut()
@@ -481,6 +513,7 @@ impl Store {
             let service = Arc::new(Service {
                 validated_at: validated.then(SystemTime::now).or(slot.validated_at),
                 sealed: Some(Sealed::new(sealed)),
+                sourced,
                 ..slot.as_ref().clone()
             });
             *slot = service.clone();
@@ -702,6 +735,23 @@ mod tests {
             let creds = s.open(&svc).unwrap().unwrap();
             assert_eq!(creds.expose().get("api_key"), Some("sk-1"));
             assert!(s.table().find(&svc.id).is_some());
+        }
+
+        #[test]
+        fn sourced_credentials_open_but_stay_out_of_the_snapshot() {
+            let (s, c) = store();
+            s.add("v", c, false, Origin::Config).unwrap();
+            let creds = Credentials::from_pairs([("api_key", "sk-vault")]);
+            let svc = s.set_sourced_credentials("v", &creds).unwrap();
+            assert!(svc.sourced());
+            let opened = s.open(&svc).unwrap().unwrap();
+            assert_eq!(opened.expose().get("api_key"), Some("sk-vault"));
+            assert!(
+                svc.record().sealed.is_none(),
+                "no sealed bytes in the record"
+            );
+            let svc = s.set_credentials("v", &creds, false).unwrap();
+            assert!(!svc.sourced() && svc.record().sealed.is_some());
         }
 
         #[test]

@@ -119,6 +119,19 @@ def policy(args):
          cfg.get("proxy", {}).get("require_auth") is True
          and all(cfg.get(s, {}).get("listen", "").startswith("127.0.0.1:") for s in ("proxy", "admin"))),
     ]
+    if cfg.get("vault"):
+        jwt_volume = volumes.get(mount_of(cfg["vault"]["auth"].get("kubernetes", {}).get("jwt_file", "")), {})
+        sources = jwt_volume.get("projected", {}).get("sources", [])
+        rules += [
+            ("Vault: the service account token is projected for audience vault into clavis only",
+             any(s.get("serviceAccountToken", {}).get("audience") == "vault" for s in sources)
+             and not set(agent_mounts) & {v for v in volumes if "projected" in volumes[v]}),
+            ("Vault: the pod runs as the service account the Vault role is bound to",
+             spec.get("serviceAccountName") == "clavis"),
+            ("Vault: every service credential is a ${vault:...} reference",
+             all(str(v).startswith("${vault:") for s in cfg.get("services", [])
+                 for v in s.get("credentials", {}).values())),
+        ]
     failed = 0
     for name, ok in rules:
         print(("ok    " if ok else "FAIL  ") + name)

@@ -42,27 +42,32 @@ if command -v kubectl >/dev/null; then
         bash -c "kubectl kustomize '$DEPLOY/overlays/dev' >'$TMP/rendered.yaml'"
     step "kubectl kustomize base renders (the agent alone)" \
         bash -c "kubectl kustomize '$DEPLOY/base' >'$TMP/base.yaml'"
+    step "kubectl kustomize overlays/vault renders (keys from Vault)" \
+        bash -c "kubectl kustomize '$DEPLOY/overlays/vault' >'$TMP/rendered-vault.yaml'"
     SOURCE="$TMP/rendered.yaml"
     for k in 1.29.0 1.33.0 1.37.0; do
         step "rendered manifests pass the Kubernetes $k schemas (--strict)" \
             "$VENV/bin/kubernetes-validate" --quiet --strict -k "$k" "$TMP/rendered.yaml" "$TMP/base.yaml" \
-            "$DEPLOY/components/clavis/secrets.example.yaml"
+            "$DEPLOY/components/clavis/secrets.example.yaml" "$TMP/rendered-vault.yaml" \
+            "$DEPLOY/components/clavis-vault/vault/auth-delegator.yaml"
     done
-    log "policy (tests/e2e_deploy/pod.py)"
+    for rendered in rendered rendered-vault; do
+    log "policy (tests/e2e_deploy/pod.py) on $rendered.yaml"
     policy_rc=0
-    out=$("$PY" "$HERE/pod.py" policy "$TMP/rendered.yaml" 2>&1) || policy_rc=$?
+    out=$("$PY" "$HERE/pod.py" policy "$TMP/$rendered.yaml" 2>&1) || policy_rc=$?
     while IFS= read -r line; do
         case $line in
-        "ok    "*) pass "policy: ${line#ok    }" ;;
-        "FAIL  "*) fail "policy: ${line#FAIL  }" ;;
-        *) fail "policy: $line" ;;
+        "ok    "*) pass "policy ($rendered): ${line#ok    }" ;;
+        "FAIL  "*) fail "policy ($rendered): ${line#FAIL  }" ;;
+        *) fail "policy ($rendered): $line" ;;
         esac
     done <<<"$out"
     # pod.py exits 1 when a rule failed, and each such rule was counted above;
     # a failing exit that named no rule (a crash, a kill) counts on its own.
     if ((policy_rc != 0)) && ! grep -q '^FAIL  ' <<<"$out"; then
-        fail "policy: pod.py checked every rule" "pod.py policy exited $policy_rc"
+        fail "policy ($rendered): pod.py checked every rule" "pod.py policy exited $policy_rc"
     fi
+    done
 else
     for what in "kubectl kustomize renders overlays/dev and base" "rendered manifests pass the Kubernetes schemas" \
         "policy (tests/e2e_deploy/pod.py)"; do

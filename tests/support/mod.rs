@@ -6,6 +6,7 @@
 // does not reach them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod bao;
 pub mod dns;
 pub mod fakes;
 pub mod upstream;
@@ -53,6 +54,20 @@ impl TestCa {
 
     pub fn pem_path(&self) -> PathBuf {
         self.dir.path().join("upstream-ca.pem")
+    }
+
+    /// A leaf for `hosts` signed by this CA, as PEM files in `dir`
+    /// (`cert.pem`, `key.pem`): for servers that read files (OpenBao).
+    pub fn cert_files(&self, hosts: &[&str], dir: &std::path::Path) -> (PathBuf, PathBuf) {
+        let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
     }
 
     /// A TLS server config for `hosts`, offering h2 and http/1.1.
