@@ -267,7 +267,8 @@ mod bodies {
 
     #[test]
     fn a_json_path_with_a_star_reads_every_element() {
-        let body = r#"{"model":"claude","tools":[{"name":"search"},{"name":"bash"}]}"#;
+        // `*` reads every element, and every one must match (SPEC §10).
+        let body = r#"{"model":"claude","tools":[{"name":"shell"},{"name":"bash"}]}"#;
         let (code, doc) = json(
             "anthropic",
             "POST https://api.anthropic.com/v1/messages",
@@ -276,7 +277,7 @@ mod bodies {
         assert_eq!(code, 1, "{doc}");
         assert_eq!(doc["verdict"]["rule"]["name"], "shell");
         assert_eq!(doc["verdict"]["attached"], "agent");
-        let body = r#"{"model":"claude","tools":[{"name":"search"}]}"#;
+        let body = r#"{"model":"claude","tools":[{"name":"search"},{"name":"bash"}]}"#;
         let (code, _) = json(
             "anthropic",
             "POST https://api.anthropic.com/v1/messages",

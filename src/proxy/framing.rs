@@ -282,24 +282,42 @@ fn advance(state: &mut State, requests: &mut u64, verdicts: &Verdicts, mut data:
                 }
             }
             State::Trailers(buf) => {
-                buf.extend_from_slice(data);
-                let end = if buf.starts_with(b"\r\n") {
-                    Some(0)
+                // The trailers' end is looked for in this read itself when
+                // nothing is kept: copying every pipelined request after
+                // them (and recursing once per request) cost time
+                // quadratic in the requests one read holds.
+                let before = buf.len();
+                let end = if before == 0 {
+                    trailers_end(data)
                 } else {
-                    find(buf, b"\r\n\r\n").map(|e| e + 2)
+                    buf.extend_from_slice(data);
+                    trailers_end(buf)
                 };
                 let Some(end) = end else {
+                    if before == 0 {
+                        buf.extend_from_slice(data);
+                    }
                     if buf.len() > MAX_HEAD {
                         *state = State::Off;
                     }
                     return;
                 };
-                let rest = buf.split_off(end + 2);
+                // `end + 2` bytes of `buf + data` are the trailers; the
+                // kept part held no end, so they reach into `data`.
+                data = &data[end + 2 - before..];
                 *state = State::Head(Vec::new());
-                advance(state, requests, verdicts, &rest);
-                return;
             }
         }
+    }
+}
+
+/// Where the trailers (or the empty line after the last chunk) end: the
+/// index of their final CRLF.
+fn trailers_end(buf: &[u8]) -> Option<usize> {
+    if buf.starts_with(b"\r\n") {
+        Some(0)
+    } else {
+        find(buf, b"\r\n\r\n").map(|e| e + 2)
     }
 }
 
@@ -424,6 +442,20 @@ GET /d HTTP/1.1\r\nHost: h\r\n\r\n";
             let want = (2, vec![(2, Flaw::LengthWithChunked)]);
             assert_eq!(run(&[&stream]), want);
             let reads: Vec<&[u8]> = stream.chunks(255).collect();
+            assert_eq!(run(&reads), want);
+        }
+
+        #[test]
+        fn follows_many_pipelined_chunked_requests_with_trailers_in_one_read() {
+            let one: &[u8] =
+                b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\r\n\r\n";
+            let flawed: &[u8] = b"GET / HTTP/1.1\nHost: h\r\n\r\n";
+            let mut stream = one.repeat(2000);
+            stream.extend_from_slice(flawed);
+            stream.extend_from_slice(&one.repeat(3));
+            let want = (2004, vec![(2001, Flaw::BareLf)]);
+            assert_eq!(run(&[&stream]), want);
+            let reads: Vec<&[u8]> = stream.chunks(7).collect();
             assert_eq!(run(&reads), want);
         }
 
