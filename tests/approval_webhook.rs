@@ -14,12 +14,12 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::logs::Capture;
 use support::*;
-use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -28,28 +28,6 @@ const CODEX: (&str, &str) = ("codex", "codex-token");
 const HOOK_SECRET: &str = "whsec-REAL-hook-secret-0123456789";
 const HOOK_HOST: &str = "hooks.test.example";
 const REFUNDS: &str = "https://api.stripe.com/v1/refunds";
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Capture;
-
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
 
 /// clavis's log so far, every test of this binary together.
 fn log() -> String {
@@ -66,7 +44,7 @@ fn log() -> String {
             .init();
         capture
     });
-    String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned()
+    capture.text()
 }
 
 fn yaml(hold: &str, ttl: &str, webhook: &str) -> String {

@@ -9,37 +9,13 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
-
 use base64::Engine;
 use support::fakes::{GithubFake, OAuthConfig, OAuthFake};
+use support::logs::Capture;
 use support::*;
-use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Capture;
-
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
 
 /// Raw, hex, and base64 in both alphabets.
 fn encodings(secret: &str) -> Vec<String> {
@@ -149,7 +125,7 @@ agents:
     ];
     // A line of the private key's base64 body.
     secrets.push(pkcs1.lines().nth(3).unwrap().to_owned());
-    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    let logs = capture.text();
     assert!(logs.contains("token"), "the run logged something");
     let audit = serde_json::to_string(&clavis.state.audit_events(1000)).unwrap();
     for secret in &secrets {

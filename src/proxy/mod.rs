@@ -67,8 +67,6 @@ fn check_target_len(uri: &http::Uri, max: usize) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// A host no connector claims (or a claimed one on another port), with
-/// `proxy.unmatched: deny`: refused on every path that could reach it.
 /// A token source's token endpoint on a host no connector claims (an
 /// OAuth token URL): clavis calls it, agents may not reach it at all
 /// (SPEC §13.1).
@@ -82,6 +80,8 @@ fn refuse_token_host(live: &Live, host: &str) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// A host no connector claims (or a claimed one on another port), with
+/// `proxy.unmatched: deny`: refused on every path that could reach it.
 fn refuse_unmatched(state: &State, host: &str, port: u16) -> Result<(), ProxyError> {
     if state.config.proxy.unmatched == Unmatched::Deny {
         return Err(Refusal::Unmatched {

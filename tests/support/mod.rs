@@ -9,6 +9,7 @@
 pub mod bao;
 pub mod dns;
 pub mod fakes;
+pub mod logs;
 pub mod upstream;
 
 use std::collections::HashMap;

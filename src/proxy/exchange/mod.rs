@@ -327,12 +327,15 @@ fn prepare(record: &Record, mut parts: Parts, body: Body) -> Result<Outgoing, Pr
 /// then, if a rule says so, a person's approval.
 async fn decide(record: &mut Record, out: &mut Outgoing) -> Result<(), ProxyError> {
     own_rules(record, out)?;
-    let state = record.state.clone();
-    let service = record.service()?.clone();
-    let agent = record.caller.agent_name();
-    let live = record.target.live.clone();
-    let policies = live.policies.for_exchange(&service.name, agent);
-    let budgets = live.budgets.applicable(&service.name, agent);
+    let (policies, budgets) = {
+        let (live, service) = (&record.target.live, &record.service()?.name);
+        let agent = record.caller.agent_name();
+        (
+            live.policies.for_exchange(service, agent),
+            live.budgets.applicable(service, agent),
+        )
+    };
+    // The common case, with nothing configured: no clone, no allocation.
     if policies.is_empty() && budgets.is_empty() {
         return Ok(());
     }
@@ -342,7 +345,8 @@ async fn decide(record: &mut Record, out: &mut Outgoing) -> Result<(), ProxyErro
     let metered = !budgets.is_empty() && meter.reads_body(method, &path);
     let judged = crate::policy::reads_body(&policies, method);
     if metered || judged {
-        out.buffer(state.config.limits.policy_body).await?;
+        let limit = record.state.config.limits.policy_body;
+        out.buffer(limit).await?;
     }
     let mut asked = None;
     if !policies.is_empty() {
@@ -364,10 +368,15 @@ async fn decide(record: &mut Record, out: &mut Outgoing) -> Result<(), ProxyErro
 /// `TRACE` never (the upstream would echo the credential); a connector's
 /// reserved paths (a token source's login) never.
 fn own_rules(record: &Record, out: &Outgoing) -> Result<(), ProxyError> {
-    let registry = &record.target.live.registry;
-    let (host, path) = (&record.target.host, out.parts.uri.path());
-    clavis_rules(registry, record.connector(), &out.parts.method, host, path)?;
-    Ok(())
+    let (target, path) = (&record.target, out.parts.uri.path());
+    let registry = &target.live.registry;
+    Ok(clavis_rules(
+        registry,
+        record.connector(),
+        &out.parts.method,
+        &target.host,
+        path,
+    )?)
 }
 
 /// clavis's own rules, before any policy: `TRACE`, a token source's
