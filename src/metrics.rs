@@ -2,7 +2,9 @@
 //! gauges read at scrape time. Labels come from a closed vocabulary
 //! (connector names, outcomes, error kinds), never from request data.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -20,10 +22,21 @@ pub(crate) struct ConnectorLabel {
     pub(crate) connector: String,
 }
 
+/// A label value shared with the config it names (a policy, a rule):
+/// counting a request clones a pointer, not the text.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub(crate) struct Shared(pub(crate) Arc<str>);
+
+impl EncodeLabelValue for Shared {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&&*self.0, encoder)
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct Decision {
-    pub(crate) policy: String,
-    pub(crate) rule: String,
+    pub(crate) policy: Shared,
+    pub(crate) rule: Shared,
     pub(crate) decision: &'static str,
 }
 

@@ -392,19 +392,29 @@ impl Budgets {
     }
 
     /// Ends a reservation: `used` is what the request used (`None`:
-    /// nothing, the upstream never answered).
+    /// nothing, the upstream never answered). Counts kept in this process
+    /// are settled at once; `Some` hands the reservation back when settling
+    /// takes a call to Redis, for [`Budgets::settle`] off the caller's path.
+    pub(crate) fn settle_here(
+        &self,
+        held: Held,
+        used: Option<Amounts>,
+    ) -> Option<(Held, Option<Amounts>)> {
+        match &self.backend {
+            Backend::Memory(m) => {
+                let settled = settled(held, used);
+                if !settled.is_empty() {
+                    m.settle(&settled);
+                }
+                None
+            }
+            Backend::Redis(_) => Some((held, used)),
+        }
+    }
+
+    /// Ends a reservation, waiting for Redis where the counts live there.
     pub(crate) async fn settle(&self, held: Held, used: Option<Amounts>) {
-        let settled: Vec<(Part, f64)> = held
-            .parts
-            .into_iter()
-            .map(|p| {
-                let u = match (used, p.spec.unit()) {
-                    (Some(a), Some(unit)) => a.of(unit),
-                    _ => 0.0,
-                };
-                (p, u)
-            })
-            .collect();
+        let settled = settled(held, used);
         if settled.is_empty() {
             return;
         }
@@ -445,6 +455,20 @@ impl Budgets {
             m.restore(saved, &specs.0, unix_now());
         }
     }
+}
+
+/// Each part of a reservation with what the request used in its unit.
+fn settled(held: Held, used: Option<Amounts>) -> Vec<(Part, f64)> {
+    held.parts
+        .into_iter()
+        .map(|p| {
+            let u = match (used, p.spec.unit()) {
+                (Some(a), Some(unit)) => a.of(unit),
+                _ => 0.0,
+            };
+            (p, u)
+        })
+        .collect()
 }
 
 /// One budget's share of a reservation, worked out before it is made.

@@ -317,7 +317,7 @@ fn each(
 /// built-in policy of `readonly: true`.
 fn written(settings: &Settings, verdict: &Verdict) -> Option<String> {
     let index = verdict.index?;
-    if verdict.policy == "readonly"
+    if &*verdict.policy == "readonly"
         && !settings
             .config
             .policies
@@ -332,7 +332,7 @@ fn written(settings: &Settings, verdict: &Verdict) -> Option<String> {
         .config
         .policies
         .iter()
-        .find(|p| p.name == verdict.policy)?
+        .find(|p| *p.name == *verdict.policy)?
         .rules
         .get(index)?;
     Some(rule_yaml(raw))

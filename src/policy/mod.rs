@@ -18,6 +18,9 @@ use http::Method;
 pub(crate) use fields::Body;
 use fields::{Pairs, Seen};
 use path::Glob;
+
+/// The name a verdict gives when no rule matched.
+static DEFAULT: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| "default".into());
 pub(crate) use path::{normalize as normalize_path, PathError};
 
 use crate::config::guardrails::{
@@ -44,7 +47,7 @@ impl Action {
 
 #[derive(Debug)]
 pub(crate) struct Policy {
-    pub(crate) name: String,
+    pub(crate) name: Arc<str>,
     pub(crate) enforce: bool,
     default: Action,
     rules: Vec<Rule>,
@@ -56,7 +59,7 @@ pub(crate) struct Policy {
 
 #[derive(Debug)]
 struct Rule {
-    name: String,
+    name: Arc<str>,
     action: Action,
     methods: Option<Vec<Method>>,
     hosts: Option<Vec<String>>,
@@ -103,10 +106,10 @@ impl Policy {
                 _ => return Err(error(key, "give exactly one of allow, deny or approve")),
             };
             let name = r.name.clone().unwrap_or_else(|| format!("rules[{i}]"));
-            rules.push(rule(&key, name, action, matcher)?);
+            rules.push(rule(&key, name.into(), action, matcher)?);
         }
         Ok(Policy {
-            name: raw.name.clone(),
+            name: raw.name.as_str().into(),
             enforce: raw.mode == PolicyMode::Enforce,
             default: match raw.default {
                 DefaultAction::Allow => Action::Allow,
@@ -146,7 +149,7 @@ impl Policy {
             r.hosts
                 .iter()
                 .flatten()
-                .map(move |h| (r.name.as_str(), h.as_str()))
+                .map(move |h| (&*r.name, h.as_str()))
         })
     }
 
@@ -158,7 +161,7 @@ impl Policy {
             .find(|r| {
                 !r.body.is_empty() && r.methods.as_ref().is_none_or(|m| m.contains(&Method::GET))
             })
-            .map(|r| r.name.as_str())
+            .map(|r| &*r.name)
     }
 
     /// The policy as the admin API shows it.
@@ -216,7 +219,7 @@ impl Policy {
         Verdict {
             action: self.default,
             policy: self.name.clone(),
-            rule: "default".into(),
+            rule: DEFAULT.clone(),
             index: None,
             enforce: self.enforce,
             unclear: false,
@@ -224,7 +227,7 @@ impl Policy {
     }
 }
 
-fn rule(key: &str, name: String, action: Action, m: &RawMatcher) -> Result<Rule, PolicyError> {
+fn rule(key: &str, name: Arc<str>, action: Action, m: &RawMatcher) -> Result<Rule, PolicyError> {
     let methods = match &m.methods {
         None => None,
         Some(list) => {
@@ -406,9 +409,9 @@ impl Value {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Verdict {
     pub(crate) action: Action,
-    pub(crate) policy: String,
+    pub(crate) policy: Arc<str>,
     /// The rule's name, or `default`.
-    pub(crate) rule: String,
+    pub(crate) rule: Arc<str>,
     /// Where the rule is in the policy (`rules[i]`); `None` for the default.
     pub(crate) index: Option<usize>,
     pub(crate) enforce: bool,
@@ -419,7 +422,7 @@ pub(crate) struct Verdict {
 impl Verdict {
     /// Why, in one sentence an agent can act on.
     pub(crate) fn explain(&self) -> String {
-        let by = if self.rule == "default" {
+        let by = if &*self.rule == "default" {
             format!(
                 "policy {:?} (no rule matched; its default is {})",
                 self.policy,
@@ -541,7 +544,7 @@ impl Policies {
         let mut services: Vec<String> = self
             .by_service
             .iter()
-            .filter(|(_, ps)| ps.iter().any(|p| p.name == policy))
+            .filter(|(_, ps)| ps.iter().any(|p| &*p.name == policy))
             .map(|(s, _)| s.clone())
             .collect();
         services.sort();
@@ -551,7 +554,7 @@ impl Policies {
             .flat_map(|(service, agents)| {
                 agents
                     .iter()
-                    .filter(|(_, p)| p.name == policy)
+                    .filter(|(_, p)| &*p.name == policy)
                     .map(move |(agent, _)| (agent.clone(), service.clone()))
             })
             .collect();

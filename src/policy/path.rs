@@ -138,25 +138,48 @@ impl Glob {
         Ok(Glob { segments })
     }
 
-    /// Matches a path from [`normalize`].
+    /// Matches a path from [`normalize`], segment by segment as it goes
+    /// (a policy reads every rule's glob on every request: no allocation).
     pub(crate) fn matches(&self, path: &str) -> bool {
-        let parts: Vec<&str> = if path == "/" {
-            Vec::new()
-        } else {
-            path.split('/').skip(1).collect()
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
         };
-        matches(&self.segments, &parts)
+        matches(&self.segments, (!rest.is_empty()).then_some(rest))
     }
 }
 
-fn matches(glob: &[Segment], path: &[&str]) -> bool {
+/// `rest`: the path's segments not yet matched, `/`-separated (`None`
+/// when none are left).
+fn matches(glob: &[Segment], rest: Option<&str>) -> bool {
     match glob.split_first() {
-        None => path.is_empty(),
-        Some((Segment::Any, rest)) => (0..=path.len()).any(|skip| matches(rest, &path[skip..])),
-        Some((first, rest)) => match path.split_first() {
-            Some((segment, tail)) => segment_matches(first, segment) && matches(rest, tail),
+        None => rest.is_none(),
+        Some((Segment::Any, tail)) => {
+            let mut rest = rest;
+            loop {
+                if matches(tail, rest) {
+                    return true;
+                }
+                match rest {
+                    Some(s) => rest = next(s).1,
+                    None => return false,
+                }
+            }
+        }
+        Some((first, tail)) => match rest {
+            Some(s) => {
+                let (segment, after) = next(s);
+                segment_matches(first, segment) && matches(tail, after)
+            }
             None => false,
         },
+    }
+}
+
+/// The first of `rest`'s segments, and the ones after it.
+fn next(rest: &str) -> (&str, Option<&str>) {
+    match rest.split_once('/') {
+        Some((segment, tail)) => (segment, Some(tail)),
+        None => (rest, None),
     }
 }
 

@@ -14,7 +14,7 @@ use crate::budget::{Amounts, Ask, Spec};
 use crate::config::guardrails::Unit;
 use crate::connector::meter::Meter;
 use crate::error::{Guard, ProxyError};
-use crate::metrics::Decision as DecisionLabel;
+use crate::metrics::{Decision as DecisionLabel, Shared};
 use crate::policy::{self, Action, Body, Policy, Verdict, View, ViewError};
 
 /// The request as the agent sent it, for messages: method and path.
@@ -108,8 +108,8 @@ pub(super) fn judge(
         metrics
             .policy_decisions
             .get_or_create(&DecisionLabel {
-                policy: v.policy.clone(),
-                rule: v.rule.clone(),
+                policy: Shared(v.policy.clone()),
+                rule: Shared(v.rule.clone()),
                 decision,
             })
             .inc();

@@ -268,11 +268,14 @@ impl Record {
             None if self.sent => Some(charge.reserved),
             None => None,
         };
+        let Some((held, used)) = self.state.budgets.settle_here(charge.held, used) else {
+            return;
+        };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let state = self.state.clone();
-        runtime.spawn(async move { state.budgets.settle(charge.held, used).await });
+        runtime.spawn(async move { state.budgets.settle(held, used).await });
     }
 }
 
