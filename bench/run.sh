@@ -13,7 +13,8 @@
 #
 # Installs what it needs (apt: nginx, openssl, python3-venv, build tools;
 # PyPI: mitmproxy into bench/.venv; crates.io: oha into bench/.tools), builds
-# the hudsucker peer (bench/.target-peers) and clavis (cargo build --release),
+# the SSE origin and the hudsucker peer (bench/.target-peers) and clavis
+# (cargo build --release),
 # then runs bench/lib/harness.py, which prints the table and writes
 # bench/RESULTS.md. All traffic stays on 127.0.0.1.
 set -euo pipefail
@@ -69,6 +70,13 @@ if [[ ! -x "$BENCH/.tools/bin/oha" ]]; then
   say "cargo install oha (a few minutes, once)"
   nice -n 15 cargo install oha --locked --root "$BENCH/.tools" --quiet
 fi
+
+# --- the SSE origin every target's streams come from (Rust: it shares the
+# load core, where a Python origin took a third of the core at 10,000 events/s)
+say "building the SSE origin"
+nice -n 15 cargo build --release --quiet --locked \
+  --manifest-path "$BENCH/peers/sse-origin/Cargo.toml" \
+  --target-dir "$BENCH/.target-peers"
 
 # --- the hudsucker peer
 if wants hudsucker; then

@@ -43,6 +43,7 @@ OHA = BENCH / ".tools" / "bin" / "oha"
 VENV_PY = BENCH / ".venv" / "bin" / "python"
 MITMDUMP = BENCH / ".venv" / "bin" / "mitmdump"
 HUDSUCKER = BENCH / ".target-peers" / "release" / "hudsucker-inject"
+SSE_ORIGIN = BENCH / ".target-peers" / "release" / "sse-origin"
 # BENCH_CLAVIS_BIN: another clavis binary (an A/B of two builds on the same setup)
 CLAVIS = Path(os.environ.get("BENCH_CLAVIS_BIN") or REPO / "target" / "release" / "clavis")
 
@@ -1468,7 +1469,7 @@ def main() -> int:
     targets: list[Target] = []
     try:
         sse_port, nginx_port = free_port(), free_port()
-        procs.start("sse-origin", [sys.executable, str(BENCH / "lib" / "sse_upstream.py"), str(sse_port)],
+        procs.start("sse-origin", [str(SSE_ORIGIN), str(sse_port)],
                     d / "sse-origin.log", LOAD_CORE)
         wait_port(sse_port, None)
         conf = write_nginx_conf(d, nginx_port, sse_port, data, nofile)
