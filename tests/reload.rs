@@ -539,3 +539,95 @@ async fn sighup_reloads_the_running_binary() {
     assert!(serve.try_wait().unwrap().is_none(), "SIGHUP ended clavis");
     serve.kill().await.unwrap();
 }
+
+/// The voluntary context switches of `pid`'s inotify thread (notify names
+/// it "notify-rs inotify loop"; the kernel keeps 15 bytes of it).
+fn watcher_wakeups(pid: u32) -> Option<u64> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with("notify-rs") {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).ok()?;
+        return status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok());
+    }
+    None
+}
+
+/// Reading the config is no change: inotify reports opens, and the check a
+/// kick starts reads the files, so a watcher that kicked on opens checked
+/// again and again, four times a second, on the proxy's core, forever.
+#[tokio::test]
+async fn reading_the_config_starts_no_reload_check() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, admin) = (free_port(), free_port());
+    let d = dir.path().display();
+    let config = dir.path().join("clavis.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "proxy: {{ listen: \"127.0.0.1:{proxy}\" }}\n\
+             admin: {{ listen: \"127.0.0.1:{admin}\", token: {ADMIN} }}\n\
+             ca: {{ cert: \"{d}/ca.pem\", key: \"{d}/ca.key\", bundle: \"{d}/bundle.pem\" }}\n\
+             reload: {{ poll: off, watch: true }}\n"
+        ),
+    )
+    .unwrap();
+    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_clavis"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{admin}/v1/agents");
+    until("clavis to start", 30, || async {
+        let r = admin_client()
+            .get(&url)
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let pid = serve.id().unwrap();
+    // Let start-up's own file writes settle (one check at most).
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    // Someone reads the config (an operator's `cat`, a backup job).
+    std::fs::read_to_string(&config).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let before =
+        watcher_wakeups(pid).expect("clavis runs an inotify thread when reload.watch is on");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let after = watcher_wakeups(pid).unwrap();
+    assert_eq!(
+        after,
+        before,
+        "the watcher woke {} times in 1.5 s with nothing changing",
+        after - before
+    );
+    // A real change is still seen.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config).unwrap()
+            + "agents:\n  - { name: watched, token: watched-token-0123456789 }\n",
+    )
+    .unwrap();
+    until("the watcher to reload the changed config", 15, || async {
+        let r = admin_client()
+            .get(&url)
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .ok()?;
+        r.text().await.ok().filter(|t| t.contains("watched"))
+    })
+    .await;
+    serve.kill().await.unwrap();
+}

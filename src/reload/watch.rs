@@ -104,8 +104,22 @@ async fn settle(kicked: &mut mpsc::Receiver<()>) {
     while let Ok(Some(())) = tokio::time::timeout(SETTLE, kicked.recv()).await {}
 }
 
+/// Whether an event can mean that a file's content or name changed.
+/// Opening, reading and closing a file unwritten cannot, and must not
+/// kick: the check a kick starts reads the files, and inotify reports
+/// those reads, which would start the next check, four times a second for
+/// as long as clavis runs (each on the proxy's one core).
+fn may_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 /// inotify on the directories that hold the config file and the files it
-/// reads; any event there is a kick (the fingerprint decides).
+/// reads; any event that may change one is a kick (the fingerprint decides).
 struct Watcher {
     inner: notify::RecommendedWatcher,
     dirs: BTreeSet<PathBuf>,
@@ -114,7 +128,8 @@ struct Watcher {
 impl Watcher {
     fn new(kick: mpsc::Sender<()>) -> Option<Watcher> {
         let handler = move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            // An error (the kernel's queue overflowed) may hide a change.
+            if event.as_ref().map_or(true, |e| may_change(&e.kind)) {
                 // Full means a kick is already waiting: one is enough.
                 let _ = kick.try_send(());
             }
