@@ -191,6 +191,11 @@ impl Default for AuditConfig {
     }
 }
 
+/// The largest request head clavis reads (`limits.max_header_bytes` may not
+/// exceed it): its request-smuggling guard (`proxy::framing`) follows heads
+/// up to this size, and could not check a larger one that hyper accepted.
+pub(crate) const HEAD_LIMIT: usize = 64 * 1024;
+
 /// Resource bounds (threat model §4). Every one has a safe default.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -245,7 +250,7 @@ impl Default for Limits {
             tls_handshake_timeout: secs(10),
             idle_timeout: secs(90),
             tunnel_idle_timeout: secs(15 * 60),
-            max_header_bytes: 64 * 1024,
+            max_header_bytes: HEAD_LIMIT,
             max_headers: 100,
             max_uri_bytes: 8 * 1024,
             h2_max_streams: 100,

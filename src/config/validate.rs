@@ -105,6 +105,16 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Env) -> (Config, Vec<ConfigErro
         }
     });
 
+    if raw.limits.max_header_bytes > super::HEAD_LIMIT {
+        errs.push(
+            "limits.max_header_bytes",
+            format!(
+                "{} is above {}: the request-smuggling guard checks heads up to 64 KiB and could not check a larger one",
+                raw.limits.max_header_bytes,
+                super::HEAD_LIMIT
+            ),
+        );
+    }
     if raw.store.snapshot.is_some() && raw.store.master_key_file.is_none() {
         errs.push(
             "store.snapshot",
@@ -599,6 +609,18 @@ mod tests {
                 msg.contains("proxy") && msg.contains("lisen") && msg.contains("line 2"),
                 "{msg}"
             );
+        }
+
+        #[test]
+        fn heads_larger_than_the_smuggling_guard_reads_are_refused() {
+            let e = check("limits: { max_header_bytes: 65537 }\n").unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains("limits.max_header_bytes") && msg.contains("smuggling guard"),
+                "{msg}"
+            );
+            let c = check("limits: { max_header_bytes: 65536 }\n").unwrap();
+            assert_eq!(c.limits.max_header_bytes, 65536);
         }
 
         #[test]

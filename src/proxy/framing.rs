@@ -16,7 +16,9 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-const MAX_HEAD: usize = 64 * 1024;
+/// Heads (and chunk-size lines) are followed up to this size; the config
+/// keeps `limits.max_header_bytes` within it, so hyper refuses a longer one.
+const MAX_HEAD: usize = crate::config::HEAD_LIMIT;
 
 /// Flaws kept per connection: the first flawed request served closes the
 /// connection, so only the earliest ones can ever be asked about.
