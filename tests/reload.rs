@@ -489,55 +489,90 @@ async fn budget_counts_survive_a_reload() {
 
 #[tokio::test]
 async fn sighup_reloads_the_running_binary() {
-    use std::process::Stdio;
-    let dir = tempfile::tempdir().unwrap();
-    let (proxy, admin) = (free_port(), free_port());
-    let d = dir.path().display();
-    let head = format!(
-        "proxy: {{ listen: \"127.0.0.1:{proxy}\" }}\n\
-         admin: {{ listen: \"127.0.0.1:{admin}\", token: {ADMIN} }}\n\
-         ca: {{ cert: \"{d}/ca.pem\", key: \"{d}/ca.key\", bundle: \"{d}/bundle.pem\" }}\n\
-         reload: {{ poll: off, watch: false }}\n"
-    );
-    let config = dir.path().join("clavis.yaml");
-    std::fs::write(&config, &head).unwrap();
-    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_clavis"))
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
+    let bin = Binary::start("reload: { poll: off, watch: false }\n").await;
+    assert!(!bin.agents().await.unwrap().contains("hupped"));
+    bin.add_agent("hupped");
+    // SAFETY: kill(2) with our child's pid and a valid signal number.
+    assert_eq!(unsafe { libc::kill(bin.pid() as i32, libc::SIGHUP) }, 0);
+    until("SIGHUP to reload the config", 15, || async {
+        bin.agents().await.filter(|t| t.contains("hupped"))
+    })
+    .await;
+    let mut serve = bin.serve;
+    assert!(serve.try_wait().unwrap().is_none(), "SIGHUP ended clavis");
+    serve.kill().await.unwrap();
+}
+
+/// The clavis binary serving a config file of its own (in `_dir`), for
+/// what only a separate process shows: signals, its threads.
+struct Binary {
+    serve: tokio::process::Child,
+    config: std::path::PathBuf,
+    agents_url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Binary {
+    /// Ports, admin token and CA, then `extra`; ready once the admin port answers.
+    async fn start(extra: &str) -> Binary {
+        let dir = tempfile::tempdir().unwrap();
+        let (proxy, admin) = (free_port(), free_port());
+        let d = dir.path().display();
+        let config = dir.path().join("clavis.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "proxy: {{ listen: \"127.0.0.1:{proxy}\" }}\n\
+                 admin: {{ listen: \"127.0.0.1:{admin}\", token: {ADMIN} }}\n\
+                 ca: {{ cert: \"{d}/ca.pem\", key: \"{d}/ca.key\", bundle: \"{d}/bundle.pem\" }}\n\
+                 {extra}"
+            ),
+        )
         .unwrap();
-    let url = format!("http://127.0.0.1:{admin}/v1/agents");
-    let agents = || async {
+        let serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_clavis"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let bin = Binary {
+            serve,
+            config,
+            agents_url: format!("http://127.0.0.1:{admin}/v1/agents"),
+            _dir: dir,
+        };
+        until("clavis to start", 30, || async {
+            bin.agents().await.filter(|t| t.starts_with('['))
+        })
+        .await;
+        bin
+    }
+
+    fn pid(&self) -> u32 {
+        self.serve.id().unwrap()
+    }
+
+    /// `GET /v1/agents`, as text.
+    async fn agents(&self) -> Option<String> {
         let r = admin_client()
-            .get(&url)
+            .get(&self.agents_url)
             .bearer_auth(ADMIN)
             .send()
             .await
             .ok()?;
         r.text().await.ok()
-    };
-    until("clavis to start", 30, || async {
-        agents().await.filter(|t| t.starts_with('['))
-    })
-    .await;
-    assert!(!agents().await.unwrap().contains("hupped"));
+    }
 
-    std::fs::write(
-        &config,
-        format!("{head}agents:\n  - {{ name: hupped, token: hupped-token-0123456789 }}\n"),
-    )
-    .unwrap();
-    let pid = serve.id().unwrap() as i32;
-    // SAFETY: kill(2) with our child's pid and a valid signal number.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
-    until("SIGHUP to reload the config", 15, || async {
-        agents().await.filter(|t| t.contains("hupped"))
-    })
-    .await;
-    assert!(serve.try_wait().unwrap().is_none(), "SIGHUP ended clavis");
-    serve.kill().await.unwrap();
+    /// Appends an agent to the config file (read by the next reload).
+    fn add_agent(&self, name: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(
+            &self.config,
+            format!("{text}agents:\n  - {{ name: {name}, token: {name}-token-0123456789 }}\n"),
+        )
+        .unwrap();
+    }
 }
 
 /// The voluntary context switches of `pid`'s inotify thread (notify names
@@ -563,44 +598,12 @@ fn watcher_wakeups(pid: u32) -> Option<u64> {
 /// again and again, four times a second, on the proxy's core, forever.
 #[tokio::test]
 async fn reading_the_config_starts_no_reload_check() {
-    use std::process::Stdio;
-    let dir = tempfile::tempdir().unwrap();
-    let (proxy, admin) = (free_port(), free_port());
-    let d = dir.path().display();
-    let config = dir.path().join("clavis.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "proxy: {{ listen: \"127.0.0.1:{proxy}\" }}\n\
-             admin: {{ listen: \"127.0.0.1:{admin}\", token: {ADMIN} }}\n\
-             ca: {{ cert: \"{d}/ca.pem\", key: \"{d}/ca.key\", bundle: \"{d}/bundle.pem\" }}\n\
-             reload: {{ poll: off, watch: true }}\n"
-        ),
-    )
-    .unwrap();
-    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_clavis"))
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{admin}/v1/agents");
-    until("clavis to start", 30, || async {
-        let r = admin_client()
-            .get(&url)
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
-    let pid = serve.id().unwrap();
+    let bin = Binary::start("reload: { poll: off, watch: true }\n").await;
+    let pid = bin.pid();
     // Let start-up's own file writes settle (one check at most).
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     // Someone reads the config (an operator's `cat`, a backup job).
-    std::fs::read_to_string(&config).unwrap();
+    std::fs::read_to_string(&bin.config).unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let before =
         watcher_wakeups(pid).expect("clavis runs an inotify thread when reload.watch is on");
@@ -613,21 +616,11 @@ async fn reading_the_config_starts_no_reload_check() {
         after - before
     );
     // A real change is still seen.
-    std::fs::write(
-        &config,
-        std::fs::read_to_string(&config).unwrap()
-            + "agents:\n  - { name: watched, token: watched-token-0123456789 }\n",
-    )
-    .unwrap();
+    bin.add_agent("watched");
     until("the watcher to reload the changed config", 15, || async {
-        let r = admin_client()
-            .get(&url)
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .ok()?;
-        r.text().await.ok().filter(|t| t.contains("watched"))
+        bin.agents().await.filter(|t| t.contains("watched"))
     })
     .await;
+    let mut serve = bin.serve;
     serve.kill().await.unwrap();
 }

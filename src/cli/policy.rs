@@ -64,17 +64,23 @@ pub(crate) fn test(args: PolicyTestArgs) -> Result<ExitCode, CliError> {
 
 fn service<'a>(settings: &'a Settings, name: &str) -> Result<&'a BoundService, CliError> {
     let services = &settings.catalog.services;
-    services.iter().find(|s| s.name == name).ok_or_else(|| {
-        let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
-        CliError::Usage(format!(
-            "--service: no service named {name:?} in the config (its services: {})",
-            if names.is_empty() {
-                "none".into()
-            } else {
-                names.join(", ")
-            }
-        ))
-    })
+    services
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| unknown("service", name, services.iter().map(|s| s.name.as_str())))
+}
+
+/// `--service: no service named "x" in the config (its services: a, b)`.
+fn unknown<'a>(what: &str, name: &str, names: impl Iterator<Item = &'a str>) -> CliError {
+    let names: Vec<&str> = names.collect();
+    let listed = if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    };
+    CliError::Usage(format!(
+        "--{what}: no {what} named {name:?} in the config (its {what}s: {listed})"
+    ))
 }
 
 /// The agent, which must be allowed to use the service (the exchange's
@@ -95,17 +101,7 @@ fn caller(settings: &Settings, agent: Option<&str>, service: &str) -> Result<Cal
         .agents
         .iter()
         .find(|a| a.name == name)
-        .ok_or_else(|| {
-            let names: Vec<&str> = config.agents.iter().map(|a| a.name.as_str()).collect();
-            CliError::Usage(format!(
-                "--agent: no agent named {name:?} in the config (its agents: {})",
-                if names.is_empty() {
-                    "none".into()
-                } else {
-                    names.join(", ")
-                }
-            ))
-        })?;
+        .ok_or_else(|| unknown("agent", name, config.agents.iter().map(|a| a.name.as_str())))?;
     let caller = Caller::agent(found.clone(), Via::Proxy);
     if !caller.may_use(service) {
         return Err(CliError::Usage(format!(
@@ -259,7 +255,7 @@ fn judge(settings: &Settings, service: &BoundService, caller: &Caller, asked: &A
             each,
         };
     };
-    let refusal = guard::refusal(&policies, &verdict, request, approvals);
+    let refusal = guard::refusal(&policies, &verdict, || request, approvals);
     let (decision_word, exit) = match (verdict.action, &refusal) {
         (Action::Allow, _) => ("allow", ALLOW),
         (Action::Approve, None) => ("approve", APPROVE),

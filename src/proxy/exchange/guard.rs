@@ -48,13 +48,14 @@ pub(crate) fn policy_decision(
     Ok(policy::decide(policies, &view))
 }
 
-/// The refusal an enforced verdict makes, naming what the deciding policy
-/// allows; `None` when it lets the request through, or when a person may
-/// approve it (`approvals` configured).
+/// The refusal an enforced verdict makes, naming the request (spelled by
+/// `request`, only for a refusal: most requests pass) and what the deciding
+/// policy allows; `None` when it lets the request through, or when a person
+/// may approve it (`approvals` configured).
 pub(crate) fn refusal(
     policies: &[Arc<Policy>],
     verdict: &Verdict,
-    request: String,
+    request: impl FnOnce() -> String,
     approvals: bool,
 ) -> Option<Guard> {
     let allowed = || {
@@ -66,12 +67,12 @@ pub(crate) fn refusal(
     match verdict.action {
         Action::Allow => None,
         Action::Deny => Some(Guard::Policy {
-            request,
+            request: request(),
             why: verdict.explain(),
             allowed: allowed(),
         }),
         Action::Approve if !approvals => Some(Guard::NoApprovals {
-            request,
+            request: request(),
             why: verdict.explain(),
             allowed: allowed(),
         }),
@@ -131,7 +132,7 @@ pub(super) fn judge(
     };
     count(&verdict, verdict.action.as_str());
     let approvals = record.state.approvals.is_some();
-    if let Some(refused) = refusal(policies, &verdict, spelled(out), approvals) {
+    if let Some(refused) = refusal(policies, &verdict, || spelled(out), approvals) {
         return Err(refused.into());
     }
     Ok((verdict.action == Action::Approve).then_some(verdict))
