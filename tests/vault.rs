@@ -89,9 +89,18 @@ fn spawn(config: &Path) -> Child {
 }
 
 impl Clavis {
-    async fn start(dir: tempfile::TempDir, config: &Path, proxy: u16, admin: u16) -> Clavis {
+    /// clavis on a fresh config of its own ([`config`]), once ready.
+    async fn start(
+        bao: &Bao,
+        auth: Auth<'_>,
+        up: &Upstream,
+        ca: &TestCa,
+        reference: &str,
+    ) -> Clavis {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, proxy, admin) = config(dir.path(), &bao.address(), auth, up, ca, reference);
         let mut c = Clavis {
-            child: spawn(config),
+            child: spawn(&path),
             dir,
             proxy,
             admin,
@@ -207,16 +216,14 @@ async fn setup() -> (TestCa, Upstream, Bao) {
 async fn a_token_file_reads_the_key_which_is_injected_and_never_written() {
     let (ca, up, bao) = setup().await;
     let token = bao.token(&["clavis"]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (path, proxy, admin) = config(
-        dir.path(),
-        &bao.address(),
+    let clavis = Clavis::start(
+        &bao,
         Auth::TokenFile(&token),
         &up,
         &ca,
         "${vault:secret/openai#api_key}",
-    );
-    let clavis = Clavis::start(dir, &path, proxy, admin).await;
+    )
+    .await;
 
     assert_eq!(clavis.injected(&up).await, format!("Bearer {FIRST}"));
 
@@ -240,16 +247,14 @@ async fn a_token_file_reads_the_key_which_is_injected_and_never_written() {
 async fn a_changed_secret_reaches_new_requests_within_the_refresh() {
     let (ca, up, bao) = setup().await;
     let token = bao.token(&["clavis"]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (path, proxy, admin) = config(
-        dir.path(),
-        &bao.address(),
+    let clavis = Clavis::start(
+        &bao,
         Auth::TokenFile(&token),
         &up,
         &ca,
         "${vault:secret/openai#api_key}",
-    );
-    let clavis = Clavis::start(dir, &path, proxy, admin).await;
+    )
+    .await;
     assert_eq!(clavis.injected(&up).await, format!("Bearer {FIRST}"));
 
     bao.put("openai", json!({ "api_key": SECOND, "org": "org-1" }))
@@ -264,17 +269,15 @@ async fn a_changed_secret_reaches_new_requests_within_the_refresh() {
 #[tokio::test]
 async fn a_stopped_server_keeps_the_last_good_value_counts_errors_and_a_restart_is_picked_up() {
     let (ca, up, mut bao) = setup().await;
-    let dir = tempfile::tempdir().unwrap();
     // The root token: a restarted dev server has the same one.
-    let (path, proxy, admin) = config(
-        dir.path(),
-        &bao.address(),
+    let clavis = Clavis::start(
+        &bao,
         Auth::TokenFile(support::bao::ROOT_TOKEN),
         &up,
         &ca,
         "${vault:secret/openai#api_key}",
-    );
-    let clavis = Clavis::start(dir, &path, proxy, admin).await;
+    )
+    .await;
     assert_eq!(clavis.injected(&up).await, format!("Bearer {FIRST}"));
 
     let port = bao.tls_port;
@@ -404,16 +407,14 @@ async fn kubernetes_auth_logs_in_with_the_service_account_jwt() {
     let (ca, up, bao) = setup().await;
     let review = TokenReview::start("agents", "clavis").await;
     bao.kubernetes_auth(&review, "clavis", &["clavis"]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (path, proxy, admin) = config(
-        dir.path(),
-        &bao.address(),
+    let clavis = Clavis::start(
+        &bao,
         Auth::Kubernetes(&review),
         &up,
         &ca,
         "${vault:secret/openai#api_key}",
-    );
-    let clavis = Clavis::start(dir, &path, proxy, admin).await;
+    )
+    .await;
     assert_eq!(clavis.injected(&up).await, format!("Bearer {FIRST}"));
     assert!(
         review.reviews.load(std::sync::atomic::Ordering::SeqCst) >= 1,
